@@ -1,0 +1,60 @@
+# Two entry points (README): `make serve` and `make test`. Every target sets up what it needs, idempotently.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODELS := models/tiny/manifest.json
+PREDICTOR := model_repository/quality_predictor/1/model.onnx
+export PYTHONHASHSEED := 0
+
+.PHONY: help venv sysdeps lint test test-fast serve models-train models-eval collect predictor report bench soak lock clean
+
+help:
+	@echo "make serve   - set up everything and serve the embedded cascade on 127.0.0.1 (HTTP 8000, gRPC 8001)"
+	@echo "make test    - set up everything and run lint + the whole test suite"
+	@echo "make models-train | models-eval | collect | predictor | report | bench | soak"
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian libraries the embedded server stack links: the Python-backend stub needs libpython3.X.so,
+# perf_analyzer needs libb64. Installed only when missing (CI runs as root on a fresh machine).
+sysdeps:
+	@bash scripts/sysdeps.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv sysdeps lint
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not server and not slow"
+
+serve: venv sysdeps $(MODELS) $(PREDICTOR)
+	$(BIN)/optistop serve
+
+$(MODELS):
+	$(MAKE) models-train models-eval
+
+# Reproduces the committed tiny family from scratch (about 20 min on 2 cores).
+models-train: venv
+	$(BIN)/python -m optistop.train_family --out models/tiny --member small --member medium & \
+	$(BIN)/python -m optistop.train_family --out models/tiny --member large; wait
+
+models-eval: venv
+	$(BIN)/python -m optistop.evaluate --models models/tiny --out artifacts/tiny_eval.json
+
+lock: venv
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^optistop' > requirements.lock.new
+	@echo "review requirements.lock.new and move it over requirements.lock"
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""The cascade spec: one TOML file, loaded into frozen dataclasses and validated.
+
+$ python -m optistop.config cascade.toml        # validate and print the spec
+
+Paths in the file are relative to the file's own directory. Every validation error is one line that
+names the offending field, e.g. ``cascade.toml: stages[1].cost: costs must strictly increase ...``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "cascade.toml"
+
+
+class SpecError(ValueError):
+    """A cascade spec that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                 # short name used in outputs and policies ("small")
+    triton_model: str         # the stage engine's model name in the Triton repository
+    checkpoint: Path          # HF directory (embedded) or HF checkpoint to convert (GPU profile)
+    cost: float               # nominal cost paid when this stage runs
+    stands_in_for: str = ""   # production model this stage represents
+    tp_size: int = 1          # tensor-parallel degree (GPU profile)
+    gpu_ids: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    name: str
+    tokenizer: Path
+    stages: tuple[Stage, ...]
+    predictor_model: str = "quality_predictor"
+    default_lambda: float = 10.0
+    default_policy: str = "optimal"
+    max_tokens_default: int = 16
+    max_tokens_cap: int = 32
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def costs(self) -> tuple[float, ...]:
+        return tuple(s.cost for s in self.stages)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    def stage_index(self, name: str) -> int:
+        if name not in self.stage_names:
+            raise SpecError(f"unknown stage {name!r}; stages are {', '.join(self.stage_names)}")
+        return self.stage_names.index(name)
+
+
+def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+         default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise SpecError(f"{where}.{key}: missing (required)")
+        return default
+    value = table[key]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise SpecError(f"{where}.{key}: expected {kind}, got {value!r}")
+    if not isinstance(value, kind):
+        raise SpecError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _path(base: Path, raw: str, where: str, check: bool) -> Path:
+    p = (base / raw).resolve()
+    if check and not p.exists():
+        raise SpecError(f"{where}: {raw!r} does not exist (resolved to {p})")
+    return p
+
+
+def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
+               source: Path | None = None) -> CascadeSpec:
+    """Validate a parsed TOML document. ``check_paths=False`` skips existence checks (GPU profiles)."""
+    top = _get(data, "cascade", dict, "cascade")
+    raw_stages = _get(data, "stages", list, "stages")
+    if not raw_stages:
+        raise SpecError("stages: at least one stage is required")
+    stages: list[Stage] = []
+    for i, raw in enumerate(raw_stages):
+        w = f"stages[{i}]"
+        cost = float(_get(raw, "cost", (int, float), w))
+        if not math.isfinite(cost) or cost <= 0:
+            raise SpecError(f"{w}.cost: must be a finite number > 0, got {cost!r}")
+        if stages and cost <= stages[-1].cost:
+            raise SpecError(f"{w}.cost: costs must strictly increase along the cascade, "
+                            f"got {cost} after {stages[-1].cost}")
+        gpu_ids = tuple(_get(raw, "gpu_ids", list, w, [0]))
+        tp = int(_get(raw, "tp_size", int, w, 1))
+        if tp < 1 or len(gpu_ids) != tp:
+            raise SpecError(f"{w}.gpu_ids: needs exactly tp_size={tp} GPU ids, got {list(gpu_ids)}")
+        stages.append(Stage(
+            name=_get(raw, "name", str, w),
+            triton_model=_get(raw, "triton_model", str, w),
+            checkpoint=_path(base, _get(raw, "checkpoint", str, w), f"{w}.checkpoint", check_paths),
+            cost=cost,
+            stands_in_for=_get(raw, "stands_in_for", str, w, ""),
+            tp_size=tp,
+            gpu_ids=gpu_ids,
+        ))
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise SpecError(f"stages[].name: names must be unique, got {names}")
+    models = [s.triton_model for s in stages]
+    if len(set(models)) != len(models):
+        raise SpecError(f"stages[].triton_model: model names must be unique, got {models}")
+    lam = float(_get(top, "default_lambda", (int, float), "cascade", 10.0))
+    if not math.isfinite(lam) or lam < 0:
+        raise SpecError(f"cascade.default_lambda: must be finite and >= 0, got {lam!r}")
+    default_max = int(_get(top, "max_tokens_default", int, "cascade", 16))
+    cap = int(_get(top, "max_tokens_cap", int, "cascade", 32))
+    if not 1 <= default_max <= cap:
+        raise SpecError(f"cascade.max_tokens_default: must be in 1..max_tokens_cap={cap}, got {default_max}")
+    return CascadeSpec(
+        name=_get(top, "name", str, "cascade"),
+        tokenizer=_path(base, _get(top, "tokenizer", str, "cascade"), "cascade.tokenizer", check_paths),
+        stages=tuple(stages),
+        predictor_model=_get(top, "predictor_model", str, "cascade", "quality_predictor"),
+        default_lambda=lam,
+        default_policy=_get(top, "default_policy", str, "cascade", "optimal"),
+        max_tokens_default=default_max,
+        max_tokens_cap=cap,
+        source=source,
+    )
+
+
+def load_spec(path: str | Path = DEFAULT_SPEC, check_paths: bool = True) -> CascadeSpec:
+    """Load and validate a spec file; errors are ``SpecError`` prefixed with the file name."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: cascade spec file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_spec(data, path.resolve().parent, check_paths, source=path.resolve())
+    except SpecError as exc:
+        raise SpecError(f"{path.name}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        spec = load_spec(args[0] if args else DEFAULT_SPEC)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for i, s in enumerate(spec.stages):
+        print(f"stage {i}: {s.name:8s} model={s.triton_model:14s} cost={s.cost:<5g} tp={s.tp_size} "
+              f"gpus={list(s.gpu_ids)} checkpoint={s.checkpoint}")
+    print(f"lambda={spec.default_lambda} policy={spec.default_policy} predictor={spec.predictor_model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The stage runner: greedy generation with per-token log-probs from a Hugging Face causal-LM directory.
+
+One implementation serves the embedded stage engines (model_repository/stage_*), the predictor's label
+collection and the tests. It works for any Qwen2-architecture checkpoint given by path, the tiny family
+or a real Qwen2.5 directory alike.
+
+Semantics follow TensorRT-LLM's ``tensorrt_llm`` model: generation stops at ``end_id``; the end token
+is not part of the returned tokens; ``hit_max_tokens`` says that no end token came within the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Generated tokens of one sequence (the end token excluded) and their log-probs."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    hit_max_tokens: bool
+
+    @property
+    def cum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    text: str
+    generated: Generated
+    latency_ms: float = field(default=0.0, compare=False)
+
+
+class StageModel:
+    """A loaded causal LM plus its tokenizer. Loading is explicit (no work at import)."""
+
+    def __init__(self, path: str | Path, threads: int | None = 1) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = Path(path)
+        if not (self.path / "config.json").exists():
+            raise FileNotFoundError(f"{self.path}: not a Hugging Face model directory (no config.json)")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=torch.float32)
+        self.model.eval()
+        self.end_id: int = int(self.tokenizer.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = int(pad if pad is not None else self.end_id)
+        self.max_positions: int = int(self.model.config.max_position_embeddings)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt).input_ids)
+
+    def decode(self, ids: tuple[int, ...] | list[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def generate_ids(self, batch: list[list[int]], max_new_tokens: int,
+                     end_id: int | None = None) -> list[Generated]:
+        """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache."""
+        import torch
+
+        if not batch:
+            return []
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if any(len(ids) == 0 for ids in batch):
+            raise ValueError("every sequence needs at least one input token")
+        longest = max(len(ids) for ids in batch)
+        if longest + max_new_tokens > self.max_positions:
+            raise ValueError(f"input of {longest} tokens + {max_new_tokens} new tokens exceeds the "
+                             f"model context of {self.max_positions} positions")
+        end = self.end_id if end_id is None else int(end_id)
+        n = len(batch)
+        ids = torch.full((n, longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, longest), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, longest - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, longest - len(row):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift RoPE
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        done = torch.zeros(n, dtype=torch.bool)
+        past = None
+        step_ids, step_pos = ids, positions
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                                 cache=past, use_cache=True)
+                past = out.cache
+                logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
+                best = logprobs.argmax(-1)                                           # (B,)
+                best_lp = logprobs.gather(-1, best[:, None])[:, 0]
+                for i in range(n):
+                    if done[i]:
+                        continue
+                    if int(best[i]) == end:
+                        done[i] = True
+                    else:
+                        tokens[i].append(int(best[i]))
+                        logps[i].append(float(best_lp[i]))
+                if bool(done.all()):
+                    break
+                step_ids = best[:, None]
+                step_pos = step_pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=1)
+        return [Generated(tuple(t), tuple(lp), hit_max_tokens=not bool(d))
+                for t, lp, d in zip(tokens, logps, done)]
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[Generation]:
+        """Tokenize, generate and decode; latency is the wall time of the whole batch."""
+        start = time.perf_counter()
+        outs = self.generate_ids([self.encode(p) for p in prompts], max_new_tokens)
+        ms = (time.perf_counter() - start) * 1e3
+        return [Generation(p, self.decode(g.token_ids), g, ms) for p, g in zip(prompts, outs)]
