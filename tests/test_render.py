@@ -1,0 +1,91 @@
+"""optistop.render: committed CPU configs equal what render produces; GPU profiles render and validate."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from optistop import render
+from optistop.config import DEFAULT_SPEC, SpecError, load_spec
+
+ROOT = DEFAULT_SPEC.parent
+GPU_PROFILES = sorted((ROOT / "build").glob("*-trtllm.toml"))
+
+
+def test_committed_cpu_configs_are_rendered_not_hand_edited() -> None:
+    spec = load_spec(DEFAULT_SPEC, check_paths=False)
+    rendered = render.render_all(spec, profile="cpu", repo=ROOT / "model_repository")
+    assert [r.path.parent.name for r in rendered] == [s.triton_model for s in spec.stages]
+    for r in rendered:
+        assert r.path.exists(), f"{r.path} missing; run python -m optistop.render"
+        assert r.path.read_text() == r.text, f"{r.path} is hand-edited; run python -m optistop.render"
+
+
+def test_check_mode_flags_a_hand_edit(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert render.main(["--spec", str(DEFAULT_SPEC), "--repo", str(repo)]) == 0
+    assert render.main(["--spec", str(DEFAULT_SPEC), "--repo", str(repo), "--check"]) == 0
+    cfg = repo / "stage_small" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("max_batch_size: 8", "max_batch_size: 4"))
+    assert render.main(["--spec", str(DEFAULT_SPEC), "--repo", str(repo), "--check"]) == 1
+
+
+def test_cpu_checkpoint_dir_is_relative_to_the_model_dir(tmp_path: Path) -> None:
+    spec = load_spec(DEFAULT_SPEC, check_paths=False)
+    for repo in (ROOT / "model_repository", tmp_path / "elsewhere" / "repo"):
+        for r in render.render_all(spec, profile="cpu", repo=repo):
+            rel = re.search(r'key: "checkpoint_dir"\n  value: \{ string_value: "([^"]+)" \}', r.text)
+            assert rel, r.text
+            assert not Path(rel.group(1)).is_absolute()
+            assert (r.path.parent / rel.group(1)).resolve() == r.stage.checkpoint
+
+
+def test_one_template_serves_both_profiles(tmp_path: Path) -> None:
+    spec = load_spec(ROOT / "build" / "tiny-trtllm.toml", check_paths=False)
+    trt = render.load_trtllm_settings(spec.source)
+    stage = spec.stages[0]
+    cpu = render.render_stage(spec, stage, profile="cpu", repo=tmp_path)
+    gpu = render.render_stage(spec, stage, profile="trtllm", repo=tmp_path, engines_dir=tmp_path, trt=trt)
+    # same skeleton (header, name, tensors, batching, instances, parameters), different values
+    skeleton = lambda t: list(dict.fromkeys(re.match(r"\w+", ln).group() for ln in t.splitlines()
+                                            if ln[:1].isalpha()))
+    assert skeleton(cpu.text) == [k for k in skeleton(gpu.text) if k != "model_transaction_policy"]
+    assert skeleton(cpu.text)[:5] == ["name", "backend", "max_batch_size", "input", "output"]
+    assert 'backend: "python"' in cpu.text and 'backend: "tensorrtllm"' in gpu.text
+    assert "decoupled: false" in gpu.text and "decoupled" not in cpu.text
+
+
+def test_unknown_stage_and_profile_errors_name_the_choices(tmp_path: Path, capsys) -> None:
+    assert render.main(["--repo", str(tmp_path), "--stage", "huge"]) == 2
+    assert "stages are small, medium, large" in capsys.readouterr().err
+    spec = load_spec(DEFAULT_SPEC, check_paths=False)
+    with pytest.raises(SpecError, match="profiles are cpu, trtllm"):
+        render.render_stage(spec, spec.stages[0], profile="onnx", repo=tmp_path)
+
+
+@pytest.mark.parametrize("profile", GPU_PROFILES, ids=lambda p: p.name)
+def test_gpu_profile_plan_lists_every_stage(profile: Path, tmp_path: Path, capsys) -> None:
+    spec = load_spec(profile, check_paths=False)
+    assert render.main(["--profile", "trtllm", "--spec", str(profile), "--engines-dir",
+                        str(tmp_path / "engines"), "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(spec.stages)
+    for line, stage in zip(lines, spec.stages, strict=True):
+        assert f"name={stage.name} " in line and f" tp={stage.tp_size} " in line
+        assert f"engine_dir={tmp_path / 'engines'}/{stage.name}-tp{stage.tp_size} " in line
+
+
+def test_trtllm_table_errors_are_one_line_and_name_the_field(tmp_path: Path) -> None:
+    base = (ROOT / "build" / "tiny-trtllm.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + "\n[trtllm.stages.huge]\nmax_batch_size = 4\n")
+    with pytest.raises(SpecError, match=r"trtllm\.stages\.huge: no such stage"):
+        render.load_trtllm_settings(bad)
+    bad.write_text(base.replace("[trtllm]", "[trtllm]\nweight_only = \"int3\""))
+    with pytest.raises(SpecError, match=r"trtllm\.weight_only: must be one of"):
+        render.load_trtllm_settings(bad)
+    bad.write_text(base.replace("[trtllm]", "[trtllm]\nmax_batch_sise = 3"))
+    with pytest.raises(SpecError, match=r"trtllm\.max_batch_sise: unknown key"):
+        render.load_trtllm_settings(bad)
