@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "cascade.toml"
 
@@ -43,6 +44,7 @@ class CascadeSpec:
     default_policy: str = "optimal"
     max_tokens_default: int = 16
     max_tokens_cap: int = 32
+    max_context_tokens: int = 64  # prompt tokens + max_tokens must fit the smallest stage's context
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -122,6 +124,9 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     cap = int(_get(top, "max_tokens_cap", int, "cascade", 32))
     if not 1 <= default_max <= cap:
         raise SpecError(f"cascade.max_tokens_default: must be in 1..max_tokens_cap={cap}, got {default_max}")
+    context = int(_get(top, "max_context_tokens", int, "cascade", 64))
+    if context <= cap:
+        raise SpecError(f"cascade.max_context_tokens: must exceed max_tokens_cap={cap}, got {context}")
     return CascadeSpec(
         name=_get(top, "name", str, "cascade"),
         tokenizer=_path(base, _get(top, "tokenizer", str, "cascade"), "cascade.tokenizer", check_paths),
@@ -131,6 +136,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         default_policy=_get(top, "default_policy", str, "cascade", "optimal"),
         max_tokens_default=default_max,
         max_tokens_cap=cap,
+        max_context_tokens=context,
         source=source,
     )
 

@@ -10,8 +10,8 @@ Difficulty levels run 1..4. What makes a level hard differs per family:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 LEVELS: tuple[int, ...] = (1, 2, 3, 4)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 from optistop.tasks.families import FAMILIES, LEVELS, check_level, get_family
 

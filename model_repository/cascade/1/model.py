@@ -1,0 +1,47 @@
+"""The cascade BLS model: thin glue over optistop.serving.cascade_service.
+
+Reads the cascade spec named by the ``cascade_spec`` parameter (relative to this model's directory),
+runs each request's stopping loop through BLS calls to the stage engines and the quality predictor, and
+answers each request on its own: a bad or failed request gets its own error, the batch goes on.
+"""
+
+# ruff: noqa: E402
+import os
+import sys
+
+# The backend stub embeds the system libpython and ignores PYTHONPATH; apply it here, before anything
+# imports numpy (pb_utils does), so the project's environment is importable. A no-op in the container.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import asyncio
+
+import triton_python_backend_utils as pb_utils
+
+from optistop.serving.bls import BlsBackend
+from optistop.serving.cascade_service import INPUTS, CascadeService
+from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+from optistop.validation import RequestError
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _, params, model_dir = model_parameters(args)
+        self.service = CascadeService.from_spec_file(model_dir / params["cascade_spec"])
+        self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id)
+        self.ready = False  # BLS calls are not allowed in initialize(): check the stages on first use
+        spec = self.service.spec
+        pb_utils.Logger.log_info(f"cascade '{spec.name}': stages {', '.join(spec.stage_names)}, "
+                                 f"policy {spec.default_policy}, lambda {spec.default_lambda}")
+
+    async def execute(self, requests):
+        if not self.ready:
+            missing = self.backend.not_ready()
+            if missing:
+                err = RequestError(f"cascade not ready: model(s) {', '.join(missing)} not ready",
+                                   code="UNAVAILABLE")
+                return [error_response(pb_utils, err) for _ in requests]
+            self.ready = True
+        results = await asyncio.gather(
+            *(self.service.handle(read_inputs(pb_utils, r, INPUTS), self.backend) for r in requests))
+        return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, r)
+                for r in results]

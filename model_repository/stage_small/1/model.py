@@ -1,0 +1,43 @@
+"""Stage engine (CPU stand-in for a TensorRT-LLM engine): thin glue over optistop.serving.stage.
+
+Serves the Hugging Face causal-LM directory named by the ``checkpoint_dir`` parameter (relative to this
+model's directory) with the tensorrt_llm tensor contract. All stage_* models share this file's content.
+"""
+
+# ruff: noqa: E402
+import os
+import sys
+
+# The backend stub embeds the system libpython and ignores PYTHONPATH; apply it here, before anything
+# imports numpy (pb_utils does), so the project's environment is importable. A no-op in the container.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import triton_python_backend_utils as pb_utils
+
+from optistop import tensors as T
+from optistop.serving.stage import StageEngine
+from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+from optistop.validation import RequestError
+
+INPUTS = [t.name for t in T.STAGE.inputs]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _, params, model_dir = model_parameters(args)
+        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
+        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        self.logger = pb_utils.Logger
+        self.logger.log_info(f"{args['model_name']}: serving {checkpoint} "
+                             f"({self.engine.model.n_params} parameters)")
+
+    def execute(self, requests):
+        batch = [read_inputs(pb_utils, r, INPUTS) for r in requests]
+        try:
+            results = self.engine.run(batch)
+        except Exception as exc:  # the whole batch failed: log detail, answer each request plainly
+            self.logger.log_error(f"stage batch failed: {exc!r}")
+            err = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
+            return [error_response(pb_utils, err) for _ in requests]
+        return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, r)
+                for r in results]

@@ -1,0 +1,198 @@
+"""Run a real ``tritonserver`` on this project's model repository, with no GPU and no container.
+
+$ optistop serve                                   # 127.0.0.1, HTTP 8000, gRPC 8001, metrics 8002
+
+PyPI's ``nvidia-pytriton`` ships a tritonserver 2.51 binary, the Python backend and one backend stub per
+Python version. We run that binary directly on our own repository: copy the Python backend plus the stub
+that matches this interpreter into a writable backend directory, put the wheel's bundled libraries on
+``LD_LIBRARY_PATH`` and this environment's site-packages on ``PYTHONPATH`` (the stub embeds the system
+libpython, which does not know about the virtual environment).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPOSITORY = ROOT / "model_repository"
+
+
+class ServerError(RuntimeError):
+    """The server could not be started; the message is one actionable line."""
+
+
+@dataclass
+class ServerConfig:
+    repository: Path = DEFAULT_REPOSITORY
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    tritonserver: Path | None = None       # an installed server instead of pytriton's
+    backend_directory: Path | None = None  # with --tritonserver: that install's backends
+    log_verbose: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+def _pytriton_dir() -> Path:
+    try:
+        import pytriton  # noqa: F401  (only to locate the wheel's files)
+    except ImportError:
+        raise ServerError("nvidia-pytriton is not installed; run `make venv` (or pip install "
+                          "'nvidia-pytriton==0.7.0'), or pass --tritonserver PATH") from None
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def prepare_python_backend(dest: Path) -> Path:
+    """A backend directory whose python/ holds pytriton's backend and the stub for this interpreter."""
+    src = _pytriton_dir()
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = src / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"pytriton has no Python-backend stub for Python {ver}; use Python 3.8-3.13")
+    py = dest / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for f in (src / "backends" / "python").iterdir():
+        if f.is_file():
+            shutil.copy2(f, py / f.name)
+    shutil.copy2(stub, py / stub.name)
+    return dest
+
+
+def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libs = _pytriton_dir().parent.parent / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], str(ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in (*paths, env.get("PYTHONPATH", "")) if p))
+    env.setdefault("OMP_NUM_THREADS", "1")   # torch in every stage process: one thread each
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")    # never reach for a hub at serving time
+    return env
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ServerError(f"port {port} on {host} ({what}) is already in use; stop whatever holds it "
+                              f"or choose another with --{what.lower()}-port") from None
+
+
+def build_command(cfg: ServerConfig, backend_dir: Path) -> list[str]:
+    binary = cfg.tritonserver or (_pytriton_dir() / "bin" / "tritonserver")
+    if not Path(binary).exists():
+        raise ServerError(f"tritonserver binary not found at {binary}; pass --tritonserver PATH")
+    return [
+        str(binary),
+        f"--model-repository={cfg.repository}",
+        f"--backend-directory={backend_dir}",
+        "--model-control-mode=none",          # no load/unload API: the repository is fixed at start
+        "--disable-auto-complete-config",     # every config.pbtxt declares its I/O, as in production
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--http-address={cfg.host}", f"--http-port={cfg.http_port}",
+        f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
+        f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
+        "--allow-gpu-metrics=false",
+        f"--log-verbose={cfg.log_verbose}",
+        *cfg.extra_args,
+    ]
+
+
+class EmbeddedServer:
+    """Start, wait for readiness, stop. Also a context manager (used by the test fixtures)."""
+
+    def __init__(self, cfg: ServerConfig, workdir: Path | None = None, log_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.workdir = workdir or Path(sys.prefix) / "share" / "optistop"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    def start(self) -> None:
+        for port, what in ((self.cfg.http_port, "HTTP"), (self.cfg.grpc_port, "gRPC"),
+                           (self.cfg.metrics_port, "metrics")):
+            check_port_free(self.cfg.host, port, what)
+        if not (self.cfg.repository / "cascade" / "config.pbtxt").exists():
+            raise ServerError(f"{self.cfg.repository} is not a model repository (no cascade/config.pbtxt)")
+        backend_dir = self.cfg.backend_directory or prepare_python_backend(self.workdir / "backends")
+        cmd = build_command(self.cfg, backend_dir)
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=server_environment(), stdout=self._log,
+                                     stderr=subprocess.STDOUT if self._log else None,
+                                     start_new_session=True)
+
+    def ready(self) -> bool:
+        url = f"http://{self.cfg.http_url}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = self.log_tail()
+                raise ServerError(f"tritonserver exited with code {self.proc.returncode} before it was "
+                                  f"ready{': ' + tail if tail else ''}")
+            if self.ready():
+                return
+            time.sleep(0.5)
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f}s")
+
+    def log_tail(self, lines: int = 15) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its backend stub processes
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

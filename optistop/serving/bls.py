@@ -1,0 +1,80 @@
+"""The BLS adapter: ``CascadeBackend`` over Triton's ``InferenceRequest.async_exec``.
+
+Stage engines are called non-decoupled (one response per request), which is how the embedded stand-ins
+and the rendered TensorRT-LLM configs are set up. ``pb_utils`` is passed in so this module imports
+without Triton.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from optistop import tensors as T
+from optistop.cascade import StageFailure, StageOutput
+from optistop.config import CascadeSpec
+
+STAGE_OUTPUTS = [T.OUTPUT_IDS, T.SEQUENCE_LENGTH, T.OUTPUT_LOG_PROBS]
+
+
+class BlsBackend:
+    def __init__(self, pb_utils: Any, spec: CascadeSpec, end_id: int, pad_id: int) -> None:
+        self.pb = pb_utils
+        self.spec = spec
+        self.end_id = end_id
+        self.pad_id = pad_id
+
+    def not_ready(self) -> list[str]:
+        """Names of the stage and predictor models that are not ready (checked before first use)."""
+        names = [s.triton_model for s in self.spec.stages] + [self.spec.predictor_model]
+        return [n for n in names if not self.pb.is_model_ready(model_name=n)]
+
+    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
+        pb = self.pb
+        model = self.spec.stages[stage].triton_model
+        ids = np.asarray([input_ids], dtype=np.int32)                     # (1, L)
+        inputs = [
+            pb.Tensor(T.INPUT_IDS, ids),
+            pb.Tensor(T.INPUT_LENGTHS, np.asarray([[ids.shape[1]]], dtype=np.int32)),
+            pb.Tensor(T.REQUEST_OUTPUT_LEN, np.asarray([[max_tokens]], dtype=np.int32)),
+            pb.Tensor(T.END_ID, np.asarray([[self.end_id]], dtype=np.int32)),
+            pb.Tensor(T.PAD_ID, np.asarray([[self.pad_id]], dtype=np.int32)),
+            pb.Tensor(T.RETURN_LOG_PROBS, np.asarray([[True]], dtype=bool)),
+        ]
+        request = pb.InferenceRequest(model_name=model, inputs=inputs,
+                                      requested_output_names=STAGE_OUTPUTS)
+        resp = await request.async_exec()
+        if resp.has_error():
+            raise StageFailure(stage, f"stage '{model}' failed: {resp.error().message()}")
+        out = {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in STAGE_OUTPUTS}
+        return parse_stage_outputs(out, max_tokens, self.end_id)
+
+    async def score(self, features: np.ndarray) -> np.ndarray:
+        pb = self.pb
+        request = pb.InferenceRequest(
+            model_name=self.spec.predictor_model,
+            inputs=[pb.Tensor(T.FEATURES, np.ascontiguousarray(features, dtype=np.float32))],
+            requested_output_names=[T.CONFIDENCE])
+        resp = await request.async_exec()
+        if resp.has_error():
+            raise StageFailure(-1, f"quality predictor failed: {resp.error().message()}")
+        return pb.get_output_tensor_by_name(resp, T.CONFIDENCE).as_numpy().reshape(-1)
+
+
+def parse_stage_outputs(out: dict[str, np.ndarray], max_tokens: int, end_id: int) -> StageOutput:
+    """Beam 0 of a tensorrt_llm response, cut to ``sequence_length``.
+
+    A trailing end token is dropped whether or not the engine counted it in ``sequence_length``, so the
+    TensorRT-LLM engine and the CPU stand-in give the cascade the same tokens.
+    """
+    n = int(np.asarray(out[T.SEQUENCE_LENGTH]).reshape(-1)[0])
+    ids = np.asarray(out[T.OUTPUT_IDS]).reshape(-1, np.asarray(out[T.OUTPUT_IDS]).shape[-1])[0][:n]
+    lps = np.asarray(out[T.OUTPUT_LOG_PROBS]).reshape(-1, np.asarray(out[T.OUTPUT_LOG_PROBS]).shape[-1])[0][:n]
+    tokens = [int(t) for t in ids]
+    ended = bool(tokens) and tokens[-1] == end_id
+    if ended:
+        tokens = tokens[:-1]
+    return StageOutput(tuple(tokens), tuple(float(x) for x in lps[: len(tokens)]),
+                       hit_max_tokens=not ended and len(tokens) >= max_tokens)

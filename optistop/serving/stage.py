@@ -1,0 +1,93 @@
+"""The CPU stage engine behind model_repository/stage_*/1/model.py: the tensorrt_llm tensor contract
+(optistop.tensors.STAGE) over ``optistop.runner.StageModel``.
+
+Semantics match TensorRT-LLM with ``exclude_input_in_output: true``: ``output_ids`` holds only the
+generated tokens, ``sequence_length`` their count (the end token excluded), ``output_log_probs`` one
+log-prob per generated token. Shapes carry Triton's batch dimension and one beam: (1, beams=1, T).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from optistop import tensors as T
+from optistop.runner import Generated, StageModel
+from optistop.validation import RequestError
+
+
+class StageEngine:
+    def __init__(self, checkpoint_dir: str | Path, threads: int = 1) -> None:
+        self.model = StageModel(checkpoint_dir, threads=threads)
+
+    def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int]:
+        """(input ids, max new tokens, end id) of one request, or RequestError naming the input."""
+        ids = inputs.get(T.INPUT_IDS)
+        if ids is None:
+            raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
+        ids = np.asarray(ids).reshape(-1)
+        n = _int(inputs, T.INPUT_LENGTHS, default=len(ids))
+        if not 1 <= n <= len(ids):
+            raise RequestError(f"input '{T.INPUT_LENGTHS}' is {n}; valid range is 1..{len(ids)} "
+                               f"(the length of '{T.INPUT_IDS}')")
+        vocab = self.model.model.config.vocab_size
+        tokens = [int(t) for t in ids[:n]]
+        if min(tokens) < 0 or max(tokens) >= vocab:
+            raise RequestError(f"input '{T.INPUT_IDS}' holds token ids outside 0..{vocab - 1}")
+        out_len = _int(inputs, T.REQUEST_OUTPUT_LEN)
+        if out_len is None:
+            raise RequestError(f"missing required input '{T.REQUEST_OUTPUT_LEN}' (INT32, shape [1])")
+        room = self.model.max_positions - n
+        if not 1 <= out_len <= room:
+            raise RequestError(f"input '{T.REQUEST_OUTPUT_LEN}' is {out_len}; with {n} input tokens the "
+                               f"valid range is 1..{room} (context {self.model.max_positions})")
+        end = _int(inputs, T.END_ID, default=self.model.end_id)
+        return tokens, out_len, end
+
+    def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
+        """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
+        results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
+        groups: dict[int, list[tuple[int, list[int], int]]] = {}
+        for i, inputs in enumerate(batch):
+            try:
+                ids, out_len, end = self.parse(inputs)
+            except RequestError as exc:
+                results[i] = exc
+                continue
+            groups.setdefault(end, []).append((i, ids, out_len))
+        for end, members in groups.items():
+            longest = max(m[2] for m in members)
+            gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end)
+            for (i, _, out_len), g in zip(members, gens):
+                results[i] = to_tensors(_truncate(g, out_len))
+        return results
+
+
+def _truncate(g: Generated, n: int) -> Generated:
+    """Cut a sequence decoded past its own budget (batched with a longer one) back to ``n`` tokens.
+    Reaching ``n`` tokens means no end token came within the budget: that is hitting max tokens."""
+    if len(g.token_ids) >= n:
+        return Generated(g.token_ids[:n], g.logprobs[:n], True)
+    return g
+
+
+def to_tensors(g: Generated) -> dict[str, np.ndarray]:
+    n = len(g.token_ids)
+    return {
+        T.OUTPUT_IDS: np.asarray(g.token_ids, dtype=np.int32).reshape(1, 1, n),
+        T.SEQUENCE_LENGTH: np.asarray([[n]], dtype=np.int32),
+        T.CUM_LOG_PROBS: np.asarray([[g.cum_logprob]], dtype=np.float32),
+        T.OUTPUT_LOG_PROBS: np.asarray(g.logprobs, dtype=np.float32).reshape(1, 1, n),
+    }
+
+
+def _int(inputs: Mapping[str, np.ndarray | None], name: str, default: int | None = None) -> int | None:
+    arr = inputs.get(name)
+    if arr is None:
+        return default
+    arr = np.asarray(arr).reshape(-1)
+    if arr.size != 1:
+        raise RequestError(f"input '{name}' must hold one value per request, got {arr.size}")
+    return int(arr[0])

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optistop.config import DEFAULT_SPEC, SpecError, load_spec
+
+SPEC = DEFAULT_SPEC.read_text()
+
+
+def test_default_spec_loads() -> None:
+    spec = load_spec()
+    assert spec.costs == (1.0, 4.5, 10.0)
+    assert spec.stage_names == ("small", "medium", "large")
+    assert spec.stage_index("medium") == 1
+    assert all(s.checkpoint.is_dir() for s in spec.stages)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    # keep relative checkpoint paths resolvable by writing next to the real spec's directory layout
+    (tmp_path / "models").symlink_to(DEFAULT_SPEC.parent / "models")
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_checkpoint_names_the_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, SPEC.replace('"models/tiny/medium"', '"models/tiny/nope"'))
+    with pytest.raises(SpecError, match=r"^spec.toml: stages\[1\].checkpoint: 'models/tiny/nope' does not exist"):
+        load_spec(path)
+
+
+def test_costs_must_strictly_increase(tmp_path: Path) -> None:
+    path = _write(tmp_path, SPEC.replace("cost = 10.0", "cost = 4.5"))
+    with pytest.raises(SpecError, match=r"stages\[2\].cost: costs must strictly increase"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('name = "small"\n', "", r"stages\[0\].name: missing"),
+        ("cost = 1.0", "cost = -1.0", r"stages\[0\].cost: must be a finite number > 0"),
+        ("default_lambda = 10.0", "default_lambda = -2.0", "cascade.default_lambda"),
+        ("max_tokens_default = 16", "max_tokens_default = 64", "cascade.max_tokens_default"),
+        ('triton_model = "stage_medium"', 'triton_model = "stage_small"', r"stages\[\].triton_model"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, old: str, new: str, field: str) -> None:
+    assert old in SPEC
+    path = _write(tmp_path, SPEC.replace(old, new, 1))
+    with pytest.raises(SpecError, match=field):
+        load_spec(path)
+
+
+def test_cli_prints_one_error_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, SPEC.replace("cost = 10.0", "cost = 2.0"))
+    proc = subprocess.run([sys.executable, "-m", "optistop.config", str(path)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stages[2].cost" in lines[0]

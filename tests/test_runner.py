@@ -1,0 +1,54 @@
+"""The stage runner against an independent computation: a plain forward pass over prompt + output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from optistop.runner import StageModel
+from optistop.tasks import generate_split
+
+
+@pytest.fixture(scope="module")
+def small(tiny_dir: Path) -> StageModel:
+    return StageModel(tiny_dir / "small")
+
+
+def test_logprobs_equal_manual_log_softmax(small: StageModel) -> None:
+    prompts = [it.prompt for it in generate_split("test", 1)]
+    gens = small.generate(prompts, max_new_tokens=16)
+    for g in gens:
+        ids = small.encode(g.prompt)
+        gen = list(g.generated.token_ids)
+        # One forward pass over prompt + generated tokens (+ end token when it stopped).
+        full = ids + gen + ([] if g.generated.hit_max_tokens else [small.end_id])
+        with torch.inference_mode():
+            logits = small.model(input_ids=torch.tensor([full])).logits[0]
+        logsm = torch.log_softmax(logits.float(), dim=-1)
+        expected = [float(logsm[len(ids) - 1 + j, tok]) for j, tok in enumerate(gen)]
+        assert g.generated.logprobs == pytest.approx(expected, abs=1e-4)
+        # Greedy: every chosen token is the argmax of its position.
+        for j, tok in enumerate(full[len(ids):]):
+            assert int(logsm[len(ids) - 1 + j].argmax()) == tok
+        assert g.generated.cum_logprob == pytest.approx(sum(expected), abs=1e-3)
+        assert g.text == small.decode(gen)
+
+
+def test_batched_equals_one_at_a_time(small: StageModel) -> None:
+    prompts = [it.prompt for it in generate_split("val", 2)]
+    batched = small.generate(prompts, 16)
+    single = [small.generate([p], 16)[0] for p in prompts]
+    assert [b.text for b in batched] == [s.text for s in single]
+    for b, s in zip(batched, single):
+        assert b.generated.logprobs == pytest.approx(s.generated.logprobs, abs=1e-4)
+
+
+def test_max_tokens_and_context_limits(small: StageModel) -> None:
+    g = small.generate(["S:98765432109="], max_new_tokens=2)[0]
+    assert len(g.generated.token_ids) == 2 and g.generated.hit_max_tokens
+    with pytest.raises(ValueError, match="exceeds the model context of 64 positions"):
+        small.generate(["1" * 60 + "+1="], max_new_tokens=16)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        small.generate(["1+1="], max_new_tokens=0)
