@@ -1,24 +1,29 @@
 """Render the stage engines' config.pbtxt from a cascade spec: one template, one function, two profiles.
 
 $ python -m optistop.render --spec cascade.toml --repo model_repository             # CPU (committed)
-$ python -m optistop.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
-      --engines-dir /engines --out /engines/model_repository                         # GPU (engines.sh)
 $ python -m optistop.render --check                                                # committed == rendered?
+$ python -m optistop.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
+      --engines-dir engines --out engines/model_repository --with-models model_repository   # GPU
 
-Profile ``cpu`` renders the embedded stand-ins (Python backend, ``model.py`` reads ``checkpoint_dir``);
-profile ``trtllm`` renders TensorRT-LLM's C++ ``tensorrtllm`` backend configs for engines built by
-build/engines.sh. Both take their inputs/outputs from ``optistop.tensors.STAGE``; only the backend,
-batching knobs and ``parameters`` differ. ``--plan`` prints the per-stage build plan that engines.sh runs.
+Profile ``cpu`` renders the embedded stand-ins (Python backend; their model.py reads ``checkpoint_dir``).
+Profile ``trtllm`` renders TensorRT-LLM's C++ ``tensorrtllm`` backend configs for engines that
+build/engines.sh builds (``--plan`` prints its per-stage build plan). Both take their inputs and outputs
+from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ.
+``--with-models`` copies the cascade and predictor models next to the GPU stages and points the cascade
+at a resolved copy of the GPU spec, so the GPU repository loads as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
-import shlex
+import re
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -30,6 +35,10 @@ from optistop.tensors import STAGE, Contract, Tensor
 
 REPO_ROOT = DEFAULT_SPEC.parent
 PROFILES = ("cpu", "trtllm")
+CASCADE_MODEL = "cascade"
+RESOLVED_SPEC = "cascade_spec.toml"     # written into <out>/cascade/ by --with-models
+PLAN_COLUMNS = ("name", "model", "hf_dir", "hf_repo", "tp", "gpus", "ckpt_dir", "engine_dir", "dtype",
+                "weight_only", "max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
 
 # The one stage template. Everything profile-specific arrives as a value; nothing is pasted twice.
 STAGE_TEMPLATE = Template("""\
@@ -61,17 +70,17 @@ ${parameters}
 class BuildSettings:
     """Engine build + tensorrt_llm runtime knobs of one stage (the GPU profile's [trtllm] table)."""
 
-    hf_repo: str = ""                           # where to download the checkpoint from (informative)
+    hf_repo: str = ""                           # Hugging Face repo id to download from (informative)
     dtype: str = "bfloat16"
     weight_only: str = ""                       # "", "int8" or "int4" (convert_checkpoint.py)
     max_batch_size: int = 64                    # engine: requests in flight
     max_input_len: int = 3072
-    max_seq_len: int = 4096                     # prompt + generated
+    max_seq_len: int = 4096                     # prompt + generated tokens
     max_num_tokens: int = 8192                  # tokens per iteration
     triton_max_batch_size: int = 64
     max_queue_delay_microseconds: int = 0       # in-flight batching batches on its own
     kv_cache_free_gpu_mem_fraction: float = 0.9
-    max_tokens_in_paged_kv_cache: int = 0       # 0: unset (fraction decides)
+    max_tokens_in_paged_kv_cache: int = 0       # 0: unset, the fraction decides
     batch_scheduler_policy: str = "guaranteed_no_evict"
     enable_chunked_context: bool = False
     enable_kv_cache_reuse: bool = False
@@ -92,45 +101,51 @@ _CHOICES = {"dtype": ("bfloat16", "float16", "float32"), "weight_only": ("", "in
 
 
 def _build_settings(table: dict[str, Any], base: BuildSettings, where: str) -> BuildSettings:
-    known = {f.name: f for f in fields(BuildSettings)}
+    known = [f.name for f in dataclasses.fields(BuildSettings)]
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
             raise SpecError(f"{where}.{key}: unknown key; known keys are {', '.join(known)}")
         want = type(getattr(base, key))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
+        if want is float and type(value) is int:
             value = float(value)
         if type(value) is not want:
             raise SpecError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise SpecError(f"{where}.{key}: must be one of {_CHOICES[key]}, got {value!r}")
         values[key] = value
-    s = replace(base, **values)
+    s = dataclasses.replace(base, **values)
     if not 0 < s.kv_cache_free_gpu_mem_fraction < 1:
         raise SpecError(f"{where}.kv_cache_free_gpu_mem_fraction: must be in (0, 1)")
-    if not s.max_input_len < s.max_seq_len:
+    if not 0 < s.max_input_len < s.max_seq_len:
         raise SpecError(f"{where}.max_seq_len: must exceed max_input_len={s.max_input_len}")
     return s
 
 
 def load_trtllm_settings(path: Path) -> TrtllmSettings:
     """Parse the GPU profile's ``[trtllm]`` table (defaults) and ``[trtllm.stages.<name>]`` overrides."""
-    data = tomllib.loads(Path(path).read_text())
+    path = Path(path)
+    data = tomllib.loads(path.read_text())
     table = dict(data.get("trtllm") or {})
+    where = f"{path.name}: trtllm"
     if not table:
-        raise SpecError(f"{Path(path).name}: trtllm: missing table (the GPU profile's build settings)")
+        raise SpecError(f"{where}: missing table (the GPU profile's engine build settings)")
     per_stage = table.pop("stages", {})
     worker = table.pop("executor_worker_path", TrtllmSettings.executor_worker_path)
-    where = f"{Path(path).name}: trtllm"
     defaults = _build_settings(table, BuildSettings(), where)
-    stage_names = [s.get("name") for s in data.get("stages", [])]
+    names = [str(s.get("name")) for s in data.get("stages", [])]
     stages = {}
     for name, sub in per_stage.items():
-        if name not in stage_names:
-            known = ", ".join(map(str, stage_names))
-            raise SpecError(f"{where}.stages.{name}: no such stage; stages are {known}")
+        if name not in names:
+            raise SpecError(f"{where}.stages.{name}: no such stage; stages are {', '.join(names)}")
         stages[name] = _build_settings(sub, defaults, f"{where}.stages.{name}")
-    return TrtllmSettings(defaults, stages, worker)
+    settings = TrtllmSettings(defaults, stages, worker)
+    context = data.get("cascade", {}).get("max_context_tokens")
+    for name in names:
+        if context and settings.for_stage(name).max_seq_len < context:
+            raise SpecError(f"{where}: stage {name}: max_seq_len={settings.for_stage(name).max_seq_len} "
+                            f"is below cascade.max_context_tokens={context}")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -140,24 +155,24 @@ class Rendered:
     text: str
 
 
-def _tensor(t: Tensor, trtllm: bool) -> str:
+def _tensor(t: Tensor, trtllm_input: bool) -> str:
     lines = [f'name: "{t.name}"', f"data_type: TYPE_{'STRING' if t.dtype == 'BYTES' else t.dtype}",
              f"dims: [ {', '.join(str(d) for d in t.dims)} ]"]
-    if trtllm and t.dims == (1,):
-        lines.append("reshape: { shape: [ ] }")     # the C++ backend reads scalars per request
-    if trtllm and -1 in t.dims:
-        lines.append("allow_ragged_batch: true")    # as TensorRT-LLM's own template
+    if trtllm_input and t.dims == (1,):
+        lines.append("reshape: { shape: [ ] }")     # the C++ backend wants input_lengths as (batch,)
+    if trtllm_input and -1 in t.dims:
+        lines.append("allow_ragged_batch: true")    # as in TensorRT-LLM's own tensorrt_llm template
     if t.optional:
         lines.append("optional: true")
     return "  {\n" + "".join(f"    {line}\n" for line in lines) + "  }"
 
 
-def _tensors(ts: Sequence[Tensor], trtllm: bool) -> str:
-    return ",\n".join(_tensor(t, trtllm) for t in ts)
+def _quote(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _parameters(params: Mapping[str, str]) -> str:
-    return "".join(f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: "{v}" }}\n}}\n'
+    return "".join(f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: {_quote(v)} }}\n}}\n'
                    for k, v in params.items()).rstrip("\n")
 
 
@@ -174,26 +189,30 @@ def engine_dir(engines_dir: Path, stage: Stage) -> Path:
     return engines_dir / f"{stage.name}-tp{stage.tp_size}"
 
 
-def stage_parameters(spec: CascadeSpec, stage: Stage, profile: str, repo: Path,
-                     engines_dir: Path | None, trt: TrtllmSettings | None) -> dict[str, str]:
+def stage_parameters(stage: Stage, profile: str, repo: Path, engines_dir: Path | None,
+                     s: BuildSettings | None, worker: str = "") -> dict[str, str]:
     if profile == "cpu":
         rel = os.path.relpath(stage.checkpoint, (repo / stage.triton_model).resolve())
         return {"checkpoint_dir": Path(rel).as_posix(), "torch_threads": "1"}
-    assert engines_dir is not None and trt is not None
-    s = trt.for_stage(stage.name)
+    assert engines_dir is not None and s is not None
     params = {
         "gpt_model_type": "inflight_fused_batching",
         "gpt_model_path": str(engine_dir(engines_dir, stage)),
         "gpu_device_ids": ",".join(str(g) for g in stage.gpu_ids),
         "normalize_log_probs": "false",       # else greedy decoding returns log-probs of 0
-        "exclude_input_in_output": "true",    # the cascade wants generated tokens only
+        "exclude_input_in_output": "true",    # the cascade wants the generated tokens only
         "kv_cache_free_gpu_mem_fraction": f"{s.kv_cache_free_gpu_mem_fraction:g}",
         "batch_scheduler_policy": s.batch_scheduler_policy,
-        "enable_chunked_context": "true" if s.enable_chunked_context else "false",
-        "enable_kv_cache_reuse": "true" if s.enable_kv_cache_reuse else "false",
+        "enable_chunked_context": str(s.enable_chunked_context).lower(),
+        "enable_kv_cache_reuse": str(s.enable_kv_cache_reuse).lower(),
         "max_beam_width": "1",
         "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
-        "executor_worker_path": trt.executor_worker_path,
+        "executor_worker_path": worker,       # orchestrator mode spawns this per TP rank
+        # The backend reads these three without a default (getGuidedDecodingConfigFromParams) and fails
+        # to load when they are absent; empty backend/info path = no guided decoding.
+        "tokenizer_dir": str(stage.checkpoint),
+        "guided_decoding_backend": "",
+        "xgrammar_tokenizer_info_path": "",
     }
     if s.max_tokens_in_paged_kv_cache:
         params["max_tokens_in_paged_kv_cache"] = str(s.max_tokens_in_paged_kv_cache)
@@ -203,22 +222,24 @@ def stage_parameters(spec: CascadeSpec, stage: Stage, profile: str, repo: Path,
 def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo: Path,
                  engines_dir: Path | None = None, trt: TrtllmSettings | None = None,
                  contract: Contract = STAGE) -> Rendered:
-    """Render one stage's config.pbtxt (the only function that writes stage configs, for both profiles)."""
+    """Render one stage's config.pbtxt: the only function that writes stage configs, for both profiles."""
     if profile not in PROFILES:
         raise SpecError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
     trtllm = profile == "trtllm"
     if trtllm and (engines_dir is None or trt is None):
-        raise SpecError("profile trtllm needs --engines-dir and a spec with a [trtllm] table")
-    max_batch = trt.for_stage(stage.name).triton_max_batch_size if trt and trtllm else 8
-    delay = trt.for_stage(stage.name).max_queue_delay_microseconds if trt and trtllm else 2000
+        raise SpecError("profile trtllm needs an engines dir and the spec's [trtllm] table")
+    s = trt.for_stage(stage.name) if trtllm and trt else None
     text = STAGE_TEMPLATE.substitute(
         source=spec_label(spec), profile=profile, name=stage.triton_model,
-        backend="tensorrtllm" if trtllm else "python", max_batch_size=max_batch,
+        backend="tensorrtllm" if trtllm else "python",
+        max_batch_size=s.triton_max_batch_size if s else 8,
         # the cascade BLS calls stages with exec(decoupled=False); the callee must agree
         transaction_policy="model_transaction_policy {\n  decoupled: false\n}\n" if trtllm else "",
-        inputs=_tensors(contract.inputs, trtllm), outputs=_tensors(contract.outputs, trtllm),
-        queue_delay_us=delay,
-        parameters=_parameters(stage_parameters(spec, stage, profile, repo, engines_dir, trt)),
+        inputs=",\n".join(_tensor(t, trtllm) for t in contract.inputs),
+        outputs=",\n".join(_tensor(t, False) for t in contract.outputs),
+        queue_delay_us=s.max_queue_delay_microseconds if s else 2000,
+        parameters=_parameters(stage_parameters(stage, profile, repo, engines_dir, s,
+                                                trt.executor_worker_path if trt else "")),
     )
     return Rendered(stage, repo / stage.triton_model / "config.pbtxt", text)
 
@@ -231,26 +252,73 @@ def render_all(spec: CascadeSpec, *, profile: str, repo: Path, engines_dir: Path
             for s in spec.stages if not only or s.name in only]
 
 
+def rebase_checkpoints(spec: CascadeSpec, model_dir: Path) -> CascadeSpec:
+    """The spec with every HF directory (stage checkpoints, tokenizer) moved under ``model_dir``."""
+    model_dir = model_dir.absolute()
+    stages = tuple(dataclasses.replace(s, checkpoint=model_dir / s.checkpoint.name) for s in spec.stages)
+    return dataclasses.replace(spec, stages=stages, tokenizer=model_dir / spec.tokenizer.name)
+
+
 def build_plan(spec: CascadeSpec, trt: TrtllmSettings, engines_dir: Path, checkpoints_dir: Path,
                only: Sequence[str] = ()) -> list[str]:
-    """One shell-quoted ``key=value ...`` line per stage: everything engines.sh needs to build it."""
+    """Tab-separated PLAN_COLUMNS, one line per stage ("-" for empty): what engines.sh builds."""
     lines = []
     for stage in spec.stages:
         if only and stage.name not in only:
             continue
         s = trt.for_stage(stage.name)
-        fields = {
-            "name": stage.name, "model": stage.triton_model, "hf_dir": str(stage.checkpoint),
-            "hf_repo": s.hf_repo, "tp": str(stage.tp_size),
-            "gpus": ",".join(str(g) for g in stage.gpu_ids),
-            "ckpt_dir": str(checkpoints_dir / f"{stage.name}-tp{stage.tp_size}"),
-            "engine_dir": str(engine_dir(engines_dir, stage)),
-            "dtype": s.dtype, "weight_only": s.weight_only,
-            "max_batch_size": str(s.max_batch_size), "max_input_len": str(s.max_input_len),
-            "max_seq_len": str(s.max_seq_len), "max_num_tokens": str(s.max_num_tokens),
-        }
-        lines.append(" ".join(f"{k}={shlex.quote(v)}" for k, v in fields.items()))
+        row = (stage.name, stage.triton_model, stage.checkpoint, s.hf_repo, stage.tp_size,
+               ",".join(str(g) for g in stage.gpu_ids), checkpoints_dir / f"{stage.name}-tp{stage.tp_size}",
+               engine_dir(engines_dir, stage), s.dtype, s.weight_only, s.max_batch_size, s.max_input_len,
+               s.max_seq_len, s.max_num_tokens)
+        lines.append("\t".join(str(v) if str(v) else "-" for v in row))
     return lines
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return json.dumps(str(v))
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def spec_toml(spec: CascadeSpec) -> str:
+    """The spec as TOML with absolute paths; ``load_spec`` of the text gives back an equal spec."""
+    out = [f"# Resolved by `python -m optistop.render` from {spec_label(spec)}; do not edit by hand.",
+           "[cascade]"]
+    out += [f"{f.name} = {_toml_value(getattr(spec, f.name))}" for f in dataclasses.fields(spec)
+            if f.name not in ("stages", "source")]
+    for stage in spec.stages:
+        out += ["", "[[stages]]"] + [f"{f.name} = {_toml_value(getattr(stage, f.name))}"
+                                     for f in dataclasses.fields(stage)]
+    return "\n".join(out) + "\n"
+
+
+def copy_serving_models(spec: CascadeSpec, src: Path, out: Path) -> list[str]:
+    """Copy the cascade and predictor models from ``src`` into ``out``; point the cascade at the spec."""
+    notes = []
+    for name in (CASCADE_MODEL, spec.predictor_model):
+        if not (src / name / "config.pbtxt").exists():
+            notes.append(f"skipped {name}: {src / name / 'config.pbtxt'} does not exist")
+            continue
+        shutil.copytree(src / name, out / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        notes.append(f"copied {src / name} -> {out / name}")
+    cfg = out / CASCADE_MODEL / "config.pbtxt"
+    if cfg.exists():
+        pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
+        text, n = re.subn(pattern, rf"\g<1>{RESOLVED_SPEC}\g<2>", cfg.read_text())
+        if n != 1:
+            raise SpecError(f"{cfg}: expected one 'cascade_spec' parameter to point at the GPU spec, found {n}")
+        cfg.write_text(text)
+        (out / CASCADE_MODEL / RESOLVED_SPEC).write_text(spec_toml(spec))
+        notes.append(f"wrote {out / CASCADE_MODEL / RESOLVED_SPEC} (cascade_spec of {cfg})")
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,45 +326,55 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="cascade spec TOML")
     ap.add_argument("--profile", choices=PROFILES, default="cpu")
     ap.add_argument("--repo", "--out", dest="repo", type=Path, default=None,
-                    help="model repository to write (default: model_repository beside the spec)")
+                    help="model repository to write (cpu default: model_repository beside the spec)")
     ap.add_argument("--engines-dir", type=Path, help="trtllm: engines live in <dir>/<stage>-tp<N>")
-    ap.add_argument("--checkpoints-dir", type=Path, help="trtllm --plan: converted checkpoints' root")
+    ap.add_argument("--checkpoints-dir", type=Path, help="trtllm --plan: converted checkpoints' root "
+                    "(default: <engines-dir>/trtllm_checkpoints)")
+    ap.add_argument("--model-dir", type=Path, help="trtllm: the HF checkpoints' parent dir (overrides spec)")
+    ap.add_argument("--with-models", type=Path, metavar="SRC_REPO",
+                    help="trtllm: copy cascade + predictor from SRC_REPO and point the cascade at this spec")
     ap.add_argument("--stage", action="append", default=[], help="only this stage (repeatable)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the configs, write nothing")
     mode.add_argument("--check", action="store_true", help="exit 1 if a written config differs")
-    mode.add_argument("--plan", action="store_true", help="trtllm: print the engine build plan")
+    mode.add_argument("--plan", action="store_true", help="trtllm: print the engine build plan (TSV)")
     args = ap.parse_args(argv)
     try:
         trtllm = args.profile == "trtllm"
         spec = load_spec(args.spec, check_paths=False)  # rendering needs no weights
+        if trtllm != (args.engines_dir is not None):
+            raise SpecError("--engines-dir goes with --profile trtllm, and only with it")
+        if not trtllm and (args.plan or args.model_dir or args.with_models):
+            raise SpecError("--plan, --model-dir and --with-models need --profile trtllm")
         trt = load_trtllm_settings(args.spec) if trtllm else None
-        repo = args.repo or spec.source.parent / "model_repository"  # type: ignore[union-attr]
+        if args.model_dir:
+            spec = rebase_checkpoints(spec, args.model_dir)
         engines = args.engines_dir.absolute() if args.engines_dir else None
-        if trtllm and engines is None:
-            raise SpecError("--profile trtllm needs --engines-dir")
         if args.plan:
-            if not trtllm:
-                raise SpecError("--plan needs --profile trtllm")
-            ckpts = (args.checkpoints_dir or engines.parent / "checkpoints").absolute()  # type: ignore[union-attr]
+            ckpts = (args.checkpoints_dir or engines / "trtllm_checkpoints").absolute()  # type: ignore[operator]
             print("\n".join(build_plan(spec, trt, engines, ckpts, args.stage)))  # type: ignore[arg-type]
             return 0
-        rendered = render_all(spec, profile=args.profile, repo=repo, engines_dir=engines, trt=trt,
-                              only=args.stage)
+        repo = args.repo or (engines / "model_repository" if engines else REPO_ROOT / "model_repository")
+        rendered = render_all(spec, profile=args.profile, repo=repo.absolute() if trtllm else repo,
+                              engines_dir=engines, trt=trt, only=args.stage)
+        stale = []
+        for r in rendered:
+            if args.dry_run:
+                print(f"--- {r.path}\n{r.text}", end="")
+            elif args.check:
+                if not r.path.exists() or r.path.read_text() != r.text:
+                    stale.append(str(r.path))
+            else:
+                r.path.parent.mkdir(parents=True, exist_ok=True)
+                r.path.write_text(r.text)
+                if trtllm:
+                    (r.path.parent / "1").mkdir(exist_ok=True)   # Triton needs a version dir
+                print(f"wrote {r.path}")
+        if args.with_models and not (args.dry_run or args.check):
+            print("\n".join(copy_serving_models(spec, args.with_models, repo.absolute())))
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stale = []
-    for r in rendered:
-        if args.dry_run:
-            print(f"--- {r.path}\n{r.text}", end="")
-        elif args.check:
-            if not r.path.exists() or r.path.read_text() != r.text:
-                stale.append(str(r.path))
-        else:
-            r.path.parent.mkdir(parents=True, exist_ok=True)
-            r.path.write_text(r.text)
-            print(f"wrote {r.path}")
     if stale:
         print(f"error: stale or hand-edited: {', '.join(stale)}; run python -m optistop.render",
               file=sys.stderr)

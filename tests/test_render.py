@@ -68,13 +68,29 @@ def test_unknown_stage_and_profile_errors_name_the_choices(tmp_path: Path, capsy
 @pytest.mark.parametrize("profile", GPU_PROFILES, ids=lambda p: p.name)
 def test_gpu_profile_plan_lists_every_stage(profile: Path, tmp_path: Path, capsys) -> None:
     spec = load_spec(profile, check_paths=False)
-    assert render.main(["--profile", "trtllm", "--spec", str(profile), "--engines-dir",
-                        str(tmp_path / "engines"), "--plan"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(spec.stages)
-    for line, stage in zip(lines, spec.stages, strict=True):
-        assert f"name={stage.name} " in line and f" tp={stage.tp_size} " in line
-        assert f"engine_dir={tmp_path / 'engines'}/{stage.name}-tp{stage.tp_size} " in line
+    engines = tmp_path / "engines"
+    assert render.main(["--profile", "trtllm", "--spec", str(profile), "--engines-dir", str(engines),
+                        "--model-dir", str(tmp_path / "hf"), "--plan"]) == 0
+    rows = [dict(zip(render.PLAN_COLUMNS, line.split("\t"), strict=True))
+            for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == list(spec.stage_names)
+    for row, stage in zip(rows, spec.stages, strict=True):
+        assert row["tp"] == str(stage.tp_size)
+        assert row["gpus"] == ",".join(map(str, stage.gpu_ids))
+        assert row["engine_dir"] == f"{engines}/{stage.name}-tp{stage.tp_size}"
+        assert row["ckpt_dir"] == f"{engines}/trtllm_checkpoints/{stage.name}-tp{stage.tp_size}"
+        assert row["hf_dir"] == str(tmp_path / "hf" / stage.checkpoint.name)   # --model-dir rebases
+        assert all(v for v in row.values()), row                                # "-" marks empty
+
+
+def test_resolved_spec_round_trips(tmp_path: Path) -> None:
+    for profile in [DEFAULT_SPEC, *GPU_PROFILES]:
+        spec = load_spec(profile, check_paths=False)
+        out = tmp_path / f"{profile.stem}.toml"
+        out.write_text(render.spec_toml(render.rebase_checkpoints(spec, tmp_path / "hf")))
+        again = load_spec(out, check_paths=False)
+        assert again == render.rebase_checkpoints(spec, tmp_path / "hf")
+        assert again.tokenizer == tmp_path / "hf" / spec.tokenizer.name
 
 
 def test_trtllm_table_errors_are_one_line_and_name_the_field(tmp_path: Path) -> None:
