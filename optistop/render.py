@@ -262,6 +262,8 @@ def rebase_checkpoints(spec: CascadeSpec, model_dir: Path) -> CascadeSpec:
 def build_plan(spec: CascadeSpec, trt: TrtllmSettings, engines_dir: Path, checkpoints_dir: Path,
                only: Sequence[str] = ()) -> list[str]:
     """Tab-separated PLAN_COLUMNS, one line per stage ("-" for empty): what engines.sh builds."""
+    for name in only:
+        spec.stage_index(name)  # raises SpecError naming the valid stages
     lines = []
     for stage in spec.stages:
         if only and stage.name not in only:
