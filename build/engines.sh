@@ -141,6 +141,11 @@ while IFS=$'\t' read -r name _ hf_dir hf_repo _ gpus _; do
   grep -q '"Qwen2ForCausalLM"' "$hf_dir/config.json" ||
     die "stage $name: $hf_dir/config.json is not a Qwen2ForCausalLM checkpoint"
   compgen -G "$hf_dir/*.safetensors" >/dev/null || die "stage $name: no *.safetensors in $hf_dir"
+  head_dim=$("$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1]))
+print(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])' "$hf_dir/config.json") ||
+    die "stage $name: cannot read hidden_size/num_attention_heads from $hf_dir/config.json"
+  [ "$head_dim" -ge 32 ] ||
+    note "stage $name: head_dim $head_dim; TensorRT-LLM's attention kernels start at 32, the build may fail"
   for g in ${gpus//,/ }; do [ $((g + 1)) -le "$need_gpus" ] || need_gpus=$((g + 1)); done
   need_kb=$((need_kb + 2 * $(du -skL "$hf_dir" | cut -f1)))   # converted checkpoint + engine
 done <<<"$plan"

@@ -105,3 +105,11 @@ def test_trtllm_table_errors_are_one_line_and_name_the_field(tmp_path: Path) -> 
     bad.write_text(base.replace("[trtllm]", "[trtllm]\nmax_batch_sise = 3"))
     with pytest.raises(SpecError, match=r"trtllm\.max_batch_sise: unknown key"):
         render.load_trtllm_settings(bad)
+
+
+def test_parameter_values_are_quoted_for_protobuf_text_format() -> None:
+    text_format = pytest.importorskip("google.protobuf.text_format")
+    pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    odd = {"checkpoint_dir": 'dir "with" quotes\\and backslash'}
+    cfg = text_format.Parse(render._parameters(odd), pb2.ModelConfig())
+    assert cfg.parameters["checkpoint_dir"].string_value == odd["checkpoint_dir"]
