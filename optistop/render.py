@@ -140,11 +140,14 @@ def load_trtllm_settings(path: Path) -> TrtllmSettings:
             raise SpecError(f"{where}.stages.{name}: no such stage; stages are {', '.join(names)}")
         stages[name] = _build_settings(sub, defaults, f"{where}.stages.{name}")
     settings = TrtllmSettings(defaults, stages, worker)
+    # The cascade admits prompt + max_tokens <= max_context_tokens (so a prompt of up to context - 1
+    # tokens): every engine must accept that.
     context = data.get("cascade", {}).get("max_context_tokens")
-    for name in names:
-        if context and settings.for_stage(name).max_seq_len < context:
-            raise SpecError(f"{where}: stage {name}: max_seq_len={settings.for_stage(name).max_seq_len} "
-                            f"is below cascade.max_context_tokens={context}")
+    for name in names if isinstance(context, int) else []:
+        b = settings.for_stage(name)
+        if b.max_seq_len < context or b.max_input_len < context - 1:
+            raise SpecError(f"{where}: stage {name}: max_input_len={b.max_input_len}, max_seq_len={b.max_seq_len} "
+                            f"must be >= cascade.max_context_tokens={context} (- 1 for the input)")
     return settings
 
 

@@ -102,6 +102,9 @@ def test_trtllm_table_errors_are_one_line_and_name_the_field(tmp_path: Path) -> 
     bad.write_text(base.replace("[trtllm]", "[trtllm]\nweight_only = \"int3\""))
     with pytest.raises(SpecError, match=r"trtllm\.weight_only: must be one of"):
         render.load_trtllm_settings(bad)
+    bad.write_text(base.replace("max_input_len = 63", "max_input_len = 48"))
+    with pytest.raises(SpecError, match=r"stage small: max_input_len=48.*max_context_tokens=64"):
+        render.load_trtllm_settings(bad)
     bad.write_text(base.replace("[trtllm]", "[trtllm]\nmax_batch_sise = 3"))
     with pytest.raises(SpecError, match=r"trtllm\.max_batch_sise: unknown key"):
         render.load_trtllm_settings(bad)
