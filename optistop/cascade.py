@@ -3,10 +3,19 @@
 Triton sits behind one seam, ``CascadeBackend``: the BLS adapter (optistop/serving/bls.py) implements it
 with ``InferenceRequest.async_exec``; tests and offline tools implement it directly. Nothing here
 imports Triton.
+
+Faults (documented in README, "Faults"): a stage that errors, times out or returns nothing is paid for
+and recorded; the request then escalates past it to the next stage that exists and answers with that
+stage's output, flagged ``degraded`` with the reason. If no later stage answers, the best answer so far
+is returned (degraded); with no answer at all the request fails with ``StageFailure``. A quality
+predictor that fails or returns NaN leaves the loop without confidences: it then escalates straight to
+the largest stage, the quality-safe choice, again flagged degraded. ``fixed:<k>`` never falls back: the
+caller asked for that stage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +27,8 @@ import numpy as np
 from optistop.config import CascadeSpec
 from optistop.features import ex_ante_features, stage_features
 from optistop.policy import Policy
+
+NAN = float("nan")
 
 
 @dataclass(frozen=True)
@@ -56,66 +67,153 @@ class CascadeRequest:
 
 
 @dataclass
+class StageRecord:
+    stage: int
+    latency_ms: float
+    confidence: float = NAN   # NaN: not scored (the stage failed, or the predictor did)
+    threshold: float = NAN    # NaN: no stopping decision was taken on it
+
+
+@dataclass
 class CascadeResult:
     text: str
     stage: int
     stage_model: str
-    stages_run: list[int] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
-    thresholds: list[float] = field(default_factory=list)
-    stage_latency_ms: list[float] = field(default_factory=list)
+    records: list[StageRecord] = field(default_factory=list)
     cost: float = 0.0
+    degraded: bool = False
+    reasons: list[str] = field(default_factory=list)
     controller_ms: float = 0.0  # time spent outside stage engines: features, predictor, policy
+    predictor_ms: float = 0.0   # of which in quality-predictor calls
+
+    @property
+    def stages_run(self) -> list[int]:
+        return [r.stage for r in self.records]
+
+    @property
+    def confidences(self) -> list[float]:
+        return [r.confidence for r in self.records]
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [r.threshold for r in self.records]
+
+    @property
+    def stage_latency_ms(self) -> list[float]:
+        return [r.latency_ms for r in self.records]
+
+
+class _Run:
+    """State of one request's loop."""
+
+    def __init__(self, req: CascadeRequest, spec: CascadeSpec, backend: CascadeBackend,
+                 decode: Callable[[Sequence[int]], str]) -> None:
+        self.req, self.spec, self.backend, self.decode = req, spec, backend, decode
+        self.n = len(spec.stages)
+        self.outputs: dict[int, StageOutput] = {}
+        self.scored: list[tuple[int, float]] = []   # (stage, calibrated confidence), in run order
+        self.result = CascadeResult(text="", stage=-1, stage_model="")
+        self.t0 = time.perf_counter()
+
+    async def loop(self) -> CascadeResult:
+        req, n = self.req, self.n
+        ex_ante: list[float] = []
+        if req.policy.needs_ex_ante:
+            feats = np.stack([ex_ante_features(req.prompt, k, n) for k in range(n)])
+            try:
+                ex_ante = await self._score(feats, stage=-1)  # one call for every stage's estimate
+            except StageFailure as exc:
+                return await self._fallback(exc, after=-1, predictor_down=True)
+        for _ in range(n + 1):  # at most every stage once, then a stop
+            decision = req.policy.decide(self.scored, ex_ante, self.spec.costs, req.lam)
+            if self.scored:
+                self._record(self.scored[-1][0]).threshold = float(decision.threshold)
+            if decision.stop:
+                answer = decision.answer_stage if decision.answer_stage is not None else self.scored[-1][0]
+                return self._finish(answer)
+            k = decision.next_stage
+            if k is None or not 0 <= k < n or k in self.outputs:
+                raise RuntimeError(f"policy {req.policy.name} chose an invalid next stage {k!r} after {self.scored}")
+            try:
+                out = await self._generate(k)
+            except StageFailure as exc:
+                if req.policy.name.startswith("fixed"):
+                    raise
+                return await self._fallback(exc, after=k)
+            text = self.decode(out.token_ids)
+            feats = stage_features(req.prompt, text, out.logprobs, out.hit_max_tokens, k, n)
+            try:
+                (conf,) = await self._score(feats[None, :], stage=k)
+            except StageFailure as exc:
+                if req.policy.name.startswith("fixed"):
+                    return self._finish(k, degraded_by=exc)
+                return await self._fallback(exc, after=k, predictor_down=True)
+            self._record(k).confidence = conf
+            self.scored.append((k, conf))
+        raise RuntimeError(f"policy {req.policy.name} did not stop after running every stage")
+
+    async def _generate(self, k: int) -> StageOutput:
+        stage = self.spec.stages[k]
+        t0 = time.perf_counter()
+        try:
+            out = await asyncio.wait_for(self.backend.generate(k, self.req.input_ids, self.req.max_tokens),
+                                         timeout=stage.timeout_s)
+        except asyncio.TimeoutError:
+            raise StageFailure(k, f"stage '{stage.triton_model}' timed out after {stage.timeout_s:g}s") from None
+        finally:  # a stage that ran is paid for, whether or not it answered
+            self.result.records.append(StageRecord(k, (time.perf_counter() - t0) * 1e3))
+            self.result.cost += stage.cost
+        if not out.token_ids:
+            raise StageFailure(k, f"stage '{stage.triton_model}' returned an empty output")
+        self.outputs[k] = out
+        return out
+
+    async def _score(self, feats: np.ndarray, stage: int) -> list[float]:
+        t0 = time.perf_counter()
+        try:
+            conf = [float(x) for x in await self.backend.score(feats)]
+        finally:
+            self.result.predictor_ms += (time.perf_counter() - t0) * 1e3
+        if len(conf) != len(feats) or not all(math.isfinite(c) for c in conf):
+            where = "ex-ante estimates" if stage < 0 else f"stage '{self.spec.stages[stage].triton_model}'"
+            raise StageFailure(-1, f"quality predictor returned {conf} for {where}")
+        return conf
+
+    async def _fallback(self, exc: StageFailure, after: int, predictor_down: bool = False) -> CascadeResult:
+        """Escalate past a failure (see module docstring); raises when nothing can answer."""
+        reasons = [str(exc)]
+        later = [k for k in range(after + 1, self.n) if k not in self.outputs]
+        if predictor_down:
+            later = later[-1:]  # without confidences only the largest stage is worth paying for
+        for k in later:
+            try:
+                await self._generate(k)
+                return self._finish(k, reasons=reasons)
+            except StageFailure as exc2:
+                reasons.append(str(exc2))
+        if self.scored:
+            return self._finish(max(self.scored, key=lambda kc: kc[1])[0], reasons=reasons)
+        if self.outputs:
+            return self._finish(max(self.outputs), reasons=reasons)
+        raise StageFailure(exc.stage, "; ".join(reasons))
+
+    def _record(self, k: int) -> StageRecord:
+        return next(r for r in self.result.records if r.stage == k)
+
+    def _finish(self, answer: int, reasons: list[str] | None = None,
+                degraded_by: StageFailure | None = None) -> CascadeResult:
+        r = self.result
+        text = self.decode(self.outputs[answer].token_ids)
+        r.text = text if self.req.exclude_input_in_output else self.req.prompt + text
+        r.stage = answer
+        r.stage_model = self.spec.stages[answer].triton_model
+        r.reasons = list(reasons or []) + ([str(degraded_by)] if degraded_by else [])
+        r.degraded = bool(r.reasons)
+        r.controller_ms = (time.perf_counter() - self.t0) * 1e3 - sum(r.stage_latency_ms)
+        return r
 
 
 async def run_cascade(req: CascadeRequest, spec: CascadeSpec, backend: CascadeBackend,
                       decode: Callable[[Sequence[int]], str]) -> CascadeResult:
-    """Run the stopping loop for one request. Stage failures propagate as ``StageFailure``."""
-    n = len(spec.stages)
-    costs = spec.costs
-    t_start = time.perf_counter()
-    ex_ante: list[float] = []
-    if req.policy.needs_ex_ante:
-        # One predictor call for every stage's prompt-only estimate, before anything runs.
-        feats = np.stack([ex_ante_features(req.prompt, k, n) for k in range(n)])
-        ex_ante = [float(x) for x in await backend.score(feats)]
-    run: list[tuple[int, float]] = []
-    outputs: dict[int, StageOutput] = {}
-    result = CascadeResult(text="", stage=-1, stage_model="")
-    stage_ms = 0.0
-    for _ in range(n + 1):  # at most every stage once, then a stop
-        decision = req.policy.decide(run, ex_ante, costs, req.lam)
-        if run:
-            result.thresholds.append(_finite(decision.threshold))
-        if decision.stop:
-            answer = decision.answer_stage if decision.answer_stage is not None else run[-1][0]
-            out = outputs[answer]
-            text = decode(out.token_ids)
-            result.text = text if req.exclude_input_in_output else req.prompt + text
-            result.stage = answer
-            result.stage_model = spec.stages[answer].triton_model
-            result.controller_ms = (time.perf_counter() - t_start) * 1e3 - stage_ms
-            return result
-        k = decision.next_stage
-        if k is None or not 0 <= k < n or k in outputs:
-            raise RuntimeError(f"policy {req.policy.name} chose an invalid next stage {k!r} after {run}")
-        t0 = time.perf_counter()
-        out = await backend.generate(k, req.input_ids, req.max_tokens)
-        ms = (time.perf_counter() - t0) * 1e3
-        stage_ms += ms
-        outputs[k] = out
-        result.stages_run.append(k)
-        result.stage_latency_ms.append(ms)
-        result.cost += costs[k]
-        text = decode(out.token_ids)
-        feats = stage_features(req.prompt, text, out.logprobs, out.hit_max_tokens, k, n)
-        conf = float((await backend.score(feats[None, :]))[0])
-        if not math.isfinite(conf):
-            raise StageFailure(-1, f"quality predictor returned {conf} for stage {spec.stages[k].name}")
-        run.append((k, conf))
-        result.confidences.append(conf)
-    raise RuntimeError(f"policy {req.policy.name} did not stop after running every stage")
-
-
-def _finite(x: float) -> float:
-    return float(x) if math.isfinite(x) else 0.0
+    """Run the stopping loop for one request. Raises ``StageFailure`` only when nothing could answer."""
+    return await _Run(req, spec, backend, decode).loop()

@@ -32,6 +32,7 @@ class Stage:
     stands_in_for: str = ""   # production model this stage represents
     tp_size: int = 1          # tensor-parallel degree (GPU profile)
     gpu_ids: tuple[int, ...] = (0,)
+    timeout_s: float = 30.0   # a stage call slower than this counts as failed (see cascade.py)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         tp = int(_get(raw, "tp_size", int, w, 1))
         if tp < 1 or len(gpu_ids) != tp:
             raise SpecError(f"{w}.gpu_ids: needs exactly tp_size={tp} GPU ids, got {list(gpu_ids)}")
+        timeout = float(_get(raw, "timeout_s", (int, float), w, 30.0))
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise SpecError(f"{w}.timeout_s: must be a finite number of seconds > 0, got {timeout!r}")
         stages.append(Stage(
             name=_get(raw, "name", str, w),
             triton_model=_get(raw, "triton_model", str, w),
@@ -110,6 +114,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
             stands_in_for=_get(raw, "stands_in_for", str, w, ""),
             tp_size=tp,
             gpu_ids=gpu_ids,
+            timeout_s=timeout,
         ))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):

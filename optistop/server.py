@@ -42,6 +42,7 @@ class ServerConfig:
     tritonserver: Path | None = None       # an installed server instead of pytriton's
     backend_directory: Path | None = None  # with --tritonserver: that install's backends
     log_verbose: int = 0
+    shm_prefix: str | None = None         # Python-backend shared-memory region prefix (leak checks)
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -90,6 +91,13 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (for tests and benchmarks that start their own server)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def check_port_free(host: str, port: int, what: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -117,6 +125,7 @@ def build_command(cfg: ServerConfig, backend_dir: Path) -> list[str]:
         f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
         "--allow-gpu-metrics=false",
         f"--log-verbose={cfg.log_verbose}",
+        *([f"--backend-config=python,shm-region-prefix-name={cfg.shm_prefix}"] if cfg.shm_prefix else []),
         *cfg.extra_args,
     ]
 

@@ -76,6 +76,9 @@ CONFIDENCES = "confidences"
 THRESHOLDS = "thresholds"
 COST = "cost"
 STAGE_LATENCY_MS = "stage_latency_ms"
+DEGRADED = "degraded"            # extension: True when a fault forced a fallback (see cascade.py)
+DEGRADED_REASON = "degraded_reason"  # extension: why, empty when not degraded
+STAGES_RUN = "stages_run"  # extension: indices of the stages run, in order (cost = sum of their costs)
 
 CASCADE = Contract(
     inputs=(
@@ -93,6 +96,9 @@ CASCADE = Contract(
         Tensor(THRESHOLDS, "FP32", (-1,)),
         Tensor(COST, "FP32", (1,)),
         Tensor(STAGE_LATENCY_MS, "FP32", (-1,)),
+        Tensor(STAGES_RUN, "INT32", (-1,)),
+        Tensor(DEGRADED, "BOOL", (1,)),
+        Tensor(DEGRADED_REASON, "BYTES", (1,)),
     ),
 )
 

@@ -2,10 +2,11 @@
 # Install the Debian libraries the embedded Triton stack links, only if they are missing.
 #   libpython3.X  - the Python-backend stub (triton_python_backend_stub) links libpython3.X.so
 #   libb64-0d     - perf_analyzer from the tritonclient wheel links libb64.so.0d
+#   shellcheck    - lints build/*.sh (tests/test_engines_sh.py runs it when installed)
 set -euo pipefail
 pyver=$(python3 -c 'import sys; print(f"{sys.version_info.major}.{sys.version_info.minor}")')
 need=()
-for pkg in "libpython${pyver}" libb64-0d; do
+for pkg in "libpython${pyver}" libb64-0d shellcheck; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -eq 0 ]; then

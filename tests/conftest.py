@@ -24,3 +24,20 @@ def tiny_dir() -> Path:
     if not (TINY / "large" / "model.safetensors").exists():
         pytest.fail(f"tiny family missing under {TINY}; run `make models-train models-eval`")
     return TINY
+
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
+    """A real tritonserver on the project's model_repository, on free loopback ports."""
+    from optistop.server import EmbeddedServer, ServerConfig, free_port
+
+    if not (ROOT / "model_repository" / "quality_predictor" / "1" / "model.onnx").exists():
+        pytest.fail("model_repository/quality_predictor/1/model.onnx missing; run `make predictor`")
+    cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    log = tmp_path_factory.mktemp("triton") / "server.log"
+    srv = EmbeddedServer(cfg, log_path=log)
+    with srv:
+        yield srv
+    # the whole log is kept in the tmp dir for post-mortems; print its path when a test fails
+    print(f"tritonserver log: {log}")

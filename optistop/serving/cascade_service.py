@@ -6,24 +6,34 @@ inputs into a checked request, runs the loop, and maps every failure to a per-re
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import CascadeBackend, CascadeResult, StageFailure, run_cascade
-from optistop.config import CascadeSpec, load_spec
+from optistop.config import CascadeSpec, SpecError, load_spec
 from optistop.validation import RequestError, parse_request
 
 log = logging.getLogger("optistop.cascade")
+
+
+class MetricsSink(Protocol):
+    def record(self, result: CascadeResult, policy: str) -> None: ...
+
+    def error(self, code: str) -> None: ...
+
 INPUTS = [t.name for t in T.CASCADE.inputs]
 
 
 class CascadeService:
-    def __init__(self, spec: CascadeSpec, tokenizer) -> None:  # tokenizer: transformers fast tokenizer
+    def __init__(self, spec: CascadeSpec, tokenizer, metrics: MetricsSink | None = None) -> None:
+        self.metrics = metrics  # optional: TritonMetrics in the server
         self.spec = spec
         self.tokenizer = tokenizer
         self.end_id = int(tokenizer.eos_token_id)
@@ -36,6 +46,26 @@ class CascadeService:
         spec = load_spec(path)
         return cls(spec, load_tokenizer(spec.tokenizer))
 
+    def check_repository(self, repo: Path) -> None:
+        """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage
+        model missing, a stage tokenizer that disagrees with the spec's, or a predictor sidecar built for
+        another feature version. Run from initialize(), where BLS calls are not allowed yet."""
+        from optistop.serving.predictor import PredictorLoadError, load_sidecar
+
+        for i, stage in enumerate(self.spec.stages):
+            if not (repo / stage.triton_model / "config.pbtxt").exists():
+                raise SpecError(f"stages[{i}].triton_model: model '{stage.triton_model}' is not in the "
+                                f"repository {repo}; models there: {', '.join(sorted(_models(repo)))}")
+            theirs = stage.checkpoint / "tokenizer.json"
+            if theirs.exists() and _vocab(theirs) != _vocab(self.spec.tokenizer / "tokenizer.json"):
+                raise SpecError(f"stages[{i}].checkpoint: the tokenizer in {stage.checkpoint} differs from "
+                                f"cascade.tokenizer {self.spec.tokenizer}; the cascade tokenizes once for all stages")
+        sidecar = repo / self.spec.predictor_model / "1" / "model.json"
+        try:
+            load_sidecar(sidecar)
+        except (PredictorLoadError, OSError) as exc:
+            raise SpecError(f"cascade.predictor_model: {exc}") from None
+
     def encode(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt).input_ids)
 
@@ -45,6 +75,13 @@ class CascadeService:
     async def handle(self, inputs: Mapping[str, np.ndarray | None],
                      backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
         """Serve one request; never raises: failures come back as ``RequestError`` with a Triton code."""
+        out = await self._handle(inputs, backend)
+        if self.metrics is not None and isinstance(out, RequestError):
+            self.metrics.error(out.code)
+        return out
+
+    async def _handle(self, inputs: Mapping[str, np.ndarray | None],
+                      backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
         try:
             seed = zlib.crc32(repr(inputs.get(T.TEXT_INPUT)).encode())  # `random` policy: per prompt
             req = parse_request(inputs, self.spec, self.encode, seed=seed)
@@ -57,6 +94,10 @@ class CascadeService:
         except Exception:
             log.exception("cascade request failed")
             return RequestError("internal error in the cascade; see the server log", code="INTERNAL")
+        if result.degraded:
+            log.warning("degraded answer from stage %s: %s", result.stage_model, "; ".join(result.reasons))
+        if self.metrics is not None:
+            self.metrics.record(result, req.policy.name)
         return self.outputs(result)
 
     @staticmethod
@@ -71,4 +112,17 @@ class CascadeService:
             T.THRESHOLDS: f32(r.thresholds),
             T.COST: f32([r.cost]),
             T.STAGE_LATENCY_MS: f32(r.stage_latency_ms),
+            T.STAGES_RUN: np.asarray([r.stages_run], dtype=np.int32),
+            T.DEGRADED: np.asarray([[r.degraded]], dtype=bool),
+            T.DEGRADED_REASON: np.asarray([["; ".join(r.reasons).encode()]], dtype=object),
         }
+
+
+def _models(repo: Path) -> list[str]:
+    return [p.parent.name for p in repo.glob("*/config.pbtxt")]
+
+
+def _vocab(tokenizer_json: Path) -> dict:
+    """The parts of tokenizer.json that decide token ids (model vocabulary and added tokens)."""
+    data = json.loads(tokenizer_json.read_text())
+    return {"vocab": data.get("model", {}).get("vocab"), "added": data.get("added_tokens")}

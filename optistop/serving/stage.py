@@ -8,6 +8,7 @@ log-prob per generated token. Shapes carry Triton's batch dimension and one beam
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,9 +18,17 @@ from optistop import tensors as T
 from optistop.runner import Generated, StageModel
 from optistop.validation import RequestError
 
+FAULTS = ("error", "empty", "delay_ms:<N>")
+
 
 class StageEngine:
-    def __init__(self, checkpoint_dir: str | Path, threads: int = 1) -> None:
+    """``fault`` injects a failure for reliability tests (config parameter ``fault_injection``):
+    ``error`` fails every batch, ``empty`` returns no tokens, ``delay_ms:N`` sleeps N ms per batch."""
+
+    def __init__(self, checkpoint_dir: str | Path, threads: int = 1, fault: str = "") -> None:
+        if fault and fault not in FAULTS[:2] and not fault.startswith("delay_ms:"):
+            raise ValueError(f"fault_injection {fault!r} is not one of {', '.join(FAULTS)}")
+        self.fault = fault
         self.model = StageModel(checkpoint_dir, threads=threads)
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int]:
@@ -48,6 +57,10 @@ class StageEngine:
 
     def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
         """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
+        if self.fault == "error":
+            raise RuntimeError("injected fault: error")
+        if self.fault.startswith("delay_ms:"):
+            time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
         results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
         groups: dict[int, list[tuple[int, list[int], int]]] = {}
         for i, inputs in enumerate(batch):
@@ -61,7 +74,8 @@ class StageEngine:
             longest = max(m[2] for m in members)
             gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end)
             for (i, _, out_len), g in zip(members, gens):
-                results[i] = to_tensors(_truncate(g, out_len))
+                g = Generated((), (), False) if self.fault == "empty" else _truncate(g, out_len)
+                results[i] = to_tensors(g)
         return results
 
 

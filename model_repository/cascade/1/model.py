@@ -19,6 +19,7 @@ import triton_python_backend_utils as pb_utils
 
 from optistop.serving.bls import BlsBackend
 from optistop.serving.cascade_service import INPUTS, CascadeService
+from optistop.serving.metrics import TritonMetrics
 from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
 from optistop.validation import RequestError
 
@@ -27,6 +28,8 @@ class TritonPythonModel:
     def initialize(self, args):
         _, params, model_dir = model_parameters(args)
         self.service = CascadeService.from_spec_file(model_dir / params["cascade_spec"])
+        self.service.check_repository(model_dir.parent)
+        self.service.metrics = TritonMetrics(pb_utils)
         self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id)
         self.ready = False  # BLS calls are not allowed in initialize(): check the stages on first use
         spec = self.service.spec

@@ -1,0 +1,99 @@
+"""The model.py files under a fake pb_utils: the glue turns tensors into the package's calls and back,
+and errors stay per request. Stage engines run the real tiny models; the predictor is scripted."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import fake_pb_utils as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = ROOT / "model_repository"
+
+
+def load_model_py(name: str):
+    sys.modules["triton_python_backend_utils"] = pb
+    spec = importlib.util.spec_from_file_location(f"model_{name}", REPO / name / "1" / "model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = mod.TritonPythonModel()
+    model.initialize(pb.initialize_args(REPO / name, name))
+    return model
+
+
+def request(**arrays: np.ndarray) -> pb.InferenceRequest:
+    return pb.InferenceRequest("x", [pb.Tensor(k, v) for k, v in arrays.items()], [])
+
+
+@pytest.fixture(scope="module")
+def stages(tiny_dir):
+    models = {n: load_model_py(n) for n in ("stage_small", "stage_medium", "stage_large")}
+
+    def handler(model):
+        async def run(inputs):
+            return model.execute([request(**inputs)])[0]
+        return run
+
+    for n, m in models.items():
+        pb.HANDLERS[n] = handler(m)
+
+    async def predictor(inputs):
+        f = inputs["features"]
+        return pb.InferenceResponse([pb.Tensor("confidence", np.full((f.shape[0], 1), 0.7, np.float32))])
+
+    pb.HANDLERS["quality_predictor"] = predictor
+    yield models
+    pb.HANDLERS.clear()
+
+
+def test_stage_model_contract_and_per_request_errors(stages) -> None:
+    m = stages["stage_small"]
+    ids = np.array([[1, 5, 6, 40, 7, 9, 41]], dtype=np.int32)  # <bos>12+35=
+    good = request(input_ids=ids, input_lengths=np.array([[7]], np.int32),
+                   request_output_len=np.array([[4]], np.int32))
+    bad = request(input_ids=ids, input_lengths=np.array([[7]], np.int32),
+                  request_output_len=np.array([[500]], np.int32))
+    missing = request(input_ids=ids)
+    r_good, r_bad, r_missing = m.execute([good, bad, missing])
+    assert not r_good.has_error()
+    out = {t.name(): t.as_numpy() for t in r_good.output_tensors()}
+    n = int(out["sequence_length"][0, 0])
+    assert out["output_ids"].shape == (1, 1, n) and out["output_log_probs"].shape == (1, 1, n)
+    assert out["output_ids"].dtype == np.int32 and 1 <= n <= 4
+    assert out["cum_log_probs"][0, 0] == pytest.approx(out["output_log_probs"].sum(), abs=1e-5)
+    assert r_bad.error().code() == pb.TritonError.INVALID_ARG
+    assert "request_output_len" in r_bad.error().message() and "1..57" in r_bad.error().message()
+    assert "request_output_len" in r_missing.error().message()
+
+
+def test_cascade_model_glue(stages) -> None:
+    cascade = load_model_py("cascade")
+    reqs = [
+        request(text_input=np.array([[b"12+35="]], dtype=object)),
+        request(text_input=np.array([[b"12+35="]], dtype=object), policy=np.array([[b"nope"]], dtype=object)),
+        request(text_input=np.array([[b"R:abc="]], dtype=object), policy=np.array([[b"fixed:2"]], dtype=object)),
+    ]
+    ok, bad, fixed = asyncio.run(cascade.execute(reqs))
+    assert not ok.has_error() and not fixed.has_error()
+    out = {t.name(): t.as_numpy() for t in fixed.output_tensors()}
+    assert out["stage"].tolist() == [[2]] and out["stages_run"].tolist() == [[2]]
+    assert out["stage_model"][0, 0] == b"stage_large" and out["cost"][0, 0] == pytest.approx(10.0)
+    assert out["confidences"].tolist() == [[pytest.approx(0.7)]]
+    assert bad.error().code() == pb.TritonError.INVALID_ARG and "unknown policy 'nope'" in bad.error().message()
+
+
+def test_cascade_answers_unavailable_naming_models_that_are_not_ready(stages) -> None:
+    cascade = load_model_py("cascade")
+    pb.READY["stage_large"] = False
+    try:
+        (resp,) = asyncio.run(cascade.execute([request(text_input=np.array([[b"1+1="]], dtype=object))]))
+    finally:
+        pb.READY.clear()
+    assert resp.error().code() == pb.TritonError.UNAVAILABLE
+    assert "stage_large" in resp.error().message()
