@@ -8,7 +8,8 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-fast serve models-train models-eval collect predictor report bench soak lock clean
+.PHONY: help venv sysdeps lint test test-fast serve models-train models-eval collect predictor report bench soak \
+	gpu-dry-run lock clean
 
 help:
 	@echo "make serve   - set up everything and serve the embedded cascade on 127.0.0.1 (HTTP 8000, gRPC 8001)"
@@ -51,6 +52,25 @@ models-train: venv
 
 models-eval: venv
 	$(BIN)/python -m optistop.evaluate --models models/tiny --out artifacts/tiny_eval.json
+
+# Labels from the three stages' real outputs -> features -> MLPs -> calibration -> ONNX + sidecar (< 10 min).
+collect: venv
+	$(BIN)/python predictor_export/collect.py --spec cascade.toml --out artifacts/collected.jsonl
+
+predictor: collect
+	$(BIN)/python predictor_export/train.py --data artifacts/collected.jsonl --out artifacts/predictor
+	$(BIN)/python predictor_export/export_onnx.py --run artifacts/predictor --data artifacts/collected.jsonl
+
+$(PREDICTOR):
+	$(MAKE) predictor
+
+# 60 s at concurrency 16 against a server it starts; prints its figures, exits non-zero on a failure.
+soak: venv sysdeps
+	$(BIN)/python -m optistop.soak --duration 60 --concurrency 16
+
+# The TensorRT-LLM path without a GPU: every convert/build command and rendered config, nothing touched.
+gpu-dry-run: venv
+	build/engines.sh --dry-run
 
 lock: venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^optistop' > requirements.lock.new

@@ -1,1 +1,1 @@
-"""Serving: the embedded tritonserver launcher and the logic behind each model.py (Triton-free where possible)."""
+"""Logic behind the Triton Python-backend models, importable (and tested) without Triton."""
