@@ -1,0 +1,205 @@
+"""What the offline replay fits: text features, an L2 logistic regression, Platt calibration.
+
+Small and deterministic (numpy + scipy, no sampling). Used when a replay file carries no confidences
+(RouteLLM), and to recalibrate the confidences a file does carry (tiny family).
+
+Features (``prompt_features`` is all an ex-ante, prompt-only estimate sees; ``response_features`` adds
+what a post-hoc estimate of one stage sees: that stage's own answer, never a later stage's):
+- the paper's B.2 statistics (length, words, '?', '!', lexical diversity), numbers in the prompt;
+- hashed word unigrams and bigrams of the prompt, plus any ``meta`` tags of the record (e.g. the MMLU
+  subject, known at request time);
+- of a response: length, lines, numbers, whether it states a final number (``####`` or "answer is"),
+  whether that number is an integer, its magnitude, how many of the prompt's numbers it uses, arithmetic
+  slips in ``a op b = c`` and in ``<<expr=value>>`` calculator notes, repeated lines, and token
+  log-probability statistics when given.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse as sp
+
+HASH_DIM = 1 << 14
+_WORD = re.compile(r"[a-z]+|\d+")
+_NUM = re.compile(r"-?\d[\d,]*\.?\d*")
+_EQ = re.compile(r"(-?\d[\d,]*\.?\d*)\s*([-+*/x×÷])\s*(-?\d[\d,]*\.?\d*)\s*=\s*\$?(-?\d[\d,]*\.?\d*)")
+_CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+_FINAL = re.compile(r"(?:####|answer is:?|answer:)\s*\$?\s*(-?\d[\d,]*\.?\d*)", re.I)
+
+
+def _num(s: str) -> float | None:
+    try:
+        return float(s.replace(",", "").rstrip("."))
+    except ValueError:
+        return None
+
+
+def _hash(token: str) -> int:
+    return zlib.crc32(token.encode()) % HASH_DIM
+
+
+def hashed_tokens(text: str, meta: Sequence[str] = ()) -> list[int]:
+    words = _WORD.findall(text.lower())
+    toks = set(words) | {a + " " + b for a, b in zip(words, words[1:], strict=False)}
+    toks |= {"__meta=" + m for m in meta}
+    return sorted({_hash(t) for t in toks})
+
+
+def prompt_stats(prompt: str) -> list[float]:
+    words = prompt.split()
+    nums = _NUM.findall(prompt)
+    return [math.log1p(len(prompt)), math.log1p(len(words)), prompt.count("?"), prompt.count("!"),
+            len({w.lower() for w in words}) / max(len(words), 1), math.log1p(len(nums)),
+            max((len(n.replace(",", "").split(".")[0]) for n in nums), default=0)]
+
+
+def _safe_eval(expr: str) -> float | None:
+    expr = expr.replace(",", "").replace("x", "*").replace("×", "*").replace("÷", "/")
+    if not re.fullmatch(r"[\d.+\-*/() ]+", expr) or "**" in expr:
+        return None
+    try:
+        return float(eval(expr, {"__builtins__": {}}, {}))  # noqa: S307 - digits and operators only
+    except (SyntaxError, ZeroDivisionError, ValueError, OverflowError, TypeError):
+        return None
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= max(0.011, 1e-3 * abs(b))    # allows rounding to cents, not real slips
+
+
+def response_stats(prompt: str, response: str, logprobs: Sequence[float] | None = None) -> list[float]:
+    lines = [ln.strip() for ln in response.splitlines() if ln.strip()]
+    nums = [_num(n) for n in _NUM.findall(response)]
+    nums = [n for n in nums if n is not None]
+    finals = _FINAL.findall(response)
+    final = _num(finals[-1]) if finals else (nums[-1] if nums else None)
+    eqs = _EQ.findall(response)
+    eq_bad = 0
+    for a, op, b, c in eqs:
+        x, y, z = _num(a), _num(b), _num(c)
+        if None in (x, y, z):
+            continue
+        val = {"+": x + y, "-": x - y, "*": x * y, "x": x * y, "×": x * y,
+               "/": x / y if y else math.inf, "÷": x / y if y else math.inf}[op]
+        eq_bad += not _close(val, z)
+    calcs = _CALC.findall(response)
+    calc_bad = 0
+    for expr, val in calcs:
+        v, z = _safe_eval(expr), _num(val.strip())
+        calc_bad += v is None or z is None or not _close(v, z)
+    pnums = {_num(n) for n in _NUM.findall(prompt)} - {None}
+    covered = len(pnums & set(nums)) / max(len(pnums), 1)
+    last_results = [_num(c) for *_, c in eqs] + [_num(v.strip()) for _, v in calcs]
+    final_is_result = float(final is not None and final in last_results)
+    lp = np.asarray(logprobs if logprobs is not None else [], dtype=float)
+    return [math.log1p(len(response)), math.log1p(len(lines)), math.log1p(len(nums)),
+            float(bool(finals)), float(final is not None), float(final is not None and final == int(final)),
+            math.log1p(abs(final)) if final is not None and math.isfinite(final) else 0.0,
+            covered, math.log1p(len(eqs) + len(calcs)), float(eq_bad + calc_bad > 0),
+            math.log1p(eq_bad + calc_bad), (eq_bad + calc_bad) / max(len(eqs) + len(calcs), 1),
+            final_is_result, 1.0 - len(set(lines)) / max(len(lines), 1),
+            float(lp.mean()) if lp.size else 0.0, float(lp.min()) if lp.size else 0.0,
+            float(lp.size > 0)]
+
+
+def design(dense: np.ndarray, hashed: Sequence[Sequence[int]] | None) -> sp.csr_matrix:
+    """[standardised-by-caller dense | binary hashed] as one sparse matrix with a bias column."""
+    n = dense.shape[0]
+    parts = [sp.csr_matrix(np.hstack([np.ones((n, 1)), dense]))]
+    if hashed is not None:
+        rows = np.repeat(np.arange(n), [len(h) for h in hashed])
+        cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in hashed]) if n else np.zeros(0, int)
+        parts.append(sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, HASH_DIM)))
+    return sp.hstack(parts).tocsr()
+
+
+def fit_logistic(x: sp.csr_matrix, y: np.ndarray, l2: float) -> np.ndarray:
+    """L2-regularised logistic regression (bias not penalised), L-BFGS; deterministic."""
+    y = y.astype(float)
+    n = x.shape[0]
+    pen = np.full(x.shape[1], l2 / n)
+    pen[0] = 0.0
+
+    def f(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ w
+        loss = np.logaddexp(0.0, z).sum() - y @ z
+        g = x.T @ (1.0 / (1.0 + np.exp(-z)) - y)
+        return loss / n + 0.5 * (pen * w) @ w, g / n + pen * w
+
+    w0 = np.zeros(x.shape[1])
+    base = np.clip(y.mean(), 1e-3, 1 - 1e-3)
+    w0[0] = math.log(base / (1 - base))
+    res = scipy.optimize.minimize(f, w0, jac=True, method="L-BFGS-B", options={"maxiter": 300})
+    return res.x
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_platt(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling on logit(score): p = sigmoid(a * logit(score) + b), lightly regularised."""
+    x = sp.csr_matrix(np.column_stack([np.ones(len(score)), logit(score)]))
+    w = fit_logistic(x, y, l2=1e-3)
+    return float(w[1]), float(w[0])
+
+
+def apply_platt(score: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
+    return sigmoid(ab[0] * logit(score) + ab[1])
+
+
+class Standardizer:
+    def __init__(self, x: np.ndarray) -> None:
+        self.mu = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+        sd = x.std(axis=0) if len(x) else np.ones(x.shape[1])
+        self.sd = np.where(sd > 1e-9, sd, 1.0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mu) / self.sd
+
+
+def fold_ids(n: int, k: int, seed: int) -> np.ndarray:
+    """Seeded assignment of n items to k folds of near-equal size."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n) % k
+    rng.shuffle(ids)
+    return ids
+
+
+def fit_predict_cv(dense: np.ndarray, hashed: Sequence[Sequence[int]] | None, y: np.ndarray,
+                   train: np.ndarray, test: np.ndarray, seed: int,
+                   l2_grid: Sequence[float] = (10.0, 100.0, 1000.0), inner: int = 3
+                   ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fit on ``train`` (indices), predict calibrated P(y=1) for train (out-of-fold) and ``test``.
+
+    The L2 strength is chosen by inner-fold log loss; Platt scaling is fitted on the out-of-fold scores;
+    the final model is refitted on all of ``train``. Returns (p_train_oof, p_test, info)."""
+    std = Standardizer(dense[train])
+    xd = std(dense)
+    x = design(xd, hashed)
+    xtr, ytr = x[train], y[train].astype(float)
+    folds = fold_ids(len(train), inner, seed)
+    oof = {l2: np.zeros(len(train)) for l2 in l2_grid}
+    for f in range(inner):
+        tr, va = folds != f, folds == f
+        for l2 in l2_grid:
+            w = fit_logistic(xtr[tr], ytr[tr], l2)
+            oof[l2][va] = sigmoid(xtr[va] @ w)
+    ll = {l2: -np.mean(ytr * np.log(np.clip(p, 1e-9, 1)) + (1 - ytr) * np.log(np.clip(1 - p, 1e-9, 1)))
+          for l2, p in oof.items()}
+    best = min(l2_grid, key=lambda k: (ll[k], k))
+    ab = fit_platt(oof[best], ytr)
+    w = fit_logistic(xtr, ytr, best)
+    p_test = apply_platt(sigmoid(x[test] @ w), ab)
+    return apply_platt(oof[best], ab), p_test, {"l2": best, "platt": ab, "inner_logloss": ll[best]}
