@@ -43,6 +43,7 @@ class ServerConfig:
     backend_directory: Path | None = None  # with --tritonserver: that install's backends
     log_verbose: int = 0
     shm_prefix: str | None = None         # Python-backend shared-memory region prefix (leak checks)
+    exit_on_error: bool = True            # False: serve what loaded (readiness then per model)
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -119,7 +120,7 @@ def build_command(cfg: ServerConfig, backend_dir: Path) -> list[str]:
         "--model-control-mode=none",          # no load/unload API: the repository is fixed at start
         "--disable-auto-complete-config",     # every config.pbtxt declares its I/O, as in production
         "--strict-readiness=true",
-        "--exit-on-error=true",
+        f"--exit-on-error={str(cfg.exit_on_error).lower()}",
         f"--http-address={cfg.host}", f"--http-port={cfg.http_port}",
         f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
         f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
@@ -155,22 +156,24 @@ class EmbeddedServer:
                                      stderr=subprocess.STDOUT if self._log else None,
                                      start_new_session=True)
 
-    def ready(self) -> bool:
-        url = f"http://{self.cfg.http_url}/v2/health/ready"
+    def ready(self, model: str | None = None) -> bool:
+        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
+        url = f"http://{self.cfg.http_url}{path}"
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
+    def wait_ready(self, timeout: float = 180.0, model: str | None = None) -> None:
+        """Until the server (or, with ``model``, that one model) is ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 tail = self.log_tail()
                 raise ServerError(f"tritonserver exited with code {self.proc.returncode} before it was "
                                   f"ready{': ' + tail if tail else ''}")
-            if self.ready():
+            if self.ready(model):
                 return
             time.sleep(0.5)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f}s")

@@ -1,0 +1,58 @@
+"""The cascade refuses to load, with one line saying why, when the repository cannot serve its spec."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from optistop.config import SpecError, load_spec
+from optistop.serving.cascade_service import CascadeService
+from optistop.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = ROOT / "model_repository"
+
+
+@pytest.fixture()
+def service(tiny_dir) -> CascadeService:
+    spec = load_spec()
+    return CascadeService(spec, load_tokenizer(spec.tokenizer))
+
+
+def test_the_committed_repository_passes(service: CascadeService) -> None:
+    service.check_repository(REPO)
+
+
+def test_missing_stage_model(service: CascadeService, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("stage_medium", "__pycache__"))
+    with pytest.raises(SpecError, match=r"stages\[1\].triton_model: model 'stage_medium' is not in the repository"):
+        service.check_repository(repo)
+
+
+def test_stage_tokenizer_that_disagrees(service: CascadeService, tmp_path: Path) -> None:
+    ckpt = tmp_path / "large"
+    shutil.copytree(service.spec.stages[2].checkpoint, ckpt)
+    data = json.loads((ckpt / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]  # same tokens, different ids
+    (ckpt / "tokenizer.json").write_text(json.dumps(data))
+    stages = service.spec.stages[:2] + (replace(service.spec.stages[2], checkpoint=ckpt),)
+    bad = CascadeService(replace(service.spec, stages=stages), service.tokenizer)
+    with pytest.raises(SpecError, match=r"stages\[2\].checkpoint: the tokenizer in .* differs"):
+        bad.check_repository(REPO)
+
+
+def test_predictor_sidecar_of_another_feature_version(service: CascadeService, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    sidecar = repo / "quality_predictor" / "1" / "model.json"
+    data = json.loads(sidecar.read_text())
+    data["feature_version"] = 999
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(SpecError, match=r"cascade.predictor_model: .*feature version 999"):
+        service.check_repository(repo)
