@@ -1,0 +1,156 @@
+"""Post-hoc calibration of raw predictor scores, per stage and per mode (post-hoc vs ex-ante).
+
+A calibrator is a plain JSON-able dict, stored in the predictor's sidecar and applied by the serving code:
+
+    {"method": "identity"}
+    {"method": "temperature", "t": T}          p' = sigmoid(logit(p) / T)
+    {"method": "platt", "a": a, "b": b}         p' = sigmoid(a * logit(p) + b)
+    {"method": "isotonic", "x": [...], "y": [...]}   p' = np.interp(p, x, y)   (x strictly increasing)
+
+Every calibrated probability is clipped to [P_MIN, 1 - P_MIN]: finite data never justifies certainty,
+and a stopping rule fed 0 or 1 would treat a stage as infallible or useless.
+``select`` picks the method by k-fold cross-validated Brier score on the validation split (ties go to the
+simpler method), then refits it on the whole split. numpy only; deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+METHODS: tuple[str, ...] = ("identity", "temperature", "platt", "isotonic")  # simplest first
+P_MIN = 1e-3
+_EPS = 1e-6
+
+Calibrator = dict[str, Any]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free
+
+
+def apply(cal: Calibrator, p: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities (float64, same shape as ``p``)."""
+    p = np.asarray(p, dtype=np.float64)
+    method = cal.get("method")
+    if method == "identity":
+        out = p
+    elif method == "temperature":
+        out = _sigmoid(_logit(p) / float(cal["t"]))
+    elif method == "platt":
+        out = _sigmoid(float(cal["a"]) * _logit(p) + float(cal["b"]))
+    elif method == "isotonic":
+        out = np.interp(p, np.asarray(cal["x"], dtype=np.float64), np.asarray(cal["y"], dtype=np.float64))
+    else:
+        raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
+    return np.clip(out, P_MIN, 1 - P_MIN)
+
+
+def validate(cal: object, where: str = "calibration") -> Calibrator:
+    """Check a calibrator read from a file; raises ValueError naming ``where`` and the problem."""
+    if not isinstance(cal, dict) or cal.get("method") not in METHODS:
+        raise ValueError(f"{where}: expected a dict with method in {list(METHODS)}, got {cal!r:.120}")
+    need = {"identity": (), "temperature": ("t",), "platt": ("a", "b"), "isotonic": ("x", "y")}
+    missing = [k for k in need[cal["method"]] if k not in cal]
+    if missing:
+        raise ValueError(f"{where}: method {cal['method']!r} needs {missing}")
+    if cal["method"] == "isotonic":
+        x = np.asarray(cal["x"], dtype=np.float64)
+        if x.ndim != 1 or x.size == 0 or x.size != len(cal["y"]) or np.any(np.diff(x) <= 0):
+            raise ValueError(f"{where}: isotonic x must be strictly increasing and as long as y")
+    if cal["method"] == "temperature" and not float(cal["t"]) > 0:
+        raise ValueError(f"{where}: temperature must be > 0, got {cal['t']}")
+    return cal
+
+
+def _fit_logistic(z: np.ndarray, y: np.ndarray, with_bias: bool) -> tuple[float, float]:
+    """Newton's method for P(y=1) = sigmoid(a z + b) with Platt's smoothed targets."""
+    n_pos, n_neg = float(y.sum()), float(y.size - y.sum())
+    t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        q = _sigmoid(a * z + b)
+        w = np.maximum(q * (1 - q), 1e-12)
+        g = np.array([np.sum((q - t) * z), np.sum(q - t)]) + 1e-6 * np.array([a, b])
+        h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-6 * np.eye(2)
+        if not with_bias:
+            g, h = g[:1], h[:1, :1]
+        step = np.linalg.solve(h, g)
+        a -= float(step[0])
+        if with_bias:
+            b -= float(step[1])
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return a, b
+
+
+def _pav(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
+    """Isotonic (non-decreasing) regression of y on x; returns interpolation knots."""
+    order = np.argsort(x, kind="mergesort")
+    xs, ys = x[order], y[order]
+    ux, start = np.unique(xs, return_index=True)  # pool ties first
+    sums = np.add.reduceat(ys, start)
+    counts = np.diff(np.append(start, xs.size)).astype(np.float64)
+    # blocks: [value sum, weight, x_lo, x_hi]
+    blocks: list[list[float]] = []
+    for s, c, xv in zip(sums, counts, ux):
+        blocks.append([s, c, xv, xv])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            s2, c2, _, hi = blocks.pop()
+            blocks[-1][0] += s2
+            blocks[-1][1] += c2
+            blocks[-1][3] = hi
+    kx: list[float] = []
+    ky: list[float] = []
+    for s, c, lo, hi in blocks:
+        for xv in ((lo,) if lo == hi else (lo, hi)):
+            kx.append(float(xv))
+            ky.append(float(s / c))
+    return kx, ky
+
+
+def fit(method: str, p: np.ndarray, y: np.ndarray) -> Calibrator:
+    """Fit one calibration ``method`` on raw scores ``p`` and 0/1 labels ``y``."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if method == "identity" or y.size == 0:
+        return {"method": "identity"}
+    if method == "temperature":
+        a, _ = _fit_logistic(_logit(p), y, with_bias=False)
+        return {"method": "temperature", "t": 1.0 / a} if a > 1e-3 else {"method": "identity"}
+    if method == "platt":
+        a, b = _fit_logistic(_logit(p), y, with_bias=True)
+        return {"method": "platt", "a": a, "b": b}
+    if method == "isotonic":
+        kx, ky = _pav(p, y)
+        return {"method": "isotonic", "x": kx, "y": ky}
+    raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
+
+
+def select(p: np.ndarray, y: np.ndarray, seed: int = 0, k: int = 5,
+           methods: tuple[str, ...] = METHODS) -> tuple[Calibrator, dict[str, float]]:
+    """Choose a method by k-fold CV Brier score on (p, y), refit it on all of them.
+
+    Returns (calibrator, {method: cv_brier}). With a single class or fewer than 2k examples, identity.
+    """
+    p = np.asarray(p, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if y.size < 2 * k or y.min() == y.max():
+        return {"method": "identity"}, {}
+    folds = np.random.default_rng(seed).permutation(y.size) % k
+    scores: dict[str, float] = {}
+    for m in methods:
+        pred = np.empty_like(p)
+        for f in range(k):
+            held = folds == f
+            pred[held] = apply(fit(m, p[~held], y[~held]), p[held])
+        scores[m] = round(float(np.mean((pred - y) ** 2)), 12)
+    best = min(methods, key=lambda m: (scores[m], methods.index(m)))
+    cal = fit(best, p, y)
+    return cal, scores

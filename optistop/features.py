@@ -1,0 +1,288 @@
+"""Versioned feature extraction for the quality predictor, shared by training and serving.
+
+One 64-float vector per (prompt, stage[, output]). The cascade's BLS loop and the predictor's training
+pipeline import the two functions below from this module, so the features a model was trained on are
+the features it is served:
+
+    stage_features(prompt, output_text, logprobs, hit_max_tokens, stage, n_stages)  # post-hoc
+    ex_ante_features(prompt, stage, n_stages)                                       # before the stage runs
+
+Slots 0-8 are the paper's appendix B.2 features in the paper's order (counts scaled so that values stay
+roughly O(1)); 9-11 are what the paper names but its code omits (input entropy, token length ratio);
+12-25 more prompt complexity; 26-29 stage position and the ex-ante flag; 30-61 output-aware signals from
+the stage engine (token log-probs, output length, max-tokens hit, output text), zeroed in ex-ante mode;
+62-63 are reserved (always 0). ``SLOTS`` documents every slot; bump ``FEATURE_VERSION`` on any change to
+a slot's meaning or scale (the exported predictor refuses to load with another version).
+
+Robustness contract: never NaN/inf and never an exception for empty prompts, empty outputs, NaN or
+infinite log-probs, non-sequence log-probs, or odd unicode (lone surrogates, U+FFFD from bytes decoded
+with ``errors="replace"``; ``bytes`` are decoded that way here too). Every value is clipped to
+[-CLIP, CLIP]. Only a stage outside ``0 <= stage < n_stages <= 4`` raises ``ValueError`` (a caller bug).
+Log-probs are the generated tokens' (end token excluded), one per token, in nats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from optistop.tensors import N_FEATURES
+
+FEATURE_VERSION = 1
+MAX_STAGES = 4          # width of the stage one-hot (the paper's B.2 uses 4 slots)
+CLIP = 10.0             # every slot is clipped to [-CLIP, CLIP]
+LOGPROB_FLOOR = -20.0   # -inf / very negative log-probs are clipped here (nats)
+
+# (name, meaning). The index in this tuple is the slot index.
+SLOTS: tuple[tuple[str, str], ...] = (
+    # --- paper appendix B.2, in its order --------------------------------------------------------
+    ("p_chars", "len(prompt) / 100  [B.2 len(prompt)]"),
+    ("p_words", "len(prompt.split()) / 20  [B.2 word count]"),
+    ("p_question_marks", "prompt.count('?') / 5  [B.2]"),
+    ("p_exclamation_marks", "prompt.count('!') / 5  [B.2]"),
+    ("p_lexical_diversity", "unique lower-cased words / words, 0 without words  [B.2]"),
+    ("stage_0", "1 if stage == 0  [B.2 stage one-hot]"),
+    ("stage_1", "1 if stage == 1  [B.2 stage one-hot]"),
+    ("stage_2", "1 if stage == 2  [B.2 stage one-hot]"),
+    ("stage_3", "1 if stage == 3  [B.2 stage one-hot]"),
+    # --- named by the paper (section 5.1 / 10.2), omitted by its code --------------------------
+    ("p_char_entropy", "Shannon entropy of the prompt's characters, bits / 5  [input entropy]"),
+    ("p_word_entropy", "Shannon entropy of the prompt's words, bits / 5"),
+    ("p_token_length_ratio", "pieces (runs of word characters, or single symbols) per character"),
+    # --- prompt complexity ---------------------------------------------------------------------
+    ("p_log_chars", "log1p(len(prompt)) / 8"),
+    ("p_digit_frac", "share of decimal-digit characters"),
+    ("p_alpha_frac", "share of alphabetic characters"),
+    ("p_space_frac", "share of whitespace characters"),
+    ("p_symbol_frac", "share of other characters (punctuation, operators)"),
+    ("p_upper_frac", "share of upper-case characters"),
+    ("p_nonascii_frac", "share of non-ASCII characters (incl. U+FFFD from undecodable bytes)"),
+    ("p_longest_digit_run", "longest run of digits / 10"),
+    ("p_longest_alpha_run", "longest run of letters / 10"),
+    ("p_numbers", "number of digit runs / 5"),
+    ("p_mean_word_len", "mean word length in characters / 10, 0 without words"),
+    ("p_distinct_char_frac", "distinct characters / characters, 0 for an empty prompt"),
+    ("p_lines", "number of lines / 10, 0 for an empty prompt"),
+    ("p_max_char_share", "count of the most frequent character / characters"),
+    # --- stage position and mode -----------------------------------------------------------------
+    ("stage_frac", "stage / (n_stages - 1), 0 with one stage"),
+    ("n_stages", "n_stages / 4"),
+    ("is_last_stage", "1 if stage == n_stages - 1"),
+    ("ex_ante", "1 for ex_ante_features (slots 30-61 are then 0), 0 for stage_features"),
+    # --- output-aware (post-hoc) ----------------------------------------------------------------
+    ("o_tokens", "generated tokens (len(logprobs)) / 32"),
+    ("o_log_tokens", "log1p(generated tokens) / 5"),
+    ("o_hit_max_tokens", "1 if generation stopped at max_tokens without an end token"),
+    ("o_empty", "1 if the output text is empty after strip()"),
+    ("o_no_logprobs", "1 if no finite log-prob is available (then slots 36-54 are 0)"),
+    ("o_nan_logprob_frac", "share of NaN log-probs (dropped before the statistics below)"),
+    ("o_lp_mean", "mean token log-prob / 5 (log-probs clipped to [-20, 0] nats)"),
+    ("o_lp_min", "min token log-prob / 5"),
+    ("o_lp_max", "max token log-prob / 5"),
+    ("o_lp_std", "std of token log-probs / 5"),
+    ("o_lp_q10", "10th percentile of token log-probs / 5"),
+    ("o_lp_q25", "25th percentile / 5"),
+    ("o_lp_q50", "median / 5"),
+    ("o_lp_q75", "75th percentile / 5"),
+    ("o_lp_q90", "90th percentile / 5"),
+    ("o_lp_cum", "cumulative log-prob / 20 (then clipped to [-10, 0])"),
+    ("o_lp_first", "first token's log-prob / 5"),
+    ("o_lp_last", "last token's log-prob / 5"),
+    ("o_p_mean", "mean token probability exp(lp)"),
+    ("o_p_min", "min token probability"),
+    ("o_p_seq", "sequence probability exp(cum log-prob)"),
+    ("o_frac_p_below_half", "share of tokens with probability < 0.5"),
+    ("o_frac_p_below_0.9", "share of tokens with probability < 0.9"),
+    ("o_surprise_max", "-ln(max(-min lp, 1e-6)) / 10: resolves near-certain tokens"),
+    ("o_surprise_mean", "-ln(max(-mean lp, 1e-6)) / 10"),
+    ("o_chars", "len(output_text) / 32"),
+    ("o_length_ratio", "len(output_text.strip()) / max(1, len(prompt))  [token length ratio, post-hoc]"),
+    ("o_char_recall", "share of output characters (as a multiset) also in the prompt, 0 if empty"),
+    ("o_digit_frac", "share of decimal-digit characters in the output"),
+    ("o_alpha_frac", "share of alphabetic characters in the output"),
+    ("o_char_entropy", "Shannon entropy of the output's characters, bits / 5"),
+    ("o_repeat_bigram_frac", "1 - distinct character bigrams / bigrams of the output (looping)"),
+    # --- reserved ----------------------------------------------------------------------------------
+    ("reserved_62", "always 0"),
+    ("reserved_63", "always 0"),
+)
+SLOT_NAMES: tuple[str, ...] = tuple(name for name, _ in SLOTS)
+SLOT_INDEX: dict[str, int] = {name: i for i, name in enumerate(SLOT_NAMES)}
+STAGE_SLOTS: tuple[int, ...] = tuple(SLOT_INDEX[f"stage_{i}"] for i in range(MAX_STAGES))  # (5, 6, 7, 8)
+EX_ANTE_SLOT: int = SLOT_INDEX["ex_ante"]
+PAPER_SLOTS: tuple[int, ...] = tuple(range(9))                 # the paper's B.2 features
+PROMPT_SLOTS: tuple[int, ...] = tuple(range(EX_ANTE_SLOT + 1))  # everything an ex-ante vector may set
+OUTPUT_SLOTS: tuple[int, ...] = tuple(range(SLOT_INDEX["o_tokens"], SLOT_INDEX["reserved_62"]))
+assert len(SLOTS) == N_FEATURES and len(set(SLOT_NAMES)) == N_FEATURES
+
+_PIECE = re.compile(r"\w+|[^\w\s]")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return "" if value is None else str(value)
+
+
+def _entropy(counts: Counter) -> float:
+    total = sum(counts.values())
+    if total == 0:
+        return 0.0
+    return -sum((c / total) * math.log2(c / total) for c in counts.values())
+
+
+def _longest_run(text: str, pred) -> int:
+    best = run = 0
+    for ch in text:
+        run = run + 1 if pred(ch) else 0
+        best = max(best, run)
+    return best
+
+
+def _share(text: str, pred) -> float:
+    return sum(1 for ch in text if pred(ch)) / len(text) if text else 0.0
+
+
+def _is_symbol(ch: str) -> bool:
+    return not (ch.isalnum() or ch.isspace())
+
+
+@lru_cache(maxsize=256)
+def _prompt_part(prompt: str) -> tuple[float, ...]:
+    """Slots 0-4 and 9-25 (stage-independent), cached: the cascade scores one prompt at every stage."""
+    n = len(prompt)
+    words = prompt.split()
+    chars = Counter(prompt)
+    paper = (n / 100, len(words) / 20, prompt.count("?") / 5, prompt.count("!") / 5,
+             len({w.lower() for w in words}) / len(words) if words else 0.0)
+    extra = (
+        _entropy(chars) / 5,
+        _entropy(Counter(words)) / 5,
+        len(_PIECE.findall(prompt)) / n if n else 0.0,
+        math.log1p(n) / 8,
+        _share(prompt, str.isdecimal),
+        _share(prompt, str.isalpha),
+        _share(prompt, str.isspace),
+        _share(prompt, _is_symbol),
+        _share(prompt, str.isupper),
+        _share(prompt, lambda ch: ord(ch) > 127),
+        _longest_run(prompt, str.isdecimal) / 10,
+        _longest_run(prompt, str.isalpha) / 10,
+        len(re.findall(r"\d+", prompt)) / 5,
+        (sum(len(w) for w in words) / len(words)) / 10 if words else 0.0,
+        len(chars) / n if n else 0.0,
+        (prompt.count("\n") + 1) / 10 if n else 0.0,
+        max(chars.values()) / n if n else 0.0,
+    )
+    return paper + extra
+
+
+def _base(prompt: object, stage: int, n_stages: int, ex_ante: bool) -> np.ndarray:
+    if not 1 <= int(n_stages) <= MAX_STAGES:
+        raise ValueError(f"n_stages must be in 1..{MAX_STAGES}, got {n_stages}")
+    if not 0 <= int(stage) < int(n_stages):
+        raise ValueError(f"stage must be in 0..{int(n_stages) - 1}, got {stage}")
+    stage, n_stages = int(stage), int(n_stages)
+    part = _prompt_part(_text(prompt))
+    v = np.zeros(N_FEATURES, dtype=np.float64)
+    v[0:5] = part[0:5]
+    v[STAGE_SLOTS[stage]] = 1.0
+    v[9:26] = part[5:]
+    v[SLOT_INDEX["stage_frac"]] = stage / (n_stages - 1) if n_stages > 1 else 0.0
+    v[SLOT_INDEX["n_stages"]] = n_stages / MAX_STAGES
+    v[SLOT_INDEX["is_last_stage"]] = float(stage == n_stages - 1)
+    v[EX_ANTE_SLOT] = float(ex_ante)
+    return v
+
+
+def _finish(v: np.ndarray) -> np.ndarray:
+    out = np.clip(np.nan_to_num(v, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
+    return out + np.float32(0.0)  # -0.0 -> 0.0, so equal features are equal bytes
+
+
+def _logprob_array(logprobs: object) -> np.ndarray:
+    """Flattened float64 array; anything that is not a sequence of numbers becomes empty."""
+    if logprobs is None:
+        return np.zeros(0)
+    try:
+        arr = np.asarray(logprobs, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return np.zeros(0)
+    return arr
+
+
+def ex_ante_features(prompt: str, stage: int, n_stages: int) -> np.ndarray:
+    """Prompt-only features (float32, shape (64,)) for a stage not yet run: output slots 0, ``ex_ante`` 1."""
+    return _finish(_base(prompt, stage, n_stages, ex_ante=True))
+
+
+def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit_max_tokens: bool,
+                   stage: int, n_stages: int) -> np.ndarray:
+    """Post-hoc features (float32, shape (64,)) of ``stage``'s answer ``output_text`` to ``prompt``.
+
+    ``logprobs``: the generated tokens' log-probs in nats (end token excluded), one per token; NaN
+    entries are dropped and counted, -inf and values below -20 are clipped to -20, positive values to 0.
+    """
+    v = _base(prompt, stage, n_stages, ex_ante=False)
+    prompt_s, out = _text(prompt), _text(output_text)
+    raw = _logprob_array(logprobs)
+    n_tok = raw.size
+    finite = raw[~np.isnan(raw)]
+    lp = np.clip(finite, LOGPROB_FLOOR, 0.0)  # -inf -> floor, +inf -> 0
+    s = SLOT_INDEX
+    v[s["o_tokens"]] = n_tok / 32
+    v[s["o_log_tokens"]] = math.log1p(n_tok) / 5
+    v[s["o_hit_max_tokens"]] = float(bool(hit_max_tokens))
+    v[s["o_empty"]] = float(not out.strip())
+    v[s["o_no_logprobs"]] = float(lp.size == 0)
+    v[s["o_nan_logprob_frac"]] = (n_tok - finite.size) / n_tok if n_tok else 0.0
+    if lp.size:
+        q10, q25, q50, q75, q90 = np.quantile(lp, [0.1, 0.25, 0.5, 0.75, 0.9])
+        cum, p = float(lp.sum()), np.exp(lp)
+        v[s["o_lp_mean"]] = lp.mean() / 5
+        v[s["o_lp_min"]] = lp.min() / 5
+        v[s["o_lp_max"]] = lp.max() / 5
+        v[s["o_lp_std"]] = lp.std() / 5
+        for name, q in (("o_lp_q10", q10), ("o_lp_q25", q25), ("o_lp_q50", q50), ("o_lp_q75", q75),
+                        ("o_lp_q90", q90)):
+            v[s[name]] = q / 5
+        v[s["o_lp_cum"]] = max(cum / 20, -CLIP)
+        v[s["o_lp_first"]] = lp[0] / 5
+        v[s["o_lp_last"]] = lp[-1] / 5
+        v[s["o_p_mean"]] = p.mean()
+        v[s["o_p_min"]] = p.min()
+        v[s["o_p_seq"]] = math.exp(cum)
+        v[s["o_frac_p_below_half"]] = float((p < 0.5).mean())
+        v[s["o_frac_p_below_0.9"]] = float((p < 0.9).mean())
+        v[s["o_surprise_max"]] = -math.log(max(-float(lp.min()), 1e-6)) / 10
+        v[s["o_surprise_mean"]] = -math.log(max(-float(lp.mean()), 1e-6)) / 10
+    stripped = out.strip()
+    v[s["o_chars"]] = len(out) / 32
+    v[s["o_length_ratio"]] = len(stripped) / max(1, len(prompt_s))
+    if out:
+        pc, oc = Counter(prompt_s), Counter(out)
+        v[s["o_char_recall"]] = sum(min(c, pc[ch]) for ch, c in oc.items()) / len(out)
+        v[s["o_digit_frac"]] = _share(out, str.isdecimal)
+        v[s["o_alpha_frac"]] = _share(out, str.isalpha)
+        v[s["o_char_entropy"]] = _entropy(oc) / 5
+        bigrams = [out[i:i + 2] for i in range(len(out) - 1)]
+        v[s["o_repeat_bigram_frac"]] = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+    return _finish(v)
+
+
+def stage_of(features: np.ndarray) -> np.ndarray:
+    """Stage index per row of a (N, 64) batch from the one-hot slots; -1 where not exactly one is set."""
+    onehot = np.asarray(features)[:, list(STAGE_SLOTS)] > 0.5   # (N, 4)
+    return np.where(onehot.sum(axis=1) == 1, onehot.argmax(axis=1), -1)
+
+
+def is_ex_ante(features: np.ndarray) -> np.ndarray:
+    """(N,) bool: which rows of a (N, 64) batch are ex-ante (prompt-only) vectors."""
+    return np.asarray(features)[:, EX_ANTE_SLOT] > 0.5

@@ -1,0 +1,178 @@
+"""The quality predictor at serving time: ONNX network + per-stage, per-mode calibration from the sidecar.
+
+Importable without Triton and without torch (numpy + onnxruntime only). Used by
+model_repository/quality_predictor/1/model.py (thin glue) and offline, e.g. by replay code:
+
+    qp = QualityPredictor("model_repository/quality_predictor/1/model.onnx")   # sidecar: model.json beside
+    conf = qp.predict(features)        # (N, 64) float32 -> (N,) float32, calibrated
+
+Each row's stage comes from its stage one-hot slots and its mode (post-hoc vs ex-ante) from the ``ex_ante``
+slot (see optistop.features); the calibration for that (stage, mode) is applied to the raw ONNX output.
+Loading refuses (``PredictorLoadError``) a sidecar whose feature version or slot names differ from this
+code's optistop.features, or whose recorded sha256 does not match the ONNX file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optistop import calibration
+from optistop.features import EX_ANTE_SLOT, FEATURE_VERSION, MAX_STAGES, SLOT_NAMES, STAGE_SLOTS
+from optistop.tensors import CONFIDENCE, FEATURES, N_FEATURES
+
+SIDECAR_FORMAT = "optistop.quality_predictor/1"
+SIDECAR_KEYS: tuple[str, ...] = (
+    "format", "feature_version", "n_features", "slot_names", "stage_slots", "ex_ante_slot", "input",
+    "output", "stages", "costs", "arch", "modes", "onnx_sha256", "opset", "calibration", "training",
+    "metrics", "acceptance", "parity", "versions",
+)
+CAL_MODES: tuple[str, ...] = ("post_hoc", "ex_ante")
+
+
+class PredictorLoadError(RuntimeError):
+    """The ONNX file and its sidecar cannot be served by this code; the message says why and what to run."""
+
+
+def load_sidecar(path: str | Path) -> dict[str, Any]:
+    """Read and validate a sidecar; raises PredictorLoadError naming the problem."""
+    path = Path(path)
+    regen = "regenerate it with `make predictor`"
+    try:
+        side = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PredictorLoadError(f"{path}: predictor sidecar not found; {regen}") from None
+    except json.JSONDecodeError as exc:
+        raise PredictorLoadError(f"{path}: not valid JSON ({exc}); {regen}") from None
+    missing = [k for k in SIDECAR_KEYS if k not in side]
+    if missing:
+        raise PredictorLoadError(f"{path}: sidecar lacks {missing}; {regen}")
+    if side["format"] != SIDECAR_FORMAT:
+        raise PredictorLoadError(f"{path}: sidecar format {side['format']!r}, expected {SIDECAR_FORMAT!r}")
+    if side["feature_version"] != FEATURE_VERSION:
+        raise PredictorLoadError(
+            f"{path}: predictor was trained on feature version {side['feature_version']}, but "
+            f"optistop.features is version {FEATURE_VERSION}; {regen}")
+    if side["n_features"] != N_FEATURES or tuple(side["slot_names"]) != SLOT_NAMES:
+        raise PredictorLoadError(f"{path}: feature slots differ from optistop.features "
+                                 f"(same version {FEATURE_VERSION}: bump FEATURE_VERSION); {regen}")
+    if tuple(side["stage_slots"]) != STAGE_SLOTS or side["ex_ante_slot"] != EX_ANTE_SLOT:
+        raise PredictorLoadError(f"{path}: stage / ex_ante slot positions differ from optistop.features")
+    n = len(side["stages"])
+    if not 1 <= n <= MAX_STAGES:
+        raise PredictorLoadError(f"{path}: {n} stages; the features encode 1..{MAX_STAGES}")
+    for mode in CAL_MODES:
+        entries = side["calibration"].get(mode)
+        if not isinstance(entries, list) or len(entries) != n:
+            raise PredictorLoadError(f"{path}: calibration.{mode} needs one entry per stage ({n})")
+        for s, entry in enumerate(entries):
+            try:
+                calibration.validate(entry.get("calibrator"), f"calibration.{mode}[{s}]")
+            except (ValueError, AttributeError) as exc:
+                raise PredictorLoadError(f"{path}: {exc}") from None
+    return side
+
+
+def check_features(x: object, n_stages: int) -> str | None:
+    """Why a request's features cannot be scored (None if they can): shape, dtype, finiteness, stage."""
+    if not isinstance(x, np.ndarray):
+        return f"missing input tensor {FEATURES!r}"
+    if x.ndim != 2 or x.shape[1] != N_FEATURES:
+        return f"input {FEATURES!r} must have shape [batch, {N_FEATURES}], got {list(x.shape)}"
+    if x.dtype.kind != "f":
+        return f"input {FEATURES!r} must be FP32, got {x.dtype}"
+    if not np.all(np.isfinite(x)):
+        return f"input {FEATURES!r} contains NaN or infinite values"
+    onehot = x[:, list(STAGE_SLOTS)]
+    ok = np.all((onehot == 0.0) | (onehot == 1.0), axis=1) & (onehot.sum(axis=1) == 1.0)
+    if not ok.all():
+        return (f"input {FEATURES!r}: slots {list(STAGE_SLOTS)} must be a one-hot stage encoding "
+                f"(use optistop.features.stage_features / ex_ante_features)")
+    stage = onehot.argmax(axis=1)
+    if stage.max(initial=0) >= n_stages:
+        return (f"input {FEATURES!r}: stage {int(stage.max())} is unknown to this predictor; "
+                f"valid stages: 0..{n_stages - 1}")
+    return None
+
+
+class QualityPredictor:
+    """Calibrated confidences from an exported predictor (model.onnx + model.json sidecar)."""
+
+    def __init__(self, onnx_path: str | Path, sidecar_path: str | Path | None = None, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.onnx_path = Path(onnx_path)
+        self.sidecar_path = Path(sidecar_path) if sidecar_path else self.onnx_path.with_suffix(".json")
+        self.sidecar = load_sidecar(self.sidecar_path)
+        try:
+            data = self.onnx_path.read_bytes()
+        except FileNotFoundError:
+            raise PredictorLoadError(f"{self.onnx_path}: ONNX file not found; run `make predictor`") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sidecar["onnx_sha256"]:
+            raise PredictorLoadError(f"{self.onnx_path}: sha256 {digest[:12]}... does not match the sidecar's "
+                                     f"{self.sidecar['onnx_sha256'][:12]}...; the two files are from different "
+                                     f"runs of `make predictor`")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.stages: tuple[str, ...] = tuple(self.sidecar["stages"])
+        self._cal = {mode: [e["calibrator"] for e in self.sidecar["calibration"][mode]] for mode in CAL_MODES}
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.stages)
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """Uncalibrated network outputs (N,) float32 for valid (N, 64) features."""
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = self.session.run([CONFIDENCE], {FEATURES: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return out[:, 0]
+
+    def calibrate(self, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """Apply each row's (stage, mode) calibrator to its raw score; (N,) float32."""
+        stage = x[:, list(STAGE_SLOTS)].argmax(axis=1)
+        ante = x[:, EX_ANTE_SLOT] > 0.5
+        out = np.empty(len(x), dtype=np.float64)
+        for s in range(self.n_stages):
+            for mode, mask_mode in (("post_hoc", ~ante), ("ex_ante", ante)):
+                mask = (stage == s) & mask_mode
+                if mask.any():
+                    out[mask] = calibration.apply(self._cal[mode][s], raw[mask])
+        return out.astype(np.float32)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated confidences (N,) float32 for (N, 64) features; ValueError for invalid input."""
+        x = np.asarray(features)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.dtype.kind == "f":
+            x = x.astype(np.float32, copy=False)
+        error = check_features(x, self.n_stages)
+        if error:
+            raise ValueError(error)
+        return self.calibrate(x, self.raw(x))
+
+    def predict_requests(self, batches: list[np.ndarray | None]) -> list[np.ndarray | str]:
+        """One result per request: (b, 1) float32 confidences, or an error message for that request only.
+
+        Valid requests are scored in one onnxruntime call (dynamic batching gathers them).
+        """
+        errors = [check_features(b, self.n_stages) for b in batches]
+        good = [i for i, e in enumerate(errors) if e is None]
+        results: list[np.ndarray | str] = [e if e is not None else "" for e in errors]
+        if good:
+            x = np.concatenate([np.asarray(batches[i], dtype=np.float32) for i in good], axis=0)
+            conf = self.calibrate(x, self.raw(x))
+            start = 0
+            for i in good:
+                n = len(batches[i])  # type: ignore[arg-type]
+                results[i] = conf[start:start + n, None]
+                start += n
+        return results
