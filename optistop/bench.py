@@ -1,0 +1,344 @@
+"""One-command perf_analyzer benchmark: the cascade vs always-small/medium/large, side by side.
+
+$ make bench                                   # starts its own server on free ports (about 10 min, 2 cores)
+$ python client/bench.py --url 127.0.0.1:8001  # against a running server (gRPC)
+$ python client/bench.py --quick               # 1 repeat, concurrency 1 and 4: a smoke run
+$ python client/bench.py --report-only         # re-aggregate the raw files of the last run
+
+For each repeat, concurrency and configuration (cascade at the spec's default policy and lambda, fixed:0,
+fixed:1, fixed:2; the order rotates every round so machine drift hits all alike) it runs perf_analyzer on
+``--input-data`` built from held-out task prompts, with ``--bls-composing-models`` set to the stage and
+predictor models, and snapshots Triton's per-model statistics around the run. Raw files go to
+artifacts/bench/; bench/results.json, bench/results.md and bench/latency_throughput.png are the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from optistop import __version__
+from optistop.bench_parse import parse_pa_csv, parse_profile_export, parse_prometheus, stats_diff, stats_snapshot
+from optistop.bench_report import BASELINE, CASCADE, Run, aggregate, write_markdown, write_plot
+from optistop.config import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS_PREFIX = "optistop_cascade_"
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run; the message says what is missing and how to get it."""
+
+
+# --- perf_analyzer environment ------------------------------------------------------------------------
+def perf_analyzer_env() -> tuple[Path, dict[str, str]]:
+    """The perf_analyzer binary of tritonclient[all] and an environment in which it starts."""
+    exe = Path(sys.prefix) / "bin" / "perf_analyzer"
+    if not exe.exists():
+        found = shutil.which("perf_analyzer")
+        if not found:
+            raise BenchError("perf_analyzer not found; it ships with tritonclient: "
+                             "pip install 'tritonclient[all]==2.51.0' (or `make venv`)")
+        exe = Path(found)
+    env = dict(os.environ)
+    spec = importlib.util.find_spec("nvidia.cuda_runtime")
+    libs = [str(Path(p) / "lib") for p in (spec.submodule_search_locations or [])] if spec else []
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)
+    proc = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip()
+        if "libb64" in err:
+            raise BenchError("perf_analyzer needs libb64.so.0d: sudo apt-get install libb64-0d "
+                             "(or `make sysdeps`)")
+        if "libcudart" in err:
+            raise BenchError("perf_analyzer needs libcudart.so.12: pip install nvidia-cuda-runtime-cu12 "
+                             "(in the serve extra; `make venv`)")
+        raise BenchError(f"perf_analyzer does not start: {err.splitlines()[-1] if err else proc.returncode}")
+    return exe, env
+
+
+def perf_analyzer_version(exe: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr  # the version line goes to stderr
+    return out.strip().split("Version")[-1].split("(")[0].strip() or out.strip()
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+def held_out_prompts(per_cell: int, seed: int) -> list[str]:
+    """Held-out (test split) prompts, every family and level, shuffled so each window sees a mix."""
+    from optistop.tasks import generate_split
+
+    prompts = [it.prompt for it in generate_split("test", per_cell, seed)]
+    random.Random(seed).shuffle(prompts)
+    return prompts
+
+
+def input_data(prompts: list[str], policy: str, lam: float, max_tokens: int) -> dict[str, Any]:
+    """perf_analyzer --input-data: one batch-1 request per entry, sent round-robin."""
+    return {"data": [{"text_input": [p], "max_tokens": [max_tokens], "lambda": [lam], "policy": [policy]}
+                     for p in prompts]}
+
+
+def configurations(spec: CascadeSpec) -> dict[str, str]:
+    """Configuration name -> policy input. The cascade runs the spec's default policy and lambda."""
+    return {CASCADE: spec.default_policy, **{f"fixed:{k}": f"fixed:{k}" for k in range(len(spec.stages))}}
+
+
+# --- running ---------------------------------------------------------------------------------------------
+def run_perf_analyzer(exe: Path, env: dict[str, str], *, model: str, url: str, data: Path, concurrency: int,
+                      window: int, composing: list[str], csv: Path, export: Path, timeout: float) -> list[str]:
+    cmd = [str(exe), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data),
+           "--concurrency-range", str(concurrency),
+           # Each call measures exactly 3 windows of >= `window` requests (perf_analyzer's stability search
+           # is off); repeats, interleaving and medians take its place.
+           "--measurement-mode", "count_windows", "--measurement-request-count", str(window),
+           "--stability-percentage", "1000", "--max-trials", "3",
+           "--warmup-request-count", str(2 * concurrency),
+           # versions pinned: with none, perf_analyzer fails when a composing model is not called in a window
+           "--bls-composing-models", ",".join(composing),
+           "-f", str(csv), "--verbose-csv", "--profile-export-file", str(export)]
+    for old in (csv, export):  # perf_analyzer refuses an existing --profile-export-file
+        old.unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"perf_analyzer ran past {timeout:.0f}s at concurrency {concurrency}") from None
+    (csv.parent / (csv.stem + ".log")).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not csv.exists():
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        why = next((ln for ln in lines if ln.lower().startswith("error")), lines[-1] if lines else "")
+        raise BenchError(f"perf_analyzer failed (exit {proc.returncode}): {why}; see {csv.parent / csv.stem}.log")
+    return cmd
+
+
+def triton_stats(url: str) -> dict[str, dict[str, int]]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return stats_snapshot(client.get_inference_statistics(as_json=True))
+    finally:
+        client.close()
+
+
+def cascade_metrics(metrics_url: str | None) -> dict[str, float]:
+    """The cascade's own Prometheus counters (optistop_cascade_*), summed over labels; {} without a URL."""
+    import urllib.request
+
+    if not metrics_url:
+        return {}
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        return parse_prometheus(resp.read().decode(), METRICS_PREFIX)
+
+
+def model_versions(url: str, models: list[str]) -> list[str]:
+    """``name:version`` (the highest ready version) for each model, as --bls-composing-models takes them."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        out = []
+        for m in models:
+            try:
+                versions = client.get_model_metadata(m, as_json=True).get("versions") or ["1"]
+            except InferenceServerException as exc:
+                raise BenchError(f"model {m!r} is not available on {url}: {exc.message()}") from None
+            out.append(f"{m}:{max(versions, key=int)}")
+        return out
+    finally:
+        client.close()
+
+
+def server_version(url: str) -> str | None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return client.get_server_metadata(as_json=True).get("version")
+    finally:
+        client.close()
+
+
+def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: str | None,
+            raw: Path) -> str:
+    """Interleaved runs, indexed in raw/runs.json; returns one perf_analyzer command line as run."""
+    exe, env = perf_analyzer_env()
+    prompts = held_out_prompts(args.per_cell, args.seed)
+    composing = model_versions(url, [s.triton_model for s in spec.stages] + [spec.predictor_model])
+    cfgs = configurations(spec)
+    data = {}
+    for name, policy in cfgs.items():
+        data[name] = raw / f"inputs_{name.replace(':', '')}.json"
+        data[name].write_text(json.dumps(input_data(prompts, policy, args.lam, args.max_tokens)))
+    kw = dict(model=args.model, url=url, composing=composing, timeout=args.run_timeout)
+    t0 = time.monotonic()
+    for name in cfgs:  # warm-up: every path of every model once, nothing recorded
+        run_perf_analyzer(exe, env, data=data[name], concurrency=2, window=8, csv=raw / "warmup.csv",
+                          export=raw / "warmup.json", **kw)
+    index: list[dict[str, Any]] = []
+    names = list(cfgs)
+    for rep in range(args.repeats):
+        for ci, c in enumerate(args.concurrency):
+            shift = (rep + ci) % len(names)
+            for name in names[shift:] + names[:shift]:
+                stem = f"{name.replace(':', '')}_c{c}_r{rep}"
+                before, m_before = triton_stats(url), cascade_metrics(metrics_url)
+                cmd = run_perf_analyzer(exe, env, data=data[name], concurrency=c, window=args.window,
+                                        csv=raw / f"{stem}.csv", export=raw / f"{stem}.json", **kw)
+                m_after = cascade_metrics(metrics_url)
+                index.append({"config": name, "concurrency": c, "rep": rep, "stem": stem,
+                              "stats": stats_diff(before, triton_stats(url)),
+                              "metrics": {k: v - m_before.get(k, 0.0) for k, v in m_after.items()}})
+                print(f"[{time.monotonic() - t0:6.0f}s] rep {rep} c={c} {name}", flush=True)
+    (raw / "runs.json").write_text(json.dumps(index))
+    return " ".join(["perf_analyzer", *cmd[1:]]).replace(str(ROOT) + "/", "")
+
+
+def load_runs(raw: Path) -> list[Run]:
+    index = json.loads((raw / "runs.json").read_text())
+    runs = []
+    for e in index:
+        c = e["concurrency"]
+        csv_rows = parse_pa_csv((raw / f"{e['stem']}.csv").read_text())
+        recs = parse_profile_export(json.loads((raw / f"{e['stem']}.json").read_text()))
+        runs.append(Run(e["config"], c, e["rep"], csv_rows[c], recs[c], e["stats"], e.get("metrics", {})))
+    return runs
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
+            "loadavg": list(os.getloadavg())}
+
+
+def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    from optistop.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(spec.tokenizer)
+    count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + the end token
+    res = aggregate(load_runs(raw), n_stages=len(spec.stages), cascade_model=args.model,
+                    stage_models=[s.triton_model for s in spec.stages], predictor=spec.predictor_model,
+                    count_tokens=count)
+    res["meta"] = meta
+    ratio = res.get("cascade_vs_large_latency_ratio", {})
+    res["targets"] = {
+        "controller_overhead_p99_le_1ms": (res.get("controller_overhead_p99_ms") or 1e9) <= 1.0,
+        "cascade_mean_latency_below_large": {c: r is not None and r < 1.0 for c, r in ratio.items()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_markdown(res, args.out / "results.md")
+    write_plot(res, args.out / "latency_throughput.png")
+    return res
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="gRPC host:port of a running server (default: start one on free ports)")
+    ap.add_argument("--metrics-url", help="with --url: its metrics endpoint, e.g. http://127.0.0.1:8002/metrics")
+    ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="cascade spec (stage models, lambda)")
+    ap.add_argument("--model", default="cascade")
+    ap.add_argument("--repository", type=Path, default=None, help="model repository of the server it starts")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench")
+    ap.add_argument("--raw", type=Path, default=ROOT / "artifacts" / "bench")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--window", type=int, default=48, help="minimum requests per perf_analyzer window (x3)")
+    ap.add_argument("--per-cell", type=int, default=4, help="held-out prompts per (family, level) cell")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lambda", dest="lam", type=float, default=None, help="default: the spec's")
+    ap.add_argument("--max-tokens", type=int, default=None, help="default: the spec's")
+    ap.add_argument("--run-timeout", type=float, default=240.0, help="seconds per perf_analyzer call")
+    ap.add_argument("--quick", action="store_true", help="1 repeat, concurrency 1 and 4, small windows")
+    ap.add_argument("--report-only", action="store_true", help="re-aggregate the raw files in --raw")
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        spec = load_spec(args.spec, check_paths=False)  # the benchmark reads names, costs, defaults
+    except SpecError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    args.lam = spec.default_lambda if args.lam is None else args.lam
+    args.max_tokens = args.max_tokens or spec.max_tokens_default
+    if args.quick:
+        args.repeats, args.concurrency, args.window = 1, [1, 4], 12
+    if BASELINE not in configurations(spec):
+        raise SystemExit(f"error: the spec has no stage 2 for the {BASELINE} baseline")
+    args.raw.mkdir(parents=True, exist_ok=True)
+    meta_path = args.raw / "meta.json"
+    try:
+        if not args.report_only:
+            meta = run_all(args, spec)
+            meta_path.write_text(json.dumps(meta))
+        meta = json.loads(meta_path.read_text())
+        res = report(args, spec, args.raw, meta)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out / 'results.json'}, results.md, latency_throughput.png; "
+          f"cascade/large mean latency {res.get('cascade_vs_large_latency_ratio')}, controller overhead "
+          f"p50 {res.get('controller_overhead_p50_ms')} ms p99 {res.get('controller_overhead_p99_ms')} ms")
+    return 0
+
+
+def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
+    from optistop.server import EmbeddedServer, ServerConfig, ServerError
+
+    started = time.monotonic()
+    meta: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python client/bench.py", *args.argv]).strip(),
+        "machine": machine(), "repeats": args.repeats, "concurrency": args.concurrency,
+        "window_requests": args.window, "prompts": 12 * args.per_cell, "seed": args.seed,
+        "lambda": args.lam, "max_tokens": args.max_tokens, "policy": spec.default_policy,
+        "nominal_costs": list(spec.costs), "stage_models": [s.triton_model for s in spec.stages],
+        "config_labels": {CASCADE: f"cascade ({spec.default_policy}, lambda {args.lam:g})",
+                          **{f"fixed:{k}": f"fixed:{k} ({s.name})" for k, s in enumerate(spec.stages)}},
+    }
+    exe, env = perf_analyzer_env()
+    versions = {"perf_analyzer": perf_analyzer_version(exe, env), "optistop": __version__,
+                "python": platform.python_version()}
+    if args.url:
+        versions["tritonserver"] = server_version(args.url)
+        meta["perf_analyzer_command"] = measure(args, spec, args.url, args.metrics_url, args.raw)
+    else:
+        cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+        if args.repository:
+            cfg.repository = args.repository.resolve()
+        try:
+            # own backend directory: another server's running stub cannot be overwritten ("text file busy")
+            with EmbeddedServer(cfg, workdir=args.raw / "server", log_path=args.raw / "server.log"):
+                versions["tritonserver"] = server_version(cfg.grpc_url)
+                meta["server_ready_s"] = round(time.monotonic() - started, 1)
+                meta["perf_analyzer_command"] = measure(args, spec, cfg.grpc_url,
+                                                        f"http://{cfg.host}:{cfg.metrics_port}/metrics", args.raw)
+        except ServerError as exc:
+            raise BenchError(str(exc)) from None
+    meta["versions"] = versions
+    meta["machine"]["loadavg_end"] = list(os.getloadavg())
+    meta["wall_s"] = round(time.monotonic() - started, 1)
+    return meta
+
+
+if __name__ == "__main__":
+    sys.exit(main())
