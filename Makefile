@@ -64,6 +64,12 @@ predictor: collect
 $(PREDICTOR):
 	$(MAKE) predictor
 
+# perf_analyzer: cascade vs fixed:0/1/2 at concurrency 1/4/8, 5 interleaved repeats, on a server it starts
+# on free ports (about 5 min on 2 cores). For a running server:
+#   make bench BENCH_ARGS="--url 127.0.0.1:8001 --metrics-url http://127.0.0.1:8002/metrics"
+bench: venv sysdeps $(MODELS) $(PREDICTOR)
+	$(BIN)/python client/bench.py $(BENCH_ARGS)
+
 # 60 s at concurrency 16 against a server it starts; prints its figures, exits non-zero on a failure.
 soak: venv sysdeps
 	$(BIN)/python -m optistop.soak --duration 60 --concurrency 16

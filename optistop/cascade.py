@@ -192,7 +192,8 @@ class _Run:
             except StageFailure as exc2:
                 reasons.append(str(exc2))
         if self.scored:
-            return self._finish(max(self.scored, key=lambda kc: kc[1])[0], reasons=reasons)
+            # ties go to the later-run (larger) stage, as in the policies
+            return self._finish(max(reversed(self.scored), key=lambda kc: kc[1])[0], reasons=reasons)
         if self.outputs:
             return self._finish(max(self.outputs), reasons=reasons)
         raise StageFailure(exc.stage, "; ".join(reasons))

@@ -11,6 +11,7 @@ libpython, which does not know about the virtual environment).
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import signal
@@ -73,11 +74,19 @@ def prepare_python_backend(dest: Path) -> Path:
         raise ServerError(f"pytriton has no Python-backend stub for Python {ver}; use Python 3.8-3.13")
     py = dest / "python"
     py.mkdir(parents=True, exist_ok=True)
-    for f in (src / "backends" / "python").iterdir():
+    for f in [*(src / "backends" / "python").iterdir(), stub]:
         if f.is_file():
-            shutil.copy2(f, py / f.name)
-    shutil.copy2(stub, py / stub.name)
+            _install(f, py / f.name)
     return dest
+
+
+def _install(src: Path, dst: Path) -> None:
+    """Copy unless identical; replace atomically, since a running server may be executing ``dst``."""
+    if dst.exists() and filecmp.cmp(src, dst, shallow=False):
+        return
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -179,9 +188,12 @@ class EmbeddedServer:
         raise ServerError(f"tritonserver was not ready after {timeout:.0f}s")
 
     def log_tail(self, lines: int = 15) -> str:
+        """Why it failed: the log's model-load failures if any, else its last lines."""
         if not self.log_path or not self.log_path.exists():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        text = self.log_path.read_text(errors="replace").splitlines()
+        failures = [ln[:400] for ln in text if "failed to load" in ln and "model_lifecycle" in ln]
+        return "\n".join(failures or text[-lines:])
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:

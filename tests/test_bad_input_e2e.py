@@ -27,7 +27,7 @@ CASES = [
     ("lambda nan", dict(prompt=GOOD, lam=float("nan")), ["lambda", "finite"]),
     ("lambda inf", dict(prompt=GOOD, lam=float("inf")), ["lambda", "finite"]),
     ("unknown policy", dict(prompt=GOOD, policy="greedy"), ["policy", "optimal", "paper", "fixed:0..2"]),
-    ("fixed out of range", dict(prompt=GOOD, policy="fixed:3"), ["policy", "fixed:0..2"]),
+    ("fixed out of range", dict(prompt=GOOD, policy="fixed:3"), ["policy", "fixed:3", "0..2"]),
 ]
 
 

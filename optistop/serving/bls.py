@@ -70,11 +70,17 @@ def parse_stage_outputs(out: dict[str, np.ndarray], max_tokens: int, end_id: int
     TensorRT-LLM engine and the CPU stand-in give the cascade the same tokens.
     """
     n = int(np.asarray(out[T.SEQUENCE_LENGTH]).reshape(-1)[0])
-    ids = np.asarray(out[T.OUTPUT_IDS]).reshape(-1, np.asarray(out[T.OUTPUT_IDS]).shape[-1])[0][:n]
-    lps = np.asarray(out[T.OUTPUT_LOG_PROBS]).reshape(-1, np.asarray(out[T.OUTPUT_LOG_PROBS]).shape[-1])[0][:n]
+    ids = _first_row(out[T.OUTPUT_IDS])[:n]            # (batch=1, beams, T) -> beam 0: (T,)
+    lps = _first_row(out[T.OUTPUT_LOG_PROBS])[:n]
     tokens = [int(t) for t in ids]
     ended = bool(tokens) and tokens[-1] == end_id
     if ended:
         tokens = tokens[:-1]
     return StageOutput(tuple(tokens), tuple(float(x) for x in lps[: len(tokens)]),
                        hit_max_tokens=not ended and len(tokens) >= max_tokens)
+
+
+def _first_row(arr: np.ndarray) -> np.ndarray:
+    """The last axis at index 0 of every leading axis (works for zero-length outputs too)."""
+    a = np.asarray(arr)
+    return a[(0,) * (a.ndim - 1)] if a.ndim > 1 else a

@@ -5,6 +5,14 @@ converts tensors and builds one response per request; a bad request gets its own
 Loading fails with a clear message if model.json's feature version differs from optistop.features.
 """
 
+# ruff: noqa: E402
+import os
+import sys
+
+# The backend stub embeds the system libpython and ignores PYTHONPATH; apply it here, before anything
+# imports numpy (pb_utils does), so the project's environment is importable. A no-op in the container.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
 import json
 import traceback
 from pathlib import Path
