@@ -94,8 +94,8 @@ def format_table(table: dict[str, Any]) -> str:
     f = lambda x: "  -  " if x is None else f"{x:.3f}"
     head = f"{'stage':8s} {'arch':7s} " + " ".join(f"{m + ' auroc/brier/ece':>33s}" for m in modes)
     lines = [head]
-    for stage, archs in table["per_stage"].items():
-        for arch, cells in archs.items():
+    for stage in table["stages"]:
+        for arch, cells in table["per_stage"][stage].items():
             lines.append(f"{stage:8s} {arch:7s} " + " ".join(
                 f"{f(cells[m]['auroc'])} / {f(cells[m]['brier'])} / {f(cells[m]['ece'])}".rjust(33)
                 for m in modes))
