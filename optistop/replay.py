@@ -38,7 +38,7 @@ from optistop.replay_fit import (
     response_stats,
 )
 
-LAMBDAS = tuple(float(x) for x in np.concatenate([[0.0], np.geomspace(0.1, 1e4, 51)]))
+LAMBDAS = tuple(float(x) for x in np.concatenate([[0.0], np.geomspace(0.1, 1e4, 121)]))
 SWEPT = ("optimal", "paper")
 
 
@@ -214,7 +214,7 @@ def evaluate(data: ReplayData, seed: int = 0, folds: int = 5, target: float = 0.
         ytr, yte = data.correct[train], data.correct[test]
         for p in pols:
             if p in sweep:
-                best = None                     # (cost, -lam, i): cheapest lambda reaching the target
+                best = None                     # (cost, i): cheapest lambda reaching the target
                 fallback = None                 # (quality, -cost, i) when no lambda reaches it
                 for i, lam in enumerate(lambdas):
                     o_tr = run_policy(p, ff.P_tr, ff.R_tr, ytr, c, lam, ff.resolution, seed)
@@ -253,7 +253,8 @@ def evaluate(data: ReplayData, seed: int = 0, folds: int = 5, target: float = 0.
         arrays["per_prompt"][p] = {"cost": out.cost(c), "quality": out.quality(data.correct)}
     ora = sim.oracle_at_target(data.correct, c, target * ref)
     om = _metrics(ora, data.correct, c)
-    result["policies"]["oracle"]["cost_at_target"] = om["cost"]
+    if "oracle" in result["policies"]:
+        result["policies"]["oracle"]["cost_at_target"] = om["cost"]
     result["oracle_at_target"] = om
     for p, sw in sweep.items():
         rows = [_metrics(sim.Outcome(sw["ran"][i], sw["answer"][i]), data.correct, c)
