@@ -72,7 +72,7 @@ def thresholds(costs: Sequence[float], ex_ante: Sequence[float], resolution: Seq
     r = ", ".join(f"{x:.2f}" for x in ex_ante)
     s = ", ".join(f"{x:.2f}" for x in resolution)
     ax.set_title(f"Thresholds vs lambda (fig. 2a redone); costs {list(costs)}\n"
-                 f"optimal uses ex-ante r = ({r}), resolution s = ({s}): {what}", fontsize=8)
+                 f"optimal uses ex-ante r = ({r}), resolution s = ({s}):\n{what}", fontsize=8)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -105,8 +105,8 @@ def regret(curves: dict[str, dict], path: Path) -> str:
                 continue
             d = c["feedback"][fb]
             m, sd = np.asarray(d["regret_mean"]), np.asarray(d["regret_sd"])
-            ax.plot(t, m, color=col, label=f"{fb} feedback (mean of {c['seeds']} seeds)")
-            ax.fill_between(t, m - sd, m + sd, color=col, alpha=0.15)
+            ax.plot(t, np.maximum(m, 1e-2), color=col, label=f"{fb} feedback (mean of {c['seeds']} seeds)")
+            ax.fill_between(t, np.maximum(m - sd, 1e-2), np.maximum(m + sd, 1e-2), color=col, alpha=0.15)
             f = d["fit"]
             ax.plot(t, f["sqrtT_logT"]["c"] * np.sqrt(t) * np.log(t), color=col, ls="--", lw=0.8,
                     label=f"fit {f['sqrtT_logT']['c']:.3g} sqrt(T) log T (R2 {f['sqrtT_logT']['r2']:.2f})")
@@ -114,9 +114,9 @@ def regret(curves: dict[str, dict], path: Path) -> str:
                 ax.plot(t, f["power"]["c"] * t ** f["power"]["a"], color=col, ls=":", lw=0.8,
                         label=f"fit T^{f['power']['a']:.2f} (R2 {f['power']['r2']:.2f})")
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_yscale("log")
         ax.set_xlabel("T (prompts)")
-        ax.set_ylabel("regret vs best fixed thresholds in hindsight")
+        ax.set_ylabel("regret vs best fixed thresholds in hindsight\n(loss units: costs + lambda (1 - q), scaled)")
         ax.set_title(f"{name}: {c['n_prompts']} prompts resampled, K = {c['K']} rules, lambda = "
                      f"{c['lam']:.3g}", fontsize=8)
         ax.legend(fontsize=6)

@@ -256,6 +256,9 @@ def evaluate(data: ReplayData, seed: int = 0, folds: int = 5, target: float = 0.
     if "oracle" in result["policies"]:
         result["policies"]["oracle"]["cost_at_target"] = om["cost"]
     result["oracle_at_target"] = om
+    arrays["sweep"] = {p: {"cost": (sw["ran"].astype(np.float32) @ c.astype(np.float32)),
+                           "quality": data.correct[np.arange(N)[None, :], sw["answer"]]}
+                       for p, sw in sweep.items()}
     for p, sw in sweep.items():
         rows = [_metrics(sim.Outcome(sw["ran"][i], sw["answer"][i]), data.correct, c)
                 for i in range(len(lambdas))]

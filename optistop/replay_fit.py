@@ -61,6 +61,7 @@ def prompt_stats(prompt: str) -> list[float]:
 
 def _safe_eval(expr: str) -> float | None:
     expr = expr.replace(",", "").replace("x", "*").replace("×", "*").replace("÷", "/")
+    expr = re.sub(r"(?<=[\d)])\s*\(", "*(", re.sub(r"(\d+(?:\.\d+)?)\s*%", r"(\1/100)", expr))   # 2(3) -> 2*(3)
     if not re.fullmatch(r"[\d.+\-*/() ]+", expr) or "**" in expr:
         return None
     try:
@@ -71,6 +72,32 @@ def _safe_eval(expr: str) -> float | None:
 
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= max(0.011, 1e-3 * abs(b))    # allows rounding to cents, not real slips
+
+
+_SEGMENT = re.compile(r"[\d.,$()\s]*\d[\d.,$\s+\-*/x×÷()%]*")
+
+
+def chain_slips(response: str) -> tuple[int, int]:
+    """(wrong, checked) links in chains "expr = expr = value" (calculator notes <<e=v>> included):
+    each evaluable side must equal the next one."""
+    bad = total = 0
+    for line in response.replace("<<", " ").replace(">>", " = ").splitlines():
+        parts = line.split("=")
+        if len(parts) < 2:
+            continue
+        vals = []
+        for j, part in enumerate(parts):
+            segs = _SEGMENT.findall(part)
+            if not segs:
+                vals.append(None)
+                continue
+            expr = (segs[0] if j == len(parts) - 1 else segs[-1]).replace("$", "").strip()
+            vals.append(_safe_eval(expr) if re.search(r"\d", expr) else None)
+        for a, b in zip(vals, vals[1:], strict=False):
+            if a is not None and b is not None:
+                total += 1
+                bad += not _close(a, b)
+    return bad, total
 
 
 def response_stats(prompt: str, response: str, logprobs: Sequence[float] | None = None) -> list[float]:
@@ -97,6 +124,7 @@ def response_stats(prompt: str, response: str, logprobs: Sequence[float] | None 
     covered = len(pnums & set(nums)) / max(len(pnums), 1)
     last_results = [_num(c) for *_, c in eqs] + [_num(v.strip()) for _, v in calcs]
     final_is_result = float(final is not None and final in last_results)
+    chain = chain_slips(response)
     lp = np.asarray(logprobs if logprobs is not None else [], dtype=float)
     return [math.log1p(len(response)), math.log1p(len(lines)), math.log1p(len(nums)),
             float(bool(finals)), float(final is not None), float(final is not None and final == int(final)),
@@ -104,6 +132,7 @@ def response_stats(prompt: str, response: str, logprobs: Sequence[float] | None 
             covered, math.log1p(len(eqs) + len(calcs)), float(eq_bad + calc_bad > 0),
             math.log1p(eq_bad + calc_bad), (eq_bad + calc_bad) / max(len(eqs) + len(calcs), 1),
             final_is_result, 1.0 - len(set(lines)) / max(len(lines), 1),
+            float(chain[0] > 0), math.log1p(chain[0]), chain[0] / max(chain[1], 1), math.log1p(chain[1]),
             float(lp.mean()) if lp.size else 0.0, float(lp.min()) if lp.size else 0.0,
             float(lp.size > 0)]
 

@@ -102,6 +102,30 @@ def dominance(res: dict, a: str = "optimal", b: str = "paper") -> dict:
             "paper_operating_point": None if not pb else {"cost": pb["cost"], "quality_rel": pb["quality_rel"]}}
 
 
+def bootstrap_gap(sw: dict, q: float, seed: int, reps: int = 400,
+                  a: str = "optimal", b: str = "paper") -> dict | None:
+    """Paired bootstrap over prompts of cost_a(q) - cost_b(q) on the two frontiers (q relative quality)."""
+    if a not in sw or b not in sw:
+        return None
+    N = sw[a]["cost"].shape[1]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for r in range(reps + 1):
+        w = np.ones(N) if r == 0 else rng.multinomial(N, np.full(N, 1.0 / N)).astype(float)
+        ref_r = float(sw["_last"] @ w / N)         # r = 0: the data as they are
+        fa, fb = (frontier(list(zip(sw[p]["cost"] @ w / N, sw[p]["quality"].astype(float) @ w / N / ref_r,
+                                    strict=True))) for p in (a, b))
+        ca, cb = cost_for_quality(fa, q), cost_for_quality(fb, q)
+        if ca is not None and cb is not None:
+            diffs.append(ca - cb)
+    if not diffs:
+        return None
+    boot = np.asarray(diffs[1:]) if len(diffs) > 1 else np.asarray(diffs)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"quality_rel": q, "diff": float(diffs[0]), "ci95": [float(lo), float(hi)], "reps": reps,
+            "share_of_reps_optimal_cheaper": float(np.mean(boot <= 0))}
+
+
 def _job(job: tuple[str, str, dict]) -> dict:
     name, kind, kw = job
     if kind == "routellm_mmlu":
@@ -125,6 +149,8 @@ def _job(job: tuple[str, str, dict]) -> dict:
     out["table_8_1"] = table_8_1(arr["per_prompt"])
     out["cpt"] = {p: cpt(out, p) for p in ("optimal", "paper")}
     out["dominance"] = dominance(out)
+    sw = dict(arr["sweep"], _last=arr["correct"][:, -1].astype(float))
+    out["dominance"]["bootstrap_at_target"] = bootstrap_gap(sw, out["target"], kw["seed"])
     out["mean_ex_ante"] = arr["R"].mean(axis=0).tolist()
     out["resolution"] = np.mean(out["resolution_per_fold"], axis=0).tolist()
     if kw.get("regret", True):

@@ -89,3 +89,14 @@ def test_report_says_when_tiny_is_missing(tmp_path: Path) -> None:
     s = json.loads((out / "summary.json").read_text())
     assert "missing" in s["datasets"]["tiny"]
     assert "tiny: not measured" in (out / "report.md").read_text()
+
+
+def test_bootstrap_gap_sees_a_clear_difference() -> None:
+    # 200 prompts, 3 lambdas; "optimal" reaches every quality at half the paper's cost
+    rng = np.random.default_rng(0)
+    q = rng.random((3, 200)) < np.array([[0.6], [0.8], [1.0]])
+    sw = {"optimal": {"cost": np.array([[1.0] * 200, [2.0] * 200, [3.0] * 200]), "quality": q},
+          "paper": {"cost": np.array([[2.0] * 200, [4.0] * 200, [6.0] * 200]), "quality": q},
+          "_last": np.ones(200)}
+    b = report.bootstrap_gap(sw, 0.8, seed=1, reps=50)
+    assert b["diff"] < 0 and b["ci95"][1] < 0 and b["share_of_reps_optimal_cheaper"] == 1.0
