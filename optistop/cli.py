@@ -47,7 +47,8 @@ def serve(argv: list[str]) -> int:
         server.stop()
         return 1
     print(f"ready: HTTP {cfg.http_url}  gRPC {cfg.grpc_url}  metrics http://{cfg.host}:{cfg.metrics_port}/metrics")
-    print(f"try:   optistop-client --url {cfg.grpc_url} '12+35='      (Ctrl-C stops the server)", flush=True)
+    print(f"try:   .venv/bin/optistop-client --url {cfg.grpc_url} 'R:hello=' '12+35='   (Ctrl-C stops the server)",
+          flush=True)
     while not stop.is_set():
         if server.proc is not None and server.proc.poll() is not None:
             print(f"error: tritonserver exited with code {server.proc.returncode}", file=sys.stderr)

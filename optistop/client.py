@@ -36,6 +36,7 @@ class Answer:
     stages_run: list[int]
     degraded: bool = False
     degraded_reason: str = ""
+    controller_ms: float = 0.0
 
 
 def _module(protocol: str) -> Any:
@@ -72,11 +73,11 @@ def build_inputs(protocol: str, prompt: str | bytes, *, lam: float | None = None
     return inputs
 
 
-def ask(client: Any, protocol: str, prompt: str, **kw: Any) -> Answer:
+def ask(client: Any, protocol: str, prompt: str, model: str = "cascade", **kw: Any) -> Answer:
     """One cascade request; tritonclient's InferenceServerException propagates on error."""
     mod = _module(protocol)
     outputs = [mod.InferRequestedOutput(n) for n in OUTPUTS]
-    res = client.infer("cascade", build_inputs(protocol, prompt, **kw), outputs=outputs)
+    res = client.infer(model, build_inputs(protocol, prompt, **kw), outputs=outputs)
     get = lambda n: res.as_numpy(n).reshape(-1)
     return Answer(
         prompt=prompt,
@@ -90,6 +91,7 @@ def ask(client: Any, protocol: str, prompt: str, **kw: Any) -> Answer:
         stages_run=[int(x) for x in get(T.STAGES_RUN)],
         degraded=bool(get(T.DEGRADED)[0]),
         degraded_reason=get(T.DEGRADED_REASON)[0].decode(),
+        controller_ms=round(float(get(T.CONTROLLER_MS)[0]), 3),
     )
 
 

@@ -78,6 +78,7 @@ COST = "cost"
 STAGE_LATENCY_MS = "stage_latency_ms"
 DEGRADED = "degraded"            # extension: True when a fault forced a fallback (see cascade.py)
 DEGRADED_REASON = "degraded_reason"  # extension: why, empty when not degraded
+CONTROLLER_MS = "controller_ms"  # extension: time outside stage engines (features, predictor, policy)
 STAGES_RUN = "stages_run"  # extension: indices of the stages run, in order (cost = sum of their costs)
 
 CASCADE = Contract(
@@ -99,6 +100,7 @@ CASCADE = Contract(
         Tensor(STAGES_RUN, "INT32", (-1,)),
         Tensor(DEGRADED, "BOOL", (1,)),
         Tensor(DEGRADED_REASON, "BYTES", (1,)),
+        Tensor(CONTROLLER_MS, "FP32", (1,)),
     ),
 )
 

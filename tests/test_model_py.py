@@ -97,3 +97,40 @@ def test_cascade_answers_unavailable_naming_models_that_are_not_ready(stages) ->
         pb.READY.clear()
     assert resp.error().code() == pb.TritonError.UNAVAILABLE
     assert "stage_large" in resp.error().message()
+
+
+def test_in_process_predictor_matches_the_served_one(stages) -> None:
+    """predictor_in_process=true scores with the same ONNX file and calibration as the quality_predictor
+    model; here the BLS handler runs the real predictor too, so both cascades must agree exactly."""
+    import json
+
+    from optistop.serving.predictor import QualityPredictor
+
+    qp = QualityPredictor(REPO / "quality_predictor" / "1" / "model.onnx")
+
+    async def real_predictor(inputs):
+        conf = qp.predict(inputs["features"]).reshape(-1, 1).astype(np.float32)
+        return pb.InferenceResponse([pb.Tensor("confidence", conf)])
+
+    pb.HANDLERS["quality_predictor"] = real_predictor
+    sys.modules["triton_python_backend_utils"] = pb
+    spec = importlib.util.spec_from_file_location("model_cascade_local", REPO / "cascade" / "1" / "model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = pb.initialize_args(REPO / "cascade", "cascade")
+    cfg = json.loads(args["model_config"])
+    cfg["parameters"]["predictor_in_process"] = {"string_value": "true"}
+    args["model_config"] = json.dumps(cfg)
+    local = mod.TritonPythonModel()
+    local.initialize(args)
+    assert local.backend.local is not None
+    remote = load_model_py("cascade")
+    assert remote.backend.local is None
+    prompts = [b"12+35=", b"R:abcdefgh=", b"4821+3777=", b"S:93817="]
+    reqs = [request(text_input=np.array([[p]], dtype=object)) for p in prompts]
+    for a, b in zip(asyncio.run(local.execute(reqs)), asyncio.run(remote.execute(reqs))):
+        ta = {t.name(): t.as_numpy() for t in a.output_tensors()}
+        tb = {t.name(): t.as_numpy() for t in b.output_tensors()}
+        for name in ("text_output", "stage", "stages_run", "cost"):
+            assert (ta[name] == tb[name]).all(), name
+        np.testing.assert_allclose(ta["confidences"], tb["confidences"], atol=1e-6)

@@ -8,7 +8,7 @@ without Triton.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,9 +19,18 @@ from optistop.config import CascadeSpec
 STAGE_OUTPUTS = [T.OUTPUT_IDS, T.SEQUENCE_LENGTH, T.OUTPUT_LOG_PROBS]
 
 
+class LocalPredictor(Protocol):
+    def predict(self, features: np.ndarray) -> np.ndarray: ...
+
+
 class BlsBackend:
-    def __init__(self, pb_utils: Any, spec: CascadeSpec, end_id: int, pad_id: int) -> None:
+    """Stage engines through BLS; the predictor through BLS too, unless ``local`` scores in-process
+    (optistop.serving.predictor.QualityPredictor over the same ONNX file and sidecar)."""
+
+    def __init__(self, pb_utils: Any, spec: CascadeSpec, end_id: int, pad_id: int,
+                 local: LocalPredictor | None = None) -> None:
         self.pb = pb_utils
+        self.local = local
         self.spec = spec
         self.end_id = end_id
         self.pad_id = pad_id
@@ -52,6 +61,11 @@ class BlsBackend:
         return parse_stage_outputs(out, max_tokens, self.end_id)
 
     async def score(self, features: np.ndarray) -> np.ndarray:
+        if self.local is not None:
+            try:
+                return self.local.predict(np.ascontiguousarray(features, dtype=np.float32))
+            except Exception as exc:  # a broken predictor is a fault the cascade handles, not a crash
+                raise StageFailure(-1, f"quality predictor failed: {exc}") from exc
         pb = self.pb
         request = pb.InferenceRequest(
             model_name=self.spec.predictor_model,

@@ -115,6 +115,7 @@ class CascadeService:
             T.STAGES_RUN: np.asarray([r.stages_run], dtype=np.int32),
             T.DEGRADED: np.asarray([[r.degraded]], dtype=bool),
             T.DEGRADED_REASON: np.asarray([["; ".join(r.reasons).encode()]], dtype=object),
+            T.CONTROLLER_MS: f32([r.controller_ms]),
         }
 
 

@@ -30,7 +30,12 @@ class TritonPythonModel:
         self.service = CascadeService.from_spec_file(model_dir / params["cascade_spec"])
         self.service.check_repository(model_dir.parent)
         self.service.metrics = TritonMetrics(pb_utils)
-        self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id)
+        local = None
+        if params.get("predictor_in_process", "false") == "true":
+            from optistop.serving.predictor import QualityPredictor
+
+            local = QualityPredictor(model_dir.parent / self.service.spec.predictor_model / "1" / "model.onnx")
+        self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id, local)
         self.ready = False  # BLS calls are not allowed in initialize(): check the stages on first use
         spec = self.service.spec
         pb_utils.Logger.log_info(f"cascade '{spec.name}': stages {', '.join(spec.stage_names)}, "

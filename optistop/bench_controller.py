@@ -1,0 +1,80 @@
+"""Controller overhead side by side: the predictor called through BLS vs run in the cascade's process.
+
+$ python -m optistop.bench_controller --requests 300        # starts its own server (about 1 min)
+
+One server holds two cascade models over the same stages and predictor: ``cascade`` (BLS call to the
+``quality_predictor`` model, the default) and ``cascade_local`` (predictor_in_process: true). Requests
+alternate between them at concurrency 1, so drift hits both alike. Each response's ``controller_ms``
+(time outside stage engines: features, predictor, policy) divided by the stages it ran is one decision's
+overhead; prints p50 / p99 per mode and writes bench/controller_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from optistop.client import ask, make_client
+from optistop.server import ROOT, EmbeddedServer, ServerConfig, free_port
+from optistop.tasks import generate_split
+
+
+def two_cascade_repository(tmp: Path) -> Path:
+    """A copy of model_repository with a second cascade model that scores in-process."""
+    (tmp / "models").symlink_to(ROOT / "models")
+    shutil.copy(ROOT / "cascade.toml", tmp / "cascade.toml")
+    repo = tmp / "model_repository"
+    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    local = repo / "cascade_local"
+    shutil.copytree(repo / "cascade", local)
+    cfg = (local / "config.pbtxt").read_text().replace('name: "cascade"', 'name: "cascade_local"')
+    cfg = re.sub(r'(key: "predictor_in_process" value: \{ string_value: )"false"', r'\1"true"', cfg)
+    (local / "config.pbtxt").write_text(cfg)
+    return repo
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=300, help="per mode")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "controller_overhead.json")
+    args = ap.parse_args(argv)
+    prompts = [it.prompt for it in generate_split("test", 8, seed=21)]
+    per_decision: dict[str, list[float]] = {"cascade": [], "cascade_local": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = two_cascade_repository(Path(tmp))
+        cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+        with EmbeddedServer(cfg):
+            client = make_client(cfg.grpc_url)
+            for i in range(args.requests + 20):
+                for model in per_decision:
+                    a = ask(client, "grpc", prompts[i % len(prompts)], model=model)
+                    if i >= 20:  # the first 20 rounds warm up both
+                        per_decision[model].append(a.controller_ms / len(a.stages_run))
+    result = {
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+        "requests_per_mode": args.requests,
+        "definition": "controller_ms (features + predictor + policy, measured inside the cascade) per stage run",
+    }
+    for model, xs in per_decision.items():
+        mode = "in_process" if model.endswith("local") else "bls"
+        result[mode] = {"p50_ms": round(float(np.percentile(xs, 50)), 3),
+                        "p99_ms": round(float(np.percentile(xs, 99)), 3),
+                        "mean_ms": round(statistics.mean(xs), 3)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for mode in ("bls", "in_process"):
+        r = result[mode]
+        print(f"{mode:10s} controller overhead per decision: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
