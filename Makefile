@@ -9,7 +9,7 @@ PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
 .PHONY: help venv sysdeps lint test test-fast serve models-train models-eval collect predictor report bench soak \
-	gpu-dry-run lock clean
+	gpu-dry-run routellm lock clean
 
 help:
 	@echo "make serve   - set up everything and serve the embedded cascade on 127.0.0.1 (HTTP 8000, gRPC 8001)"
@@ -63,6 +63,14 @@ predictor: collect
 
 $(PREDICTOR):
 	$(MAKE) predictor
+
+# The paper's experiments rerun (tiny family + RouteLLM replays) -> reports/ (about 1-2 min on 2 cores).
+report: venv
+	test -f artifacts/tiny_replay.jsonl || $(MAKE) collect predictor
+	$(BIN)/python -m optistop.report --out reports --seed 0 --jobs 2
+
+routellm: venv
+	$(BIN)/python -m optistop.routellm --out artifacts/routellm
 
 # perf_analyzer: cascade vs fixed:0/1/2 at concurrency 1/4/8, 5 interleaved repeats, on a server it starts
 # on free ports (about 5 min on 2 cores). For a running server:

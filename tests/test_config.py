@@ -44,7 +44,7 @@ def test_costs_must_strictly_increase(tmp_path: Path) -> None:
     [
         ('name = "small"\n', "", r"stages\[0\].name: missing"),
         ("cost = 1.0", "cost = -1.0", r"stages\[0\].cost: must be a finite number > 0"),
-        ("default_lambda = 10.0", "default_lambda = -2.0", "cascade.default_lambda"),
+        ("default_lambda = 15.0", "default_lambda = -2.0", "cascade.default_lambda"),
         ("max_tokens_default = 16", "max_tokens_default = 64", "cascade.max_tokens_default"),
         ('triton_model = "stage_medium"', 'triton_model = "stage_small"', r"stages\[\].triton_model"),
     ],
