@@ -81,6 +81,20 @@ def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor 
     return next((t for t in response.output_tensors() if t.name() == name), None)
 
 
+def request(**arrays: np.ndarray) -> InferenceRequest:
+    """An incoming request carrying these input tensors."""
+    return InferenceRequest("request", [Tensor(k, v) for k, v in arrays.items()], [])
+
+
+def get_output_config_by_name(config: dict, name: str) -> dict | None:
+    return next((o for o in config.get("output", []) if o["name"] == name), None)
+
+
+def triton_string_to_numpy(triton_type: str) -> type:
+    return {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32, "TYPE_BOOL": np.bool_,
+            "TYPE_STRING": np.object_}[triton_type]
+
+
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
     return READY.get(model_name, model_name in HANDLERS)
 

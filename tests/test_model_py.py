@@ -27,17 +27,13 @@ def load_model_py(name: str):
     return model
 
 
-def request(**arrays: np.ndarray) -> pb.InferenceRequest:
-    return pb.InferenceRequest("x", [pb.Tensor(k, v) for k, v in arrays.items()], [])
-
-
 @pytest.fixture(scope="module")
 def stages(tiny_dir):
     models = {n: load_model_py(n) for n in ("stage_small", "stage_medium", "stage_large")}
 
     def handler(model):
         async def run(inputs):
-            return model.execute([request(**inputs)])[0]
+            return model.execute([pb.request(**inputs)])[0]
         return run
 
     for n, m in models.items():
@@ -55,11 +51,11 @@ def stages(tiny_dir):
 def test_stage_model_contract_and_per_request_errors(stages) -> None:
     m = stages["stage_small"]
     ids = np.array([[1, 5, 6, 40, 7, 9, 41]], dtype=np.int32)  # <bos>12+35=
-    good = request(input_ids=ids, input_lengths=np.array([[7]], np.int32),
+    good = pb.request(input_ids=ids, input_lengths=np.array([[7]], np.int32),
                    request_output_len=np.array([[4]], np.int32))
-    bad = request(input_ids=ids, input_lengths=np.array([[7]], np.int32),
+    bad = pb.request(input_ids=ids, input_lengths=np.array([[7]], np.int32),
                   request_output_len=np.array([[500]], np.int32))
-    missing = request(input_ids=ids)
+    missing = pb.request(input_ids=ids)
     r_good, r_bad, r_missing = m.execute([good, bad, missing])
     assert not r_good.has_error()
     out = {t.name(): t.as_numpy() for t in r_good.output_tensors()}
@@ -75,9 +71,9 @@ def test_stage_model_contract_and_per_request_errors(stages) -> None:
 def test_cascade_model_glue(stages) -> None:
     cascade = load_model_py("cascade")
     reqs = [
-        request(text_input=np.array([[b"12+35="]], dtype=object)),
-        request(text_input=np.array([[b"12+35="]], dtype=object), policy=np.array([[b"nope"]], dtype=object)),
-        request(text_input=np.array([[b"R:abc="]], dtype=object), policy=np.array([[b"fixed:2"]], dtype=object)),
+        pb.request(text_input=np.array([[b"12+35="]], dtype=object)),
+        pb.request(text_input=np.array([[b"12+35="]], dtype=object), policy=np.array([[b"nope"]], dtype=object)),
+        pb.request(text_input=np.array([[b"R:abc="]], dtype=object), policy=np.array([[b"fixed:2"]], dtype=object)),
     ]
     ok, bad, fixed = asyncio.run(cascade.execute(reqs))
     assert not ok.has_error() and not fixed.has_error()
@@ -92,7 +88,7 @@ def test_cascade_answers_unavailable_naming_models_that_are_not_ready(stages) ->
     cascade = load_model_py("cascade")
     pb.READY["stage_large"] = False
     try:
-        (resp,) = asyncio.run(cascade.execute([request(text_input=np.array([[b"1+1="]], dtype=object))]))
+        (resp,) = asyncio.run(cascade.execute([pb.request(text_input=np.array([[b"1+1="]], dtype=object))]))
     finally:
         pb.READY.clear()
     assert resp.error().code() == pb.TritonError.UNAVAILABLE
@@ -127,7 +123,7 @@ def test_in_process_predictor_matches_the_served_one(stages) -> None:
     remote = load_model_py("cascade")
     assert remote.backend.local is None
     prompts = [b"12+35=", b"R:abcdefgh=", b"4821+3777=", b"S:93817="]
-    reqs = [request(text_input=np.array([[p]], dtype=object)) for p in prompts]
+    reqs = [pb.request(text_input=np.array([[p]], dtype=object)) for p in prompts]
     for a, b in zip(asyncio.run(local.execute(reqs)), asyncio.run(remote.execute(reqs))):
         ta = {t.name(): t.as_numpy() for t in a.output_tensors()}
         tb = {t.name(): t.as_numpy() for t in b.output_tensors()}

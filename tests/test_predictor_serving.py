@@ -7,7 +7,6 @@ import importlib.util
 import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,73 +16,10 @@ from optistop import calibration
 from optistop.features import FEATURE_VERSION, ex_ante_features, stage_features
 from optistop.serving.predictor import PredictorLoadError, QualityPredictor, check_features
 from optistop.tensors import PREDICTOR
+from tests import fake_pb_utils as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "model_repository" / "quality_predictor"
-
-
-# --- a hand-written fake of the Python backend's utilities (typos fail, unlike MagicMock) -------------------
-
-class _TritonError:
-    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS = range(7)
-
-    def __init__(self, message: str, code: int = 0) -> None:
-        self._message, self._code = message, code
-
-    def message(self) -> str:
-        return self._message
-
-    def code(self) -> int:
-        return self._code
-
-
-class _Tensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self._name, self._array = name, array
-
-    def name(self) -> str:
-        return self._name
-
-    def as_numpy(self) -> np.ndarray:
-        return self._array
-
-
-class _Response:
-    def __init__(self, output_tensors: list[_Tensor], error: _TritonError | None = None) -> None:
-        self._tensors, self._error = output_tensors, error
-
-    def output_tensors(self) -> list[_Tensor]:
-        return self._tensors
-
-    def has_error(self) -> bool:
-        return self._error is not None
-
-    def error(self) -> _TritonError | None:
-        return self._error
-
-
-class _Request:
-    def __init__(self, **inputs: np.ndarray) -> None:
-        self.inputs = {k: _Tensor(k, v) for k, v in inputs.items()}
-
-
-class _Logger:
-    lines: list[str] = []
-
-    @classmethod
-    def log_error(cls, msg: str) -> None:
-        cls.lines.append(msg)
-
-    log_info = log_warn = log_verbose = log_error
-
-
-def fake_pb_utils() -> types.ModuleType:
-    m = types.ModuleType("triton_python_backend_utils")
-    m.TritonError, m.Tensor, m.InferenceResponse, m.Logger = _TritonError, _Tensor, _Response, _Logger
-    m.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
-    m.get_output_config_by_name = lambda config, name: next(o for o in config["output"] if o["name"] == name)
-    m.triton_string_to_numpy = lambda s: {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32}[s]
-    return m
 
 
 def model_config_json() -> dict:
@@ -103,7 +39,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def load_triton_model(repo: Path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     spec = importlib.util.spec_from_file_location("quality_predictor_model", repo / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -173,8 +109,8 @@ def test_triton_model_answers_each_request(repo: Path, monkeypatch) -> None:
     model = load_triton_model(repo, monkeypatch)
     x = good_features()
     bad = np.zeros((1, 10), dtype=np.float32)
-    responses = model.execute([_Request(features=x[:2]), _Request(features=bad), _Request(),
-                               _Request(features=x[2:])])
+    responses = model.execute([pb.request(features=x[:2]), pb.request(features=bad), pb.request(),
+                               pb.request(features=x[2:])])
     assert len(responses) == 4
     ok = QualityPredictor(repo / "1" / "model.onnx").predict(x)
     (t0,), (t3,) = responses[0].output_tensors(), responses[3].output_tensors()
@@ -182,7 +118,7 @@ def test_triton_model_answers_each_request(repo: Path, monkeypatch) -> None:
     np.testing.assert_array_equal(t0.as_numpy()[:, 0], ok[:2])
     np.testing.assert_array_equal(t3.as_numpy()[:, 0], ok[2:])
     for r, needle in ((responses[1], "shape [batch, 64]"), (responses[2], "missing input tensor 'features'")):
-        assert r.has_error() and r.error().code() == _TritonError.INVALID_ARG and needle in r.error().message()
+        assert r.has_error() and r.error().code() == pb.TritonError.INVALID_ARG and needle in r.error().message()
     assert not responses[0].has_error() and not responses[3].has_error()
     model.finalize()
 
@@ -194,10 +130,10 @@ def test_triton_model_hides_internal_failures(repo: Path, monkeypatch) -> None:
         raise RuntimeError("onnxruntime exploded")
 
     monkeypatch.setattr(model.predictor, "raw", broken)
-    _Logger.lines.clear()
-    (r,) = model.execute([_Request(features=good_features())])
-    assert r.error().code() == _TritonError.INTERNAL and "Traceback" not in r.error().message()
-    assert any("onnxruntime exploded" in line for line in _Logger.lines)
+    pb.Logger.lines.clear()
+    (r,) = model.execute([pb.request(features=good_features())])
+    assert r.error().code() == pb.TritonError.INTERNAL and "Traceback" not in r.error().message()
+    assert any("onnxruntime exploded" in line for line in pb.Logger.lines)
 
 
 def test_refuses_another_feature_version(repo: Path, monkeypatch) -> None:

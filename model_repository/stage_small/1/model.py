@@ -1,7 +1,7 @@
 """Stage engine (CPU stand-in for a TensorRT-LLM engine): thin glue over optistop.serving.stage.
 
 Serves the Hugging Face causal-LM directory named by the ``checkpoint_dir`` parameter (relative to this
-model's directory) with the tensorrt_llm tensor contract. All stage_* models share this file's content.
+model's directory) with the tensorrt_llm tensor contract. stage_medium and stage_large link to this file.
 """
 
 # ruff: noqa: E402
