@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -246,12 +245,6 @@ def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[st
     return res
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
-    from optistop.server import EmbeddedServer, ServerConfig, ServerError
+    from optistop.server import EmbeddedServer, ServerConfig, ServerError, free_port
 
     started = time.monotonic()
     meta: dict[str, Any] = {
