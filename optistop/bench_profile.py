@@ -21,9 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from optistop.bench import ROOT, BenchError, free_port, held_out_prompts, input_data, perf_analyzer_env, triton_stats
+from optistop.bench import ROOT, BenchError, held_out_prompts, input_data, perf_analyzer_env, triton_stats
 from optistop.bench_parse import stats_diff
 from optistop.config import DEFAULT_SPEC, load_spec
+from optistop.server import free_port
 
 IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "concurrent/futures/thread.py:81)")
 
