@@ -58,14 +58,6 @@ def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float | None:
     return float(total)
 
 
-def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-6) -> float | None:
-    y, p = _arrays(y, p)
-    if not y.size:
-        return None
-    p = np.clip(p, eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 def summary(y: np.ndarray, p: np.ndarray, digits: int = 6) -> dict[str, float | int | None]:
     """{"auroc", "brier", "ece", "n", "positives"} rounded to ``digits`` (None where undefined)."""
     r = lambda x: None if x is None else round(x, digits)

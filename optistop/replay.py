@@ -60,14 +60,6 @@ class ReplayData:
     def n(self) -> int:
         return self.correct.shape[1]
 
-    def subset(self, idx: np.ndarray) -> ReplayData:
-        pick = lambda a: None if a is None else a[idx]
-        lst = lambda a: [a[i] for i in idx] if a else a
-        return ReplayData(lst(self.ids), lst(self.prompts), self.models, self.costs, self.correct[idx],
-                          pick(self.confidence), pick(self.ex_ante), lst(self.responses),
-                          lst(self.logprobs), lst(self.meta), pick(self.latency_ms))
-
-
 def from_records(records: Sequence[dict]) -> ReplayData:
     """Validate and convert replay records; errors name the line and the field."""
     if not records:

@@ -45,13 +45,5 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"mean_diff": float(d.mean()), "p": float(res.pvalue), "d": float(d.mean() / sd)}
 
 
-def mean_ci(x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% interval."""
-    x = np.asarray(x, float)
-    if len(x) < 2:
-        return float(x.mean()) if len(x) else float("nan"), float("nan")
-    return float(x.mean()), float(z * x.std(ddof=1) / math.sqrt(len(x)))
-
-
 def fmt_p(p: float) -> str:
     return "<0.001" if p < 1e-3 else f"{p:.3f}"
