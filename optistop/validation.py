@@ -4,6 +4,7 @@ is valid; the BLS turns ``RequestError`` into a per-request Triton error (the ba
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ def _scalar(inputs: Mapping[str, np.ndarray | None], name: str) -> object | None
 
 
 def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
-                  encode: Callable[[str], Sequence[int]], seed: int = 0) -> CascadeRequest:
+                  encode: Callable[[str], Sequence[int]]) -> CascadeRequest:
     """Turn raw input arrays (batch dimension included or not) into a checked ``CascadeRequest``."""
     raw = _scalar(inputs, T.TEXT_INPUT)
     if raw is None:
@@ -70,7 +71,8 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
     raw_policy = _scalar(inputs, T.POLICY)
     name = spec.default_policy if raw_policy is None else _text(raw_policy, T.POLICY)
     try:
-        policy = make_policy(name, len(spec.stages), seed=seed)
+        # `random` is seeded by the prompt: the same request gets the same stopping stage
+        policy = make_policy(name, len(spec.stages), seed=zlib.crc32(prompt.encode()))
     except ValueError as exc:
         raise RequestError(f"input '{T.POLICY}': {exc}") from None
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -83,8 +82,7 @@ class CascadeService:
     async def _handle(self, inputs: Mapping[str, np.ndarray | None],
                       backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
         try:
-            seed = zlib.crc32(repr(inputs.get(T.TEXT_INPUT)).encode())  # `random` policy: per prompt
-            req = parse_request(inputs, self.spec, self.encode, seed=seed)
+            req = parse_request(inputs, self.spec, self.encode)
             result = await run_cascade(req, self.spec, backend, self.decode)
         except RequestError as exc:
             return exc
