@@ -47,11 +47,11 @@ $(MODELS):
 
 # Reproduces the committed tiny family from scratch (about 20 min on 2 cores).
 models-train: venv
-	$(BIN)/python -m optistop.train_family --out models/tiny --member small --member medium & \
-	$(BIN)/python -m optistop.train_family --out models/tiny --member large; wait
+	$(BIN)/python -m optistop.tiny.train --out models/tiny --member small --member medium & \
+	$(BIN)/python -m optistop.tiny.train --out models/tiny --member large; wait
 
 models-eval: venv
-	$(BIN)/python -m optistop.evaluate --models models/tiny --out artifacts/tiny_eval.json
+	$(BIN)/python -m optistop.tiny.evaluate --models models/tiny --out artifacts/tiny_eval.json
 
 # Labels from the three stages' real outputs -> features -> MLPs -> calibration -> ONNX + sidecar (< 10 min).
 collect: venv
@@ -67,10 +67,10 @@ $(PREDICTOR):
 # The paper's experiments rerun (tiny family + RouteLLM replays) -> reports/ (about 1-2 min on 2 cores).
 report: venv
 	test -f artifacts/tiny_replay.jsonl || $(MAKE) collect predictor
-	$(BIN)/python -m optistop.report --out reports --seed 0 --jobs 2
+	$(BIN)/python -m optistop.report.build --out reports --seed 0 --jobs 2
 
 routellm: venv
-	$(BIN)/python -m optistop.routellm --out artifacts/routellm
+	$(BIN)/python -m optistop.offline.routellm --out artifacts/routellm
 
 # perf_analyzer: cascade vs fixed:0/1/2 at concurrency 1/4/8, 5 interleaved repeats, on a server it starts
 # on free ports (about 5 min on 2 cores). For a running server:
@@ -80,7 +80,7 @@ bench: venv sysdeps $(MODELS) $(PREDICTOR)
 
 # 60 s at concurrency 16 against a server it starts; prints its figures, exits non-zero on a failure.
 soak: venv sysdeps
-	$(BIN)/python -m optistop.soak --duration 60 --concurrency 16
+	$(BIN)/python -m optistop.perf.soak --duration 60 --concurrency 16
 
 # The TensorRT-LLM path without a GPU: every convert/build command and rendered config, nothing touched.
 gpu-dry-run: venv

@@ -1,4 +1,4 @@
-"""perf_analyzer benchmark of the cascade vs fixed stages; see optistop/bench.py for what it measures.
+"""perf_analyzer benchmark of the cascade vs fixed stages; see optistop/perf/bench.py for what it measures.
 
 $ python client/bench.py                          # start a server on free ports, run, write bench/
 $ python client/bench.py --url 127.0.0.1:8001     # against a running server (gRPC)
@@ -7,7 +7,7 @@ $ python client/bench.py --quick                  # smoke run: 1 repeat, concurr
 
 import sys
 
-from optistop.bench import main
+from optistop.perf.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,9 +24,9 @@ from typing import Protocol
 
 import numpy as np
 
-from optistop.config import CascadeSpec
 from optistop.features import ex_ante_features, stage_features
 from optistop.policy import Policy
+from optistop.spec import CascadeSpec
 
 NAN = float("nan")
 

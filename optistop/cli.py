@@ -2,18 +2,21 @@
 
 $ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002
 $ optistop spec cascade.toml           # validate and print a cascade spec
-$ optistop replay --help               # offline replay of stopping policies (see optistop.replay)
+$ optistop replay --help               # offline replay of stopping policies (see optistop.offline.replay)
+$ optistop-client "12+35="             # ask the served cascade (client_main below)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
-from optistop.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
+from optistop.serving.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
 
 
 def serve(argv: list[str]) -> int:
@@ -70,15 +73,81 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _spec(argv: list[str]) -> int:
-    from optistop.config import main as spec_main
+    from optistop.spec import main as spec_main
 
     return spec_main(argv)
 
 
 def _replay(argv: list[str]) -> int:
-    from optistop.replay import main as replay_main
+    from optistop.offline.replay import main as replay_main
 
     return int(replay_main(argv) or 0)
+
+
+_CLIENT_DOC = """Command-line client for the cascade over tritonclient gRPC or HTTP.
+
+$ optistop-client "12+35="                                  # gRPC on 127.0.0.1:8001
+$ optistop-client --protocol http --policy fixed:2 "R:abcdef="
+$ optistop-client --file prompts.txt --json --check         # one JSON line per prompt; exit 1 if wrong
+
+Exits non-zero on any error, and with ``--check`` when an answer to a task-suite prompt is wrong.
+"""
+
+
+def _check(prompt: str, text: str) -> bool | None:
+    from optistop.tiny.tasks import grade
+
+    try:
+        return grade(prompt, text)
+    except ValueError:  # not a task-suite prompt: nothing to check against
+        return None
+
+
+def client_main(argv: list[str] | None = None) -> int:
+    """The ``optistop-client`` command: ask the cascade over gRPC or HTTP (see optistop.serving.client)."""
+    ap = argparse.ArgumentParser(prog="optistop-client", description=_CLIENT_DOC,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("prompt", nargs="*", help="prompt(s), e.g. '12+35='")
+    ap.add_argument("--file", help="read prompts from this file, one per line")
+    ap.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 gRPC, :8000 HTTP)")
+    ap.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    ap.add_argument("--lambda", dest="lam", type=float, default=None, help="price of quality (cost units)")
+    ap.add_argument("--policy", default=None, help="optimal | paper | fixed:<k> | random")
+    ap.add_argument("--max-tokens", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="one JSON object per line")
+    ap.add_argument("--check", action="store_true", help="grade task-suite prompts; exit 1 on a wrong answer")
+    args = ap.parse_args(argv)
+
+    from tritonclient.utils import InferenceServerException
+
+    from optistop.serving.client import ask, make_client
+
+    prompts = list(args.prompt)
+    if args.file:
+        with open(args.file, encoding="utf-8") as fh:
+            prompts += [line.rstrip("\n") for line in fh if line.strip()]
+    if not prompts:
+        ap.error("give at least one prompt or --file")
+    client = make_client(args.url, args.protocol)
+    failures = 0
+    for prompt in prompts:
+        try:
+            ans = ask(client, args.protocol, prompt, lam=args.lam, policy=args.policy, max_tokens=args.max_tokens)
+        except InferenceServerException as exc:
+            print(f"error: {prompt!r}: {exc.message()}", file=sys.stderr)
+            failures += 1
+            continue
+        ok = _check(prompt, ans.text) if args.check else None
+        failures += ok is False
+        if args.json:
+            print(json.dumps({**asdict(ans), **({"correct": ok} if ok is not None else {})}))
+        else:
+            mark = {True: "  [correct]", False: "  [WRONG]", None: ""}[ok]
+            print(f"{prompt} -> {ans.text!r}{mark}\n  stage {ans.stage} ({ans.stage_model}), stages run "
+                  f"{ans.stages_run}, cost {ans.cost:g}, "
+                  f"confidences {ans.confidences}, thresholds {ans.thresholds}, "
+                  f"latency ms {ans.stage_latency_ms}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 $ python predictor_export/collect.py --spec cascade.toml --out artifacts/collected.jsonl   # ~1-2 min, 2 cores
 
-Each stage runs with optistop.runner.StageModel (the runner behind the embedded stage engines), greedy,
+Each stage runs with optistop.serving.runner.StageModel (the runner behind the embedded stage engines), greedy,
 max_new_tokens = the spec's max_tokens_default, in fixed batches; the task suite's grader labels each
-answer. Splits are the suite's disjoint train / val / test splits (optistop.tasks.generate_split).
+answer. Splits are the suite's disjoint train / val / test splits (optistop.tiny.tasks.generate_split).
 
 Output: one JSON object per line, one line per item (the replay schema):
     {"id", "prompt", "split", "family", "level", "answer",
@@ -13,7 +13,7 @@ Output: one JSON object per line, one line per item (the replay schema):
                  "hit_max_tokens": bool, "latency_ms": batch wall time / batch size,
                  "batch_size": int}, ... one entry per stage, in spec order]}
 plus ``<out>.meta.json`` (spec, sizes, seed, max tokens, versions, timing). Labels depend only on the
-models and the seed (``optistop.predictor.data_sha256`` hashes everything but the timing fields).
+models and the seed (``optistop.predictor.model.data_sha256`` hashes everything but the timing fields).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from optistop.config import DEFAULT_SPEC, SpecError, load_spec
-from optistop.tasks import SPLITS, generate_split, grade
-from optistop.tasks.suite import Item
+from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
+from optistop.tiny.tasks import SPLITS, generate_split, grade
+from optistop.tiny.tasks.suite import Item
 
 PER_CELL = {"train": 100, "val": 300, "test": 100}   # x 12 cells (3 families x 4 levels)
 
@@ -41,7 +41,7 @@ def run_stage(position: int, name: str, checkpoint: str, prompts: list[str], max
     """Greedy generations of one stage for every prompt (runs in a worker process, one torch thread)."""
     from tqdm import tqdm
 
-    from optistop.runner import StageModel
+    from optistop.serving.runner import StageModel
 
     model = StageModel(checkpoint, threads=1)
     out: list[dict[str, Any]] = []

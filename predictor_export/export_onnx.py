@@ -3,11 +3,11 @@
 $ python predictor_export/export_onnx.py --run artifacts/predictor --data artifacts/collected.jsonl \
       --out model_repository/quality_predictor/1 --replay artifacts/tiny_replay.jsonl        # ~10 s
 
-Reads train.py's ``models.pt`` and ``report.json``; builds the served network (optistop.predictor.ModeSwitch:
+Reads train.py's ``models.pt`` and ``report.json``; builds the served network (optistop.predictor.model.ModeSwitch:
 the ``--arch`` output-aware net for post-hoc rows, the ``--arch`` prompt-only net for ex-ante rows);
 exports it (opset 17, dynamic batch, onnx.checker); checks onnxruntime against torch on the whole test
 split (both modes) plus 1,000 random vectors and exits non-zero, writing nothing, if the largest
-difference exceeds 1e-5. Then writes ``model.onnx`` and ``model.json`` (optistop.predictor_onnx documents
+difference exceeds 1e-5. Then writes ``model.onnx`` and ``model.json`` (optistop.predictor.onnx_export documents
 the sidecar), loads them back through the serving class, and writes the val + test items in the replay
 schema with, per stage, ``confidence`` (calibrated, output-aware) and ``ex_ante`` (calibrated, prompt-only),
 and per item ``predictor_role``: "fit" or "calibration" (val items the predictor learnt from, so
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from optistop import predictor_eval
 from optistop.features import EX_ANTE_SLOT, FEATURE_VERSION, SLOT_NAMES, STAGE_SLOTS
-from optistop.predictor import (
+from optistop.predictor import evaluate as predictor_eval
+from optistop.predictor.model import (
     ARCHS,
     ModeSwitch,
     assign_roles,
@@ -38,7 +38,7 @@ from optistop.predictor import (
     predict,
     read_jsonl,
 )
-from optistop.predictor_onnx import (
+from optistop.predictor.onnx_export import (
     OPSET,
     ParityError,
     check_parity,
@@ -47,7 +47,7 @@ from optistop.predictor_onnx import (
     sha256_bytes,
     versions,
 )
-from optistop.serving.predictor import SIDECAR_FORMAT, QualityPredictor
+from optistop.serving.predictor_runtime import SIDECAR_FORMAT, QualityPredictor
 from optistop.tensors import CONFIDENCE, FEATURES, N_FEATURES
 
 MODE_OF = {"post_hoc": "output_aware", "ex_ante": "prompt_only"}

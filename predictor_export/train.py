@@ -2,10 +2,10 @@
 
 $ python predictor_export/train.py --data artifacts/collected.jsonl --out artifacts/predictor   # ~1-2 min
 
-Trains {linear, mlp32, mlp128} x {paper_b2, prompt_only, output_aware} (optistop.predictor), pooled over
-stages (the stage one-hot tells them apart, as in the paper). Data roles (optistop.predictor.assign_roles):
+Trains {linear, mlp32, mlp128} x {paper_b2, prompt_only, output_aware} (optistop.predictor.model), pooled over
+stages (the stage one-hot tells them apart, as in the paper). Data roles (optistop.predictor.model.assign_roles):
 fit on 2/3 of the val split's prompts (early stopping on 15% of those), calibrate per stage on the other
-1/3, score per stage on the test split (optistop.predictor_eval). The train split is not used: the stage
+1/3, score per stage on the test split (optistop.predictor.evaluate). The train split is not used: the stage
 models were trained on those very prompts, so their outputs there are not what serving sees
 (``--fit-on train`` runs that naive protocol for comparison). Writes ``<out>/models.pt`` (state dicts)
 and ``<out>/report.json`` (metric table, calibrators, training summary), which
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from optistop import metrics, predictor_eval
 from optistop.features import FEATURE_VERSION
-from optistop.predictor import (
+from optistop.offline import stats
+from optistop.predictor import evaluate as predictor_eval
+from optistop.predictor.model import (
     ARCHS,
     MODES,
     SPLITS,
@@ -53,7 +54,7 @@ def check_splits(records: list[dict[str, Any]]) -> None:
 
 
 def scores(test: Rows, p_test: np.ndarray, cals: list[dict[str, Any]]) -> dict[str, Any]:
-    pooled = metrics.auroc(test.y, p_test)
+    pooled = stats.auroc(test.y, p_test)
     return {"cells": predictor_eval.score_cells(test, p_test, cals),
             "pooled_auroc": None if pooled is None else round(pooled, 6)}
 

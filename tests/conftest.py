@@ -30,7 +30,7 @@ def tiny_dir() -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
     """A real tritonserver on the project's model_repository, on free loopback ports."""
-    from optistop.server import EmbeddedServer, ServerConfig, free_port
+    from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
 
     if not (ROOT / "model_repository" / "quality_predictor" / "1" / "model.onnx").exists():
         pytest.fail("model_repository/quality_predictor/1/model.onnx missing; run `make predictor`")

@@ -10,7 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from optistop.client import ask, build_inputs, make_client
+from optistop.serving.client import ask, build_inputs, make_client
 
 pytestmark = pytest.mark.server
 GOOD = "12+35="

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from optistop.bench import configurations, held_out_prompts, input_data
-from optistop.bench_parse import (
+from optistop.perf.bench import configurations, held_out_prompts, input_data
+from optistop.perf.parse import (
     ParseError,
     RequestRecord,
     parse_pa_csv,
@@ -18,8 +18,8 @@ from optistop.bench_parse import (
     stats_diff,
     stats_snapshot,
 )
-from optistop.bench_report import Run, aggregate, write_markdown
-from optistop.config import load_spec
+from optistop.perf.results import Run, aggregate, write_markdown
+from optistop.spec import load_spec
 
 # perf_analyzer 2.51 `-f out.csv --verbose-csv` (GPU metric columns empty on a CPU machine); microseconds
 PA_CSV = (
@@ -200,7 +200,7 @@ def test_configurations_are_the_cascade_and_every_fixed_stage() -> None:
 
 
 def test_profile_attributes_busy_samples_per_request_and_drops_idle_threads() -> None:
-    from optistop.bench_profile import inclusive_ms
+    from optistop.perf.profile import inclusive_ms
 
     collapsed = "\n".join([
         "Thread.run (/x/lib/python3.11/threading.py:975);handle (/x/main/optistop/a.py:10);"

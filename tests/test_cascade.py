@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from optistop.cascade import CascadeRequest, StageFailure, StageOutput, run_cascade
-from optistop.config import load_spec
 from optistop.features import EX_ANTE_SLOT, stage_of
 from optistop.policy import make_policy
+from optistop.spec import load_spec
 
 SPEC = load_spec(check_paths=False)  # the loop needs costs and names, not weights
 ALPHA = {i: ch for i, ch in enumerate("abcdefghij")}

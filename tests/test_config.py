@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from optistop.config import DEFAULT_SPEC, SpecError, load_spec
+from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
 
 SPEC = DEFAULT_SPEC.read_text()
 
@@ -58,7 +58,7 @@ def test_bad_fields_are_named(tmp_path: Path, old: str, new: str, field: str) ->
 
 def test_cli_prints_one_error_line(tmp_path: Path) -> None:
     path = _write(tmp_path, SPEC.replace("cost = 10.0", "cost = 2.0"))
-    proc = subprocess.run([sys.executable, "-m", "optistop.config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "optistop.spec", str(path)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from optistop.config import DEFAULT_SPEC, load_spec
+from optistop.spec import DEFAULT_SPEC, load_spec
 from optistop.tensors import STAGE
 
 ROOT = DEFAULT_SPEC.parent
@@ -206,7 +206,7 @@ def test_missing_checkpoint_is_named_before_any_conversion(fake_gpu: dict) -> No
 # --- launch.sh ------------------------------------------------------------------------------------------
 
 def test_launch_dry_run_is_orchestrator_mode_over_all_gpus(tmp_path: Path) -> None:
-    from optistop import render
+    from optistop.serving import render
 
     repo = tmp_path / "repo"
     assert render.main(["--profile", "trtllm", "--spec", str(QWEN), "--engines-dir", str(tmp_path / "e"),

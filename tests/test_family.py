@@ -6,9 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from optistop.family import MEMBERS
-from optistop.tokenizer import build_tokenizer
-from optistop.train_family import train_member
+from optistop.tiny.members import MEMBERS
+from optistop.tiny.tokenizer import build_tokenizer
+from optistop.tiny.train import train_member
 
 
 def test_committed_weights_match_manifest(tiny_dir: Path) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from optistop.client import ask, make_client
-from optistop.server import EmbeddedServer, ServerConfig, free_port
+from optistop.serving.client import ask, make_client
+from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
 
 pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parent.parent

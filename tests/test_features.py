@@ -184,8 +184,8 @@ def test_batch_helpers() -> None:
 
 
 def test_serving_and_training_use_the_same_feature_functions() -> None:
-    import optistop.predictor as training
-    import optistop.serving.predictor as serving
+    import optistop.predictor.model as training
+    import optistop.serving.predictor_runtime as serving
 
     assert training.stage_features is F.stage_features and training.ex_ante_features is F.ex_ante_features
     assert serving.FEATURE_VERSION is F.FEATURE_VERSION and serving.SLOT_NAMES is F.SLOT_NAMES

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from optistop.client import ask, make_client
-from optistop.config import load_spec
+from optistop.serving.client import ask, make_client
+from optistop.spec import load_spec
 
 pytestmark = pytest.mark.server
 SPEC = load_spec()

@@ -100,7 +100,7 @@ def test_in_process_predictor_matches_the_served_one(stages) -> None:
     model; here the BLS handler runs the real predictor too, so both cascades must agree exactly."""
     import json
 
-    from optistop.serving.predictor import QualityPredictor
+    from optistop.serving.predictor_runtime import QualityPredictor
 
     qp = QualityPredictor(REPO / "quality_predictor" / "1" / "model.onnx")
 

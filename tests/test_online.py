@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optistop.online import fit_curves, regret_experiment, rule_outcomes, stream_regret
+from optistop.offline.online import fit_curves, regret_experiment, rule_outcomes, stream_regret
 
 
 def test_rule_outcomes_by_hand() -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from optistop.features import ex_ante_features, stage_features
-from optistop.predictor import ModeSwitch, build
-from optistop.predictor_onnx import (
+from optistop.predictor.model import ModeSwitch, build
+from optistop.predictor.onnx_export import (
     OPSET,
     PARITY_TOL,
     ParityError,

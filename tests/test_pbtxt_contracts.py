@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from optistop import render
-from optistop.config import DEFAULT_SPEC, CascadeSpec, load_spec
+from optistop.serving import render
+from optistop.spec import DEFAULT_SPEC, CascadeSpec, load_spec
 from optistop.tensors import CASCADE, PREDICTOR, STAGE, Contract
 
 text_format = pytest.importorskip("google.protobuf.text_format")

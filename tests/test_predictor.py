@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from optistop import calibration, metrics
+from optistop import calibration
 from optistop.features import EX_ANTE_SLOT
-from optistop.predictor import (
+from optistop.offline import stats
+from optistop.predictor.model import (
     ModeSwitch,
     QualityMLP,
     Rows,
@@ -27,22 +28,22 @@ from optistop.predictor import (
 
 def test_auroc_hand_worked() -> None:
     # positives 0.35, 0.8; negatives 0.1, 0.4: pairs won (0.35>0.1), (0.8>0.1), (0.8>0.4) -> 3 of 4
-    assert metrics.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    assert metrics.auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)          # a tie counts one half
-    assert metrics.auroc([1, 0, 1], [0.9, 0.5, 0.5]) == pytest.approx(0.75)
-    assert metrics.auroc([1, 1], [0.2, 0.3]) is None                         # one class: undefined
+    assert stats.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert stats.auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)          # a tie counts one half
+    assert stats.auroc([1, 0, 1], [0.9, 0.5, 0.5]) == pytest.approx(0.75)
+    assert stats.auroc([1, 1], [0.2, 0.3]) is None                         # one class: undefined
     with pytest.raises(ValueError, match="differ in length"):
-        metrics.auroc([0, 1], [0.5])
+        stats.auroc([0, 1], [0.5])
 
 
 def test_brier_and_ece_hand_worked() -> None:
     y, p = np.array([1, 0, 1, 1]), np.array([0.9, 0.2, 0.6, 0.65])
-    assert metrics.brier(y, p) == pytest.approx((0.01 + 0.04 + 0.16 + 0.1225) / 4)
+    assert stats.brier(y, p) == pytest.approx((0.01 + 0.04 + 0.16 + 0.1225) / 4)
     # bins: 0.2 -> bin 2 (gap 0.2), 0.6 and 0.65 -> bin 6 (mean 0.625, acc 1: gap 0.375), 0.9 -> bin 9 (0.1)
-    assert metrics.ece(y, p) == pytest.approx(0.25 * 0.2 + 0.5 * 0.375 + 0.25 * 0.1)
-    assert metrics.ece([1], [1.0]) == 0.0                                    # 1.0 lands in the last bin
-    assert metrics.brier([], []) is None and metrics.ece([], []) is None
-    s = metrics.summary(y, p)
+    assert stats.ece(y, p) == pytest.approx(0.25 * 0.2 + 0.5 * 0.375 + 0.25 * 0.1)
+    assert stats.ece([1], [1.0]) == 0.0                                    # 1.0 lands in the last bin
+    assert stats.brier([], []) is None and stats.ece([], []) is None
+    s = stats.summary(y, p)
     assert set(s) == {"auroc", "brier", "ece", "n", "positives"} and s["n"] == 4 and s["positives"] == 3
 
 
@@ -74,11 +75,11 @@ def test_select_prefers_simple_when_already_calibrated_and_fixes_overconfidence(
     y = (rng.uniform(size=p.size) < p).astype(float)
     cal, cv = calibration.select(p, y)
     assert set(cv) == set(calibration.METHODS)
-    assert metrics.ece(y, calibration.apply(cal, p)) < 0.03
+    assert stats.ece(y, calibration.apply(cal, p)) < 0.03
     over = 1 / (1 + np.exp(-3 * np.log(p / (1 - p))))      # same ranking, far too confident
     cal2, cv2 = calibration.select(over, y)
     assert cal2["method"] != "identity" and cv2[cal2["method"]] < cv2["identity"]
-    assert metrics.ece(y, calibration.apply(cal2, over)) < metrics.ece(y, over) / 2
+    assert stats.ece(y, calibration.apply(cal2, over)) < stats.ece(y, over) / 2
     assert calibration.select(p[:5], y[:5])[0] == {"method": "identity"}            # too few
     assert calibration.select(p, np.ones_like(p))[0] == {"method": "identity"}      # one class
 
@@ -148,7 +149,7 @@ def test_training_learns_and_is_deterministic() -> None:
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
     p = predict(m1, test.x)
-    assert p.shape == (300,) and metrics.auroc(test.y, p) > 0.75
+    assert p.shape == (300,) and stats.auroc(test.y, p) > 0.75
     m3, _ = train("mlp32", fit, stop, TrainConfig(max_epochs=2, seed=4))
     assert not torch.equal(m3.state_dict()["network.0.weight"], m1.state_dict()["network.0.weight"])
 

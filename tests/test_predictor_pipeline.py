@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from optistop.features import FEATURE_VERSION, SLOT_NAMES
-from optistop.predictor import ARCHS, build_rows, read_jsonl
-from optistop.serving.predictor import SIDECAR_KEYS, QualityPredictor, load_sidecar
-from optistop.tasks import generate_split, grade
+from optistop.predictor.model import ARCHS, build_rows, read_jsonl
+from optistop.serving.predictor_runtime import SIDECAR_KEYS, QualityPredictor, load_sidecar
+from optistop.tiny.tasks import generate_split, grade
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (("small", 1.0), ("medium", 4.5), ("large", 10.0))

@@ -14,7 +14,7 @@ import pytest
 
 from optistop import calibration
 from optistop.features import FEATURE_VERSION, ex_ante_features, stage_features
-from optistop.serving.predictor import PredictorLoadError, QualityPredictor, check_features
+from optistop.serving.predictor_runtime import PredictorLoadError, QualityPredictor, check_features
 from optistop.tensors import PREDICTOR
 from tests import fake_pb_utils as pb
 

@@ -1,4 +1,4 @@
-"""optistop.render: committed CPU configs equal what render produces; GPU profiles render and validate."""
+"""optistop.serving.render: committed CPU configs equal what render produces; GPU profiles render and validate."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from optistop import render
-from optistop.config import DEFAULT_SPEC, SpecError, load_spec
+from optistop.serving import render
+from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
 
 ROOT = DEFAULT_SPEC.parent
 GPU_PROFILES = sorted((ROOT / "build").glob("*-trtllm.toml"))
@@ -19,8 +19,8 @@ def test_committed_cpu_configs_are_rendered_not_hand_edited() -> None:
     rendered = render.render_all(spec, profile="cpu", repo=ROOT / "model_repository")
     assert [r.path.parent.name for r in rendered] == [s.triton_model for s in spec.stages]
     for r in rendered:
-        assert r.path.exists(), f"{r.path} missing; run python -m optistop.render"
-        assert r.path.read_text() == r.text, f"{r.path} is hand-edited; run python -m optistop.render"
+        assert r.path.exists(), f"{r.path} missing; run python -m optistop.serving.render"
+        assert r.path.read_text() == r.text, f"{r.path} is hand-edited; run python -m optistop.serving.render"
 
 
 def test_check_mode_flags_a_hand_edit(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optistop import simulate as sim
+from optistop.offline import simulate as sim
+from optistop.offline.replay import evaluate, from_records, main, public
 from optistop.policy import OptimalPolicy, PaperPolicy
-from optistop.replay import evaluate, from_records, main, public
 
 COSTS = (1.0, 4.5, 10.0)
 

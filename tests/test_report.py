@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optistop import report
+from optistop.report import build as report
 from tests.test_replay import synthetic
 from tests.test_routellm import fake_folder
 

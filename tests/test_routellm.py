@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from optistop import routellm
-from optistop.replay import from_records
+from optistop.offline import routellm
+from optistop.offline.replay import from_records
 
 DATA = routellm.find_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason=routellm.WHERE)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from optistop.runner import StageModel
-from optistop.tasks import generate_split
+from optistop.serving.runner import StageModel
+from optistop.tiny.tasks import generate_split
 
 
 @pytest.fixture(scope="module")

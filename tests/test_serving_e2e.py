@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from optistop.client import Answer, ask, make_client
-from optistop.config import load_spec
-from optistop.runner import StageModel
-from optistop.tasks import generate_split
+from optistop.serving.client import Answer, ask, make_client
+from optistop.serving.runner import StageModel
+from optistop.spec import load_spec
+from optistop.tiny.tasks import generate_split
 
 pytestmark = pytest.mark.server
 SPEC = load_spec()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from optistop.soak import run_load
+from optistop.perf.soak import run_load
 
 pytestmark = pytest.mark.server
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from optistop.config import SpecError, load_spec
 from optistop.serving.cascade_service import CascadeService
-from optistop.tokenizer import load_tokenizer
+from optistop.spec import SpecError, load_spec
+from optistop.tiny.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = ROOT / "model_repository"

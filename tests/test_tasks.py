@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from optistop.tasks import FAMILIES, LEVELS, generate_split, get_family, grade, split_of
-from optistop.tasks.suite import sample
+from optistop.tiny.tasks import FAMILIES, LEVELS, generate_split, get_family, grade, split_of
+from optistop.tiny.tasks.suite import sample
 
 
 @pytest.mark.parametrize(

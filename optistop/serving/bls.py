@@ -14,7 +14,7 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import StageFailure, StageOutput
-from optistop.config import CascadeSpec
+from optistop.spec import CascadeSpec
 
 STAGE_OUTPUTS = [T.OUTPUT_IDS, T.SEQUENCE_LENGTH, T.OUTPUT_LOG_PROBS]
 
@@ -25,7 +25,7 @@ class LocalPredictor(Protocol):
 
 class BlsBackend:
     """Stage engines through BLS; the predictor through BLS too, unless ``local`` scores in-process
-    (optistop.serving.predictor.QualityPredictor over the same ONNX file and sidecar)."""
+    (optistop.serving.predictor_runtime.QualityPredictor over the same ONNX file and sidecar)."""
 
     def __init__(self, pb_utils: Any, spec: CascadeSpec, end_id: int, pad_id: int,
                  local: LocalPredictor | None = None) -> None:

@@ -16,8 +16,8 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import CascadeBackend, CascadeResult, StageFailure, run_cascade
-from optistop.config import CascadeSpec, SpecError, load_spec
-from optistop.validation import RequestError, parse_request
+from optistop.serving.request import RequestError, parse_request
+from optistop.spec import CascadeSpec, SpecError, load_spec
 
 log = logging.getLogger("optistop.cascade")
 
@@ -40,7 +40,7 @@ class CascadeService:
 
     @classmethod
     def from_spec_file(cls, path: str | Path) -> CascadeService:
-        from optistop.tokenizer import load_tokenizer
+        from optistop.tiny.tokenizer import load_tokenizer
 
         spec = load_spec(path)
         return cls(spec, load_tokenizer(spec.tokenizer))
@@ -49,7 +49,7 @@ class CascadeService:
         """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage
         model missing, a stage tokenizer that disagrees with the spec's, or a predictor sidecar built for
         another feature version. Run from initialize(), where BLS calls are not allowed yet."""
-        from optistop.serving.predictor import PredictorLoadError, load_sidecar
+        from optistop.serving.predictor_runtime import PredictorLoadError, load_sidecar
 
         for i, stage in enumerate(self.spec.stages):
             if not (repo / stage.triton_model / "config.pbtxt").exists():

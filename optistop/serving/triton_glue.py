@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from optistop.validation import RequestError
+from optistop.serving.request import RequestError
 
 
 def model_parameters(args: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], Path]:

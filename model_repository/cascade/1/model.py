@@ -19,9 +19,9 @@ import triton_python_backend_utils as pb_utils
 
 from optistop.serving.bls import BlsBackend
 from optistop.serving.cascade_service import INPUTS, CascadeService
-from optistop.serving.metrics import TritonMetrics
+from optistop.serving.prometheus import TritonMetrics
+from optistop.serving.request import RequestError
 from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
-from optistop.validation import RequestError
 
 
 class TritonPythonModel:
@@ -32,7 +32,7 @@ class TritonPythonModel:
         self.service.metrics = TritonMetrics(pb_utils)
         local = None
         if params.get("predictor_in_process", "false") == "true":
-            from optistop.serving.predictor import QualityPredictor
+            from optistop.serving.predictor_runtime import QualityPredictor
 
             local = QualityPredictor(model_dir.parent / self.service.spec.predictor_model / "1" / "model.onnx")
         self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id, local)

@@ -1,6 +1,6 @@
 """Triton Python-backend glue for `quality_predictor`: features FP32[64] -> calibrated confidence FP32[1].
 
-All logic lives in optistop/serving/predictor.py (tested without Triton). This file parses the config,
+All logic lives in optistop/serving/predictor_runtime.py (tested without Triton). This file parses the config,
 converts tensors and builds one response per request; a bad request gets its own INVALID_ARG error.
 Loading fails with a clear message if model.json's feature version differs from optistop.features.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from optistop.serving.predictor import QualityPredictor
+from optistop.serving.predictor_runtime import QualityPredictor
 from optistop.tensors import CONFIDENCE, FEATURES
 
 

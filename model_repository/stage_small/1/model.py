@@ -15,9 +15,9 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import triton_python_backend_utils as pb_utils
 
 from optistop import tensors as T
+from optistop.serving.request import RequestError
 from optistop.serving.stage import StageEngine
 from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
-from optistop.validation import RequestError
 
 INPUTS = [t.name for t in T.STAGE.inputs]
 

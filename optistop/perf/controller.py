@@ -1,6 +1,6 @@
 """Controller overhead side by side: the predictor called through BLS vs run in the cascade's process.
 
-$ python -m optistop.bench_controller --requests 300        # starts its own server (about 1 min)
+$ python -m optistop.perf.controller --requests 300        # starts its own server (about 1 min)
 
 One server holds two cascade models over the same stages and predictor: ``cascade`` (BLS call to the
 ``quality_predictor`` model, the default) and ``cascade_local`` (predictor_in_process: true). Requests
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from optistop.client import ask, make_client
-from optistop.server import ROOT, EmbeddedServer, ServerConfig, free_port
-from optistop.tasks import generate_split
+from optistop.serving.client import ask, make_client
+from optistop.serving.embedded import ROOT, EmbeddedServer, ServerConfig, free_port
+from optistop.tiny.tasks import generate_split
 
 
 def two_cascade_repository(tmp: Path) -> Path:
@@ -53,7 +53,7 @@ def offline_overhead(prompts: list[str], n: int) -> list[float]:
     from optistop.cascade import CascadeRequest, StageOutput, run_cascade
     from optistop.policy import make_policy
     from optistop.serving.cascade_service import CascadeService
-    from optistop.serving.predictor import QualityPredictor
+    from optistop.serving.predictor_runtime import QualityPredictor
 
     svc = CascadeService.from_spec_file(ROOT / "cascade.toml")
     qp = QualityPredictor(ROOT / "model_repository" / svc.spec.predictor_model / "1" / "model.onnx")

@@ -1,7 +1,7 @@
 """Bounded load on the served cascade (loopback only): good and bad requests mixed, at fixed concurrency.
 
-$ python -m optistop.soak --duration 60 --concurrency 16          # `make soak`: starts its own server
-$ python -m optistop.soak --url 127.0.0.1:8001 --server-pid PID   # against a running server
+$ python -m optistop.perf.soak --duration 60 --concurrency 16          # `make soak`: starts its own server
+$ python -m optistop.perf.soak --url 127.0.0.1:8001 --server-pid PID   # against a running server
 
 Checks: every good request succeeds, every bad one is rejected with INVALID_ARG, the server's resident
 memory (tritonserver and its backend stub processes) grows < 10% after warm-up, and, when it started the
@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from optistop.client import ask, build_inputs, make_client
-from optistop.tasks import generate_split
+from optistop.serving.client import ask, build_inputs, make_client
+from optistop.tiny.tasks import generate_split
 
 BAD: list[dict] = [
     dict(prompt=""), dict(prompt="1+1=", lam=-1.0), dict(prompt="1+1=", policy="nope"),
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--url needs --server-pid to measure the server's memory")
         report = run_load(args.url, args.server_pid, args.duration, args.concurrency)
     else:
-        from optistop.server import EmbeddedServer, ServerConfig, free_port
+        from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
 
         prefix = f"optistop_soak_{os.getpid()}_"
         cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),

@@ -1,6 +1,6 @@
 """Evaluate the tiny family on the held-out test split and write the manifest.
 
-$ python -m optistop.evaluate --models models/tiny --out artifacts/tiny_eval.json
+$ python -m optistop.tiny.evaluate --models models/tiny --out artifacts/tiny_eval.json
 
 Accuracy is measured with batched greedy decoding; latency at batch 1 with the members interleaved
 prompt by prompt, so that drift of this shared machine hits every member alike. The manifest
@@ -17,9 +17,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from optistop.family import MEMBERS
-from optistop.tasks import generate_split, grade
-from optistop.tasks.suite import Item
+from optistop.tiny.members import MEMBERS
+from optistop.tiny.tasks import generate_split, grade
+from optistop.tiny.tasks.suite import Item
 
 TEST_PER_CELL = 60     # 3 families x 4 levels x 60 = 720 held-out items
 LATENCY_PER_CELL = 10  # 120 prompts at batch 1 per member
@@ -65,7 +65,7 @@ def hierarchy_checks(results: dict[str, dict]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from optistop.runner import StageModel
+    from optistop.serving.runner import StageModel
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=Path("models/tiny"))

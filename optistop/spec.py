@@ -1,6 +1,6 @@
 """The cascade spec: one TOML file, loaded into frozen dataclasses and validated.
 
-$ python -m optistop.config cascade.toml        # validate and print the spec
+$ python -m optistop.spec cascade.toml        # validate and print the spec
 
 Paths in the file are relative to the file's own directory. Every validation error is one line that
 names the offending field, e.g. ``cascade.toml: stages[1].cost: costs must strictly increase ...``.
@@ -16,7 +16,9 @@ from typing import Any
 
 import tomllib
 
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "cascade.toml"
+from optistop import ROOT
+
+DEFAULT_SPEC = ROOT / "cascade.toml"
 
 
 class SpecError(ValueError):

@@ -25,7 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from optistop import ROOT
+
 DEFAULT_REPOSITORY = ROOT / "model_repository"
 
 

@@ -1,7 +1,7 @@
 """Where the cascade's time goes: py-spy on the cascade and predictor processes under perf_analyzer load.
 
 $ pip install py-spy                                  # not in the lock file: a diagnostic tool
-$ python -m optistop.bench_profile                    # starts a server on free ports; writes bench/profile.md
+$ python -m optistop.perf.profile                    # starts a server on free ports; writes bench/profile.md
 
 Runs perf_analyzer on the cascade (default policy and lambda, concurrency 1) while ``py-spy record`` samples
 the Python-backend stub processes of ``cascade`` and ``quality_predictor``. Each sample is 1/rate seconds of
@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from optistop.bench import ROOT, BenchError, held_out_prompts, input_data, perf_analyzer_env, triton_stats
-from optistop.bench_parse import stats_diff
-from optistop.config import DEFAULT_SPEC, load_spec
-from optistop.server import free_port
+from optistop.perf.bench import ROOT, BenchError, held_out_prompts, input_data, perf_analyzer_env, triton_stats
+from optistop.perf.parse import stats_diff
+from optistop.serving.embedded import free_port
+from optistop.spec import DEFAULT_SPEC, load_spec
 
 IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "concurrent/futures/thread.py:81)")
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pyspy:
         print("error: py-spy not found; pip install py-spy", file=sys.stderr)
         return 1
-    from optistop.server import EmbeddedServer, ServerConfig
+    from optistop.serving.embedded import EmbeddedServer, ServerConfig
 
     spec = load_spec(DEFAULT_SPEC, check_paths=False)
     args.raw.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             pa.kill()
             pa.wait()
     lines = ["# Where the cascade's time goes (py-spy)", "",
-             f"`python -m optistop.bench_profile`: cascade ({spec.default_policy}, lambda {spec.default_lambda:g}) "
+             f"`python -m optistop.perf.profile`: cascade ({spec.default_policy}, lambda {spec.default_lambda:g}) "
              f"at concurrency 1 under perf_analyzer; {args.duration} s at {args.rate} samples/s; {n} cascade requests "
              "(Triton's count). Milliseconds per cascade request, inclusive (a function's own time plus its callees'), "
              "busy threads only; frames without a name are the stub's native code (IPC with the server). py-spy "

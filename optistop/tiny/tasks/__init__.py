@@ -5,8 +5,8 @@ Every family turns (rng, level) into an (prompt, answer) pair; prompts are plain
 a prompt belongs to exactly one split, decided by a hash of its text (see ``split_of``).
 """
 
-from optistop.tasks.families import FAMILIES, LEVELS, Family, get_family
-from optistop.tasks.suite import SPLITS, Item, generate_split, grade, split_of
+from optistop.tiny.tasks.kinds import FAMILIES, LEVELS, Family, get_family
+from optistop.tiny.tasks.suite import SPLITS, Item, generate_split, grade, split_of
 
 __all__ = [
     "FAMILIES",

@@ -5,7 +5,7 @@ uncalibrated; the serving code applies the sidecar's per-stage calibration). Ops
 ``onnx.checker`` clean. Initializer names are the torch state-dict keys, so the weights can be read back
 into torch (``torch_from_onnx``) to check a committed file without its training run.
 
-Sidecar (``model.json`` beside ``model.onnx``), checked by ``optistop.serving.predictor.load_sidecar``:
+Sidecar (``model.json`` beside ``model.onnx``), checked by ``optistop.serving.predictor_runtime.load_sidecar``:
     format, feature_version, n_features, slot_names, stage_slots, ex_ante_slot, input, output,
     stages, costs, arch, modes {post_hoc, ex_ante}, onnx_sha256, opset,
     calibration {post_hoc: [per stage], ex_ante: [per stage]}   (entries as predictor_eval.calibrate_per_stage)
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from optistop.features import EX_ANTE_SLOT, STAGE_SLOTS
-from optistop.predictor import ModeSwitch, build
+from optistop.predictor.model import ModeSwitch, build
 from optistop.tensors import CONFIDENCE, FEATURES, N_FEATURES
 
 OPSET = 17

@@ -1,7 +1,7 @@
 """Train the tiny family from scratch and write weights, tokenizer and manifest.
 
-$ python -m optistop.train_family --out models/tiny            # all three, about 25 min on one core
-$ python -m optistop.train_family --out /tmp/t --member small --steps 5   # a smoke run
+$ python -m optistop.tiny.train --out models/tiny            # all three, about 25 min on one core
+$ python -m optistop.tiny.train --out /tmp/t --member small --steps 5   # a smoke run
 
 Loss is on answer tokens (and <eos>) only; the prompt is context. AdamW with linear warm-up and a
 cosine decay. One torch thread: on this 2-core shared machine two threads ran 10-26x slower.
@@ -15,8 +15,8 @@ import math
 import time
 from pathlib import Path
 
-from optistop.family import MEMBERS, Member, Recipe, qwen2_config
-from optistop.tasks.suite import stream
+from optistop.tiny.members import MEMBERS, Member, Recipe, qwen2_config
+from optistop.tiny.tasks.suite import stream
 
 
 def make_batch(tokenizer, pairs: list[tuple[str, str]]):
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformers
 
-    from optistop.tokenizer import build_tokenizer
+    from optistop.tiny.tokenizer import build_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("models/tiny"))
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = build_tokenizer()
     # One record per member (not one shared manifest) so that members can train in parallel
-    # processes; `python -m optistop.evaluate` folds the records, hashes and metrics into manifest.json.
+    # processes; `python -m optistop.tiny.evaluate` folds the records, hashes and metrics into manifest.json.
     for name in args.member or list(MEMBERS):
         record = train_member(MEMBERS[name], tokenizer, args.out / name, args.steps)
         record.update({"torch": torch.__version__, "transformers": transformers.__version__})

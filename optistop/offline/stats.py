@@ -1,12 +1,15 @@
-"""Scores of a probabilistic binary predictor: AUROC, Brier score, expected calibration error.
+"""The project's one statistics module: predictor scores (AUROC, Brier, ECE) and paired comparisons.
 
-numpy only (no scikit-learn). Undefined values are ``None`` rather than NaN, so that they survive JSON:
-AUROC needs both classes; every metric needs at least one example.
+numpy/scipy only (no scikit-learn). One rule for undefined values: ``None`` rather than NaN, so that
+they survive JSON and print as "n/a". AUROC needs both classes; every metric needs at least one example.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import scipy.stats
 
 
 def _arrays(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -24,16 +27,7 @@ def auroc(y: np.ndarray, p: np.ndarray) -> float | None:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(p, kind="mergesort")
-    sp = p[order]
-    ranks = np.empty(p.size, dtype=np.float64)
-    i = 0
-    while i < sp.size:  # mid-rank over each run of equal scores
-        j = i
-        while j + 1 < sp.size and sp[j + 1] == sp[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    ranks = scipy.stats.rankdata(p)  # mid-ranks over ties
     u = ranks[y > 0.5].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
 
@@ -64,3 +58,18 @@ def summary(y: np.ndarray, p: np.ndarray, digits: int = 6) -> dict[str, float | 
     y_arr, _ = _arrays(y, p)
     return {"auroc": r(auroc(y, p)), "brier": r(brier(y, p)), "ece": r(ece(y, p)),
             "n": int(y_arr.size), "positives": int((y_arr > 0.5).sum())}
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Paired t-test of a - b and Cohen's d of the differences (mean / sd of the differences)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    sd = d.std(ddof=1) if len(d) > 1 else 0.0
+    if sd == 0.0:
+        p = 1.0 if d.mean() == 0 else 0.0
+        return {"mean_diff": float(d.mean()), "p": p, "d": 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())}
+    res = scipy.stats.ttest_rel(a, b)
+    return {"mean_diff": float(d.mean()), "p": float(res.pvalue), "d": float(d.mean() / sd)}
+
+
+def fmt_p(p: float) -> str:
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"

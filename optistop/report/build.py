@@ -1,6 +1,6 @@
 """The paper's experiments rerun on real outcomes: reports/report.md, PNG figures, reports/summary.json.
 
-$ python -m optistop.report --out reports --seed 0 --jobs 2          # `make report`, ~5-10 min on 2 cores
+$ python -m optistop.report.build --out reports --seed 0 --jobs 2          # `make report`, ~5-10 min on 2 cores
 
 Data sets: the tiny family (artifacts/tiny_replay.jsonl from `make collect predictor`; spec costs and
 costs from measured latency) and RouteLLM's MMLU and GSM8K outcomes (../shared/data/routellm). A data set
@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from optistop import online, plots, report_md, routellm, stats
-from optistop.replay import evaluate, from_records, load_jsonl, public
+from optistop import ROOT
+from optistop.offline import online, routellm, stats
+from optistop.offline.replay import evaluate, from_records, load_jsonl, public
+from optistop.report import markdown as report_md
+from optistop.report import plots
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "artifacts" / "tiny_replay.jsonl"
 SIDECAR_DIR = ROOT / "model_repository" / "quality_predictor" / "1"
 TINY_MISSING = ("artifacts/tiny_replay.jsonl not found: the tiny family's collected outcomes were not "
@@ -193,7 +195,7 @@ def summarise(results: dict[str, dict]) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optistop.report", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m optistop.report.build", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)

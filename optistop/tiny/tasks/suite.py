@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from optistop.tasks.families import FAMILIES, LEVELS, check_level, get_family
+from optistop.tiny.tasks.kinds import FAMILIES, LEVELS, check_level, get_family
 
 # Share of the prompt space per split, in tenths (hash bucket 0..9).
 SPLITS: dict[str, range] = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}

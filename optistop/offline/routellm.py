@@ -1,6 +1,6 @@
 """RouteLLM's released per-prompt outcomes as replay records (two-stage weak -> strong cascade).
 
-$ python -m optistop.routellm [--data ../shared/data/routellm] --out artifacts/routellm   # writes 2 JSONL
+$ python -m optistop.offline.routellm [--data ../shared/data/routellm] --out artifacts/routellm   # writes 2 JSONL
 
 weak = Mixtral-8x7B-Instruct (cost 1), strong = GPT-4-1106-preview (cost 10): the stated cost model,
 about the ratio of their per-token prices when this data was made, rounded. Contaminated prompts (the
@@ -22,7 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routellm"
+from optistop import ROOT
+
+DEFAULT_DIR = ROOT.parent / "shared" / "data" / "routellm"
 WHERE = ("RouteLLM data not found: put the files of the routellm/evals/ folder of the public repository "
          "lm-sys/RouteLLM in ../shared/data/routellm (or pass --data)")
 WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
@@ -88,7 +90,7 @@ def gsm8k_records(data_dir: Path) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optistop.routellm", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m optistop.offline.routellm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help=f"RouteLLM evals folder (default {DEFAULT_DIR})")
     ap.add_argument("--out", default="artifacts/routellm", help="folder for mmlu.jsonl and gsm8k.jsonl")
     a = ap.parse_args(argv)

@@ -11,8 +11,8 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import CascadeRequest
-from optistop.config import CascadeSpec
 from optistop.policy import make_policy
+from optistop.spec import CascadeSpec
 
 MAX_PROMPT_BYTES = 4096  # far beyond any context here; bounds the work done before tokenizing
 

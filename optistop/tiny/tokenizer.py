@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optistop.tasks.families import DIGITS, LETTERS, SYMBOLS
+from optistop.tiny.tasks.kinds import DIGITS, LETTERS, SYMBOLS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS: tuple[str, ...] = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3

@@ -1,13 +1,13 @@
 """Offline replay: evaluate every stopping rule on recorded per-stage outcomes, honestly.
 
 $ optistop replay artifacts/tiny_replay.jsonl --seed 0 --folds 5 --target 0.95 --out artifacts/replay.json
-$ python -m optistop.replay FILE ...                     # the same without the console script
+$ python -m optistop.offline.replay FILE ...                     # the same without the console script
 
 Input: JSONL, one line per prompt: {"id", "prompt", "stages": [{"model", "cost", "correct",
 "confidence"?, "ex_ante"?, "response"?, "logprobs"?, "latency_ms"?}, ...], "meta"?: [tags]} (extra
 fields are ignored). Protocol: seeded K-fold cross-fitting. For each fold, everything is fitted on the
 other folds only: Platt recalibration of given confidences, or a logistic-regression predictor when none
-are given (``optistop.replay_fit``), the optimal rule's resolution s_k, and the operating point (the
+are given (``optistop.offline.fit``), the optimal rule's resolution s_k, and the operating point (the
 lambda whose *training* quality first reaches the target, default 95% of the last stage). The held-out
 fold is then replayed at every lambda of the sweep and at that operating point. Every prompt is held out
 exactly once, so per-prompt costs and qualities of all policies can be compared with paired tests.
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from optistop import simulate as sim
-from optistop import stats
-from optistop.replay_fit import (
+from optistop.offline import simulate as sim
+from optistop.offline import stats
+from optistop.offline.fit import (
     apply_platt,
     fit_platt,
     fit_predict_cv,

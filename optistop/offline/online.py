@@ -1,6 +1,6 @@
 """Online learning of the stopping thresholds, and its regret (paper section 4.2, ERRATA item 7).
 
-Run by `make report` (optistop.report) on each data set's cross-fitted confidences.
+Run by `make report` (optistop.report.build) on each data set's cross-fitted confidences.
 
 Class of policies: stage-order threshold rules. Stages run in order; at stage i < n-1 the rule stops and
 returns that stage's answer when its calibrated post-hoc confidence >= theta_i; the last stage always

@@ -1,7 +1,7 @@
 """Aggregate interleaved perf_analyzer runs into bench/results.json, bench/results.md and a PNG.
 
 Input: one ``Run`` per perf_analyzer call (configuration x concurrency x repeat), each holding what
-optistop.bench_parse read from perf_analyzer's CSV and profile export and from Triton's statistics.
+optistop.perf.parse read from perf_analyzer's CSV and profile export and from Triton's statistics.
 Every figure is a median over repeats of a perf_analyzer figure, or a percentile over the requests that
 perf_analyzer recorded; ratios are taken within one repeat (side by side) before the median.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optistop.bench_parse import RequestRecord, per_request_ms, percentile
+from optistop.perf.parse import RequestRecord, per_request_ms, percentile
 
 BASELINE = "fixed:2"     # always-large: what every ratio is taken against
 CASCADE = "cascade"      # the configuration name of the cascade at its default policy and lambda
@@ -43,7 +43,7 @@ def _r(x: float | None, nd: int = 4) -> float | None:
 
 
 def _grade(prompt: str, text: str) -> bool | None:
-    from optistop.tasks import grade
+    from optistop.tiny.tasks import grade
 
     try:
         return grade(prompt, text)
@@ -307,7 +307,7 @@ def _overhead_md(res: dict[str, Any]) -> list[str]:
             f"{_f(srv['predictor_per_decision'], 3)} ms. The cascade's own clock (its Prometheus counters): "
             f"{_f(srv['cascade_own_controller_per_decision'], 3)} ms per decision outside stage calls, of which "
             f"{_f(srv['cascade_own_predictor_calls_per_decision'], 3)} ms in predictor calls.", "",
-            "Function-level split (py-spy): bench/profile.md, from `python -m optistop.bench_profile`."]
+            "Function-level split (py-spy): bench/profile.md, from `python -m optistop.perf.profile`."]
 
 
 def _cost_md(res: dict[str, Any], nominal: Sequence[float]) -> list[str]:

@@ -1,8 +1,8 @@
 """Render the stage engines' config.pbtxt from a cascade spec: one template, one function, two profiles.
 
-$ python -m optistop.render --spec cascade.toml --repo model_repository             # CPU (committed)
-$ python -m optistop.render --check                                                # committed == rendered?
-$ python -m optistop.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
+$ python -m optistop.serving.render --spec cascade.toml --repo model_repository             # CPU (committed)
+$ python -m optistop.serving.render --check                                                # committed == rendered?
+$ python -m optistop.serving.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
       --engines-dir engines --out engines/model_repository --with-models model_repository   # GPU
 
 Profile ``cpu`` renders the embedded stand-ins (Python backend; their model.py reads ``checkpoint_dir``).
@@ -30,7 +30,7 @@ from typing import Any
 
 import tomllib
 
-from optistop.config import DEFAULT_SPEC, CascadeSpec, SpecError, Stage, load_spec
+from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, Stage, load_spec
 from optistop.tensors import STAGE, Contract, Tensor
 
 REPO_ROOT = DEFAULT_SPEC.parent
@@ -42,7 +42,7 @@ PLAN_COLUMNS = ("name", "model", "hf_dir", "hf_repo", "tp", "gpus", "ckpt_dir", 
 
 # The one stage template. Everything profile-specific arrives as a value; nothing is pasted twice.
 STAGE_TEMPLATE = Template("""\
-# Rendered by `python -m optistop.render` from ${source} (profile ${profile}); do not edit by hand.
+# Rendered by `python -m optistop.serving.render` from ${source} (profile ${profile}); do not edit by hand.
 name: "${name}"
 backend: "${backend}"
 max_batch_size: ${max_batch_size}
@@ -294,7 +294,7 @@ def _toml_value(v: object) -> str:
 
 def spec_toml(spec: CascadeSpec) -> str:
     """The spec as TOML with absolute paths; ``load_spec`` of the text gives back an equal spec."""
-    out = [f"# Resolved by `python -m optistop.render` from {spec_label(spec)}; do not edit by hand.",
+    out = [f"# Resolved by `python -m optistop.serving.render` from {spec_label(spec)}; do not edit by hand.",
            "[cascade]"]
     out += [f"{f.name} = {_toml_value(getattr(spec, f.name))}" for f in dataclasses.fields(spec)
             if f.name not in ("stages", "source")]
@@ -327,7 +327,7 @@ def copy_serving_models(spec: CascadeSpec, src: Path, out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optistop.render", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m optistop.serving.render", description=__doc__.split("\n")[0])
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="cascade spec TOML")
     ap.add_argument("--profile", choices=PROFILES, default="cpu")
     ap.add_argument("--repo", "--out", dest="repo", type=Path, default=None,
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if stale:
-        print(f"error: stale or hand-edited: {', '.join(stale)}; run python -m optistop.render",
+        print(f"error: stale or hand-edited: {', '.join(stale)}; run python -m optistop.serving.render",
               file=sys.stderr)
         return 1
     return 0

@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from optistop import __version__
-from optistop.bench_parse import parse_pa_csv, parse_profile_export, parse_prometheus, stats_diff, stats_snapshot
-from optistop.bench_report import BASELINE, CASCADE, Run, aggregate, write_markdown, write_plot
-from optistop.config import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
+from optistop import ROOT, __version__
+from optistop.perf.parse import parse_pa_csv, parse_profile_export, parse_prometheus, stats_diff, stats_snapshot
+from optistop.perf.results import BASELINE, CASCADE, Run, aggregate, write_markdown, write_plot
+from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 METRICS_PREFIX = "optistop_cascade_"
 
 
@@ -77,7 +76,7 @@ def perf_analyzer_version(exe: Path, env: dict[str, str]) -> str:
 # --- inputs ---------------------------------------------------------------------------------------------
 def held_out_prompts(per_cell: int, seed: int) -> list[str]:
     """Held-out (test split) prompts, every family and level, shuffled so each window sees a mix."""
-    from optistop.tasks import generate_split
+    from optistop.tiny.tasks import generate_split
 
     prompts = [it.prompt for it in generate_split("test", per_cell, seed)]
     random.Random(seed).shuffle(prompts)
@@ -225,7 +224,7 @@ def machine() -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    from optistop.tokenizer import load_tokenizer
+    from optistop.tiny.tokenizer import load_tokenizer
 
     tok = load_tokenizer(spec.tokenizer)
     count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + the end token
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
-    from optistop.server import EmbeddedServer, ServerConfig, ServerError, free_port
+    from optistop.serving.embedded import EmbeddedServer, ServerConfig, ServerError, free_port
 
     started = time.monotonic()
     meta: dict[str, Any] = {

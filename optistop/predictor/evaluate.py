@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from optistop import calibration, metrics
-from optistop.predictor import Rows
+from optistop import calibration
+from optistop.offline import stats
+from optistop.predictor.model import Rows
 
 ECE_BINS = 10
 
@@ -52,7 +53,7 @@ def score_cells(test: Rows, p_test: np.ndarray, cals: list[dict[str, Any]]) -> d
     for entry in cals:
         mask = test.stage == entry["stage"]
         y = test.y[mask]
-        raw, cal = metrics.summary(y, p_test[mask]), metrics.summary(y, p_cal[mask])
+        raw, cal = stats.summary(y, p_test[mask]), stats.summary(y, p_cal[mask])
         cells[entry["name"]] = {
             "auroc": raw["auroc"], "brier": cal["brier"], "ece": cal["ece"],
             "brier_raw": raw["brier"], "ece_raw": raw["ece"],

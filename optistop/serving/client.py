@@ -1,0 +1,88 @@
+"""tritonclient helpers for the cascade: build its inputs, call it, read its outputs.
+
+Used by the ``optistop-client`` command (optistop.cli), the soak and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optistop import tensors as T
+
+OUTPUTS = [t.name for t in T.CASCADE.outputs]
+DEFAULT_URL = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+
+
+@dataclass
+class Answer:
+    prompt: str
+    text: str
+    stage: int
+    stage_model: str
+    confidences: list[float]
+    thresholds: list[float]
+    cost: float
+    stage_latency_ms: list[float]
+    stages_run: list[int]
+    degraded: bool = False
+    degraded_reason: str = ""
+    controller_ms: float = 0.0
+
+
+def _module(protocol: str) -> Any:
+    if protocol == "grpc":
+        import tritonclient.grpc as mod
+    elif protocol == "http":
+        import tritonclient.http as mod
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: grpc, http")
+    return mod
+
+
+def make_client(url: str | None = None, protocol: str = "grpc") -> Any:
+    return _module(protocol).InferenceServerClient(url or DEFAULT_URL[protocol])
+
+
+def build_inputs(protocol: str, prompt: str | bytes, *, lam: float | None = None, policy: str | None = None,
+                 max_tokens: int | None = None) -> list[Any]:
+    """Cascade inputs with the batch dimension ([1, 1] each); optional ones only when given."""
+    mod = _module(protocol)
+    raw = prompt.encode() if isinstance(prompt, str) else prompt
+    values: list[tuple[str, str, np.ndarray]] = [(T.TEXT_INPUT, "BYTES", np.array([[raw]], dtype=object))]
+    if max_tokens is not None:
+        values.append((T.MAX_TOKENS, "INT32", np.array([[max_tokens]], dtype=np.int32)))
+    if lam is not None:
+        values.append((T.LAMBDA, "FP32", np.array([[lam]], dtype=np.float32)))
+    if policy is not None:
+        values.append((T.POLICY, "BYTES", np.array([[policy.encode()]], dtype=object)))
+    inputs = []
+    for name, dtype, arr in values:
+        inp = mod.InferInput(name, list(arr.shape), dtype)
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
+def ask(client: Any, protocol: str, prompt: str, model: str = "cascade", **kw: Any) -> Answer:
+    """One cascade request; tritonclient's InferenceServerException propagates on error."""
+    mod = _module(protocol)
+    outputs = [mod.InferRequestedOutput(n) for n in OUTPUTS]
+    res = client.infer(model, build_inputs(protocol, prompt, **kw), outputs=outputs)
+    get = lambda n: res.as_numpy(n).reshape(-1)
+    return Answer(
+        prompt=prompt,
+        text=get(T.TEXT_OUTPUT)[0].decode(),
+        stage=int(get(T.STAGE_INDEX)[0]),
+        stage_model=get(T.STAGE_MODEL)[0].decode(),
+        confidences=[round(float(x), 4) for x in get(T.CONFIDENCES)],
+        thresholds=[round(float(x), 4) for x in get(T.THRESHOLDS)],
+        cost=float(get(T.COST)[0]),
+        stage_latency_ms=[round(float(x), 2) for x in get(T.STAGE_LATENCY_MS)],
+        stages_run=[int(x) for x in get(T.STAGES_RUN)],
+        degraded=bool(get(T.DEGRADED)[0]),
+        degraded_reason=get(T.DEGRADED_REASON)[0].decode(),
+        controller_ms=round(float(get(T.CONTROLLER_MS)[0]), 3),
+    )
