@@ -27,7 +27,9 @@
 #   examples/models/core/qwen/convert_checkpoint.py at the container's tag; docker/Dockerfile sets it).
 set -euo pipefail
 
-ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+SCRIPT=engines.sh
+# shellcheck source=build/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 profile=$ROOT/build/qwen2.5-trtllm.toml
 engines=${ENGINES_DIR:-$ROOT/engines}
 out=""
@@ -37,13 +39,6 @@ force=0
 keep=0
 stage_args=()
 
-die() { printf 'engines.sh: error: %s\n' "$*" >&2; exit 1; }
-note() { printf 'engines.sh: %s\n' "$*" >&2; }
-usage() { sed -n '2,/^set -euo pipefail$/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-value() {
-  if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi
-  printf '%s' "$2"
-}
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -55,7 +50,7 @@ while [ $# -gt 0 ]; do
     --force) force=1; shift ;;
     --keep-checkpoints) keep=1; shift ;;
     --dry-run) dry_run=1; shift ;;
-    -h | --help) usage; exit 0 ;;
+    -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done

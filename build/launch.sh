@@ -15,7 +15,9 @@
 #   --http-port N, --grpc-port N, --metrics-port N, --log-file FILE, --dry-run.
 set -euo pipefail
 
-ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+SCRIPT=launch.sh
+# shellcheck source=build/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 repo=${ENGINES_DIR:-$ROOT/engines}/model_repository
 http=8000
 grpc=8001
@@ -23,12 +25,6 @@ metrics=8002
 log_file=""
 dry_run=0
 
-die() { printf 'launch.sh: error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,/^set -euo pipefail$/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-value() {
-  if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi
-  printf '%s' "$2"
-}
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -38,7 +34,7 @@ while [ $# -gt 0 ]; do
     --metrics-port) metrics=$(value "$@"); shift 2 ;;
     --log-file) log_file=$(value "$@"); shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h | --help) usage; exit 0 ;;
+    -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done

@@ -26,12 +26,13 @@ _EPS = 1e-6
 Calibrator = dict[str, Any]
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [1e-6, 1 - 1e-6] (finite for 0 and 1)."""
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free
 
 
@@ -42,9 +43,9 @@ def apply(cal: Calibrator, p: np.ndarray) -> np.ndarray:
     if method == "identity":
         out = p
     elif method == "temperature":
-        out = _sigmoid(_logit(p) / float(cal["t"]))
+        out = sigmoid(logit(p) / float(cal["t"]))
     elif method == "platt":
-        out = _sigmoid(float(cal["a"]) * _logit(p) + float(cal["b"]))
+        out = sigmoid(float(cal["a"]) * logit(p) + float(cal["b"]))
     elif method == "isotonic":
         out = np.interp(p, np.asarray(cal["x"], dtype=np.float64), np.asarray(cal["y"], dtype=np.float64))
     else:
@@ -75,7 +76,7 @@ def _fit_logistic(z: np.ndarray, y: np.ndarray, with_bias: bool) -> tuple[float,
     t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     a, b = 1.0, 0.0
     for _ in range(100):
-        q = _sigmoid(a * z + b)
+        q = sigmoid(a * z + b)
         w = np.maximum(q * (1 - q), 1e-12)
         g = np.array([np.sum((q - t) * z), np.sum(q - t)]) + 1e-6 * np.array([a, b])
         h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-6 * np.eye(2)
@@ -122,15 +123,20 @@ def fit(method: str, p: np.ndarray, y: np.ndarray) -> Calibrator:
     if method == "identity" or y.size == 0:
         return {"method": "identity"}
     if method == "temperature":
-        a, _ = _fit_logistic(_logit(p), y, with_bias=False)
+        a, _ = _fit_logistic(logit(p), y, with_bias=False)
         return {"method": "temperature", "t": 1.0 / a} if a > 1e-3 else {"method": "identity"}
     if method == "platt":
-        a, b = _fit_logistic(_logit(p), y, with_bias=True)
+        a, b = _fit_logistic(logit(p), y, with_bias=True)
         return {"method": "platt", "a": a, "b": b}
     if method == "isotonic":
         kx, ky = _pav(p, y)
         return {"method": "isotonic", "x": kx, "y": ky}
     raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
+
+
+def fit_platt(p: np.ndarray, y: np.ndarray) -> Calibrator:
+    """Platt scaling p' = sigmoid(a logit(p) + b): the one Platt fit of the project (serving and replay)."""
+    return fit("platt", p, y)
 
 
 def select(p: np.ndarray, y: np.ndarray, seed: int = 0, k: int = 5,

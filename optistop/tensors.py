@@ -7,7 +7,11 @@ TensorRT-LLM engine from the CPU stand-in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,20 @@ class Contract:
 
     def output(self, name: str) -> Tensor:
         return next(t for t in self.outputs if t.name == name)
+
+    def cast_outputs(self, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Output arrays in the dtypes this contract declares (the one place those dtypes are written).
+
+        Strings are encoded as UTF-8 for BYTES outputs; a name not in the contract is a KeyError."""
+        out: dict[str, np.ndarray] = {}
+        for name, value in values.items():
+            dtype = self.output(name).dtype
+            if dtype == "BYTES":
+                enc = lambda v: v.encode("utf-8") if isinstance(v, str) else v
+                out[name] = np.vectorize(enc, otypes=[object])(np.asarray(value, dtype=object))
+            else:
+                out[name] = np.asarray(value, dtype=NUMPY_DTYPE[dtype])
+        return out
 
 
 # --- stage engine (tensorrt_llm model contract) -------------------------------------------------

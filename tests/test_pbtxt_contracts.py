@@ -163,3 +163,17 @@ def test_model_dir_rebases_engine_and_tokenizer_paths(tmp_path: Path) -> None:
     if cascade.exists():
         resolved = load_spec(cascade / render.RESOLVED_SPEC, check_paths=False)
         assert resolved.tokenizer == Path("/models/Qwen2.5-7B-Instruct")
+
+
+def test_cast_outputs_uses_the_declared_dtypes():
+    import numpy as np
+
+    from optistop import tensors as T
+
+    out = T.CASCADE.cast_outputs({T.TEXT_OUTPUT: [["héllo"]], T.STAGE_INDEX: [[2]], T.COST: [[5.5]],
+                                  T.DEGRADED: [[1]], T.CONFIDENCES: [[0.25, 0.5]]})
+    assert out[T.TEXT_OUTPUT].dtype == object and out[T.TEXT_OUTPUT][0, 0] == "héllo".encode()
+    assert out[T.STAGE_INDEX].dtype == np.int32 and out[T.COST].dtype == np.float32
+    assert out[T.DEGRADED].dtype == np.bool_ and out[T.CONFIDENCES].shape == (1, 2)
+    with pytest.raises(StopIteration):
+        T.CASCADE.cast_outputs({"no_such_output": [[1]]})

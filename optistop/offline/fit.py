@@ -25,6 +25,8 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
+from optistop.calibration import apply, fit_platt, sigmoid
+
 HASH_DIM = 1 << 14
 _WORD = re.compile(r"[a-z]+|\d+")
 _NUM = re.compile(r"-?\d[\d,]*\.?\d*")
@@ -173,26 +175,6 @@ def fit_logistic(x: sp.csr_matrix, y: np.ndarray, l2: float) -> np.ndarray:
     return res.x
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def fit_platt(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Platt scaling on logit(score): p = sigmoid(a * logit(score) + b), lightly regularised."""
-    x = sp.csr_matrix(np.column_stack([np.ones(len(score)), logit(score)]))
-    w = fit_logistic(x, y, l2=1e-3)
-    return float(w[1]), float(w[0])
-
-
-def apply_platt(score: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
-    return sigmoid(ab[0] * logit(score) + ab[1])
-
-
 class Standardizer:
     def __init__(self, x: np.ndarray) -> None:
         self.mu = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
@@ -235,7 +217,7 @@ def fit_predict_cv(dense: np.ndarray, hashed: Sequence[Sequence[int]] | None, y:
     ll = {l2: -np.mean(ytr * np.log(np.clip(p, 1e-9, 1)) + (1 - ytr) * np.log(np.clip(1 - p, 1e-9, 1)))
           for l2, p in oof.items()}
     best = min(l2_grid, key=lambda k: (ll[k], k))
-    ab = fit_platt(oof[best], ytr)
+    cal = fit_platt(oof[best], ytr)
     w = fit_logistic(xtr, ytr, best)
-    p_test = apply_platt(sigmoid(x[test] @ w), ab)
-    return apply_platt(oof[best], ab), p_test, {"l2": best, "platt": ab, "inner_logloss": ll[best]}
+    p_test = apply(cal, sigmoid(x[test] @ w))
+    return apply(cal, oof[best]), p_test, {"l2": best, "platt": cal, "inner_logloss": ll[best]}

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from optistop import calibration
+from optistop.calibration import fit_platt
 from optistop.offline import simulate as sim
 from optistop.offline import stats
 from optistop.offline.fit import (
-    apply_platt,
-    fit_platt,
     fit_predict_cv,
     fold_ids,
     hashed_tokens,
@@ -130,14 +130,14 @@ def fit_fold(data: ReplayData, feats: dict, train: np.ndarray, test: np.ndarray,
         y = data.correct[:, k]
         st: dict = {}
         if data.ex_ante is not None:
-            ab = fit_platt(data.ex_ante[train, k], y[train])
-            R[:, k], st["ex_ante"] = apply_platt(data.ex_ante[:, k], ab), {"platt": ab}
+            cal = fit_platt(data.ex_ante[train, k], y[train])
+            R[:, k], st["ex_ante"] = calibration.apply(cal, data.ex_ante[:, k]), {"platt": cal}
         else:
             d, h = feats["prompt"]
             R[train, k], R[test, k], st["ex_ante"] = fit_predict_cv(d, h, y, train, test, seed + k)
         if data.confidence is not None:
-            ab = fit_platt(data.confidence[train, k], y[train])
-            P[:, k], st["post_hoc"] = apply_platt(data.confidence[:, k], ab), {"platt": ab}
+            cal = fit_platt(data.confidence[train, k], y[train])
+            P[:, k], st["post_hoc"] = calibration.apply(cal, data.confidence[:, k]), {"platt": cal}
         elif k in feats["post"]:
             d, h = feats["post"][k]
             P[train, k], P[test, k], st["post_hoc"] = fit_predict_cv(d, h, y, train, test, seed + 100 + k)

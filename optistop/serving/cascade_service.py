@@ -101,20 +101,19 @@ class CascadeService:
     @staticmethod
     def outputs(r: CascadeResult) -> dict[str, np.ndarray]:
         """Output tensors with the batch dimension: shapes (1, 1) or (1, stages run)."""
-        f32 = lambda xs: np.asarray([xs], dtype=np.float32)
-        return {
-            T.TEXT_OUTPUT: np.asarray([[r.text.encode()]], dtype=object),
-            T.STAGE_INDEX: np.asarray([[r.stage]], dtype=np.int32),
-            T.STAGE_MODEL: np.asarray([[r.stage_model.encode()]], dtype=object),
-            T.CONFIDENCES: f32(r.confidences),
-            T.THRESHOLDS: f32(r.thresholds),
-            T.COST: f32([r.cost]),
-            T.STAGE_LATENCY_MS: f32(r.stage_latency_ms),
-            T.STAGES_RUN: np.asarray([r.stages_run], dtype=np.int32),
-            T.DEGRADED: np.asarray([[r.degraded]], dtype=bool),
-            T.DEGRADED_REASON: np.asarray([["; ".join(r.reasons).encode()]], dtype=object),
-            T.CONTROLLER_MS: f32([r.controller_ms]),
-        }
+        return T.CASCADE.cast_outputs({
+            T.TEXT_OUTPUT: [[r.text]],
+            T.STAGE_INDEX: [[r.stage]],
+            T.STAGE_MODEL: [[r.stage_model]],
+            T.CONFIDENCES: [r.confidences],
+            T.THRESHOLDS: [r.thresholds],
+            T.COST: [[r.cost]],
+            T.STAGE_LATENCY_MS: [r.stage_latency_ms],
+            T.STAGES_RUN: [r.stages_run],
+            T.DEGRADED: [[r.degraded]],
+            T.DEGRADED_REASON: [["; ".join(r.reasons)]],
+            T.CONTROLLER_MS: [[r.controller_ms]],
+        })
 
 
 def _models(repo: Path) -> list[str]:

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from optistop import calibration
+from optistop import tensors as T
 from optistop.features import EX_ANTE_SLOT, FEATURE_VERSION, MAX_STAGES, SLOT_NAMES, STAGE_SLOTS
+from optistop.serving.request import RequestError
 from optistop.tensors import CONFIDENCE, FEATURES, N_FEATURES
 
 SIDECAR_FORMAT = "optistop.quality_predictor/1"
@@ -159,20 +161,20 @@ class QualityPredictor:
             raise ValueError(error)
         return self.calibrate(x, self.raw(x))
 
-    def predict_requests(self, batches: list[np.ndarray | None]) -> list[np.ndarray | str]:
-        """One result per request: (b, 1) float32 confidences, or an error message for that request only.
+    def predict_requests(self, batches: list[np.ndarray | None]) -> list[np.ndarray | RequestError]:
+        """One result per request: (b, 1) float32 confidences, or a RequestError for that request only.
 
         Valid requests are scored in one onnxruntime call (dynamic batching gathers them).
         """
         errors = [check_features(b, self.n_stages) for b in batches]
         good = [i for i, e in enumerate(errors) if e is None]
-        results: list[np.ndarray | str] = [e if e is not None else "" for e in errors]
+        results: dict[int, np.ndarray | RequestError] = {i: RequestError(e) for i, e in enumerate(errors) if e}
         if good:
             x = np.concatenate([np.asarray(batches[i], dtype=np.float32) for i in good], axis=0)
             conf = self.calibrate(x, self.raw(x))
             start = 0
             for i in good:
                 n = len(batches[i])  # type: ignore[arg-type]
-                results[i] = conf[start:start + n, None]
+                results[i] = T.PREDICTOR.cast_outputs({T.CONFIDENCE: conf[start:start + n, None]})[T.CONFIDENCE]
                 start += n
-        return results
+        return [results[i] for i in range(len(batches))]

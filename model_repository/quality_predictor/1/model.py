@@ -13,50 +13,35 @@ import sys
 # imports numpy (pb_utils does), so the project's environment is importable. A no-op in the container.
 sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
 
-import json
 import traceback
-from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from optistop.serving.predictor_runtime import QualityPredictor
+from optistop.serving.request import RequestError
+from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
 from optistop.tensors import CONFIDENCE, FEATURES
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        version_dir = Path(args["model_repository"]) / str(args["model_version"])
+        _, params, model_dir = model_parameters(args)
+        version_dir = model_dir / str(args["model_version"])
         # onnxruntime session created here, once per instance, with 1 intra-op thread by default
         self.predictor = QualityPredictor(version_dir / params.get("onnx_file", "model.onnx"),
                                           threads=int(params.get("intra_op_threads", "1")))
-        out = pb_utils.get_output_config_by_name(config, CONFIDENCE)
-        self.out_dtype = pb_utils.triton_string_to_numpy(out["data_type"])
         self.logger = pb_utils.Logger
 
     def execute(self, requests):
-        batches = []
-        for request in requests:
-            tensor = pb_utils.get_input_tensor_by_name(request, FEATURES)
-            batches.append(None if tensor is None else tensor.as_numpy())
+        batches = [read_inputs(pb_utils, r, [FEATURES])[FEATURES] for r in requests]
         try:
             results = self.predictor.predict_requests(batches)
         except Exception:  # the whole batch is doomed: log the traceback, never send it to clients
             self.logger.log_error(f"quality_predictor: {traceback.format_exc()}")
-            results = ["quality_predictor failed on this batch; see the server log"] * len(requests)
-            code = pb_utils.TritonError.INTERNAL
-        else:
-            code = pb_utils.TritonError.INVALID_ARG
-        responses = []
-        for result in results:
-            if isinstance(result, str):
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(result, code)))
-            else:
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(CONFIDENCE, result.astype(self.out_dtype))]))
-        return responses
+            err = RequestError("quality_predictor failed on this batch; see the server log", code="INTERNAL")
+            return [error_response(pb_utils, err) for _ in requests]
+        return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, {CONFIDENCE: r})
+                for r in results]
 
     def finalize(self):
         self.predictor = None
