@@ -8,7 +8,7 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-fast serve models-train models-eval collect predictor report bench soak \
+.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve models-train models-eval collect predictor report bench soak \
 	gpu-dry-run routellm lock clean
 
 help:
@@ -36,8 +36,9 @@ lint: venv
 test: venv sysdeps lint
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: venv
-	$(BIN)/python -m pytest -q -m "not server and not slow"
+# One tier alone (markers set by folder in tests/conftest.py): make test-unit | test-contract | test-parity | test-e2e
+test-unit test-contract test-parity test-e2e: test-%: venv sysdeps
+	$(BIN)/python -m pytest -q -ra -m $*
 
 serve: venv sysdeps $(MODELS) $(PREDICTOR)
 	$(BIN)/optistop serve

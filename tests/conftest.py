@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests run with one torch thread: the machine has two shared cores."""
+"""Shared fixtures and the test tiers. Tests run with one torch thread: the machine has two shared cores.
+
+Tiers are folders; each test gets its folder's marker, so one tier runs alone with ``-m <tier>``
+(``make test-unit`` ...): unit (package code, no server), contract (config.pbtxt / tensors / sidecar /
+model.py against fake pb_utils / shell scripts), parity (ONNX vs torch), e2e (a real tritonserver).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,18 @@ from pathlib import Path
 
 import pytest
 
+TIERS = ("unit", "contract", "parity", "e2e")
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "tiny"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of the tier folders {TIERS}")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session", autouse=True)

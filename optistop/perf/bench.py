@@ -224,7 +224,7 @@ def machine() -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    from optistop.tiny.tokenizer import load_tokenizer
+    from optistop.serving.tokenizers import load_tokenizer
 
     tok = load_tokenizer(spec.tokenizer)
     count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + the end token

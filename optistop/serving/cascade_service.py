@@ -40,7 +40,7 @@ class CascadeService:
 
     @classmethod
     def from_spec_file(cls, path: str | Path) -> CascadeService:
-        from optistop.tiny.tokenizer import load_tokenizer
+        from optistop.serving.tokenizers import load_tokenizer
 
         spec = load_spec(path)
         return cls(spec, load_tokenizer(spec.tokenizer))

@@ -7,8 +7,6 @@ post-processor prepends ``<bos>``; generation stops at ``<eos>``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from optistop.tiny.tasks.kinds import DIGITS, LETTERS, SYMBOLS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -34,9 +32,3 @@ def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
     )
-
-
-def load_tokenizer(path: str | Path):  # -> transformers.PreTrainedTokenizerFast
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))

@@ -3,11 +3,7 @@ one is `make soak` (60 s)."""
 
 from __future__ import annotations
 
-import pytest
-
 from optistop.perf.soak import run_load
-
-pytestmark = pytest.mark.server
 
 
 def test_short_soak(server) -> None:

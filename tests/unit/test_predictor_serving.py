@@ -18,7 +18,7 @@ from optistop.serving.predictor_runtime import PredictorLoadError, QualityPredic
 from optistop.tensors import PREDICTOR
 from tests import fake_pb_utils as pb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "model_repository" / "quality_predictor"
 
 

@@ -24,7 +24,7 @@ from optistop.predictor.onnx_export import (
     torch_from_onnx,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "model_repository" / "quality_predictor" / "1" / "model.onnx"
 
 

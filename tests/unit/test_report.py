@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from optistop.report import build as report
-from tests.test_replay import synthetic
-from tests.test_routellm import fake_folder
+from tests.unit.test_replay import synthetic
+from tests.unit.test_routellm import fake_folder
 
 
 def test_frontier_includes_mixtures() -> None:

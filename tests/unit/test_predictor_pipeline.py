@@ -23,7 +23,7 @@ from optistop.predictor.model import ARCHS, build_rows, read_jsonl
 from optistop.serving.predictor_runtime import SIDECAR_KEYS, QualityPredictor, load_sidecar
 from optistop.tiny.tasks import generate_split, grade
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = (("small", 1.0), ("medium", 4.5), ("large", 10.0))
 
 

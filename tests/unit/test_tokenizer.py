@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from optistop.serving.tokenizers import load_tokenizer
 from optistop.tiny.tasks import generate_split
-from optistop.tiny.tokenizer import ALPHABET, build_tokenizer, load_tokenizer
+from optistop.tiny.tokenizer import ALPHABET, build_tokenizer
 
 
 def test_round_trip_and_specials(tmp_path: Path) -> None:

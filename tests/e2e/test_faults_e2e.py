@@ -16,8 +16,7 @@ from tritonclient.utils import InferenceServerException
 from optistop.serving.client import ask, make_client
 from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
 
-pytestmark = pytest.mark.server
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HARD = "4821+3777="
 
 

@@ -12,7 +12,6 @@ from optistop.serving.runner import StageModel
 from optistop.spec import load_spec
 from optistop.tiny.tasks import generate_split
 
-pytestmark = pytest.mark.server
 SPEC = load_spec()
 PROMPTS = [it.prompt for it in generate_split("test", 1, seed=11)]  # 12 prompts, every family and level
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from optistop.serving.cascade_service import CascadeService
+from optistop.serving.tokenizers import load_tokenizer
 from optistop.spec import SpecError, load_spec
-from optistop.tiny.tokenizer import load_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repository"
 
 

@@ -11,7 +11,6 @@ from tritonclient.utils import InferenceServerException
 from optistop.serving.client import ask, make_client
 from optistop.spec import load_spec
 
-pytestmark = pytest.mark.server
 SPEC = load_spec()
 LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$')
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests import fake_pb_utils as pb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repository"
 
 

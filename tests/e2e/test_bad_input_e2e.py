@@ -12,7 +12,6 @@ from tritonclient.utils import InferenceServerException
 
 from optistop.serving.client import ask, build_inputs, make_client
 
-pytestmark = pytest.mark.server
 GOOD = "12+35="
 
 CASES = [
