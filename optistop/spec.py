@@ -48,6 +48,8 @@ class CascadeSpec:
     max_tokens_default: int = 16
     max_tokens_cap: int = 32
     max_context_tokens: int = 64  # prompt tokens + max_tokens must fit the smallest stage's context
+    chat_template: bool = False   # apply the tokenizer's chat template to raw text (instruct families)
+    system_prompt: str = ""       # with chat_template: a system turn before the user's, if not empty
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -144,6 +146,8 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         max_tokens_default=default_max,
         max_tokens_cap=cap,
         max_context_tokens=context,
+        chat_template=bool(_get(top, "chat_template", bool, "cascade", False)),
+        system_prompt=_get(top, "system_prompt", str, "cascade", ""),
         source=source,
     )
 
@@ -152,7 +156,7 @@ def load_spec(path: str | Path = DEFAULT_SPEC, check_paths: bool = True) -> Casc
     """Load and validate a spec file; errors are ``SpecError`` prefixed with the file name."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{path}: cascade spec file not found") from None
     except tomllib.TOMLDecodeError as exc:

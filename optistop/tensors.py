@@ -83,6 +83,7 @@ STAGE = Contract(
 
 # --- cascade (what users call; genai-perf / TRT-LLM ensemble names) -------------------------------
 TEXT_INPUT = "text_input"
+MESSAGES = "messages"      # extension: OpenAI-style chat messages as JSON (instead of text_input)
 MAX_TOKENS = "max_tokens"
 LAMBDA = "lambda"
 POLICY = "policy"
@@ -101,7 +102,9 @@ STAGES_RUN = "stages_run"  # extension: indices of the stages run, in order (cos
 
 CASCADE = Contract(
     inputs=(
-        Tensor(TEXT_INPUT, "BYTES", (1,)),
+        # exactly one of text_input and messages per request (checked in optistop.serving.request)
+        Tensor(TEXT_INPUT, "BYTES", (1,), optional=True),
+        Tensor(MESSAGES, "BYTES", (1,), optional=True),
         Tensor(MAX_TOKENS, "INT32", (1,), optional=True),
         Tensor(LAMBDA, "FP32", (1,), optional=True),
         Tensor(POLICY, "BYTES", (1,), optional=True),

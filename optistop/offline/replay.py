@@ -87,7 +87,7 @@ def from_records(records: Sequence[dict]) -> ReplayData:
 
 
 def load_jsonl(path: str | Path) -> ReplayData:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return from_records([json.loads(line) for line in f if line.strip()])
 
 
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(res, indent=1)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+        Path(a.out).write_text(text + "\n", encoding="utf-8")
     else:
         print(text)
     return 0

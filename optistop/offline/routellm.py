@@ -43,7 +43,7 @@ def find_dir(path: str | Path | None = None) -> Path | None:
 
 
 def _contaminated(path: Path) -> set[str]:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return {json.loads(line)["eval_prompt"] for line in f if line.strip()}
 
 
@@ -65,7 +65,7 @@ def mmlu_records(data_dir: Path) -> list[dict]:
     out = []
     for path in sorted((data_dir / "mmlu_responses").glob("mmlu_*.csv")):
         subject = path.stem[len("mmlu_"):]
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             for i, row in enumerate(csv.DictReader(f)):
                 if row["prompt"] in drop:
                     continue
@@ -79,7 +79,7 @@ def gsm8k_records(data_dir: Path) -> list[dict]:
     drop = _contaminated(data_dir / "gsm8k_contaminated_prompts.jsonl")
     csv.field_size_limit(1 << 30)
     out = []
-    with open(data_dir / "gsm8k_responses.csv", newline="") as f:
+    with open(data_dir / "gsm8k_responses.csv", newline="", encoding="utf-8") as f:
         for i, row in enumerate(csv.DictReader(f)):
             if row["prompt"] in drop:
                 continue
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, recs in (("mmlu", mmlu_records(d)), ("gsm8k", gsm8k_records(d))):
-        with open(out / f"{name}.jsonl", "w") as f:
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for r in recs:
                 f.write(json.dumps(r) + "\n")
         print(f"{out / (name + '.jsonl')}: {len(recs)} prompts")

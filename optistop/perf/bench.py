@@ -113,7 +113,7 @@ def run_perf_analyzer(exe: Path, env: dict[str, str], *, model: str, url: str, d
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise BenchError(f"perf_analyzer ran past {timeout:.0f}s at concurrency {concurrency}") from None
-    (csv.parent / (csv.stem + ".log")).write_text(proc.stdout + proc.stderr)
+    (csv.parent / (csv.stem + ".log")).write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode != 0 or not csv.exists():
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         why = next((ln for ln in lines if ln.lower().startswith("error")), lines[-1] if lines else "")
@@ -180,7 +180,7 @@ def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: 
     data = {}
     for name, policy in cfgs.items():
         data[name] = raw / f"inputs_{name.replace(':', '')}.json"
-        data[name].write_text(json.dumps(input_data(prompts, policy, args.lam, args.max_tokens)))
+        data[name].write_text(json.dumps(input_data(prompts, policy, args.lam, args.max_tokens)), encoding="utf-8")
     kw = dict(model=args.model, url=url, composing=composing, timeout=args.run_timeout)
     t0 = time.monotonic()
     for name in cfgs:  # warm-up: every path of every model once, nothing recorded
@@ -201,23 +201,23 @@ def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: 
                               "stats": stats_diff(before, triton_stats(url)),
                               "metrics": {k: v - m_before.get(k, 0.0) for k, v in m_after.items()}})
                 print(f"[{time.monotonic() - t0:6.0f}s] rep {rep} c={c} {name}", flush=True)
-    (raw / "runs.json").write_text(json.dumps(index))
+    (raw / "runs.json").write_text(json.dumps(index), encoding="utf-8")
     return " ".join(["perf_analyzer", *cmd[1:]]).replace(str(ROOT) + "/", "")
 
 
 def load_runs(raw: Path) -> list[Run]:
-    index = json.loads((raw / "runs.json").read_text())
+    index = json.loads((raw / "runs.json").read_text(encoding="utf-8"))
     runs = []
     for e in index:
         c = e["concurrency"]
-        csv_rows = parse_pa_csv((raw / f"{e['stem']}.csv").read_text())
-        recs = parse_profile_export(json.loads((raw / f"{e['stem']}.json").read_text()))
+        csv_rows = parse_pa_csv((raw / f"{e['stem']}.csv").read_text(encoding="utf-8"))
+        recs = parse_profile_export(json.loads((raw / f"{e['stem']}.json").read_text(encoding="utf-8")))
         runs.append(Run(e["config"], c, e["rep"], csv_rows[c], recs[c], e["stats"], e.get("metrics", {})))
     return runs
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"cpus": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
             "loadavg": list(os.getloadavg())}
@@ -238,7 +238,7 @@ def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[st
         "cascade_mean_latency_below_large": {c: r is not None and r < 1.0 for c, r in ratio.items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     write_markdown(res, args.out / "results.md")
     write_plot(res, args.out / "latency_throughput.png")
     return res
@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.report_only:
             meta = run_all(args, spec)
-            meta_path.write_text(json.dumps(meta))
-        meta = json.loads(meta_path.read_text())
+            meta_path.write_text(json.dumps(meta), encoding="utf-8")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         res = report(args, spec, args.raw, meta)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -40,9 +40,9 @@ def two_cascade_repository(tmp: Path) -> Path:
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
     local = repo / "cascade_local"
     shutil.copytree(repo / "cascade", local)
-    cfg = (local / "config.pbtxt").read_text().replace('name: "cascade"', 'name: "cascade_local"')
+    cfg = (local / "config.pbtxt").read_text(encoding="utf-8").replace('name: "cascade"', 'name: "cascade_local"')
     cfg = re.sub(r'(key: "predictor_in_process" value: \{ string_value: )"false"', r'\1"true"', cfg)
-    (local / "config.pbtxt").write_text(cfg)
+    (local / "config.pbtxt").write_text(cfg, encoding="utf-8")
     return repo
 
 
@@ -69,7 +69,7 @@ def offline_overhead(prompts: list[str], n: int) -> list[float]:
         out = []
         for i in range(n + 20):
             p = prompts[i % len(prompts)]
-            req = CascadeRequest(p, tuple(svc.encode(p)), 16, svc.spec.default_lambda,
+            req = CascadeRequest(p, svc.encoder.encode(text=p).ids, 16, svc.spec.default_lambda,
                                  make_policy(svc.spec.default_policy, len(svc.spec.stages)))
             r = await run_cascade(req, svc.spec, Instant(), svc.decode)
             if i >= 20:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         "p99_ms": round(float(np.percentile(xs, 99)), 3),
                         "mean_ms": round(statistics.mean(xs), 3)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for mode in ("bls", "in_process", "offline"):
         r = result[mode]
         print(f"{mode:10s} controller overhead per decision: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")

@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
              "samples without pausing the process but shares the CPUs: read the split, not the absolute figures.",
              ""]
     for m in models:
-        busy, rows = inclusive_ms((args.raw / f"{m}.txt").read_text(), args.rate, n, args.top)
+        busy, rows = inclusive_ms((args.raw / f"{m}.txt").read_text(encoding="utf-8"), args.rate, n, args.top)
         lines += [f"## `{m}` process: {busy:.2f} ms busy per cascade request", "", "| frame | ms / request |",
                   "| --- | --- |"] + [f"| `{f}` | {ms:.3f} |" for f, ms in rows] + [""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    args.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 

@@ -264,7 +264,7 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             lines.append(f"| {names.get(cfg, cfg)} | {c} | {pct(row['answered_by_stage'])} | {pct(row['ran_stage'])} | "
                          f"{_f(row['mean_stages_run'])} | {_f(row['mean_cost'])} |")
     lines += _overhead_md(res) + _cost_md(res, costs) + ["", "![latency vs throughput](latency_throughput.png)", ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 def _targets_md(res: dict[str, Any]) -> list[str]:

@@ -54,7 +54,7 @@ def process_tree_rss_mb(pid: int) -> float:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                ppid = int((entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
@@ -63,7 +63,7 @@ def process_tree_rss_mb(pid: int) -> float:
         p = todo.pop()
         todo += children.get(p, [])
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            for line in Path(f"/proc/{p}/status").read_text(encoding="utf-8").splitlines():
                 if line.startswith("VmRSS:"):
                     total_kb += int(line.split()[1])
         except OSError:

@@ -166,7 +166,7 @@ def read_sidecar(d: Path = SIDECAR_DIR) -> dict | None:
     """The predictor sidecar's metric table (section 10.1's ablation), if the predictor was built."""
     for f in sorted(d.glob("*.json")):
         try:
-            side = json.loads(f.read_text())
+            side = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if isinstance(side, dict) and "metrics" in side:
@@ -249,8 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "regret": regrets, "predictor_sidecar": side,
                "published": {"routellm": routellm.PUBLISHED, "oracle_readme": routellm.ORACLE_README}}
     summary = _clean(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    (out / "report.md").write_text(report_md.render(results, summary, figs))
+    text = json.dumps(summary, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    (out / "summary.json").write_text(text, encoding="utf-8")
+    (out / "report.md").write_text(report_md.render(results, summary, figs), encoding="utf-8")
     print(f"wrote {out / 'report.md'}, {out / 'summary.json'} and {len(figs)} figures")
     return 0
 

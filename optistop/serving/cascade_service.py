@@ -17,6 +17,7 @@ import numpy as np
 from optistop import tensors as T
 from optistop.cascade import CascadeBackend, CascadeResult, StageFailure, run_cascade
 from optistop.serving.request import RequestError, parse_request
+from optistop.serving.tokenizers import PromptEncoder
 from optistop.spec import CascadeSpec, SpecError, load_spec
 
 log = logging.getLogger("optistop.cascade")
@@ -31,19 +32,19 @@ INPUTS = [t.name for t in T.CASCADE.inputs]
 
 
 class CascadeService:
-    def __init__(self, spec: CascadeSpec, tokenizer, metrics: MetricsSink | None = None) -> None:
+    def __init__(self, spec: CascadeSpec, encoder: PromptEncoder, metrics: MetricsSink | None = None) -> None:
         self.metrics = metrics  # optional: TritonMetrics in the server
         self.spec = spec
-        self.tokenizer = tokenizer
-        self.end_id = int(tokenizer.eos_token_id)
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id)
+        self.encoder = encoder
+        self.end_id, self.pad_id = encoder.end_id, encoder.pad_id
 
     @classmethod
     def from_spec_file(cls, path: str | Path) -> CascadeService:
-        from optistop.serving.tokenizers import load_tokenizer
-
         spec = load_spec(path)
-        return cls(spec, load_tokenizer(spec.tokenizer))
+        try:
+            return cls(spec, PromptEncoder.for_spec(spec))
+        except ValueError as exc:
+            raise SpecError(f"{spec.source}: {exc}") from None
 
     def check_repository(self, repo: Path) -> None:
         """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage
@@ -65,11 +66,8 @@ class CascadeService:
         except (PredictorLoadError, OSError) as exc:
             raise SpecError(f"cascade.predictor_model: {exc}") from None
 
-    def encode(self, prompt: str) -> list[int]:
-        return list(self.tokenizer(prompt).input_ids)
-
     def decode(self, ids) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return self.encoder.decode(ids)
 
     async def handle(self, inputs: Mapping[str, np.ndarray | None],
                      backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
@@ -82,7 +80,7 @@ class CascadeService:
     async def _handle(self, inputs: Mapping[str, np.ndarray | None],
                       backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
         try:
-            req = parse_request(inputs, self.spec, self.encode)
+            req = parse_request(inputs, self.spec, self.encoder.encode)
             result = await run_cascade(req, self.spec, backend, self.decode)
         except RequestError as exc:
             return exc
@@ -122,5 +120,5 @@ def _models(repo: Path) -> list[str]:
 
 def _vocab(tokenizer_json: Path) -> dict:
     """The parts of tokenizer.json that decide token ids (model vocabulary and added tokens)."""
-    data = json.loads(tokenizer_json.read_text())
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))  # byte-level BPE vocabularies are not ASCII
     return {"vocab": data.get("model", {}).get("vocab"), "added": data.get("added_tokens")}

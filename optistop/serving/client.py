@@ -5,6 +5,7 @@ Used by the ``optistop-client`` command (optistop.cli), the soak and the benchma
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +47,18 @@ def make_client(url: str | None = None, protocol: str = "grpc") -> Any:
     return _module(protocol).InferenceServerClient(url or DEFAULT_URL[protocol])
 
 
-def build_inputs(protocol: str, prompt: str | bytes, *, lam: float | None = None, policy: str | None = None,
-                 max_tokens: int | None = None) -> list[Any]:
-    """Cascade inputs with the batch dimension ([1, 1] each); optional ones only when given."""
+def build_inputs(protocol: str, prompt: str | bytes | list[dict[str, str]], *, lam: float | None = None,
+                 policy: str | None = None, max_tokens: int | None = None) -> list[Any]:
+    """Cascade inputs with the batch dimension ([1, 1] each); optional ones only when given.
+
+    ``prompt`` is raw text, or OpenAI-style chat messages (a list of {"role", "content"}) sent as JSON
+    in the ``messages`` input."""
     mod = _module(protocol)
-    raw = prompt.encode() if isinstance(prompt, str) else prompt
-    values: list[tuple[str, str, np.ndarray]] = [(T.TEXT_INPUT, "BYTES", np.array([[raw]], dtype=object))]
+    if isinstance(prompt, list):
+        name, raw = T.MESSAGES, json.dumps(prompt, ensure_ascii=False).encode()
+    else:
+        name, raw = T.TEXT_INPUT, prompt.encode() if isinstance(prompt, str) else prompt
+    values: list[tuple[str, str, np.ndarray]] = [(name, "BYTES", np.array([[raw]], dtype=object))]
     if max_tokens is not None:
         values.append((T.MAX_TOKENS, "INT32", np.array([[max_tokens]], dtype=np.int32)))
     if lam is not None:
@@ -66,14 +73,15 @@ def build_inputs(protocol: str, prompt: str | bytes, *, lam: float | None = None
     return inputs
 
 
-def ask(client: Any, protocol: str, prompt: str, model: str = "cascade", **kw: Any) -> Answer:
+def ask(client: Any, protocol: str, prompt: str | list[dict[str, str]], model: str = "cascade",
+        **kw: Any) -> Answer:
     """One cascade request; tritonclient's InferenceServerException propagates on error."""
     mod = _module(protocol)
     outputs = [mod.InferRequestedOutput(n) for n in OUTPUTS]
     res = client.infer(model, build_inputs(protocol, prompt, **kw), outputs=outputs)
     get = lambda n: res.as_numpy(n).reshape(-1)
     return Answer(
-        prompt=prompt,
+        prompt=prompt if isinstance(prompt, str) else json.dumps(prompt),
         text=get(T.TEXT_OUTPUT)[0].decode(),
         stage=int(get(T.STAGE_INDEX)[0]),
         stage_model=get(T.STAGE_MODEL)[0].decode(),

@@ -45,7 +45,7 @@ def load_sidecar(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     regen = "regenerate it with `make predictor`"
     try:
-        side = json.loads(path.read_text())
+        side = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PredictorLoadError(f"{path}: predictor sidecar not found; {regen}") from None
     except json.JSONDecodeError as exc:

@@ -125,7 +125,7 @@ def _build_settings(table: dict[str, Any], base: BuildSettings, where: str) -> B
 def load_trtllm_settings(path: Path) -> TrtllmSettings:
     """Parse the GPU profile's ``[trtllm]`` table (defaults) and ``[trtllm.stages.<name>]`` overrides."""
     path = Path(path)
-    data = tomllib.loads(path.read_text())
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
     table = dict(data.get("trtllm") or {})
     where = f"{path.name}: trtllm"
     if not table:
@@ -317,11 +317,11 @@ def copy_serving_models(spec: CascadeSpec, src: Path, out: Path) -> list[str]:
     cfg = out / CASCADE_MODEL / "config.pbtxt"
     if cfg.exists():
         pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
-        text, n = re.subn(pattern, rf"\g<1>{RESOLVED_SPEC}\g<2>", cfg.read_text())
+        text, n = re.subn(pattern, rf"\g<1>{RESOLVED_SPEC}\g<2>", cfg.read_text(encoding="utf-8"))
         if n != 1:
             raise SpecError(f"{cfg}: expected one 'cascade_spec' parameter to point at the GPU spec, found {n}")
-        cfg.write_text(text)
-        (out / CASCADE_MODEL / RESOLVED_SPEC).write_text(spec_toml(spec))
+        cfg.write_text(text, encoding="utf-8")
+        (out / CASCADE_MODEL / RESOLVED_SPEC).write_text(spec_toml(spec), encoding="utf-8")
         notes.append(f"wrote {out / CASCADE_MODEL / RESOLVED_SPEC} (cascade_spec of {cfg})")
     return notes
 
@@ -367,11 +367,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 print(f"--- {r.path}\n{r.text}", end="")
             elif args.check:
-                if not r.path.exists() or r.path.read_text() != r.text:
+                if not r.path.exists() or r.path.read_text(encoding="utf-8") != r.text:
                     stale.append(str(r.path))
             else:
                 r.path.parent.mkdir(parents=True, exist_ok=True)
-                r.path.write_text(r.text)
+                r.path.write_text(r.text, encoding="utf-8")
                 if trtllm:
                     (r.path.parent / "1").mkdir(exist_ok=True)   # Triton needs a version dir
                 print(f"wrote {r.path}")

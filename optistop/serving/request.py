@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import CascadeRequest
 from optistop.policy import make_policy
+from optistop.serving.tokenizers import Prompt, parse_messages
 from optistop.spec import CascadeSpec
 
 MAX_PROMPT_BYTES = 4096  # far beyond any context here; bounds the work done before tokenizing
@@ -36,25 +37,43 @@ def _scalar(inputs: Mapping[str, np.ndarray | None], name: str) -> object | None
     return arr.reshape(-1)[0]
 
 
-def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
-                  encode: Callable[[str], Sequence[int]]) -> CascadeRequest:
-    """Turn raw input arrays (batch dimension included or not) into a checked ``CascadeRequest``."""
-    raw = _scalar(inputs, T.TEXT_INPUT)
+def _bytes_input(inputs: Mapping[str, np.ndarray | None], name: str, example: str) -> str | None:
+    """A BYTES input decoded as UTF-8 (None when absent), within the byte cap and not blank."""
+    raw = _scalar(inputs, name)
     if raw is None:
-        raise RequestError(f"missing required input '{T.TEXT_INPUT}' (BYTES, shape [1]: the prompt)")
+        return None
     if isinstance(raw, str):
         raw = raw.encode()
     if not isinstance(raw, bytes | np.bytes_):
-        raise RequestError(f"input '{T.TEXT_INPUT}' must be BYTES (a UTF-8 string), got {type(raw).__name__}")
+        raise RequestError(f"input '{name}' must be BYTES (a UTF-8 string), got {type(raw).__name__}")
     if len(raw) > MAX_PROMPT_BYTES:
-        raise RequestError(f"input '{T.TEXT_INPUT}' is {len(raw)} bytes; at most {MAX_PROMPT_BYTES} allowed")
+        raise RequestError(f"input '{name}' is {len(raw)} bytes; at most {MAX_PROMPT_BYTES} allowed")
     try:
-        prompt = bytes(raw).decode("utf-8")
+        text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RequestError(f"input '{T.TEXT_INPUT}' is not valid UTF-8 ({exc.reason} at byte "
-                           f"{exc.start})") from None
-    if not prompt.strip():
-        raise RequestError(f"input '{T.TEXT_INPUT}' is empty; send a non-empty prompt such as '12+35='")
+        raise RequestError(f"input '{name}' is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise RequestError(f"input '{name}' is empty; send {example}")
+    return text
+
+
+def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
+                  encode: Callable[..., Prompt]) -> CascadeRequest:
+    """Turn raw input arrays (batch dimension included or not) into a checked ``CascadeRequest``.
+
+    ``encode(text=...)`` or ``encode(messages=...)`` is the family's PromptEncoder.encode."""
+    text = _bytes_input(inputs, T.TEXT_INPUT, "a non-empty prompt such as '12+35='")
+    raw_messages = _bytes_input(inputs, T.MESSAGES, 'a JSON list such as [{"role": "user", "content": "12+35="}]')
+    if (text is None) == (raw_messages is None):
+        raise RequestError(f"send exactly one of '{T.TEXT_INPUT}' (BYTES, the prompt) and '{T.MESSAGES}' "
+                           f"(BYTES, OpenAI-style chat messages as JSON); got "
+                           f"{'both' if text is not None else 'neither'}")
+    messages = None
+    if raw_messages is not None:
+        try:
+            messages = parse_messages(raw_messages)
+        except ValueError as exc:
+            raise RequestError(f"input '{T.MESSAGES}' {exc}") from None
 
     max_tokens = _scalar(inputs, T.MAX_TOKENS)
     max_tokens = spec.max_tokens_default if max_tokens is None else int(max_tokens)  # type: ignore[arg-type]
@@ -72,19 +91,21 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
     name = spec.default_policy if raw_policy is None else _text(raw_policy, T.POLICY)
     try:
         # `random` is seeded by the prompt: the same request gets the same stopping stage
-        policy = make_policy(name, len(spec.stages), seed=zlib.crc32(prompt.encode()))
+        policy = make_policy(name, len(spec.stages), seed=zlib.crc32((text or raw_messages or "").encode()))
     except ValueError as exc:
         raise RequestError(f"input '{T.POLICY}': {exc}") from None
 
     excl = _scalar(inputs, T.EXCLUDE_INPUT_IN_OUTPUT)
     exclude = True if excl is None else bool(excl)
 
-    ids = tuple(int(i) for i in encode(prompt))
+    prompt = encode(text=text) if messages is None else encode(messages=messages)
+    ids = prompt.ids
     if len(ids) + max_tokens > spec.max_context_tokens:
-        raise RequestError(f"input '{T.TEXT_INPUT}' is {len(ids)} tokens; with {T.MAX_TOKENS}={max_tokens} "
+        which = T.TEXT_INPUT if messages is None else T.MESSAGES
+        raise RequestError(f"input '{which}' is {len(ids)} tokens; with {T.MAX_TOKENS}={max_tokens} "
                            f"it exceeds the context of {spec.max_context_tokens} tokens (at most "
                            f"{spec.max_context_tokens - max_tokens} prompt tokens)")
-    return CascadeRequest(prompt, ids, max_tokens, lam, policy, exclude)
+    return CascadeRequest(prompt.user_text, ids, max_tokens, lam, policy, exclude)
 
 
 def _text(value: object, name: str) -> str:

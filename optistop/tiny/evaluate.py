@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     checks = hierarchy_checks(results)
     report = {"members": results, "checks": checks, "n_latency_prompts": len(lat_items)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     manifest_path = args.models / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
     manifest.setdefault("members", {})
     manifest["command"] = "make models-train && make models-eval"
     manifest["checks"] = checks
@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         record_path = args.models / f"{n}.train.json"
         entry = manifest["members"].setdefault(n, {})
         if record_path.exists():
-            entry["training"] = json.loads(record_path.read_text())
+            entry["training"] = json.loads(record_path.read_text(encoding="utf-8"))
         entry["sha256"] = sha256_files(args.models / n)
         entry.update({k: results[n][k] for k in ("accuracy", "accuracy_by_family", "accuracy_by_level",
                                                  "latency_ms", "tokens_per_s", "params")})
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     print(f"{'member':8s} {'params':>8s} {'acc':>6s} " + " ".join(
         f"{f}:{'/'.join(results[names[0]]['accuracy_by_level'][f])}".rjust(22)

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.member or list(MEMBERS):
         record = train_member(MEMBERS[name], tokenizer, args.out / name, args.steps)
         record.update({"torch": torch.__version__, "transformers": transformers.__version__})
-        (args.out / f"{name}.train.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        (args.out / f"{name}.train.json").write_text(text, encoding="utf-8")
         print(f"[{name}] saved to {args.out / name} in {record['train_seconds']}s", flush=True)
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from optistop.serving.cascade_service import CascadeService
-from optistop.serving.tokenizers import load_tokenizer
+from optistop.serving.tokenizers import PromptEncoder
 from optistop.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ REPO = ROOT / "model_repository"
 @pytest.fixture()
 def service(tiny_dir) -> CascadeService:
     spec = load_spec()
-    return CascadeService(spec, load_tokenizer(spec.tokenizer))
+    return CascadeService(spec, PromptEncoder.for_spec(spec))
 
 
 def test_the_committed_repository_passes(service: CascadeService) -> None:
@@ -42,7 +42,7 @@ def test_stage_tokenizer_that_disagrees(service: CascadeService, tmp_path: Path)
     vocab["a"], vocab["b"] = vocab["b"], vocab["a"]  # same tokens, different ids
     (ckpt / "tokenizer.json").write_text(json.dumps(data))
     stages = service.spec.stages[:2] + (replace(service.spec.stages[2], checkpoint=ckpt),)
-    bad = CascadeService(replace(service.spec, stages=stages), service.tokenizer)
+    bad = CascadeService(replace(service.spec, stages=stages), service.encoder)
     with pytest.raises(SpecError, match=r"stages\[2\].checkpoint: the tokenizer in .* differs"):
         bad.check_repository(REPO)
 

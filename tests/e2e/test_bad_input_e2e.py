@@ -27,6 +27,10 @@ CASES = [
     ("lambda inf", dict(prompt=GOOD, lam=float("inf")), ["lambda", "finite"]),
     ("unknown policy", dict(prompt=GOOD, policy="greedy"), ["policy", "optimal", "paper", "fixed:0..2"]),
     ("fixed out of range", dict(prompt=GOOD, policy="fixed:3"), ["policy", "fixed:3", "0..2"]),
+    ("messages not a list", dict(prompt=[]), ["messages", "non-empty JSON list"]),
+    ("messages bad role", dict(prompt=[{"role": "robot", "content": "1+1="}]), ["messages", "role", "user"]),
+    ("messages end with assistant", dict(prompt=[{"role": "user", "content": "1+1="},
+                                                 {"role": "assistant", "content": "2"}]), ["messages", "last"]),
 ]
 
 
@@ -57,8 +61,17 @@ def test_missing_text_input_is_rejected_naming_it(server) -> None:
     inp.set_data_from_numpy(np.array([[4]], dtype=np.int32))
     with pytest.raises(InferenceServerException) as info:
         client.infer("cascade", [inp])
-    assert "text_input" in info.value.message()
+    assert "text_input" in info.value.message() and "messages" in info.value.message()
     assert ask(client, "grpc", GOOD).text  # and the server goes on
+
+
+def test_messages_that_are_not_json_are_rejected(server) -> None:
+    client = make_client(server.cfg.grpc_url, "grpc")
+    inp = grpcclient.InferInput("messages", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b"[{role: user}"]], dtype=object))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("cascade", [inp])
+    assert "messages" in info.value.message() and "not valid JSON" in info.value.message()
 
 
 def test_bad_and_good_requests_in_one_batch(server) -> None:

@@ -88,3 +88,10 @@ def test_32_concurrent_requests_all_succeed_and_match_sequential(grpc, server) -
         answers = list(pool.map(one, prompts))
     for p, a in zip(prompts, answers):
         _same(a, sequential[p])
+
+
+def test_chat_messages_answer_like_the_raw_text(grpc) -> None:
+    """The tiny family has no chat template: a messages request is its last user turn, answered alike."""
+    for p in PROMPTS[:4]:
+        msgs = [{"role": "system", "content": "You add."}, {"role": "user", "content": p}]
+        _same(ask(grpc, "grpc", msgs), ask(grpc, "grpc", p))
