@@ -3,6 +3,7 @@
 $ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002
 $ optistop spec cascade.toml           # validate and print a cascade spec
 $ optistop replay --help               # offline replay of stopping policies (see optistop.offline.replay)
+$ optistop repo | collect | label | calibrate --help   # bring your own cascade (see optistop.pipeline)
 $ optistop-client "12+35="             # ask the served cascade (client_main below)
 """
 
@@ -65,11 +66,22 @@ def serve(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "spec": _spec, "replay": _replay}
+    commands = {"serve": serve, "spec": _spec, "replay": _replay, "repo": _lazy("optistop.pipeline.repository"),
+                "collect": _lazy("optistop.pipeline.collect"), "label": _lazy("optistop.pipeline.label"),
+                "calibrate": _lazy("optistop.pipeline.calibrate")}
     if not argv or argv[0] not in commands:
         print(f"usage: optistop {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
+
+
+def _lazy(module: str):
+    """A subcommand whose implementation (and its heavy imports) loads only when it runs."""
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).main(argv) or 0)
+    return run
 
 
 def _spec(argv: list[str]) -> int:

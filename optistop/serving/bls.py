@@ -43,15 +43,8 @@ class BlsBackend:
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
         pb = self.pb
         model = self.spec.stages[stage].triton_model
-        ids = np.asarray([input_ids], dtype=np.int32)                     # (1, L)
-        inputs = [
-            pb.Tensor(T.INPUT_IDS, ids),
-            pb.Tensor(T.INPUT_LENGTHS, np.asarray([[ids.shape[1]]], dtype=np.int32)),
-            pb.Tensor(T.REQUEST_OUTPUT_LEN, np.asarray([[max_tokens]], dtype=np.int32)),
-            pb.Tensor(T.END_ID, np.asarray([[self.end_id]], dtype=np.int32)),
-            pb.Tensor(T.PAD_ID, np.asarray([[self.pad_id]], dtype=np.int32)),
-            pb.Tensor(T.RETURN_LOG_PROBS, np.asarray([[True]], dtype=bool)),
-        ]
+        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id)
+        inputs = [pb.Tensor(name, arr) for name, arr in arrays.items()]
         request = pb.InferenceRequest(model_name=model, inputs=inputs,
                                       requested_output_names=STAGE_OUTPUTS)
         resp = await request.async_exec()
@@ -75,6 +68,20 @@ class BlsBackend:
         if resp.has_error():
             raise StageFailure(-1, f"quality predictor failed: {resp.error().message()}")
         return pb.get_output_tensor_by_name(resp, T.CONFIDENCE).as_numpy().reshape(-1)
+
+
+def stage_request(input_ids: Sequence[int], max_tokens: int, end_id: int, pad_id: int) -> dict[str, np.ndarray]:
+    """A stage engine request for one prompt (batch dimension included): the one place its inputs are
+    built, for the BLS cascade and for collection through tritonclient (optistop.pipeline.collect)."""
+    ids = np.asarray([input_ids], dtype=np.int32)                         # (1, L)
+    return {
+        T.INPUT_IDS: ids,
+        T.INPUT_LENGTHS: np.asarray([[ids.shape[1]]], dtype=np.int32),
+        T.REQUEST_OUTPUT_LEN: np.asarray([[max_tokens]], dtype=np.int32),
+        T.END_ID: np.asarray([[end_id]], dtype=np.int32),
+        T.PAD_ID: np.asarray([[pad_id]], dtype=np.int32),
+        T.RETURN_LOG_PROBS: np.asarray([[True]], dtype=bool),
+    }
 
 
 def parse_stage_outputs(out: dict[str, np.ndarray], max_tokens: int, end_id: int) -> StageOutput:

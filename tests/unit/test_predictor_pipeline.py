@@ -133,7 +133,7 @@ def test_export_refuses_other_data(run, tmp_path) -> None:
 
 
 def test_export_fails_loudly_on_parity(run, tmp_path, monkeypatch, capsys) -> None:
-    export = script("export_onnx")
+    from optistop.predictor import export
     real = export.check_parity
 
     def perturbed(model, onnx_bytes, test_x, **kw):  # as if onnxruntime disagreed with torch by 1e-3
