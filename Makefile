@@ -59,8 +59,8 @@ collect: venv
 	$(BIN)/python predictor_export/collect.py --spec cascade.toml --out artifacts/collected.jsonl
 
 predictor: collect
-	$(BIN)/python predictor_export/train.py --data artifacts/collected.jsonl --out artifacts/predictor
-	$(BIN)/python predictor_export/export_onnx.py --run artifacts/predictor --data artifacts/collected.jsonl
+	$(BIN)/optistop calibrate artifacts/collected.jsonl --spec cascade.toml --out model_repository --no-install \
+		--replay-out artifacts/tiny_replay.jsonl
 
 $(PREDICTOR):
 	$(MAKE) predictor

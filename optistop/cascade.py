@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from optistop.features import ex_ante_features, stage_features
-from optistop.policy import Policy
+from optistop.policy import Policy, State
 from optistop.spec import CascadeSpec
 
 NAN = float("nan")
@@ -117,22 +117,25 @@ class _Run:
 
     async def loop(self) -> CascadeResult:
         req, n = self.req, self.n
-        ex_ante: list[float] = []
-        if req.policy.needs_ex_ante:
+        # The kernel's state for N = 1: the same arrays the replay passes for thousands of prompts.
+        state = State(np.full((1, n), NAN), None, np.full((1, n), -1))
+        if req.policy.uses_ex_ante:
             feats = np.stack([ex_ante_features(req.prompt, k, n) for k in range(n)])
             try:
                 ex_ante = await self._score(feats, stage=-1)  # one call for every stage's estimate
             except StageFailure as exc:
                 return await self._fallback(exc, after=-1, predictor_down=True)
+            state.ex_ante = np.asarray([ex_ante], dtype=np.float64)
+        answers: dict[str, int] = {}  # normalised answer text -> id: equal ids are answers that agree
         for _ in range(n + 1):  # at most every stage once, then a stop
-            decision = req.policy.decide(self.scored, ex_ante, self.spec.costs, req.lam)
+            d = req.policy.decide(state)
             if self.scored:
-                self._record(self.scored[-1][0]).threshold = float(decision.threshold)
-            if decision.stop:
-                answer = decision.answer_stage if decision.answer_stage is not None else self.scored[-1][0]
+                self._record(self.scored[-1][0]).threshold = float(d.threshold[0])
+            if d.stop[0]:
+                answer = int(d.answer_stage[0]) if d.answer_stage[0] >= 0 else self.scored[-1][0]
                 return self._finish(answer)
-            k = decision.next_stage
-            if k is None or not 0 <= k < n or k in self.outputs:
+            k = int(d.next_stage[0])
+            if not 0 <= k < n or k in self.outputs:
                 raise RuntimeError(f"policy {req.policy.name} chose an invalid next stage {k!r} after {self.scored}")
             try:
                 out = await self._generate(k)
@@ -150,6 +153,10 @@ class _Run:
                 return await self._fallback(exc, after=k, predictor_down=True)
             self._record(k).confidence = conf
             self.scored.append((k, conf))
+            state.conf[0, k] = conf
+            norm = " ".join(text.split())
+            if norm:
+                state.resp[0, k] = answers.setdefault(norm, len(answers))  # type: ignore[index]
         raise RuntimeError(f"policy {req.policy.name} did not stop after running every stage")
 
     async def _generate(self, k: int) -> StageOutput:

@@ -1,297 +1,294 @@
-"""Stopping rules for the cascade: pure functions of confidences, costs and lambda (no I/O).
+"""One policy kernel on arrays: every stopping rule is ``decide(state) -> Decision`` over N prompts.
 
-Units. ``costs[k]`` is paid whenever stage k runs (a cascade pays for every stage it runs). ``lam`` is the
-price of one unit of quality in the same cost units (cascade.toml: units of the cheapest stage's cost).
-The objective of every rule here is J = E[costs paid + lam * (1 - q)], q = 1 if the returned answer is
-acceptable (paper/ERRATA.md, last section).
+A served request is N = 1; the replay passes thousands; both call the same ``decide`` (``simulate`` is only
+a loop that reveals the next stage's recorded confidence and calls ``decide`` again, so the backward
+induction exists once, here). numpy only; no I/O.
 
-Policies (``make_policy``):
+State: ``conf`` (N, n) calibrated confidences, NaN for stages not run; ``ex_ante`` (N, n) prompt-only
+estimates or None; ``resp`` (N, n) answer ids (equal ids = answers that agree; -1 = none) or None.
+Costs c_k are paid for every stage run; the objective is J = E[costs paid + lam (1 - q)] with lam in
+units of the cheapest stage's cost (paper/ERRATA.md, last section).
 
-- ``paper``: the paper's sections 5.2/5.3 verbatim. Stages run in order; at stage i < n-1 it stops when
-  the stage's confidence >= 1/(1+lam) * (1 - 0.5 * c_i / c_{i+1}); the last stage always answers. This is
-  inverted in lam (ERRATA item 5): a higher lam lowers the thresholds and buys *less* quality. The paper
-  feeds a prompt-only score (predictor.predict(prompt, stage=i)); here it gets whatever calibrated
-  confidence the serving loop reports for the stage just run, which can only help it.
-- ``optimal``: backward induction (see ``OptimalPolicy``). May skip stages, returns the best answer so far.
-- ``fixed:k``: runs stage k only.
-- ``random``: stops after each stage i with probability 1/(n-i), which makes the stopping stage uniform
-  over 0..n-1 (stages run in order) with no per-request state. Seeded.
-- ``oracle`` (cheapest correct stage) needs labels, so it lives in the offline replay, not here.
+Rules (``POLICIES``; a served request names one, the replay evaluates all):
+- ``optimal``: backward induction with a fitted model of later stages (``ModelRule``). Histories are the
+  sets S of stages run, forward only (the first stage may be any stage, later ones may be skipped), so
+  the class contains every ``fixed:k`` and every prompt-only router.
+- ``router``: prompt only: before generating pick k = argmin_k c_k + lam (1 - P(correct_k | prompt)).
+- ``paper``: section 5.3 verbatim: stages in order; after stage i < n-1 stop iff conf_i >=
+  1/(1+lam) (1 - 0.5 c_i / c_{i+1}); the last stage answers. Inverted in lam (ERRATA 5): reproduction.
+- ``fixed:k``; ``random`` (stop after stage i w.p. 1/(n-i): a uniform stopping stage).
+- ``threshold``: start stage s, stop at the first stage whose raw confidence clears its threshold; the
+  replay's hindsight reference only, never served.
 """
 
 from __future__ import annotations
 
-import random as _random
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-POLICY_NAMES = ("optimal", "paper", "fixed:<k>", "random", "oracle")
-_SERVING_NAMES = "optimal, paper, fixed:0..{last}, random"
+CLIP = 8.0  # logit(conf) is clipped to [-8, 8]: confidences of exactly 0 or 1 stay finite
+POLICY_NAMES = ("optimal", "router", "paper", "fixed:<k>", "random")
 
 
-@dataclass(frozen=True)
+@dataclass
+class State:
+    conf: np.ndarray                     # (N, n) float, NaN = not run
+    ex_ante: np.ndarray | None = None    # (N, n) float in [0, 1]
+    resp: np.ndarray | None = None       # (N, n) int, -1 = no answer / not run
+
+
+@dataclass
 class Decision:
-    stop: bool
-    next_stage: int | None     # stage to run next when stop is False (optimal may skip stages)
-    answer_stage: int | None   # already-run stage whose answer to return when stop is True
-    threshold: float           # confidence the best answer so far needed to stop here (0.0 if forced)
+    stop: np.ndarray          # (N,) bool
+    next_stage: np.ndarray    # (N,) int, -1 when stopping
+    answer_stage: np.ndarray  # (N,) int, -1 when continuing
+    threshold: np.ndarray     # (N,) confidence the best answer needed to stop here (1.0 before any stage)
 
 
 class Policy(Protocol):
     name: str
-    needs_ex_ante: bool
+    uses_ex_ante: bool
 
-    def decide(self, run: Sequence[tuple[int, float]], ex_ante: Sequence[float],
-               costs: Sequence[float], lam: float) -> Decision: ...
-
-
-def _check(run: Sequence[tuple[int, float]], costs: Sequence[float], lam: float) -> None:
-    if not costs:
-        raise ValueError("costs: at least one stage is required")
-    if not (lam >= 0 and np.isfinite(lam)):
-        raise ValueError(f"lambda must be finite and >= 0, got {lam!r}")
-    for k, p in run:
-        if not 0 <= k < len(costs):
-            raise ValueError(f"stage index {k} out of range 0..{len(costs) - 1}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"confidence of stage {k} must be in [0, 1], got {p!r}")
+    def decide(self, s: State) -> Decision: ...
 
 
-def _best(run: Sequence[tuple[int, float]]) -> tuple[int, float]:
-    """(stage, confidence) of the most confident answer so far; ties go to the later-run stage."""
-    best_k, best_p = run[0]
-    for k, p in run[1:]:
-        if p >= best_p:
-            best_k, best_p = k, p
-    return best_k, best_p
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
 
 
-# ---------------------------------------------------------------- paper (sections 5.2 / 5.3 verbatim)
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1.0 - 1e-6)
+    return np.clip(np.log(p / (1.0 - p)), -CLIP, CLIP)
+
+
+def run_mask(conf: np.ndarray) -> np.ndarray:
+    """(N,) int bitmask of the stages run (bit k set iff conf[:, k] is observed)."""
+    return (~np.isnan(conf)).astype(np.int64) @ (1 << np.arange(conf.shape[1], dtype=np.int64))
+
+
+def stages_of(mask: int, n: int) -> list[int]:
+    return [k for k in range(n) if mask >> k & 1]
+
+
+def last_run(conf: np.ndarray) -> np.ndarray:
+    """(N,) index of the last stage run, -1 when none."""
+    ran = ~np.isnan(conf)
+    n = conf.shape[1]
+    return np.where(ran.any(1), n - 1 - np.argmax(ran[:, ::-1], axis=1), -1)
+
+
+def features(s: State, rows: np.ndarray, mask: int, use_ex_ante: bool, use_agree: bool) -> np.ndarray:
+    """x_S for history S = mask: [1, logit r_k for every k (with ex-ante), (logit conf_i, conf_i) for i in S,
+    1[answers of i and i' agree] for pairs in S (with answers)]. Both logit and raw confidence, so one
+    logistic layer can bend a miscalibrated score (over-confidence) back into a probability."""
+    n = s.conf.shape[1]
+    S = stages_of(mask, n)
+    cols = [np.ones(len(rows))]
+    if use_ex_ante:
+        assert s.ex_ante is not None
+        cols += [logit(s.ex_ante[rows, k]) for k in range(n)]
+    for i in S:
+        c = s.conf[rows, i]
+        cols += [logit(c), c]
+    if use_agree:
+        assert s.resp is not None
+        for a in range(len(S)):
+            for b in range(a + 1, len(S)):
+                ra, rb = s.resp[rows, S[a]], s.resp[rows, S[b]]
+                cols.append(((ra == rb) & (ra >= 0)).astype(float))
+    return np.column_stack(cols)
+
+
+def _empty(N: int) -> Decision:
+    return Decision(np.zeros(N, bool), np.full(N, -1), np.full(N, -1), np.ones(N))
+
+
+@dataclass
+class ModelRule:
+    """Backward induction over histories S with a fitted model (optistop.offline.policy_fit):
+
+        V(S, x_S) = min( lam (1 - max_{j in S} P(correct_j | x_S)),  min_{k > max S} Q(S, k; x_S) )
+        Q(S, k; x_S) = c_k + E[costs after S+k | x_S] + lam (1 - E[q_final | x_S])
+
+    P(correct_j | x_S) is ``answer[S][j]``, logistic in x_S; for j not in S it is the model of later stages,
+    which sees the confidences and agreement so far (hard prompts stay hard for every stage). Q is
+    fitted-Q: both expectations are logistic regressions on x_S of the *realised* outcomes of running k and
+    then following this rule on calibration prompts (``cont[S][k] = (w_q, w_c, cmax)``), fitted from the
+    deepest histories back to S = {}: the law of future confidences is learned, not assumed independent.
+    ``router_only`` stops after the one stage it picks from the prompt (the router, same code path)."""
+
+    n: int
+    costs: np.ndarray
+    lam: float
+    use_ex_ante: bool
+    use_agree: bool
+    answer: dict[int, np.ndarray]                                  # mask -> (n, d) weights
+    cont: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = field(default_factory=dict)
+    router_only: bool = False
+    name: str = "optimal"
+
+    @property
+    def uses_ex_ante(self) -> bool:
+        return self.use_ex_ante
+
+    def q_values(self, s: State, rows: np.ndarray, mask: int, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """(len(rows), K) Q(S, k) for the allowed next stages k (forward only), and those k."""
+        if self.router_only:
+            if mask == 0:
+                return self.costs[None, :] + self.lam * (1 - sigmoid(x @ self.answer[0].T)), list(range(self.n))
+            return np.zeros((len(rows), 0)), []
+        ks = sorted(self.cont.get(mask, {}))
+        q = np.empty((len(rows), len(ks)))
+        for i, k in enumerate(ks):
+            w_q, w_c, cmax = self.cont[mask][k]
+            q[:, i] = self.costs[k] + cmax * sigmoid(x @ w_c) + self.lam * (1 - sigmoid(x @ w_q))
+        return q, ks
+
+    def decide(self, s: State) -> Decision:
+        N = s.conf.shape[0]
+        d = _empty(N)
+        masks = run_mask(s.conf)
+        for mask in (int(m) for m in np.unique(masks)):
+            rows = np.flatnonzero(masks == mask)
+            x = features(s, rows, mask, self.use_ex_ante, self.use_agree)
+            q, ks = self.q_values(s, rows, mask, x)
+            if mask == 0:                                   # nothing run yet: run the best first stage
+                d.next_stage[rows] = np.asarray(ks)[np.argmin(q, axis=1)]
+                continue
+            S = stages_of(mask, self.n)
+            p = sigmoid(x @ self.answer[mask][S].T)
+            best = np.asarray(S)[np.argmax(p, axis=1)]
+            qmin = q.min(axis=1) if q.shape[1] else np.full(len(rows), np.inf)
+            stop = self.lam * (1 - p.max(axis=1)) <= qmin
+            d.stop[rows] = stop
+            d.answer_stage[rows[stop]] = best[stop]
+            if q.shape[1]:
+                d.next_stage[rows[~stop]] = np.asarray(ks)[np.argmin(q[~stop], axis=1)]
+            # stop iff lam (1 - p) <= min Q, i.e. p >= 1 - min Q / lam: the threshold the best answer met
+            d.threshold[rows] = np.clip(1 - qmin / max(self.lam, 1e-12), 0.0, 1.0)
+        return d
+
 
 def paper_threshold(stage: int, lam: float, costs: Sequence[float]) -> float:
     """compute_threshold of section 5.3: 1/(1+lam) * (1 - 0.5 / (c[i+1] / c[i]))."""
-    base_threshold = 1.0 / (1.0 + lam)
-    cost_ratio = costs[stage + 1] / costs[stage]
-    return base_threshold * (1.0 - 0.5 / cost_ratio)
+    return 1.0 / (1.0 + lam) * (1.0 - 0.5 / (costs[stage + 1] / costs[stage]))
 
 
-class PaperPolicy:
-    name = "paper"
-    needs_ex_ante = False
+@dataclass
+class PaperRule:
+    """The paper's rule on confidences mapped by per-stage Platt scaling (a, b): identity (1, 0) when the
+    confidences are already calibrated, as the served predictor's are."""
 
-    def decide(self, run: Sequence[tuple[int, float]], ex_ante: Sequence[float],
-               costs: Sequence[float], lam: float) -> Decision:
-        _check(run, costs, lam)
-        if not run:
-            return Decision(False, 0, None, 1.0)
-        i, conf = run[-1]
-        if i >= len(costs) - 1:
-            return Decision(True, None, i, 0.0)
-        theta = paper_threshold(i, lam, costs)
-        if conf >= theta:
-            return Decision(True, None, i, theta)
-        return Decision(False, i + 1, None, theta)
+    costs: np.ndarray
+    lam: float
+    platt: np.ndarray            # (n, 2)
+    name: str = "paper"
+    uses_ex_ante: bool = False
 
-
-# ---------------------------------------------------------------- optimal (backward induction)
-
-def _outcomes(r: float, s: float) -> tuple[tuple[float, float], ...]:
-    """Three-point law of a stage's future post-hoc confidence p given its ex-ante estimate r.
-
-    (value, probability) pairs {0: s(1-r), r: 1-s, 1: s r}: mean r, variance s r (1-r)."""
-    return ((0.0, s * (1.0 - r)), (r, 1.0 - s), (1.0, s * r))
-
-
-def _value(m: float, unrun: tuple[tuple[float, float, float], ...], lam: float) -> float:
-    """V(h): expected cost-to-go with best confidence m and the (cost, r, s) of the stages still allowed."""
-    best = lam * (1.0 - m)
-    for j, (c, r, s) in enumerate(unrun):
-        if c >= best:          # running it costs more than stopping now: cannot win
-            continue
-        rest = unrun[j + 1:]
-        ev = sum(w * _value(max(m, p), rest, lam) for p, w in _outcomes(r, s) if w > 0.0)
-        best = min(best, c + ev)
-    return best
+    def decide(self, s: State) -> Decision:
+        N, n = s.conf.shape
+        d = _empty(N)
+        last = last_run(s.conf)
+        d.next_stage[last < 0] = 0
+        for i in range(n):
+            rows = np.flatnonzero(last == i)
+            th = paper_threshold(i, self.lam, self.costs) if i < n - 1 else 0.0
+            p = sigmoid(self.platt[i, 0] * logit(s.conf[rows, i]) + self.platt[i, 1])
+            stop = (p >= th) | (i == n - 1)
+            d.stop[rows], d.threshold[rows] = stop, th
+            d.answer_stage[rows[stop]] = i
+            d.next_stage[rows[~stop]] = i + 1
+        return d
 
 
-def _continue_value(m: float, unrun: tuple[tuple[float, float, float], ...], lam: float
-                    ) -> tuple[float, int]:
-    """min over next stage k of c_k + E V(h + y_k), and the position in ``unrun`` of the best k."""
-    best, arg = float("inf"), -1
-    for j, (c, r, s) in enumerate(unrun):
-        rest = unrun[j + 1:]
-        ev = sum(w * _value(max(m, p), rest, lam) for p, w in _outcomes(r, s) if w > 0.0)
-        if c + ev < best:
-            best, arg = c + ev, j
-    return best, arg
+@dataclass
+class ThresholdRule:
+    """Reference only (tuned in hindsight): start at ``start``, stop at the first stage k whose raw
+    confidence >= thresholds[k]; the last stage always answers. Also the rule the online learner tunes."""
+
+    start: int
+    thresholds: np.ndarray
+    name: str = "threshold"
+    uses_ex_ante: bool = False
+
+    def decide(self, s: State) -> Decision:
+        N, n = s.conf.shape
+        d = _empty(N)
+        last = last_run(s.conf)
+        d.next_stage[last < 0] = self.start
+        rows = np.flatnonzero(last >= 0)
+        k = last[rows]
+        th = np.append(self.thresholds[: n - 1], -np.inf)[k]    # the last stage always answers
+        stop = s.conf[rows, k] >= th
+        d.stop[rows], d.threshold[rows] = stop, np.where(np.isfinite(th), th, 0.0)
+        d.answer_stage[rows[stop]] = k[stop]
+        d.next_stage[rows[~stop]] = k[~stop] + 1
+        return d
 
 
-def _stop_threshold(unrun: tuple[tuple[float, float, float], ...], lam: float) -> float:
-    """Smallest best-so-far confidence m at which stopping is optimal (bisection; the gap
-    continue(m) - stop(m) is nondecreasing in m because V has slope in [-lam, 0] in m)."""
-    if not unrun:
-        return 0.0
-    gap = lambda m: _continue_value(m, unrun, lam)[0] - lam * (1.0 - m)
-    if gap(0.0) >= 0.0:
-        return 0.0
-    lo, hi = 0.0, 1.0          # gap(1) = min c_k > 0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if gap(mid) >= 0.0:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+@dataclass
+class FixedRule:
+    k: int
+    name: str = "fixed"
+    uses_ex_ante: bool = False
+
+    def decide(self, s: State) -> Decision:
+        d = _empty(s.conf.shape[0])
+        ran = ~np.isnan(s.conf).all(axis=1)
+        d.stop[:] = ran
+        d.next_stage[~ran] = self.k
+        d.answer_stage[ran] = self.k
+        d.threshold[ran] = 0.0
+        return d
 
 
-class OptimalPolicy:
-    """Backward induction on J = E[costs paid + lam (1 - q)] (paper/ERRATA.md, last section).
+@dataclass
+class RandomRule:
+    seed: int = 0
+    name: str = "random"
+    uses_ex_ante: bool = False
 
-    State h: the stages run so far with calibrated post-hoc confidences p_j, so m = max_j p_j is the
-    probability that the best answer so far is acceptable; ex-ante estimates r_k for stages not run.
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
 
-        V(h) = min( lam (1 - m),  min_{k allowed} [ c_k + E V(h + y_k) ] )
-
-    Stop when the first term wins and return argmax_j p_j; otherwise run the minimising k.
-
-    Approximations, stated plainly:
-    1. E V(h + y_k) needs the law of p_k, the post-hoc confidence stage k will get once run. Calibration
-       gives its mean, E[p_k | prompt] = r_k. We use a three-point law with that mean,
-       p_k in {0, r_k, 1} with probabilities {s_k (1 - r_k), 1 - s_k, s_k r_k}, variance s_k r_k (1 - r_k).
-       The resolution s_k in [0, 1] is the share of the outcome's Bernoulli variance that the post-hoc
-       confidence resolves, s_k = E[(p_k - r_k)^2] / E[r_k (1 - r_k)] (the replay fits it on training
-       data). s_k = 0 (default) is certainty-equivalence: after the last-but-one stage the rule is then
-       exactly ERRATA's "stop iff max p >= r_n - c_n / lam". s_k = 1 is perfect information.
-    2. Outcomes of different stages are treated as independent given the prompt: r_k is not updated by
-       what earlier stages returned, and p_j of a run stage is not updated by later stages' answers.
-    3. Stages are only run forward: after stage j, the allowed k are those after the last stage run (the
-       policy may skip stages, including the first, but never goes back to a cheaper stage it passed;
-       under approximation 2 going back would be overvalued).
-
-    Because V(h) has slope in [-lam, 0] in m, stopping is optimal exactly when m >= theta(h); theta is
-    unitless, lies in [0, 1), and never falls as lam rises (costs weigh less against quality). With
-    lam < min c_k of the allowed stages, stopping always wins (it costs at most lam).
-    """
-
-    name = "optimal"
-    needs_ex_ante = True
-
-    def __init__(self, resolution: float | Sequence[float] = 0.0) -> None:
-        self.resolution = resolution
-
-    def _s(self, k: int) -> float:
-        s = self.resolution
-        v = float(s) if isinstance(s, (int, float)) else float(s[k])
-        return min(max(v, 0.0), 1.0)
-
-    def _unrun(self, after: int, ex_ante: Sequence[float], costs: Sequence[float]
-               ) -> tuple[tuple[float, float, float], ...]:
-        return tuple((float(costs[k]), min(max(float(ex_ante[k]), 0.0), 1.0), self._s(k))
-                     for k in range(after + 1, len(costs)))
-
-    def threshold(self, after: int, ex_ante: Sequence[float], costs: Sequence[float], lam: float) -> float:
-        """theta after the last run stage ``after``: stop iff best confidence so far >= theta."""
-        return _stop_threshold(self._unrun(after, ex_ante, costs), lam)
-
-    def decide(self, run: Sequence[tuple[int, float]], ex_ante: Sequence[float],
-               costs: Sequence[float], lam: float) -> Decision:
-        _check(run, costs, lam)
-        if len(ex_ante) != len(costs):
-            raise ValueError(f"optimal needs one ex-ante estimate per stage: got {len(ex_ante)} for "
-                             f"{len(costs)} stages")
-        if not run:
-            unrun = self._unrun(-1, ex_ante, costs)
-            _, j = _continue_value(0.0, unrun, lam)
-            return Decision(False, j, None, 1.0)
-        last = max(k for k, _ in run)
-        best_k, m = _best(run)
-        unrun = self._unrun(last, ex_ante, costs)
-        if not unrun:
-            return Decision(True, None, best_k, 0.0)
-        theta = _stop_threshold(unrun, lam)
-        cont, j = _continue_value(m, unrun, lam)
-        if lam * (1.0 - m) <= cont:
-            return Decision(True, None, best_k, theta)
-        return Decision(False, last + 1 + j, None, theta)
+    def decide(self, s: State) -> Decision:
+        N, n = s.conf.shape
+        d = _empty(N)
+        last = last_run(s.conf)
+        u = self._rng.random(N)
+        stop = (last >= 0) & ((last == n - 1) | (u < 1.0 / np.maximum(n - last, 1)))
+        d.stop[:], d.threshold[:] = stop, 0.0
+        d.answer_stage[stop] = last[stop]
+        d.next_stage[~stop] = last[~stop] + 1
+        return d
 
 
-# ---------------------------------------------------------------- baselines
-
-class FixedPolicy:
-    needs_ex_ante = False
-
-    def __init__(self, stage: int) -> None:
-        self.stage = stage
-        self.name = f"fixed:{stage}"
-
-    def decide(self, run: Sequence[tuple[int, float]], ex_ante: Sequence[float],
-               costs: Sequence[float], lam: float) -> Decision:
-        _check(run, costs, lam)
-        if not run:
-            return Decision(False, self.stage, None, 1.0)
-        return Decision(True, None, run[-1][0], 0.0)
-
-
-class RandomPolicy:
-    name = "random"
-    needs_ex_ante = False
-
-    def __init__(self, seed: int = 0) -> None:
-        self._rng = _random.Random(seed)
-        self._lock = threading.Lock()
-
-    def decide(self, run: Sequence[tuple[int, float]], ex_ante: Sequence[float],
-               costs: Sequence[float], lam: float) -> Decision:
-        _check(run, costs, lam)
-        if not run:
-            return Decision(False, 0, None, 1.0)
-        i, n = run[-1][0], len(costs)
-        if i >= n - 1:
-            return Decision(True, None, i, 0.0)
-        with self._lock:
-            u = self._rng.random()
-        if u < 1.0 / (n - i):
-            return Decision(True, None, i, 0.0)
-        return Decision(False, i + 1, None, 0.0)
-
-
-def make_policy(name: str, n_stages: int, seed: int = 0, *,
-                resolution: float | Sequence[float] = 0.0) -> Policy:
-    """Build a serving policy by name; ValueError (one line, naming the valid choices) otherwise."""
-    valid = _SERVING_NAMES.format(last=n_stages - 1)
-    if n_stages < 1:
-        raise ValueError(f"n_stages must be >= 1, got {n_stages}")
-    if name == "optimal":
-        return OptimalPolicy(resolution)
-    if name == "paper":
-        return PaperPolicy()
-    if name == "random":
-        return RandomPolicy(seed)
-    if name == "oracle":
-        raise ValueError(f"policy 'oracle' needs correctness labels and exists only in the offline replay; "
-                         f"valid: {valid}")
-    if isinstance(name, str) and name.startswith("fixed:"):
-        raw = name[len("fixed:"):]
-        if raw.isdigit() and int(raw) < n_stages:
-            return FixedPolicy(int(raw))
-        raise ValueError(f"bad stage in policy {name!r}: fixed:<k> needs k in 0..{n_stages - 1}")
-    raise ValueError(f"unknown policy {name!r}; valid: {valid}")
-
-
-# ---------------------------------------------------------------- helpers for plots
-
-def paper_thresholds(lams: Sequence[float], costs: Sequence[float]) -> np.ndarray:
-    """(len(lams), n-1): the paper's threshold at each non-final stage, per lambda."""
-    return np.array([[paper_threshold(i, lam, costs) for i in range(len(costs) - 1)] for lam in lams])
-
-
-def optimal_thresholds(lams: Sequence[float], costs: Sequence[float], ex_ante: Sequence[float],
-                       resolution: float | Sequence[float] = 0.0) -> np.ndarray:
-    """(len(lams), n-1): optimal theta after each non-final stage (stages run in order so far)."""
-    pol = OptimalPolicy(resolution)
-    return np.array([[pol.threshold(i, ex_ante, costs, lam) for i in range(len(costs) - 1)]
-                     for lam in lams])
+def simulate(rule: Policy, conf: np.ndarray, ex_ante: np.ndarray | None = None,
+             resp: np.ndarray | None = None, start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Full episodes on complete replay arrays: reveal conf[:, k] when the rule runs k and call ``decide``
+    again until every prompt stopped. Returns (ran (N, n) bool, answer (N,) int); at most n + 1 calls.
+    ``start`` (N, n) bool: stages already revealed (fitted-Q rolls out from a history)."""
+    N, n = conf.shape
+    obs = np.where(start, conf, np.nan) if start is not None else np.full((N, n), np.nan)
+    r_obs = None if resp is None else (np.where(start, resp, -1) if start is not None else np.full((N, n), -1))
+    answer = np.full(N, -1)
+    active = np.arange(N)
+    for _ in range(n + 1):
+        if active.size == 0:
+            break
+        d = rule.decide(State(obs[active], None if ex_ante is None else ex_ante[active],
+                              None if r_obs is None else r_obs[active]))
+        answer[active[d.stop]] = d.answer_stage[d.stop]
+        go, k = active[~d.stop], d.next_stage[~d.stop]
+        if np.any(~np.isnan(obs[go, k])):
+            raise RuntimeError(f"{rule.name}: chose a stage that already ran")
+        obs[go, k] = conf[go, k]
+        if r_obs is not None and resp is not None:
+            r_obs[go, k] = resp[go, k]
+        active = go
+    if active.size:
+        raise RuntimeError(f"{rule.name}: {active.size} prompts did not stop within {n} stages")
+    return ~np.isnan(obs), answer

@@ -43,8 +43,8 @@ class CascadeSpec:
     tokenizer: Path
     stages: tuple[Stage, ...]
     predictor_model: str = "quality_predictor"
-    default_lambda: float = 10.0
-    default_policy: str = "optimal"
+    default_lambda: float | None = None   # None: the policy artifact's calibrated operating point
+    default_policy: str | None = None     # None: the policy artifact's operating policy
     max_tokens_default: int = 16
     max_tokens_cap: int = 32
     max_context_tokens: int = 64  # prompt tokens + max_tokens must fit the smallest stage's context
@@ -126,8 +126,9 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     models = [s.triton_model for s in stages]
     if len(set(models)) != len(models):
         raise SpecError(f"stages[].triton_model: model names must be unique, got {models}")
-    lam = float(_get(top, "default_lambda", (int, float), "cascade", 10.0))
-    if not math.isfinite(lam) or lam < 0:
+    raw_lam = _get(top, "default_lambda", (int, float), "cascade", None)
+    lam = None if raw_lam is None else float(raw_lam)
+    if lam is not None and (not math.isfinite(lam) or lam < 0):
         raise SpecError(f"cascade.default_lambda: must be finite and >= 0, got {lam!r}")
     default_max = int(_get(top, "max_tokens_default", int, "cascade", 16))
     cap = int(_get(top, "max_tokens_cap", int, "cascade", 32))
@@ -142,7 +143,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         stages=tuple(stages),
         predictor_model=_get(top, "predictor_model", str, "cascade", "quality_predictor"),
         default_lambda=lam,
-        default_policy=_get(top, "default_policy", str, "cascade", "optimal"),
+        default_policy=_get(top, "default_policy", str, "cascade", None),
         max_tokens_default=default_max,
         max_tokens_cap=cap,
         max_context_tokens=context,
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, s in enumerate(spec.stages):
         print(f"stage {i}: {s.name:8s} model={s.triton_model:14s} cost={s.cost:<5g} tp={s.tp_size} "
               f"gpus={list(s.gpu_ids)} checkpoint={s.checkpoint}")
-    print(f"lambda={spec.default_lambda} policy={spec.default_policy} predictor={spec.predictor_model}")
+    op = "the policy artifact's operating point"
+    print(f"policy={spec.default_policy or op} lambda={spec.default_lambda or op} predictor={spec.predictor_model}")
     return 0
 
 

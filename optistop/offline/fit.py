@@ -221,3 +221,33 @@ def fit_predict_cv(dense: np.ndarray, hashed: Sequence[Sequence[int]] | None, y:
     w = fit_logistic(xtr, ytr, best)
     p_test = apply(cal, sigmoid(x[test] @ w))
     return apply(cal, oof[best]), p_test, {"l2": best, "platt": cal, "inner_logloss": ll[best]}
+
+
+def verifier_scores(records: Sequence[dict], seed: int = 0, folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, ex_ante), each (N, n), out-of-fold: a text verifier for replays that carry answers but
+    no confidences (e.g. RouteLLM's). ex_ante reads the prompt (hashed tokens + statistics); confidence
+    reads the prompt and that stage's answer (and its log-probs when recorded). Every score of item i comes
+    from a model that never saw i's label."""
+    N, n = len(records), len(records[0]["stages"])
+    prompts = [str(r.get("prompt", "")) for r in records]
+    pd = np.array([prompt_stats(p) for p in prompts])
+    ph = [hashed_tokens(p, [str(t) for t in r.get("meta", [])]) for p, r in zip(prompts, records, strict=True)]
+    fid = fold_ids(N, folds, seed)
+    conf, ex = np.zeros((N, n)), np.zeros((N, n))
+    for k in range(n):
+        y = np.array([bool(r["stages"][k]["correct"]) for r in records])
+        resp = [r["stages"][k].get("response") for r in records]
+        post = None
+        if all(isinstance(x, str) for x in resp):
+            lps = [r["stages"][k].get("logprobs") for r in records]
+            rd = np.array([response_stats(p, x, lp) for p, x, lp in zip(prompts, resp, lps, strict=True)])
+            rh = [sorted(set(h) | set(hashed_tokens("r " + x))) for h, x in zip(ph, resp, strict=True)]
+            post = (np.hstack([pd, rd]), rh)
+        for f in range(folds):
+            tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
+            _, ex[te, k], _ = fit_predict_cv(pd, ph, y, tr, te, seed + k)
+            if post is not None:
+                _, conf[te, k], _ = fit_predict_cv(post[0], post[1], y, tr, te, seed + 100 + k)
+            else:
+                conf[te, k] = ex[te, k]
+    return np.clip(conf, 0.0, 1.0), np.clip(ex, 0.0, 1.0)

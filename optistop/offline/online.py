@@ -32,6 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from optistop import policy as K
+
 GRID = tuple(float(x) for x in np.round(np.linspace(0.0, 1.0, 21), 3))
 
 
@@ -44,17 +46,13 @@ def rule_outcomes(P: np.ndarray, correct: np.ndarray, costs: Sequence[float], la
     rules = list(itertools.product(grid, repeat=n - 1))
     loss = np.zeros((N, len(rules)))
     extra = np.zeros((N, len(rules)))
-    cum = np.cumsum(c)
     for j, th in enumerate(rules):
-        stop = np.full(N, n - 1)
-        active = np.ones(N, bool)
-        for i in range(n - 1):
-            hit = active & (P[:, i] >= th[i])
-            stop[hit] = i
-            active &= ~hit
+        # the kernel's threshold cascade from stage 0 (one implementation of the stage-order loop)
+        ran, stop = K.simulate(K.ThresholdRule(0, np.asarray(th, float)), P)
         q = correct[np.arange(N), stop]
-        loss[:, j] = (cum[stop] + lam * (1.0 - q)) / scale
-        extra[:, j] = (c.sum() - cum[stop]) / scale
+        paid = ran.astype(float) @ c
+        loss[:, j] = (paid + lam * (1.0 - q)) / scale
+        extra[:, j] = (c.sum() - paid) / scale
     return rules, loss, extra
 
 

@@ -83,14 +83,15 @@ def held_out_prompts(per_cell: int, seed: int) -> list[str]:
     return prompts
 
 
-def input_data(prompts: list[str], policy: str, lam: float, max_tokens: int) -> dict[str, Any]:
-    """perf_analyzer --input-data: one batch-1 request per entry, sent round-robin."""
-    return {"data": [{"text_input": [p], "max_tokens": [max_tokens], "lambda": [lam], "policy": [policy]}
-                     for p in prompts]}
+def input_data(prompts: list[str], policy: str | None, lam: float | None, max_tokens: int) -> dict[str, Any]:
+    """perf_analyzer --input-data: one batch-1 request per entry, sent round-robin. Without a policy (and
+    lambda) the cascade serves its calibrated operating point."""
+    extra = ({"policy": [policy]} if policy else {}) | ({"lambda": [lam]} if lam is not None else {})
+    return {"data": [{"text_input": [p], "max_tokens": [max_tokens], **extra} for p in prompts]}
 
 
-def configurations(spec: CascadeSpec) -> dict[str, str]:
-    """Configuration name -> policy input. The cascade runs the spec's default policy and lambda."""
+def configurations(spec: CascadeSpec) -> dict[str, str | None]:
+    """Configuration name -> policy input. The cascade runs its default (the calibrated operating point)."""
     return {CASCADE: spec.default_policy, **{f"fixed:{k}": f"fixed:{k}" for k in range(len(spec.stages))}}
 
 
@@ -302,9 +303,9 @@ def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
         "command": " ".join(["python client/bench.py", *args.argv]).strip(),
         "machine": machine(), "repeats": args.repeats, "concurrency": args.concurrency,
         "window_requests": args.window, "prompts": 12 * args.per_cell, "seed": args.seed,
-        "lambda": args.lam, "max_tokens": args.max_tokens, "policy": spec.default_policy,
+        "lambda": args.lam, "max_tokens": args.max_tokens, "policy": spec.default_policy or "operating point",
         "nominal_costs": list(spec.costs), "stage_models": [s.triton_model for s in spec.stages],
-        "config_labels": {CASCADE: f"cascade ({spec.default_policy}, lambda {args.lam:g})",
+        "config_labels": {CASCADE: f"cascade ({spec.default_policy or 'operating point'}, lambda {args.lam})",
                           **{f"fixed:{k}": f"fixed:{k} ({s.name})" for k, s in enumerate(spec.stages)}},
     }
     exe, env = perf_analyzer_env()

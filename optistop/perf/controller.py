@@ -51,11 +51,11 @@ def offline_overhead(prompts: list[str], n: int) -> list[float]:
     import asyncio
 
     from optistop.cascade import CascadeRequest, StageOutput, run_cascade
-    from optistop.policy import make_policy
     from optistop.serving.cascade_service import CascadeService
     from optistop.serving.predictor_runtime import QualityPredictor
 
     svc = CascadeService.from_spec_file(ROOT / "cascade.toml")
+    svc.check_repository(ROOT / "model_repository")  # loads the policy artifact
     qp = QualityPredictor(ROOT / "model_repository" / svc.spec.predictor_model / "1" / "model.onnx")
 
     class Instant:
@@ -69,8 +69,8 @@ def offline_overhead(prompts: list[str], n: int) -> list[float]:
         out = []
         for i in range(n + 20):
             p = prompts[i % len(prompts)]
-            req = CascadeRequest(p, svc.encoder.encode(text=p).ids, 16, svc.spec.default_lambda,
-                                 make_policy(svc.spec.default_policy, len(svc.spec.stages)))
+            rule, lam = svc.policies.make(None, None)
+            req = CascadeRequest(p, svc.encoder.encode(text=p).ids, 16, lam, rule)
             r = await run_cascade(req, svc.spec, Instant(), svc.decode)
             if i >= 20:
                 out.append(r.controller_ms / len(r.stages_run))

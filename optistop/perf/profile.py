@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             pa.kill()
             pa.wait()
     lines = ["# Where the cascade's time goes (py-spy)", "",
-             f"`python -m optistop.perf.profile`: cascade ({spec.default_policy}, lambda {spec.default_lambda:g}) "
+             f"`python -m optistop.perf.profile`: cascade ({spec.default_policy or 'operating point'}) "
              f"at concurrency 1 under perf_analyzer; {args.duration} s at {args.rate} samples/s; {n} cascade requests "
              "(Triton's count). Milliseconds per cascade request, inclusive (a function's own time plus its callees'), "
              "busy threads only; frames without a name are the stub's native code (IPC with the server). py-spy "

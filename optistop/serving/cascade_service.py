@@ -16,6 +16,8 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import CascadeBackend, CascadeResult, StageFailure, run_cascade
+from optistop.policy_artifact import FILE_NAME as POLICY_FILE
+from optistop.policy_artifact import PolicyArtifactError, PolicyBook, load_policy
 from optistop.serving.request import RequestError, parse_request
 from optistop.serving.tokenizers import PromptEncoder
 from optistop.spec import CascadeSpec, SpecError, load_spec
@@ -32,8 +34,10 @@ INPUTS = [t.name for t in T.CASCADE.inputs]
 
 
 class CascadeService:
-    def __init__(self, spec: CascadeSpec, encoder: PromptEncoder, metrics: MetricsSink | None = None) -> None:
+    def __init__(self, spec: CascadeSpec, encoder: PromptEncoder, metrics: MetricsSink | None = None,
+                 policies: PolicyBook | None = None) -> None:
         self.metrics = metrics  # optional: TritonMetrics in the server
+        self.policies = policies  # the policy artifact; check_repository loads it from the repository
         self.spec = spec
         self.encoder = encoder
         self.end_id, self.pad_id = encoder.end_id, encoder.pad_id
@@ -48,8 +52,9 @@ class CascadeService:
 
     def check_repository(self, repo: Path) -> None:
         """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage
-        model missing, a stage tokenizer that disagrees with the spec's, or a predictor sidecar built for
-        another feature version. Run from initialize(), where BLS calls are not allowed yet."""
+        model missing, a stage tokenizer that disagrees with the spec's, a predictor sidecar built for
+        another feature version or for other stages or costs, or a policy artifact fitted for other stages.
+        Loads the policy artifact. Run from initialize(), where BLS calls are not allowed yet."""
         from optistop.serving.predictor_runtime import PredictorLoadError, load_sidecar
 
         for i, stage in enumerate(self.spec.stages):
@@ -60,10 +65,22 @@ class CascadeService:
             if theirs.exists() and _vocab(theirs) != _vocab(self.spec.tokenizer / "tokenizer.json"):
                 raise SpecError(f"stages[{i}].checkpoint: the tokenizer in {stage.checkpoint} differs from "
                                 f"cascade.tokenizer {self.spec.tokenizer}; the cascade tokenizes once for all stages")
-        sidecar = repo / self.spec.predictor_model / "1" / "model.json"
+        version_dir = repo / self.spec.predictor_model / "1"
         try:
-            load_sidecar(sidecar)
-        except (PredictorLoadError, OSError) as exc:
+            side = load_sidecar(version_dir / "model.json")
+            if list(side["stages"]) != list(self.spec.stage_names) or list(side["costs"]) != list(self.spec.costs):
+                raise PredictorLoadError(
+                    f"{version_dir / 'model.json'}: the predictor was calibrated for stages {side['stages']} with "
+                    f"costs {side['costs']}, but this cascade's spec has stages {list(self.spec.stage_names)} "
+                    f"with costs {list(self.spec.costs)}; run `optistop calibrate` for this spec")
+            self.policies = load_policy(version_dir / POLICY_FILE)
+            self.policies.check_matches(self.spec.stage_names, self.spec.costs, str(version_dir / POLICY_FILE))
+            if self.spec.default_policy is not None:   # an operator's explicit choice beats the calibrated one
+                self.policies.make(self.spec.default_policy, self.spec.default_lambda)   # valid name?
+                self.policies.default_policy = self.spec.default_policy
+            if self.spec.default_lambda is not None:
+                self.policies.default_lambda = self.spec.default_lambda
+        except (PredictorLoadError, PolicyArtifactError, OSError, ValueError) as exc:
             raise SpecError(f"cascade.predictor_model: {exc}") from None
 
     def decode(self, ids) -> str:
@@ -80,7 +97,8 @@ class CascadeService:
     async def _handle(self, inputs: Mapping[str, np.ndarray | None],
                       backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
         try:
-            req = parse_request(inputs, self.spec, self.encoder.encode)
+            assert self.policies is not None, "check_repository() loads the policy artifact"
+            req = parse_request(inputs, self.spec, self.encoder.encode, self.policies)
             result = await run_cascade(req, self.spec, backend, self.decode)
         except RequestError as exc:
             return exc

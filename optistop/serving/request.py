@@ -11,7 +11,7 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import CascadeRequest
-from optistop.policy import make_policy
+from optistop.policy_artifact import PolicyBook
 from optistop.serving.tokenizers import Prompt, parse_messages
 from optistop.spec import CascadeSpec
 
@@ -58,10 +58,11 @@ def _bytes_input(inputs: Mapping[str, np.ndarray | None], name: str, example: st
 
 
 def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
-                  encode: Callable[..., Prompt]) -> CascadeRequest:
+                  encode: Callable[..., Prompt], policies: PolicyBook) -> CascadeRequest:
     """Turn raw input arrays (batch dimension included or not) into a checked ``CascadeRequest``.
 
-    ``encode(text=...)`` or ``encode(messages=...)`` is the family's PromptEncoder.encode."""
+    ``encode(text=...)`` or ``encode(messages=...)`` is the family's PromptEncoder.encode; ``policies``
+    is the loaded policy artifact (the default policy and lambda are its operating point)."""
     text = _bytes_input(inputs, T.TEXT_INPUT, "a non-empty prompt such as '12+35='")
     raw_messages = _bytes_input(inputs, T.MESSAGES, 'a JSON list such as [{"role": "user", "content": "12+35="}]')
     if (text is None) == (raw_messages is None):
@@ -80,18 +81,18 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
     if not 1 <= max_tokens <= spec.max_tokens_cap:
         raise RequestError(f"input '{T.MAX_TOKENS}' is {max_tokens}; valid range is 1..{spec.max_tokens_cap}")
 
-    lam = _scalar(inputs, T.LAMBDA)
-    lam = spec.default_lambda if lam is None else float(lam)  # type: ignore[arg-type]
-    if not math.isfinite(lam) or lam < 0:
+    raw_lam = _scalar(inputs, T.LAMBDA)
+    lam = None if raw_lam is None else float(raw_lam)  # type: ignore[arg-type]
+    if lam is not None and (not math.isfinite(lam) or lam < 0):
         raise RequestError(f"input '{T.LAMBDA}' is {lam}; it must be a finite number >= 0 "
-                           f"(price of quality in units of the cheapest stage's cost; default "
-                           f"{spec.default_lambda})")
+                           f"(price of quality in units of the cheapest stage's cost; default: the "
+                           f"calibrated operating point, {policies.default_lambda:g})")
 
     raw_policy = _scalar(inputs, T.POLICY)
-    name = spec.default_policy if raw_policy is None else _text(raw_policy, T.POLICY)
+    name = None if raw_policy is None else _text(raw_policy, T.POLICY)
     try:
         # `random` is seeded by the prompt: the same request gets the same stopping stage
-        policy = make_policy(name, len(spec.stages), seed=zlib.crc32((text or raw_messages or "").encode()))
+        policy, lam = policies.make(name, lam, seed=zlib.crc32((text or raw_messages or "").encode()))
     except ValueError as exc:
         raise RequestError(f"input '{T.POLICY}': {exc}") from None
 

@@ -10,10 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from optistop import policy as K
 from optistop.cascade import CascadeRequest, StageFailure, StageOutput, run_cascade
 from optistop.features import EX_ANTE_SLOT, stage_of
-from optistop.policy import make_policy
 from optistop.spec import load_spec
+from tests.unit.test_policy import synthetic_book
 
 SPEC = load_spec(check_paths=False)  # the loop needs costs and names, not weights
 ALPHA = {i: ch for i, ch in enumerate("abcdefghij")}
@@ -43,8 +44,18 @@ def decode(ids: Sequence[int]) -> str:
     return "".join(ALPHA[i] for i in ids)
 
 
+def make_policy(name: str, n: int, lam: float = 10.0) -> K.Policy:
+    """paper / fixed:k as served (identity Platt: the predictor's confidences are calibrated); optimal from
+    an artifact fitted on synthetic outcomes (tests/unit/test_policy.py) at this exact lambda."""
+    if name == "paper":
+        return K.PaperRule(np.asarray(SPEC.costs), lam, np.tile([1.0, 0.0], (n, 1)))
+    if name.startswith("fixed:"):
+        return K.FixedRule(int(name[6:]), name)
+    return synthetic_book().make(name, lam)[0]
+
+
 def run(backend: ScriptedBackend, policy: str, lam: float = 10.0, exclude: bool = True):
-    req = CascadeRequest("1+1=", (1, 5, 5), 8, lam, make_policy(policy, 3), exclude)
+    req = CascadeRequest("1+1=", (1, 5, 5), 8, lam, make_policy(policy, 3, lam), exclude)
     return asyncio.run(run_cascade(req, SPEC, backend, decode))
 
 
@@ -122,7 +133,7 @@ def test_timeout_counts_as_a_failure() -> None:
     spec = load_spec(check_paths=False)
     fast = replace(spec, stages=spec.stages[:2] + (replace(spec.stages[2], timeout_s=0.05),))
     b = SlowBackend({0: [0], 1: [1], 2: [2]}, {0: 0.1, 1: 0.6}, [0.5] * 3)
-    req = CascadeRequest("1+1=", (1,), 8, 0.0, make_policy("paper", 3))
+    req = CascadeRequest("1+1=", (1,), 8, 0.0, make_policy("paper", 3, 0.0))
     r = asyncio.run(run_cascade(req, fast, b, decode))
     assert r.stage == 1 and r.degraded and "timed out after 0.05s" in r.reasons[0]
 

@@ -37,9 +37,9 @@ class TritonPythonModel:
             local = QualityPredictor(model_dir.parent / self.service.spec.predictor_model / "1" / "model.onnx")
         self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id, local)
         self.ready = False  # BLS calls are not allowed in initialize(): check the stages on first use
-        spec = self.service.spec
+        spec, book = self.service.spec, self.service.policies
         pb_utils.Logger.log_info(f"cascade '{spec.name}': stages {', '.join(spec.stage_names)}, "
-                                 f"policy {spec.default_policy}, lambda {spec.default_lambda}")
+                                 f"policy {book.default_policy}, lambda {book.default_lambda:g}")
 
     async def execute(self, requests):
         if not self.ready:

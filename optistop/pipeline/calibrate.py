@@ -1,0 +1,118 @@
+"""Calibrate a cascade to your models and traffic: predictor + stopping rule, exported into a repository.
+
+$ optistop calibrate labelled.jsonl --spec my_cascade.toml --target 0.95 --out my_repo
+$ optistop serve --repository my_repo                      # then the cascade serves the calibrated rule
+
+Steps (each an existing, tested piece):
+1. Splits by prompt hash when the records carry none: ``--test-share`` of the prompts are ``test``, the
+   rest ``val`` (the predictor fits on 2/3 of val and calibrates per stage on the other 1/3).
+2. Features -> MLP-32 (output-aware for answers, prompt-only for the ex-ante estimates) -> per-stage
+   calibration (optistop.predictor.train), ONNX export with parity checks and its sidecar, which records
+   stages, costs, feature version and the data hash (optistop.predictor.export).
+3. The policy artifact (optistop.offline.operating.build_artifact) fitted on the prompts the predictor
+   did not learn from (its calibration and test roles), with the operating point chosen so the target
+   holds with a stated confidence; its cross-fitted quality and cost are printed beside it.
+4. The cascade and predictor models are installed into the repository next to the stage engines
+   (optistop.pipeline.repository), pointed at a resolved copy of the spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from optistop.offline import policy_fit as F
+from optistop.offline import replay
+from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
+from optistop.pipeline.repository import install_serving_models
+from optistop.policy_artifact import FILE_NAME as POLICY_FILE
+from optistop.predictor.model import data_sha256, prompt_bucket
+from optistop.spec import SpecError, load_spec
+
+
+def read_labelled(path: Path) -> list[dict[str, Any]]:
+    records, lines = replay.read_records(path)
+    for rec, ln in zip(records, lines, strict=True):
+        for k, st in enumerate(rec.get("stages", [])):
+            if "error" in st:
+                raise ReplayInputError(f"{path}:{ln}: stages[{k}] has a collection error ({st['error'][:80]}); "
+                                       f"recollect it or drop the line")
+            for key in ("response", "correct"):
+                if key not in st:
+                    raise ReplayInputError(f"{path}:{ln}: stages[{k}].{key}: missing (label with `optistop label`)")
+    return records
+
+
+def assign_splits(records: list[dict[str, Any]], test_share: float, seed: int) -> None:
+    for r in records:
+        if "split" not in r:
+            r["split"] = "test" if prompt_bucket(str(r["prompt"]), f"split/{seed}") < test_share else "val"
+
+
+def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target: float, seed: int = 0,
+              test_share: float = 0.2, install: bool = True, replay_out: Path | None = None,
+              max_epochs: int = 50) -> dict[str, Any]:
+    from optistop.predictor import export, train
+
+    spec = load_spec(spec_path)
+    names = [st["model"] for st in records[0]["stages"]]
+    costs = [float(st["cost"]) for st in records[0]["stages"]]
+    if names != list(spec.stage_names) or costs != list(spec.costs):
+        raise SpecError(f"the records are for stages {names} with costs {costs}, the spec {spec_path} has "
+                        f"{list(spec.stage_names)} with costs {list(spec.costs)}; collect with this spec")
+    assign_splits(records, test_share, seed)
+    version_dir = out / spec.predictor_model / "1"
+    with tempfile.TemporaryDirectory() as tmp:
+        data, run = Path(tmp) / "data.jsonl", Path(tmp) / "run"
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        rc = train.main(["--data", str(data), "--out", str(run), "--seed", str(seed), "--arch", "mlp32",
+                         "--mode", "output_aware", "--mode", "prompt_only", "--max-epochs", str(max_epochs)])
+        replay_path = replay_out or Path(tmp) / "replay.jsonl"
+        if rc == 0:
+            rc = export.main(["--run", str(run), "--data", str(data), "--out", str(version_dir),
+                              "--replay", str(replay_path)])
+        if rc != 0:
+            raise SpecError("predictor training or export failed (see the messages above); nothing installed")
+        scored = [json.loads(line) for line in replay_path.read_text(encoding="utf-8").splitlines() if line]
+    held = [r for r in scored if r.get("predictor_role") in ("calibration", "test")]
+    a = arrays_from_records(held)
+    crit = F.Criterion(target, target - 0.005)
+    art, choice = build_artifact(a, names, crit, seed, data_sha256=data_sha256(records),
+                                 predictor={"sidecar": "model.json"}, spec=spec.name)
+    (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
+    cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"], replay.hindsight(a, target))
+    notes = install_serving_models(spec, out, version_dir) if install else []
+    return {"operating": art["operating"], "n_policy_prompts": len(held), "cross_fitted": cv["conditions"],
+            "notes": notes, "version_dir": str(version_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="optistop calibrate", description=__doc__.split("\n")[0])
+    ap.add_argument("replay", type=Path, help="labelled JSONL (optistop collect + optistop label)")
+    ap.add_argument("--spec", type=Path, required=True, help="the cascade spec the replay was collected with")
+    ap.add_argument("--target", type=float, default=0.95, help="share of the last stage's quality to keep")
+    ap.add_argument("--out", type=Path, required=True, help="model repository (optistop repo) to install into")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--test-share", type=float, default=0.2)
+    ap.add_argument("--max-epochs", type=int, default=50)
+    ap.add_argument("--replay-out", type=Path, default=None, help="also keep the scored replay file here")
+    ap.add_argument("--no-install", action="store_true",
+                    help="write the predictor and policy files only (the committed embedded repository)")
+    args = ap.parse_args(argv)
+    try:
+        res = calibrate(read_labelled(args.replay), args.spec, args.out.absolute(), args.target, args.seed,
+                        args.test_share, not args.no_install, args.replay_out, args.max_epochs)
+    except (ReplayInputError, SpecError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    c = res["cross_fitted"]
+    print("\n".join(res["notes"]))
+    print(f"operating point: {res['operating']['policy']} (lambda {res['operating'].get('lambda')}); on "
+          f"{res['n_policy_prompts']} held-out prompts, cross-fitted: quality {c['quality_rel']:.3f} of the last "
+          f"stage's at cost {c['cost']:.3f} (cheapest single stage meeting the target {c['cheapest_single_stage']:g}, "
+          f"router {c['router_cost']:.3f}); wrote {res['version_dir']}")
+    return 0

@@ -1,0 +1,132 @@
+"""The policy artifact: everything fitted for the stopping rules, in one versioned JSON file.
+
+Written by ``optistop calibrate`` / the replay (optistop.offline.policy_fit.fit_artifact) beside the ONNX
+predictor as ``policy.json``; loaded by the cascade at startup and read by the report, so the server runs
+exactly the rule (and lambda) the report measured. Contents:
+
+    {"format": "optistop-policy/1", "stages": [...], "costs": [...],
+     "use_ex_ante": bool, "use_agree": bool,
+     "answer": {mask: (n, d) weights},                  # P(correct_j | x_S), lambda-free
+     "grid": [{"lam": lam, "cont": {mask: {k: [w_q, w_c, cmax]}}}, ...],   # fitted-Q per lambda
+     "operating": {"policy": "optimal" | "router" | "threshold" | "fixed:k", "lambda": lam | null,
+                   "start": s, "thresholds": [...]},   # (start, thresholds: the threshold cascade's)
+     "paper": {"lambda": lam, "platt": [[a, b], ...]},  # the paper's rule at the same target
+     "criterion": {...}, "calibration": {...}, "data_sha256": ..., "predictor": {...}}
+
+A request that names a lambda gets the grid's nearest lambda (log scale); one that names none gets the
+operating point. ``PolicyBook.make`` turns a request's (policy, lambda) into a kernel rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optistop.policy import FixedRule, ModelRule, PaperRule, Policy, RandomRule, ThresholdRule
+
+FORMAT = "optistop-policy/1"
+FILE_NAME = "policy.json"
+
+
+class PolicyArtifactError(ValueError):
+    """A policy artifact that cannot be used; the message names the file and the problem."""
+
+
+def _w(a: np.ndarray) -> list:
+    return np.asarray(a, float).round(8).tolist()
+
+
+def cont_to_json(cont: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]]) -> dict:
+    return {str(m): {str(k): [_w(a), _w(b), float(c)] for k, (a, b, c) in v.items()} for m, v in cont.items()}
+
+
+def answer_to_json(answer: dict[int, np.ndarray]) -> dict:
+    return {str(m): _w(w) for m, w in answer.items()}
+
+
+class PolicyBook:
+    """The served rules of one artifact: ``make(name, lam, seed)`` -> a kernel rule for one request."""
+
+    def __init__(self, art: dict[str, Any], where: str = "policy artifact") -> None:
+        if art.get("format") != FORMAT:
+            raise PolicyArtifactError(f"{where}: format {art.get('format')!r}, this code reads {FORMAT!r}; "
+                                      f"rerun `optistop calibrate`")
+        try:
+            self.stages: list[str] = list(art["stages"])
+            self.costs = np.asarray(art["costs"], float)
+            self.n = len(self.stages)
+            self.use_ex_ante, self.use_agree = bool(art["use_ex_ante"]), bool(art["use_agree"])
+            self.answer = {int(m): np.asarray(w, float) for m, w in art["answer"].items()}
+            self.grid = sorted((float(g["lam"]), {int(m): {int(k): (np.asarray(x[0], float), np.asarray(x[1], float),
+                                                                    float(x[2])) for k, x in v.items()}
+                                                  for m, v in g["cont"].items()}) for g in art["grid"])
+            op = art["operating"]
+            self.default_policy: str = op["policy"]
+            self.default_lambda: float = float(op["lambda"]) if op.get("lambda") is not None else self.grid[-1][0]
+            self.operating = op
+            paper = art.get("paper", {})
+            self.paper_lambda = float(paper.get("lambda", 1.0))
+            self.paper_platt = np.asarray(paper.get("platt", [[1.0, 0.0]] * len(self.stages)), float)
+            if self.default_policy == "threshold":
+                self.threshold_rule = ThresholdRule(int(op["start"]), np.asarray(op["thresholds"], float))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise PolicyArtifactError(f"{where}: malformed ({type(exc).__name__}: {exc}); rerun `optistop "
+                                      f"calibrate`") from None
+        if len(self.costs) != self.n or not self.grid:
+            raise PolicyArtifactError(f"{where}: needs one cost per stage and a non-empty lambda grid")
+        self.art = art
+
+    def check_matches(self, stages: Sequence[str], costs: Sequence[float], where: str) -> None:
+        """Refuse a policy fitted for other stages or costs than the spec's (one line, both named)."""
+        if list(stages) != self.stages or not np.allclose(costs, self.costs):
+            raise PolicyArtifactError(f"{where}: fitted for stages {self.stages} with costs {self.costs.tolist()}, "
+                                      f"but the spec has stages {list(stages)} with costs {list(costs)}; "
+                                      f"recalibrate with `optistop calibrate` for this spec")
+
+    def _cont_at(self, lam: float) -> tuple[float, dict]:
+        logs = [math.log(max(g, 1e-12)) for g, _ in self.grid]
+        i = int(np.argmin([abs(x - math.log(max(lam, 1e-12))) for x in logs]))
+        return self.grid[i]
+
+    def make(self, name: str | None, lam: float | None, seed: int = 0) -> tuple[Policy, float]:
+        """(rule, lambda used) for a request; ValueError naming the valid policies."""
+        name = name or self.default_policy
+        base, _, arg = name.partition(":")
+        if base == "fixed":
+            if not arg.isdigit() or not 0 <= int(arg) < self.n:
+                raise ValueError(f"unknown policy {name!r}; valid: {', '.join(self.valid_names())}")
+            return FixedRule(int(arg), name), float(lam or 0.0)
+        if base in ("optimal", "router") and not arg:
+            use = self.default_lambda if lam is None else lam
+            grid_lam, cont = self._cont_at(use)
+            rule = ModelRule(self.n, self.costs, grid_lam, self.use_ex_ante, self.use_agree, self.answer,
+                             {} if base == "router" else cont, router_only=base == "router", name=base)
+            return rule, grid_lam
+        if base == "paper" and not arg:
+            use = self.paper_lambda if lam is None else lam
+            return PaperRule(self.costs, use, self.paper_platt), use
+        if base == "threshold" and not arg and self.default_policy == "threshold":
+            return self.threshold_rule, float(lam or 0.0)
+        if base == "random" and not arg:
+            return RandomRule(seed), float(lam or 0.0)
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(self.valid_names())}")
+
+    def valid_names(self) -> list[str]:
+        names = ["optimal", "router", "paper", f"fixed:0..{self.n - 1}", "random"]
+        return names + (["threshold"] if self.default_policy == "threshold" else [])
+
+
+def load_policy(path: str | Path) -> PolicyBook:
+    path = Path(path)
+    try:
+        art = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyArtifactError(f"{path}: policy artifact not found; run `optistop calibrate`") from None
+    except json.JSONDecodeError as exc:
+        raise PolicyArtifactError(f"{path}: not valid JSON ({exc})") from None
+    return PolicyBook(art, str(path))
