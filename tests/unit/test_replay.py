@@ -90,7 +90,8 @@ def test_text_verifier_when_no_confidences(tmp_path: Path) -> None:
 
 
 def test_cli_fit_eval_and_artifact(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    fit, ev = _write(tmp_path, synthetic(800, seed=2), "fit.jsonl"), _write(tmp_path, synthetic(800, seed=3), "ev.jsonl")
+    fit = _write(tmp_path, synthetic(800, seed=2), "fit.jsonl")
+    ev = _write(tmp_path, synthetic(800, seed=3), "ev.jsonl")
     assert main(["--fit", str(fit), "--eval", str(ev)]) == 0
     assert "fit fit.jsonl -> eval ev.jsonl" in capsys.readouterr().out
     art = tmp_path / "policy.json"
