@@ -8,7 +8,7 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve models-train models-eval collect predictor report bench soak \
+.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve models-train models-eval collect predictor models-chat chat-calibrate report bench soak \
 	gpu-dry-run routellm lock clean
 
 help:
@@ -61,6 +61,27 @@ collect: venv
 predictor: collect
 	$(BIN)/optistop calibrate artifacts/collected.jsonl --spec cascade.toml --out model_repository --no-install \
 		--replay-out artifacts/tiny_replay.jsonl
+
+# The second bundled family (Qwen2.5-Instruct-shaped), retrained from scratch (~12 min on one core).
+models-chat: venv
+	$(BIN)/python -m optistop.tiny.chat_train --out models/chat
+	$(BIN)/python -m optistop.tiny.chat_evaluate --models models/chat
+
+# The chat family from spec to a calibrated cascade with the user commands (README "Bring your own
+# cascade"); refreshes the committed models/chat/predictor. Ports 28100-28102.
+CHAT_REPO := artifacts/chat_repo
+chat-calibrate: venv sysdeps
+	rm -rf $(CHAT_REPO) artifacts/chat_labelled.jsonl
+	$(BIN)/python -m optistop.tiny.chat --split val --per-level 100 --out artifacts/chat_prompts.jsonl
+	$(BIN)/optistop repo --spec chat.toml --out $(CHAT_REPO)
+	$(BIN)/optistop serve --repository $(CHAT_REPO) --http-port 28100 --grpc-port 28101 --metrics-port 28102 & \
+	  pid=$$!; trap 'kill $$pid' EXIT; \
+	  until curl -sf localhost:28100/v2/health/ready >/dev/null; do sleep 1; kill -0 $$pid || exit 1; done; \
+	  $(BIN)/optistop collect --prompts artifacts/chat_prompts.jsonl --url 127.0.0.1:28101 --spec chat.toml \
+	    --grader optistop.tiny.chat:grader --out artifacts/chat_labelled.jsonl
+	$(BIN)/optistop calibrate artifacts/chat_labelled.jsonl --spec chat.toml --out $(CHAT_REPO)
+	mkdir -p models/chat/predictor
+	cp $(CHAT_REPO)/quality_predictor/1/{model.onnx,model.json,policy.json} models/chat/predictor/
 
 $(PREDICTOR):
 	$(MAKE) predictor

@@ -153,6 +153,14 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     )
 
 
+def tokenizer_sha256(tokenizer_dir: Path) -> str:
+    """Identity of a family's tokenizer (its tokenizer.json bytes): what a calibrated predictor and policy
+    are tied to, so one family's calibration cannot be served under another's spec."""
+    import hashlib
+
+    return hashlib.sha256((Path(tokenizer_dir) / "tokenizer.json").read_bytes()).hexdigest()
+
+
 def load_spec(path: str | Path = DEFAULT_SPEC, check_paths: bool = True) -> CascadeSpec:
     """Load and validate a spec file; errors are ``SpecError`` prefixed with the file name."""
     path = Path(path)

@@ -31,7 +31,7 @@ from optistop.offline.operating import ReplayInputError, arrays_from_records, bu
 from optistop.pipeline.repository import install_serving_models
 from optistop.policy_artifact import FILE_NAME as POLICY_FILE
 from optistop.predictor.model import data_sha256, prompt_bucket
-from optistop.spec import SpecError, load_spec
+from optistop.spec import SpecError, load_spec, tokenizer_sha256
 
 
 def read_labelled(path: Path) -> list[dict[str, Any]]:
@@ -82,7 +82,8 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
     a = arrays_from_records(held)
     crit = F.Criterion(target, target - 0.005)
     art, choice = build_artifact(a, names, crit, seed, data_sha256=data_sha256(records),
-                                 predictor={"sidecar": "model.json"}, spec=spec.name)
+                                 predictor={"sidecar": "model.json"}, spec=spec.name,
+                                 tokenizer_sha256=tokenizer_sha256(spec.tokenizer))
     (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
     cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"], replay.hindsight(a, target))
     notes = install_serving_models(spec, out, version_dir) if install else []

@@ -20,7 +20,7 @@ from optistop.policy_artifact import FILE_NAME as POLICY_FILE
 from optistop.policy_artifact import PolicyArtifactError, PolicyBook, load_policy
 from optistop.serving.request import RequestError, parse_request
 from optistop.serving.tokenizers import PromptEncoder
-from optistop.spec import CascadeSpec, SpecError, load_spec
+from optistop.spec import CascadeSpec, SpecError, load_spec, tokenizer_sha256
 
 log = logging.getLogger("optistop.cascade")
 
@@ -75,6 +75,12 @@ class CascadeService:
                     f"with costs {list(self.spec.costs)}; run `optistop calibrate` for this spec")
             self.policies = load_policy(version_dir / POLICY_FILE)
             self.policies.check_matches(self.spec.stage_names, self.spec.costs, str(version_dir / POLICY_FILE))
+            theirs = self.policies.art.get("tokenizer_sha256")
+            if theirs and theirs != tokenizer_sha256(self.spec.tokenizer):
+                raise PolicyArtifactError(
+                    f"{version_dir}: calibrated for cascade '{self.policies.art.get('spec', '?')}' whose tokenizer "
+                    f"differs from this spec's ('{self.spec.name}', {self.spec.tokenizer}); its confidences mean "
+                    f"nothing for these models: run `optistop calibrate` for this spec")
             if self.spec.default_policy is not None:   # an operator's explicit choice beats the calibrated one
                 self.policies.make(self.spec.default_policy, self.spec.default_lambda)   # valid name?
                 self.policies.default_policy = self.spec.default_policy

@@ -56,3 +56,18 @@ def test_predictor_sidecar_of_another_feature_version(service: CascadeService, t
     sidecar.write_text(json.dumps(data))
     with pytest.raises(SpecError, match=r"cascade.predictor_model: .*feature version 999"):
         service.check_repository(repo)
+
+
+def test_a_calibration_of_another_family_is_refused(tmp_path: Path) -> None:
+    """The chat family's predictor and policy installed under the tiny spec: one line, naming why."""
+    from optistop.pipeline.repository import build_stages, install_serving_models
+
+    tiny, chat = load_spec(ROOT / "cascade.toml"), load_spec(ROOT / "chat.toml")
+    build_stages(tiny, tmp_path)
+    install_serving_models(tiny, tmp_path, ROOT / "models" / "chat" / "predictor")
+    svc = CascadeService(tiny, PromptEncoder.for_spec(tiny))
+    with pytest.raises(SpecError) as info:
+        svc.check_repository(tmp_path)
+    msg = str(info.value)
+    assert "calibrated for cascade 'chat'" in msg and "optistop calibrate" in msg and "\n" not in msg
+    assert chat.stage_names == tiny.stage_names and chat.costs == tiny.costs  # names alone could not tell

@@ -1,0 +1,85 @@
+"""The second bundled family (Qwen2.5-Instruct-shaped: byte-level BPE, ChatML, ends at <|im_end|>), taken
+from spec to a served, calibrated cascade through the same commands a user runs: optistop repo, serve,
+collect, label, calibrate. No special case for this family anywhere in the code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from optistop.pipeline import calibrate, collect, label, repository
+from optistop.serving.client import ask, make_client
+from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+from optistop.serving.tokenizers import PromptEncoder
+from optistop.spec import load_spec
+from optistop.tiny.chat import generate_split, grade
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC_FILE = ROOT / "chat.toml"
+PREDICTOR = ROOT / "models" / "chat" / "predictor"    # calibrated by `make chat-calibrate`
+
+
+def _serve(repo: Path, log: Path) -> EmbeddedServer:
+    cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    return EmbeddedServer(cfg, log_path=log)
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory: pytest.TempPathFactory):
+    spec = load_spec(SPEC_FILE)
+    repo = tmp_path_factory.mktemp("chat") / "repo"
+    repository.build_stages(spec, repo)
+    repository.install_serving_models(spec, repo, PREDICTOR)
+    with _serve(repo, repo.parent / "server.log") as srv:
+        yield srv
+
+
+def test_templated_prompts_stop_at_im_end(chat_server) -> None:
+    """Every stage ends its answer at <|im_end|>, well before max_tokens, and answers the question."""
+    spec = load_spec(SPEC_FILE)
+    items = generate_split("test", 2, seed=5)
+
+    async def go() -> list[dict]:
+        async with collect.Collector(spec, PromptEncoder.for_spec(spec), chat_server.cfg.grpc_url, 48) as c:
+            return [await c.one(it.to_prompt_record()) for it in items]
+
+    for rec, it in zip(asyncio.run(go()), items, strict=True):
+        for st in rec["stages"]:
+            assert "error" not in st and not st["hit_max_tokens"] and 0 < len(st["token_ids"]) < 48
+        assert grade(it.prompt, rec["stages"][-1]["response"]), rec   # the large member is ~99% right
+
+
+def test_raw_text_and_chat_messages_get_the_same_answer(chat_server) -> None:
+    client = make_client(chat_server.cfg.grpc_url)
+    for it in generate_split("test", 1, seed=6):
+        raw = ask(client, "grpc", it.prompt)
+        chat = ask(client, "grpc", [{"role": "user", "content": it.prompt}])
+        assert (raw.text, raw.stages_run, raw.stage) == (chat.text, chat.stages_run, chat.stage)
+        assert not raw.degraded and "<|im_end|>" not in raw.text and raw.stage_model.startswith("chat_")
+
+
+def test_spec_to_calibrated_cascade_with_the_user_commands(tmp_path: Path) -> None:
+    """repo -> serve (stages only) -> collect -> label -> calibrate -> serve the cascade."""
+    spec = load_spec(SPEC_FILE)
+    repo, prompts = tmp_path / "repo", tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(it.to_prompt_record()) + "\n"
+                               for it in generate_split("val", 40, seed=1)))
+    assert repository.main(["--spec", str(SPEC_FILE), "--out", str(repo)]) == 0
+    with _serve(repo, tmp_path / "stages.log") as srv:
+        out = tmp_path / "collected.jsonl"
+        assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
+                             "--out", str(out)]) == 0
+        # resume: a second run collects nothing new
+        assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
+                             "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 160
+    labelled = tmp_path / "labelled.jsonl"
+    assert label.main([str(out), "--grader", "optistop.tiny.chat:grader", "--out", str(labelled)]) == 0
+    assert calibrate.main([str(labelled), "--spec", str(SPEC_FILE), "--out", str(repo), "--max-epochs", "5"]) == 0
+    assert (repo / "cascade" / "config.pbtxt").exists() and (repo / spec.predictor_model / "1" / "policy.json").exists()
+    with _serve(repo, tmp_path / "cascade.log") as srv:
+        a = ask(make_client(srv.cfg.grpc_url), "grpc", "Write 4071 in words.")
+        assert a.stage_model.startswith("chat_") and a.cost > 0 and not a.degraded
