@@ -14,7 +14,15 @@ from optistop.cascade import CascadeRequest
 from optistop.policy import make_policy
 from optistop.spec import CascadeSpec
 
-MAX_PROMPT_BYTES = 4096  # far beyond any context here; bounds the work done before tokenizing
+# The byte cap only bounds the work done before tokenizing; the exact limit is the token count checked
+# after it. BPE vocabularies average 3-5 bytes per token and a UTF-8 character is at most 4 bytes, so 16
+# bytes per token of context rejects nothing that could fit.
+MAX_BYTES_PER_TOKEN = 16
+
+
+def max_prompt_bytes(spec: CascadeSpec) -> int:
+    """The prompt byte cap of a spec: its context (the engines' max_input_len + 1) in bytes."""
+    return spec.max_context_tokens * MAX_BYTES_PER_TOKEN
 
 
 class RequestError(ValueError):
@@ -46,8 +54,9 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
         raw = raw.encode()
     if not isinstance(raw, bytes | np.bytes_):
         raise RequestError(f"input '{T.TEXT_INPUT}' must be BYTES (a UTF-8 string), got {type(raw).__name__}")
-    if len(raw) > MAX_PROMPT_BYTES:
-        raise RequestError(f"input '{T.TEXT_INPUT}' is {len(raw)} bytes; at most {MAX_PROMPT_BYTES} allowed")
+    if len(raw) > max_prompt_bytes(spec):
+        raise RequestError(f"input '{T.TEXT_INPUT}' is {len(raw)} bytes; at most {max_prompt_bytes(spec)} "
+                           f"allowed ({spec.max_context_tokens} tokens of context)")
     try:
         prompt = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
