@@ -23,6 +23,11 @@ PROBE_PROMPT = "12+35="   # the first request's self-test: every stage answers i
 PROBE_TOKENS = 4
 
 
+class StageContractError(StageFailure):
+    """The stage answered, but not as the cascade needs (no log-probs, or too few): a configuration
+    fault that the first-request self-test reports, unlike an error or a timeout, which may pass."""
+
+
 class LocalPredictor(Protocol):
     def predict(self, features: np.ndarray) -> np.ndarray: ...
 
@@ -76,12 +81,12 @@ class BlsBackend:
         out = {n: pb.get_output_tensor_by_name(resp, n) for n in STAGE_OUTPUTS}
         missing = [n for n, t in out.items() if t is None]
         if missing:
-            raise StageFailure(stage, f"stage '{model}' returned no {', '.join(missing)}; a TensorRT-LLM stage "
+            raise StageContractError(stage, f"stage '{model}' returned no {', '.join(missing)}; a TensorRT-LLM stage "
                                f"needs return_log_probs and runtime_top_k (sent) and normalize_log_probs false")
         result = parse_stage_outputs({n: t.as_numpy() for n, t in out.items()}, max_tokens, self.end_id,
                                      self.spec.stop_token_ids)
         if len(result.logprobs) != len(result.token_ids):
-            raise StageFailure(stage, f"stage '{model}' returned {len(result.logprobs)} log-probs for "
+            raise StageContractError(stage, f"stage '{model}' returned {len(result.logprobs)} log-probs for "
                                f"{len(result.token_ids)} tokens")
         return result
 
@@ -103,17 +108,17 @@ class BlsBackend:
 
     async def self_test(self, probe_ids: Sequence[int]) -> str | None:
         """Run a short greedy probe through every stage; return why a stage cannot serve the cascade
-        (no log-probs, all-zero log-probs, an error), or None. Called on the first request, because
+        (log-probs missing or all zero), or None. Errors, timeouts and empty answers prove nothing about
+        the contract and are left to the per-request fallbacks. Called on the first request, because
         BLS calls are not allowed in initialize()."""
         for k, stage in enumerate(self.spec.stages):
             try:
                 out = await asyncio.wait_for(self.generate(k, probe_ids, PROBE_TOKENS),
                                              timeout=stage.timeout_for(PROBE_TOKENS))
-            except StageFailure as exc:
+            except StageContractError as exc:
                 return f"stage self-test failed: {exc}"
-            except asyncio.TimeoutError:
-                return f"stage self-test failed: stage '{stage.triton_model}' did not answer within " \
-                       f"{stage.timeout_for(PROBE_TOKENS):g}s"
+            except (StageFailure, asyncio.TimeoutError):
+                continue
             if len(out.logprobs) >= 2 and not any(out.logprobs):
                 return (f"stage self-test failed: stage '{stage.triton_model}' returned all-zero output_log_probs "
                         f"for {len(out.logprobs)} tokens; set its parameter normalize_log_probs to \"false\"")
