@@ -107,6 +107,8 @@ soak: venv sysdeps
 # The TensorRT-LLM path without a GPU: every convert/build command and rendered config, nothing touched.
 gpu-dry-run: venv
 	build/engines.sh --dry-run
+	$(BIN)/python -m optistop.serving.render --profile llmapi --spec build/qwen2.5-llmapi.toml --out llmapi_repository --dry-run
+	PYTHON=$(BIN)/python build/gpu-check.sh --dry-run
 
 lock: venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^optistop' > requirements.lock.new

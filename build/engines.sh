@@ -23,8 +23,8 @@
 #   --keep-checkpoints   keep the converted TensorRT-LLM checkpoints (as large as the model)
 #   --dry-run            print the plan, commands and configs only
 # Environment: PYTHON (runs optistop.serving.render; default .venv/bin/python, else python3), TRTLLM_PYTHON
-#   (runs the converter; default python3), QWEN_CONVERT (path of TensorRT-LLM's
-#   examples/models/core/qwen/convert_checkpoint.py at the container's tag; docker/Dockerfile sets it).
+#   (runs the converter; default python3), QWEN_CONVERT (TensorRT-LLM's
+#   examples/models/core/qwen/convert_checkpoint.py; default: the image's /app/examples copy).
 set -euo pipefail
 
 SCRIPT=engines.sh
@@ -77,9 +77,8 @@ plan=$(render --plan --checkpoints-dir "$ckpts") || exit 2
 
 find_convert() {
   local c
-  for c in "${QWEN_CONVERT:-}" /opt/tensorrt_llm_examples/qwen/convert_checkpoint.py \
-    /app/tensorrt_llm/examples/models/core/qwen/convert_checkpoint.py \
-    /app/examples/models/core/qwen/convert_checkpoint.py; do
+  for c in "${QWEN_CONVERT:-}" /app/examples/models/core/qwen/convert_checkpoint.py \
+    /app/tensorrt_llm/examples/models/core/qwen/convert_checkpoint.py; do
     if [ -n "$c" ] && [ -f "$c" ]; then printf '%s' "$c"; return 0; fi
   done
   return 1
@@ -90,7 +89,7 @@ convert=$(find_convert) || convert=""
 commands_for() {
   local hf_dir=$3 tp=$5 ckpt_dir=$7 engine_out=$8 dtype=$9 weight_only=${10}
   local max_batch=${11} max_input=${12} max_seq=${13} max_tokens=${14}
-  convert_cmd=("$TRTLLM_PYTHON" "${convert:-/opt/tensorrt_llm_examples/qwen/convert_checkpoint.py}" --model_dir "$hf_dir" --output_dir "$ckpt_dir"
+  convert_cmd=("$TRTLLM_PYTHON" "${convert:-/app/examples/models/core/qwen/convert_checkpoint.py}" --model_dir "$hf_dir" --output_dir "$ckpt_dir"
     --dtype "$dtype" --tp_size "$tp" --workers "$tp")
   if [ "$weight_only" != "-" ]; then
     convert_cmd+=(--use_weight_only --weight_only_precision "$weight_only")
@@ -128,9 +127,26 @@ trt_version=$("$TRTLLM_PYTHON" -c 'import tensorrt_llm; print(tensorrt_llm.__ver
   die "$TRTLLM_PYTHON cannot import tensorrt_llm (use the trtllm container's python3, or set TRTLLM_PYTHON)"
 [ -n "$convert" ] ||
   die "Qwen convert_checkpoint.py not found: set QWEN_CONVERT to TensorRT-LLM v$trt_version's examples/models/core/qwen/convert_checkpoint.py"
+conv_sum=$(sha256sum "$convert" | cut -d' ' -f1)
+
+# fingerprint ROW...: what an engine depends on (plan row, TensorRT-LLM version, converter, HF files).
+fingerprint() {
+  {
+    printf '%s\n' "$*" "$trt_version" "$conv_sum"
+    find -L "$3" -maxdepth 1 -type f -printf '%f %s %T@\n' | sort
+  } | sha256sum | cut -d' ' -f1
+}
+# up_to_date ROW...: the engine in column 8 was built from exactly these inputs (and --force is off).
+up_to_date() {
+  local stamp=$8/optistop-build.json
+  [ "$force" = 0 ] && [ -f "$8/config.json" ] && [ -f "$stamp" ] &&
+    grep -q "\"fingerprint\": \"$(fingerprint "$@")\"" "$stamp"
+}
+
 need_gpus=1
 need_kb=0
-while IFS=$'\t' read -r name _ hf_dir hf_repo _ gpus _; do
+while IFS=$'\t' read -r -a row; do
+  name=${row[0]} hf_dir=${row[2]} hf_repo=${row[3]} gpus=${row[5]}
   [ -f "$hf_dir/config.json" ] ||
     die "stage $name: no Hugging Face checkpoint at $hf_dir (config.json missing); download ${hf_repo/#-/the model} there or pass --model-dir"
   grep -q '"Qwen2ForCausalLM"' "$hf_dir/config.json" ||
@@ -142,7 +158,8 @@ print(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])' "$hf_d
   [ "$head_dim" -ge 32 ] ||
     note "stage $name: head_dim $head_dim; TensorRT-LLM's attention kernels start at 32, the build may fail"
   for g in ${gpus//,/ }; do [ $((g + 1)) -le "$need_gpus" ] || need_gpus=$((g + 1)); done
-  need_kb=$((need_kb + 2 * $(du -skL "$hf_dir" | cut -f1)))   # converted checkpoint + engine
+  # disk only for what this run builds: an up-to-date engine is skipped below
+  up_to_date "${row[@]}" || need_kb=$((need_kb + 2 * $(du -skL "$hf_dir" | cut -f1)))   # checkpoint + engine
 done <<<"$plan"
 mkdir -p "$engines"
 free_kb=$(df -Pk "$engines" | awk 'NR == 2 { print $4 }')
@@ -154,22 +171,16 @@ case $trt_version in
   0.* | 1.0* | 1.1* | 1.2*) ;;
   *) note "TensorRT-LLM $trt_version: the TensorRT engine path may be gone; 1.2.1 (container 26.07) is known good" ;;
 esac
-conv_sum=$(sha256sum "$convert" | cut -d' ' -f1)
 
 # --- build -------------------------------------------------------------------------------------------
 mkdir -p "$engines/logs"
 while IFS=$'\t' read -r -a row; do
   name=${row[0]} hf_dir=${row[2]} ckpt_dir=${row[6]} engine_dir=${row[7]}
-  fingerprint=$({
-    printf '%s\n' "${row[*]}" "$trt_version" "$conv_sum"
-    find -L "$hf_dir" -maxdepth 1 -type f -printf '%f %s %T@\n' | sort
-  } | sha256sum | cut -d' ' -f1)
-  stamp=$engine_dir/optistop-build.json
-  if [ "$force" = 0 ] && [ -f "$engine_dir/config.json" ] && [ -f "$stamp" ] &&
-    grep -q "\"fingerprint\": \"$fingerprint\"" "$stamp"; then
+  if up_to_date "${row[@]}"; then
     echo "stage $name: up to date ($engine_dir, TensorRT-LLM $trt_version)"
     continue
   fi
+  fingerprint=$(fingerprint "${row[@]}")
   partial=$engine_dir.partial
   rm -rf "$partial" "$ckpt_dir"
   row[7]=$partial                                 # build there: only a finished engine gets the real name

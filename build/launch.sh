@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Serve a repository rendered by build/engines.sh: one tritonserver in TensorRT-LLM orchestrator mode,
+# Serve a repository rendered by build/engines.sh (or by render --profile llmapi, whose stages run
+# TensorRT-LLM's llmapi model from the image): one tritonserver in TensorRT-LLM orchestrator mode,
 # so the TP-1, TP-2 and TP-4 engines (each on its own gpu_device_ids) live in one server next to the
 # cascade and quality_predictor Python models.
 #
@@ -45,9 +46,26 @@ compgen -G "$repo/*/config.pbtxt" >/dev/null ||
 # A rendered tensorrt_llm config's parameter value (render writes `key` and `value` on adjacent lines).
 param() { sed -n "/key: \"$2\"/{n;s/.*string_value: \"\\(.*\\)\".*/\\1/p;}" "$1"; }
 
+# llmapi stages (profile llmapi): the model code is TensorRT-LLM's, from the image; we render only
+# config.pbtxt and 1/model.yaml (optistop/serving/render_llmapi.py).
+llmapi_code=${LLMAPI_MODEL_DIR:-/app/all_models/llmapi/tensorrt_llm/1}
 need_gpus=0
+engines=0
 for cfg in "$repo"/*/config.pbtxt; do
+  dir=$(dirname "$cfg")
+  if [ -f "$dir/1/model.yaml" ]; then
+    ids=$(param "$cfg" gpu_device_ids)
+    for g in ${ids//[,;]/ }; do [ $((g + 1)) -le "$need_gpus" ] || need_gpus=$((g + 1)); done
+    if [ "$dry_run" = 0 ] && [ ! -f "$dir/1/model.py" ]; then
+      if [ ! -f "$llmapi_code/model.py" ] || [ ! -f "$llmapi_code/helpers.py" ]; then
+        die "$dir: no llmapi model code at $llmapi_code (set LLMAPI_MODEL_DIR to TensorRT-LLM's triton_backend/all_models/llmapi/tensorrt_llm/1)"
+      fi
+      cp "$llmapi_code/model.py" "$llmapi_code/helpers.py" "$dir/1/"
+    fi
+    continue
+  fi
   grep -q '^backend: "tensorrtllm"' "$cfg" || continue
+  engines=1
   engine=$(param "$cfg" gpt_model_path)
   [ "$dry_run" = 1 ] || [ -f "$engine/config.json" ] ||
     die "$(dirname "$cfg"): engine $engine is missing (run build/engines.sh)"
@@ -70,9 +88,10 @@ cmd=(mpirun --allow-run-as-root -n 1 tritonserver "--model-repository=$repo"
 for ((j = 0; j < ngpu; j++)); do cmd+=("--cuda-memory-pool-byte-size=$j:0"); done
 [ -z "$log_file" ] || cmd+=(--log-verbose=1 "--log-file=$log_file")
 
-export TRTLLM_ORCHESTRATOR=1 TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1
+# orchestrator mode is the C++ backend's; llmapi stages start their own TP workers (LLM API)
+if [ "$engines" = 1 ]; then export TRTLLM_ORCHESTRATOR=1 TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1; fi
 if [ "$dry_run" = 1 ]; then
-  echo "TRTLLM_ORCHESTRATOR=1 TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1 \\"
+  [ "$engines" = 0 ] || echo "TRTLLM_ORCHESTRATOR=1 TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1 \\"
   printf '%q ' "${cmd[@]}" | sed 's/ $//'
   printf '\n'
   exit 0

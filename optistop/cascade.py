@@ -161,12 +161,13 @@ class _Run:
 
     async def _generate(self, k: int) -> StageOutput:
         stage = self.spec.stages[k]
+        timeout = stage.timeout_for(self.req.max_tokens)
         t0 = time.perf_counter()
-        try:
+        try:  # on timeout wait_for cancels generate(), which cancels the call at the engine where it can
             out = await asyncio.wait_for(self.backend.generate(k, self.req.input_ids, self.req.max_tokens),
-                                         timeout=stage.timeout_s)
+                                         timeout=timeout)
         except asyncio.TimeoutError:
-            raise StageFailure(k, f"stage '{stage.triton_model}' timed out after {stage.timeout_s:g}s") from None
+            raise StageFailure(k, f"stage '{stage.triton_model}' timed out after {timeout:g}s") from None
         finally:  # a stage that ran is paid for, whether or not it answered
             self.result.records.append(StageRecord(k, (time.perf_counter() - t0) * 1e3))
             self.result.cost += stage.cost

@@ -34,7 +34,12 @@ class Stage:
     stands_in_for: str = ""   # production model this stage represents
     tp_size: int = 1          # tensor-parallel degree (GPU profile)
     gpu_ids: tuple[int, ...] = (0,)
-    timeout_s: float = 30.0   # a stage call slower than this counts as failed (see cascade.py)
+    timeout_s: float = 30.0   # a stage call slower than timeout_for(max_tokens) counts as failed
+    timeout_per_token_s: float = 0.0  # added per requested token: a 1,024-token answer of a 72B takes minutes
+
+    def timeout_for(self, max_tokens: int) -> float:
+        """Seconds a call asking for ``max_tokens`` new tokens may take (queueing + prefill + decode)."""
+        return self.timeout_s + self.timeout_per_token_s * max_tokens
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class CascadeSpec:
     max_context_tokens: int = 64  # prompt tokens + max_tokens must fit the smallest stage's context
     chat_template: bool = False   # apply the tokenizer's chat template to raw text (instruct families)
     system_prompt: str = ""       # with chat_template: a system turn before the user's, if not empty
+    # End tokens besides the tokenizer's eos (end_id), sent to the engines as one-token stop words
+    # (stop_words_list): Qwen2.5-Instruct ends at <|im_end|> (eos) or <|endoftext|> (151643).
+    stop_token_ids: tuple[int, ...] = ()
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -110,6 +118,9 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         timeout = float(_get(raw, "timeout_s", (int, float), w, 30.0))
         if not math.isfinite(timeout) or timeout <= 0:
             raise SpecError(f"{w}.timeout_s: must be a finite number of seconds > 0, got {timeout!r}")
+        per_token = float(_get(raw, "timeout_per_token_s", (int, float), w, 0.0))
+        if not math.isfinite(per_token) or per_token < 0:
+            raise SpecError(f"{w}.timeout_per_token_s: must be a finite number of seconds >= 0, got {per_token!r}")
         stages.append(Stage(
             name=_get(raw, "name", str, w),
             triton_model=_get(raw, "triton_model", str, w),
@@ -119,6 +130,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
             tp_size=tp,
             gpu_ids=gpu_ids,
             timeout_s=timeout,
+            timeout_per_token_s=per_token,
         ))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -137,6 +149,9 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     context = int(_get(top, "max_context_tokens", int, "cascade", 64))
     if context <= cap:
         raise SpecError(f"cascade.max_context_tokens: must exceed max_tokens_cap={cap}, got {context}")
+    stop_ids = _get(top, "stop_token_ids", list, "cascade", [])
+    if not all(type(t) is int and t >= 0 for t in stop_ids):
+        raise SpecError(f"cascade.stop_token_ids: must be a list of token ids (integers >= 0), got {stop_ids!r}")
     return CascadeSpec(
         name=_get(top, "name", str, "cascade"),
         tokenizer=_path(base, _get(top, "tokenizer", str, "cascade"), "cascade.tokenizer", check_paths),
@@ -149,6 +164,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         max_context_tokens=context,
         chat_template=bool(_get(top, "chat_template", bool, "cascade", False)),
         system_prompt=_get(top, "system_prompt", str, "cascade", ""),
+        stop_token_ids=tuple(stop_ids),
         source=source,
     )
 

@@ -7,7 +7,7 @@ TensorRT-LLM engine from the CPU stand-in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,8 @@ PAD_ID = "pad_id"
 RETURN_LOG_PROBS = "return_log_probs"
 RUNTIME_TOP_K = "runtime_top_k"
 TEMPERATURE = "temperature"
+STOP_WORDS_LIST = "stop_words_list"  # (2, N) per request: see stop_words_list() below
+STOP = "stop"                        # true: cancel the in-flight request with the same request id
 OUTPUT_IDS = "output_ids"
 SEQUENCE_LENGTH = "sequence_length"
 CUM_LOG_PROBS = "cum_log_probs"
@@ -72,6 +74,8 @@ STAGE = Contract(
         Tensor(RETURN_LOG_PROBS, "BOOL", (1,), optional=True),
         Tensor(RUNTIME_TOP_K, "INT32", (1,), optional=True),
         Tensor(TEMPERATURE, "FP32", (1,), optional=True),
+        Tensor(STOP_WORDS_LIST, "INT32", (2, -1), optional=True),
+        Tensor(STOP, "BOOL", (1,), optional=True),
     ),
     outputs=(
         Tensor(OUTPUT_IDS, "INT32", (-1, -1)),        # (beams, tokens); we decode greedily: 1 beam
@@ -80,6 +84,80 @@ STAGE = Contract(
         Tensor(OUTPUT_LOG_PROBS, "FP32", (-1, -1)),   # (beams, generated tokens)
     ),
 )
+
+
+# --- stage served by TensorRT-LLM's PyTorch backend: the tensorrtllm_backend `llmapi` model -------------
+# Names and dtypes of NVIDIA/TensorRT-LLM triton_backend/all_models/llmapi/tensorrt_llm/config.pbtxt
+# (the subset the cascade sends or reads). Text in, text out: it takes no token ids and returns no
+# per-token log-probs; `cumulative_logprob` comes back only if SamplingParams.logprobs is set, which its
+# 1/helpers.py never passes (TensorRT-LLM sampling_params.py: return_log_probs = bool(self.logprobs)).
+LLMAPI_STAGE = Contract(
+    inputs=(
+        Tensor("text_input", "BYTES", (-1,)),
+        Tensor("sampling_param_max_tokens", "INT32", (1,), optional=True),
+        Tensor("sampling_param_top_k", "INT32", (1,), optional=True),
+        Tensor("sampling_param_temperature", "FP32", (1,), optional=True),
+        Tensor("sampling_param_stop", "BYTES", (-1,), optional=True),
+        Tensor("sampling_param_exclude_input_from_output", "BOOL", (1,), optional=True),
+        Tensor("return_finish_reason", "BOOL", (1,), optional=True),
+        Tensor("return_cumulative_logprob", "BOOL", (1,), optional=True),
+        Tensor("stop", "BOOL", (1,), optional=True),
+    ),
+    outputs=(
+        Tensor("text_output", "BYTES", (-1,)),
+        Tensor("finish_reason", "BYTES", (-1,)),
+        Tensor("cumulative_logprob", "FP32", (-1,)),
+    ),
+)
+# The one map from the tensorrt_llm stage contract to the llmapi model's names. input_ids have no
+# counterpart (decode them to text_input); stop_words_list becomes sampling_param_stop strings.
+LLMAPI_FROM_STAGE: dict[str, str] = {
+    REQUEST_OUTPUT_LEN: "sampling_param_max_tokens",
+    RUNTIME_TOP_K: "sampling_param_top_k",
+    TEMPERATURE: "sampling_param_temperature",
+    STOP_WORDS_LIST: "sampling_param_stop",
+    RETURN_LOG_PROBS: "return_cumulative_logprob",
+    STOP: "stop",
+    OUTPUT_IDS: "text_output",
+    CUM_LOG_PROBS: "cumulative_logprob",
+}
+
+
+def stop_words_list(words: Sequence[Sequence[int]]) -> np.ndarray:
+    """One request's ``stop_words_list`` in TensorRT-LLM's (2, N) INT32 layout: row 0 holds the words'
+    token ids end to end (0-padded), row 1 the cumulative end offset of each word (-1-padded).
+
+    The layout the C++ backend parses (tensorrtllm_backend v0.19.0 inflight_batcher_llm/src/utils.cc,
+    convertWordList) and that its preprocessing model writes (_to_word_list_format)."""
+    words = [list(w) for w in words if len(w)]
+    flat = [int(t) for w in words for t in w]
+    n = max(1, len(flat))
+    out = np.full((2, n), -1, dtype=np.int32)
+    out[0] = 0
+    out[0, :len(flat)] = flat
+    out[1, :len(words)] = np.cumsum([len(w) for w in words], dtype=np.int64)
+    return out
+
+
+def parse_stop_words_list(arr: np.ndarray | None) -> tuple[tuple[int, ...], ...]:
+    """The words of a ``stop_words_list`` (leading batch axes of size 1 allowed); ValueError if malformed."""
+    if arr is None:
+        return ()
+    a = np.asarray(arr)
+    if a.ndim < 2 or a.shape[-2] != 2 or int(np.prod(a.shape[:-2], dtype=np.int64)) != 1:
+        raise ValueError(f"'{STOP_WORDS_LIST}' must have shape [2, N] per request, got {list(a.shape)}")
+    ids, offsets = a.reshape(2, -1)
+    words, start = [], 0
+    for end in (int(o) for o in offsets):
+        if end == -1:
+            break
+        if not start < end <= len(ids):
+            raise ValueError(f"'{STOP_WORDS_LIST}' offsets must increase and stay within {len(ids)}, "
+                             f"got {offsets.tolist()}")
+        words.append(tuple(int(t) for t in ids[start:end]))
+        start = end
+    return tuple(words)
+
 
 # --- cascade (what users call; genai-perf / TRT-LLM ensemble names) -------------------------------
 TEXT_INPUT = "text_input"

@@ -56,17 +56,20 @@ class InferenceResponse:
 Handler = Callable[[dict[str, np.ndarray]], Awaitable[InferenceResponse]]
 HANDLERS: dict[str, Handler] = {}
 READY: dict[str, bool] = {}
+SENT: list[InferenceRequest] = []   # every BLS request, in the order async_exec was called
 
 
 class InferenceRequest:
     def __init__(self, model_name: str, inputs: list[Tensor], requested_output_names: list[str],
-                 **kwargs: object) -> None:
+                 request_id: str = "", **kwargs: object) -> None:
         self.model_name, self.inputs, self.requested_output_names = model_name, inputs, requested_output_names
+        self.request_id = request_id
 
     def input(self, name: str) -> Tensor | None:
         return next((t for t in self.inputs if t.name() == name), None)
 
     async def async_exec(self) -> InferenceResponse:
+        SENT.append(self)
         if self.model_name not in HANDLERS:
             err = TritonError(f"Model '{self.model_name}' is not ready.", TritonError.UNAVAILABLE)
             return InferenceResponse([], err)

@@ -107,7 +107,9 @@ class Collector:
         stage = self.spec.stages[k]
         entry: dict[str, Any] = {"model": stage.name, "cost": stage.cost}
         inputs = []
-        for name, arr in stage_request(ids, self.max_tokens, self.encoder.end_id, self.encoder.pad_id).items():
+        stops = self.spec.stop_token_ids or self.encoder.end_ids[1:]
+        for name, arr in stage_request(ids, self.max_tokens, self.encoder.end_id, self.encoder.pad_id,
+                                       stops).items():
             dtype = "BOOL" if arr.dtype == bool else "INT32"
             inp = self.mod.InferInput(name, list(arr.shape), dtype)
             inp.set_data_from_numpy(arr)
@@ -118,7 +120,7 @@ class Collector:
             res = await self.client.infer(stage.triton_model, inputs, outputs=outputs,
                                           client_timeout=self.timeout_s or stage.timeout_s)
             out = parse_stage_outputs({n: res.as_numpy(n) for n in STAGE_OUTPUTS}, self.max_tokens,
-                                      self.encoder.end_id)
+                                      self.encoder.end_id, stops)
         except Exception as exc:  # recorded for this prompt and stage; the collection goes on
             msg = exc.message() if hasattr(exc, "message") else str(exc)
             return entry | {"error": f"{type(exc).__name__}: {msg}"[:500]}

@@ -7,7 +7,9 @@ without Triton.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import uuid
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +19,13 @@ from optistop.cascade import StageFailure, StageOutput
 from optistop.spec import CascadeSpec
 
 STAGE_OUTPUTS = [T.OUTPUT_IDS, T.SEQUENCE_LENGTH, T.OUTPUT_LOG_PROBS]
+PROBE_PROMPT = "12+35="   # the first request's self-test: every stage answers it with a few tokens
+PROBE_TOKENS = 4
+
+
+class StageContractError(StageFailure):
+    """The stage answered, but not as the cascade needs (no log-probs, or too few): a configuration
+    fault that the first-request self-test reports, unlike an error or a timeout, which may pass."""
 
 
 class LocalPredictor(Protocol):
@@ -34,6 +43,7 @@ class BlsBackend:
         self.spec = spec
         self.end_id = end_id
         self.pad_id = pad_id
+        self._cancels: set[asyncio.Task] = set()   # stop requests in flight (kept referenced until done)
 
     def not_ready(self) -> list[str]:
         """Names of the stage and predictor models that are not ready (checked before first use)."""
@@ -43,15 +53,63 @@ class BlsBackend:
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
         pb = self.pb
         model = self.spec.stages[stage].triton_model
-        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id)
+        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids)
         inputs = [pb.Tensor(name, arr) for name, arr in arrays.items()]
-        request = pb.InferenceRequest(model_name=model, inputs=inputs,
+        request_id = uuid.uuid4().hex
+        request = pb.InferenceRequest(model_name=model, inputs=inputs, request_id=request_id,
                                       requested_output_names=STAGE_OUTPUTS)
-        resp = await request.async_exec()
+        try:
+            resp = await request.async_exec()
+        except asyncio.CancelledError:   # the cascade's timeout: stop the engine working on it too
+            self._cancel(model, request_id)
+            raise
         if resp.has_error():
             raise StageFailure(stage, f"stage '{model}' failed: {resp.error().message()}")
-        out = {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in STAGE_OUTPUTS}
-        return parse_stage_outputs(out, max_tokens, self.end_id)
+        out = {n: pb.get_output_tensor_by_name(resp, n) for n in STAGE_OUTPUTS}
+        missing = [n for n, t in out.items() if t is None]
+        if missing:
+            raise StageContractError(stage, f"stage '{model}' returned no {', '.join(missing)}; a TensorRT-LLM stage "
+                               f"needs return_log_probs and runtime_top_k (sent) and normalize_log_probs false")
+        result = parse_stage_outputs({n: t.as_numpy() for n, t in out.items()}, max_tokens, self.end_id,
+                                     self.spec.stop_token_ids)
+        if len(result.logprobs) != len(result.token_ids):
+            raise StageContractError(stage, f"stage '{model}' returned {len(result.logprobs)} log-probs for "
+                               f"{len(result.token_ids)} tokens")
+        return result
+
+    def _cancel(self, model: str, request_id: str) -> None:
+        """Send ``stop`` for ``request_id``: TensorRT-LLM's C++ backend and the llmapi model both cancel
+        the request with that id (tensorrtllm_backend v0.19.0 model_instance_state.cc handleStopRequest;
+        tensorrt_llm_bls send_cancellation_request sends the same dummy inputs). Not awaited: the
+        caller has already given up on the answer."""
+        pb = self.pb
+        inputs = [pb.Tensor(T.INPUT_IDS, np.zeros((1, 1), dtype=np.int32)),
+                  pb.Tensor(T.INPUT_LENGTHS, np.zeros((1, 1), dtype=np.int32)),
+                  pb.Tensor(T.REQUEST_OUTPUT_LEN, np.zeros((1, 1), dtype=np.int32)),
+                  pb.Tensor(T.STOP, np.asarray([[True]], dtype=bool))]
+        request = pb.InferenceRequest(model_name=model, inputs=inputs, request_id=request_id,
+                                      requested_output_names=[])
+        task = asyncio.ensure_future(request.async_exec())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def self_test(self, probe_ids: Sequence[int]) -> str | None:
+        """Run a short greedy probe through every stage; return why a stage cannot serve the cascade
+        (log-probs missing or all zero), or None. Errors, timeouts and empty answers prove nothing about
+        the contract and are left to the per-request fallbacks. Called on the first request, because
+        BLS calls are not allowed in initialize()."""
+        for k, stage in enumerate(self.spec.stages):
+            try:
+                out = await asyncio.wait_for(self.generate(k, probe_ids, PROBE_TOKENS),
+                                             timeout=stage.timeout_for(PROBE_TOKENS))
+            except StageContractError as exc:
+                return f"stage self-test failed: {exc}"
+            except (StageFailure, asyncio.TimeoutError):
+                continue
+            if len(out.logprobs) >= 2 and not any(out.logprobs):
+                return (f"stage self-test failed: stage '{stage.triton_model}' returned all-zero output_log_probs "
+                        f"for {len(out.logprobs)} tokens; set its parameter normalize_log_probs to \"false\"")
+        return None
 
     async def score(self, features: np.ndarray) -> np.ndarray:
         if self.local is not None:
@@ -70,31 +128,40 @@ class BlsBackend:
         return pb.get_output_tensor_by_name(resp, T.CONFIDENCE).as_numpy().reshape(-1)
 
 
-def stage_request(input_ids: Sequence[int], max_tokens: int, end_id: int, pad_id: int) -> dict[str, np.ndarray]:
+def stage_request(input_ids: Sequence[int], max_tokens: int, end_id: int, pad_id: int,
+                  stop_ids: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """A stage engine request for one prompt (batch dimension included): the one place its inputs are
     built, for the BLS cascade and for collection through tritonclient (optistop.pipeline.collect)."""
     ids = np.asarray([input_ids], dtype=np.int32)                         # (1, L)
-    return {
+    arrays = {
         T.INPUT_IDS: ids,
         T.INPUT_LENGTHS: np.asarray([[ids.shape[1]]], dtype=np.int32),
         T.REQUEST_OUTPUT_LEN: np.asarray([[max_tokens]], dtype=np.int32),
         T.END_ID: np.asarray([[end_id]], dtype=np.int32),
         T.PAD_ID: np.asarray([[pad_id]], dtype=np.int32),
         T.RETURN_LOG_PROBS: np.asarray([[True]], dtype=bool),
+        # Greedy all the same, but TensorRT-LLM returns output_log_probs only when a sampling
+        # parameter is set (tensorrtllm_backend docs/model_config.md, PR #798).
+        T.RUNTIME_TOP_K: np.asarray([[1]], dtype=np.int32),
     }
+    if stop_ids:
+        arrays[T.STOP_WORDS_LIST] = T.stop_words_list([[t] for t in stop_ids])[None]     # (1, 2, N)
+    return arrays
 
 
-def parse_stage_outputs(out: dict[str, np.ndarray], max_tokens: int, end_id: int) -> StageOutput:
+def parse_stage_outputs(out: dict[str, np.ndarray], max_tokens: int, end_id: int,
+                        stop_ids: Collection[int] = ()) -> StageOutput:
     """Beam 0 of a tensorrt_llm response, cut to ``sequence_length``.
 
-    A trailing end token is dropped whether or not the engine counted it in ``sequence_length``, so the
-    TensorRT-LLM engine and the CPU stand-in give the cascade the same tokens.
+    A trailing end token (``end_id`` or one of the one-token stop words ``stop_ids``) is dropped whether
+    or not the engine counted it in ``sequence_length``, so the TensorRT-LLM engine and the CPU stand-in
+    give the cascade the same tokens.
     """
     n = int(np.asarray(out[T.SEQUENCE_LENGTH]).reshape(-1)[0])
     ids = _first_row(out[T.OUTPUT_IDS])[:n]            # (batch=1, beams, T) -> beam 0: (T,)
     lps = _first_row(out[T.OUTPUT_LOG_PROBS])[:n]
     tokens = [int(t) for t in ids]
-    ended = bool(tokens) and tokens[-1] == end_id
+    ended = bool(tokens) and (tokens[-1] == end_id or tokens[-1] in stop_ids)
     if ended:
         tokens = tokens[:-1]
     return StageOutput(tuple(tokens), tuple(float(x) for x in lps[: len(tokens)]),

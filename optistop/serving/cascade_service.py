@@ -6,6 +6,7 @@ inputs into a checked request, runs the loop, and maps every failure to a per-re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -46,9 +47,12 @@ class CascadeService:
     def from_spec_file(cls, path: str | Path) -> CascadeService:
         spec = load_spec(path)
         try:
-            return cls(spec, PromptEncoder.for_spec(spec))
+            encoder = PromptEncoder.for_spec(spec)
         except ValueError as exc:
             raise SpecError(f"{spec.source}: {exc}") from None
+        if not spec.stop_token_ids:  # the family's other end tokens (generation_config.json) stop it too
+            spec = dataclasses.replace(spec, stop_token_ids=tuple(encoder.end_ids[1:]))
+        return cls(spec, encoder)
 
     def check_repository(self, repo: Path) -> None:
         """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage

@@ -4,11 +4,15 @@ $ python -m optistop.serving.render --spec cascade.toml --repo model_repository 
 $ python -m optistop.serving.render --check                                                # committed == rendered?
 $ python -m optistop.serving.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
       --engines-dir engines --out engines/model_repository --with-models model_repository   # GPU
+$ python -m optistop.serving.render --profile llmapi --spec build/qwen2.5-llmapi.toml \\
+      --out llmapi_repository --with-models model_repository                               # GPU, PyTorch
 
 Profile ``cpu`` renders the embedded stand-ins (Python backend; their model.py reads ``checkpoint_dir``).
 Profile ``trtllm`` renders TensorRT-LLM's C++ ``tensorrtllm`` backend configs for engines that
 build/engines.sh builds (``--plan`` prints its per-stage build plan). Both take their inputs and outputs
 from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ.
+Profile ``llmapi`` renders the same stages for TensorRT-LLM's PyTorch backend (HF checkpoints, no
+engines; optistop.serving.render_llmapi).
 ``--with-models`` copies the cascade and predictor models next to the GPU stages and points the cascade
 at a resolved copy of the GPU spec, so the GPU repository loads as it is.
 """
@@ -34,7 +38,7 @@ from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, Stage, load_spec
 from optistop.tensors import STAGE, Contract, Tensor
 
 REPO_ROOT = DEFAULT_SPEC.parent
-PROFILES = ("cpu", "trtllm")
+PROFILES = ("cpu", "trtllm", "llmapi")
 CASCADE_MODEL = "cascade"
 RESOLVED_SPEC = "cascade_spec.toml"     # written into <out>/cascade/ by --with-models
 PLAN_COLUMNS = ("name", "model", "hf_dir", "hf_repo", "tp", "gpus", "ckpt_dir", "engine_dir", "dtype",
@@ -345,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--plan", action="store_true", help="trtllm: print the engine build plan (TSV)")
     args = ap.parse_args(argv)
     try:
+        if args.profile == "llmapi":
+            return _main_llmapi(args)
         trtllm = args.profile == "trtllm"
         spec = load_spec(args.spec, check_paths=False)  # rendering needs no weights
         if trtllm != (args.engines_dir is not None):
@@ -383,6 +389,44 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"error: stale or hand-edited: {', '.join(stale)}; run python -m optistop.serving.render",
               file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main_llmapi(args: argparse.Namespace) -> int:
+    """Profile llmapi: config.pbtxt + 1/model.yaml per stage (SpecError goes to main's handler)."""
+    from optistop.serving import render_llmapi as L
+
+    if args.engines_dir or args.plan:
+        raise SpecError("profile llmapi builds no engines: --engines-dir and --plan do not apply")
+    if args.repo is None:
+        raise SpecError("profile llmapi needs --out DIR (the model repository to write)")
+    spec = load_spec(args.spec, check_paths=False)
+    settings = L.load_llmapi_settings(args.spec, spec)
+    if args.model_dir:
+        spec = rebase_checkpoints(spec, args.model_dir)
+    for name in args.stage:
+        spec.stage_index(name)
+    repo = args.repo.absolute()
+    files: dict[Path, str] = {}
+    for stage in spec.stages:
+        if not args.stage or stage.name in args.stage:
+            files.update(L.stage_files(spec, stage, settings, spec_label(spec), _tensor, _parameters, repo))
+    stale = []
+    for path, text in files.items():
+        if args.dry_run:
+            print(f"--- {path}\n{text}", end="")
+        elif args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if args.with_models and not (args.dry_run or args.check):
+        print("\n".join(copy_serving_models(spec, args.with_models, repo)))
+    if stale:
+        print(f"error: stale or hand-edited: {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,7 +15,15 @@ from optistop.policy_artifact import PolicyBook
 from optistop.serving.tokenizers import Prompt, parse_messages
 from optistop.spec import CascadeSpec
 
-MAX_PROMPT_BYTES = 4096  # far beyond any context here; bounds the work done before tokenizing
+# The byte cap only bounds the work done before tokenizing; the exact limit is the token count checked
+# after it. BPE vocabularies average 3-5 bytes per token and a UTF-8 character is at most 4 bytes, so 16
+# bytes per token of context rejects nothing that could fit.
+MAX_BYTES_PER_TOKEN = 16
+
+
+def max_prompt_bytes(spec: CascadeSpec) -> int:
+    """The prompt byte cap of a spec: its context (the engines' max_input_len + 1) in bytes."""
+    return spec.max_context_tokens * MAX_BYTES_PER_TOKEN
 
 
 class RequestError(ValueError):
@@ -37,7 +45,8 @@ def _scalar(inputs: Mapping[str, np.ndarray | None], name: str) -> object | None
     return arr.reshape(-1)[0]
 
 
-def _bytes_input(inputs: Mapping[str, np.ndarray | None], name: str, example: str) -> str | None:
+def _bytes_input(inputs: Mapping[str, np.ndarray | None], name: str, example: str,
+                 spec: CascadeSpec) -> str | None:
     """A BYTES input decoded as UTF-8 (None when absent), within the byte cap and not blank."""
     raw = _scalar(inputs, name)
     if raw is None:
@@ -46,8 +55,9 @@ def _bytes_input(inputs: Mapping[str, np.ndarray | None], name: str, example: st
         raw = raw.encode()
     if not isinstance(raw, bytes | np.bytes_):
         raise RequestError(f"input '{name}' must be BYTES (a UTF-8 string), got {type(raw).__name__}")
-    if len(raw) > MAX_PROMPT_BYTES:
-        raise RequestError(f"input '{name}' is {len(raw)} bytes; at most {MAX_PROMPT_BYTES} allowed")
+    if len(raw) > max_prompt_bytes(spec):
+        raise RequestError(f"input '{name}' is {len(raw)} bytes; at most {max_prompt_bytes(spec)} "
+                           f"allowed ({spec.max_context_tokens} tokens of context)")
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -63,8 +73,9 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
 
     ``encode(text=...)`` or ``encode(messages=...)`` is the family's PromptEncoder.encode; ``policies``
     is the loaded policy artifact (the default policy and lambda are its operating point)."""
-    text = _bytes_input(inputs, T.TEXT_INPUT, "a non-empty prompt such as '12+35='")
-    raw_messages = _bytes_input(inputs, T.MESSAGES, 'a JSON list such as [{"role": "user", "content": "12+35="}]')
+    text = _bytes_input(inputs, T.TEXT_INPUT, "a non-empty prompt such as '12+35='", spec)
+    raw_messages = _bytes_input(inputs, T.MESSAGES, 'a JSON list such as [{"role": "user", "content": "12+35="}]',
+                                spec)
     if (text is None) == (raw_messages is None):
         raise RequestError(f"send exactly one of '{T.TEXT_INPUT}' (BYTES, the prompt) and '{T.MESSAGES}' "
                            f"(BYTES, OpenAI-style chat messages as JSON); got "

@@ -66,9 +66,12 @@ class StageModel:
     def decode(self, ids: tuple[int, ...] | list[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def generate_ids(self, batch: list[list[int]], max_new_tokens: int,
-                     end_id: int | None = None) -> list[Generated]:
-        """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache."""
+    def generate_ids(self, batch: list[list[int]], max_new_tokens: int, end_id: int | None = None,
+                     stop_words: tuple[tuple[int, ...], ...] = ()) -> list[Generated]:
+        """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache.
+
+        A sequence also ends once its tokens end with one of ``stop_words``; the stop word stays in
+        its output (unlike ``end_id``), as in TensorRT-LLM."""
         import torch
 
         if not batch:
@@ -110,6 +113,7 @@ class StageModel:
                     else:
                         tokens[i].append(int(best[i]))
                         logps[i].append(float(best_lp[i]))
+                        done[i] = any(tuple(tokens[i][-len(w):]) == w for w in stop_words)
                 if bool(done.all()):
                     break
                 step_ids = best[:, None]

@@ -19,6 +19,7 @@ from optistop.serving.request import RequestError
 from optistop.serving.runner import Generated, StageModel
 
 FAULTS = ("error", "empty", "delay_ms:<N>")
+StopWords = tuple[tuple[int, ...], ...]
 
 
 class StageEngine:
@@ -31,8 +32,8 @@ class StageEngine:
         self.fault = fault
         self.model = StageModel(checkpoint_dir, threads=threads)
 
-    def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int]:
-        """(input ids, max new tokens, end id) of one request, or RequestError naming the input."""
+    def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int, StopWords]:
+        """(input ids, max new tokens, end id, stop words) of one request, or RequestError naming it."""
         ids = inputs.get(T.INPUT_IDS)
         if ids is None:
             raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
@@ -53,7 +54,11 @@ class StageEngine:
             raise RequestError(f"input '{T.REQUEST_OUTPUT_LEN}' is {out_len}; with {n} input tokens the "
                                f"valid range is 1..{room} (context {self.model.max_positions})")
         end = _int(inputs, T.END_ID, default=self.model.end_id)
-        return tokens, out_len, end
+        try:
+            stop_words = T.parse_stop_words_list(inputs.get(T.STOP_WORDS_LIST))
+        except ValueError as exc:
+            raise RequestError(f"input {exc}") from None
+        return tokens, out_len, end, stop_words
 
     def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
         """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
@@ -62,17 +67,22 @@ class StageEngine:
         if self.fault.startswith("delay_ms:"):
             time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
         results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
-        groups: dict[int, list[tuple[int, list[int], int]]] = {}
+        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int]]] = {}
         for i, inputs in enumerate(batch):
+            if _int(inputs, T.STOP, default=0):
+                # a cancellation (TensorRT-LLM's `stop`): this engine finishes every batch before it
+                # takes the next, so nothing of that request is still running; acknowledge it
+                results[i] = to_tensors(Generated((), (), False))
+                continue
             try:
-                ids, out_len, end = self.parse(inputs)
+                ids, out_len, end, stop_words = self.parse(inputs)
             except RequestError as exc:
                 results[i] = exc
                 continue
-            groups.setdefault(end, []).append((i, ids, out_len))
-        for end, members in groups.items():
+            groups.setdefault((end, stop_words), []).append((i, ids, out_len))
+        for (end, stop_words), members in groups.items():
             longest = max(m[2] for m in members)
-            gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end)
+            gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end, stop_words=stop_words)
             for (i, _, out_len), g in zip(members, gens):
                 g = Generated((), (), False) if self.fault == "empty" else _truncate(g, out_len)
                 results[i] = to_tensors(g)

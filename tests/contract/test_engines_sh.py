@@ -195,6 +195,25 @@ def test_full_build_renders_a_loadable_repository_and_is_idempotent(fake_gpu: di
     assert len(calls) == 8 and all("large" in c for c in calls[6:]), calls[6:]
 
 
+def test_disk_preflight_counts_only_the_stages_it_rebuilds(fake_gpu: dict) -> None:
+    """A rerun with every engine up to date needs no disk; one changed stage needs only its own share."""
+    env, engines = dict(fake_gpu["env"]), fake_gpu["engines"]
+    args = ("--profile", str(fake_gpu["profile"]), "--engines-dir", str(engines))
+    assert run(ENGINES_SH, *args, env=env).returncode == 0
+    bin_dir = Path(env["PATH"].split(os.pathsep)[0])
+    fake(bin_dir, "df", 'printf "Filesystem 1024-blocks Used Available Capacity Mounted\\n'
+                        'fake 100 100 ${FAKE_FREE_KB} 100%% /\\n"\n')
+    res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": "0"})
+    assert res.returncode == 0 and res.stdout.count("up to date") == 3, res.stderr
+    (fake_gpu["hf"] / "large" / "model.safetensors").write_bytes(b"\1" * 4096)   # only large changes
+    large_kb = int(subprocess.run(["du", "-skL", str(fake_gpu["hf"] / "large")], capture_output=True,
+                                  text=True).stdout.split()[0])
+    res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": str(2 * large_kb - 1)})
+    assert res.returncode != 0 and "not enough disk" in res.stderr
+    res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": str(2 * large_kb)})
+    assert res.returncode == 0 and res.stdout.count("up to date") == 2, res.stderr
+
+
 def test_missing_checkpoint_is_named_before_any_conversion(fake_gpu: dict) -> None:
     shutil.rmtree(fake_gpu["hf"] / "medium")
     res = run(ENGINES_SH, "--profile", str(fake_gpu["profile"]), "--engines-dir", str(fake_gpu["engines"]),
@@ -246,7 +265,10 @@ def test_dockerfile_lint() -> None:
     assert base, "the Triton release must be a pinned ARG (yy.mm)"
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_VERSION\}-trtllm-python-py3$", text, re.M)
     assert "latest" not in text
-    assert re.search(r"^ARG TRTLLM_TAG=v\d+\.\d+\.\d+$", text, re.M)
+    # the converter comes from the image's own TensorRT-LLM examples: nothing is downloaded at build time
+    assert not re.search(r"^(ADD|RUN).*https?://", text, re.M | re.I), "the Dockerfile must not download"
+    assert re.search(r"^ARG TRTLLM_EXAMPLES=/app/examples$", text, re.M)
+    assert "QWEN_CONVERT=${TRTLLM_EXAMPLES}/models/core/qwen/convert_checkpoint.py" in text
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for path in src.split():
             assert (ROOT / path).exists(), f"COPY source {path} does not exist"

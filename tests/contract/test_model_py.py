@@ -68,6 +68,31 @@ def test_stage_model_contract_and_per_request_errors(stages) -> None:
     assert "request_output_len" in r_missing.error().message()
 
 
+def test_stage_model_honours_stop_words_list_and_stop(stages) -> None:
+    """The CPU engine stops after a stop word (kept in the output, as TensorRT-LLM does), one token or
+    several, and acknowledges a `stop` cancellation without generating."""
+    from optistop import tensors as T
+
+    m = stages["stage_small"]
+    ids = np.array([[1, 43, 42, 21, 18, 25, 25, 28, 41]], dtype=np.int32)   # <bos>R:hello=
+
+    def call(**extra: np.ndarray) -> list[int]:
+        (r,) = m.execute([pb.request(input_ids=ids, input_lengths=np.array([[ids.shape[1]]], np.int32),
+                                     request_output_len=np.array([[8]], np.int32), **extra)])
+        assert not r.has_error(), r.error().message()
+        out = {t.name(): t.as_numpy() for t in r.output_tensors()}
+        return out["output_ids"][0, 0, : int(out["sequence_length"][0, 0])].tolist()
+
+    free = call()
+    i = next(i for i in range(1, len(free)) if free[i] not in free[:i])
+    assert call(stop_words_list=T.stop_words_list([[free[i]]])[None]) == free[: i + 1]
+    assert call(stop_words_list=T.stop_words_list([[99999], free[:2]])[None]) == free[:2]
+    assert call(stop=np.array([[True]])) == []
+    (bad,) = m.execute([pb.request(input_ids=ids, request_output_len=np.array([[4]], np.int32),
+                                   stop_words_list=np.array([[[5, 6], [3, -1]]], np.int32))])
+    assert bad.error().code() == pb.TritonError.INVALID_ARG and "stop_words_list" in bad.error().message()
+
+
 def test_cascade_model_glue(stages) -> None:
     cascade = load_model_py("cascade")
     reqs = [

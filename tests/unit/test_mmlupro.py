@@ -13,7 +13,7 @@ import pytest
 
 from optistop.offline import mmlupro, stats
 from optistop.offline.fit import fold_ids
-from optistop.offline.replay import from_records
+from optistop.offline.operating import arrays_from_records
 
 DATA = mmlupro.find_dir(os.environ.get("OPTISTOP_MMLUPRO_DIR"))
 needs_data = pytest.mark.skipif(DATA is None, reason=mmlupro.WHERE)
@@ -82,7 +82,7 @@ def test_ladder_records_from_a_tiny_zip(tmp_path: Path) -> None:
         assert [s["cost"] for s in r["stages"]] == [1.0, 4.5, 10.0]
         for s in r["stages"]:
             assert 0.0 <= s["confidence"] <= 1.0 and 0.0 <= s["ex_ante"] <= 1.0
-    assert from_records(recs).n == 3                                             # the replay reads them
+    assert arrays_from_records(recs).conf.shape[1] == 3   # the replay reads them
     assert [r["id"] for r in mmlupro.ladder_records(d, "llama", limit=3)] == [r["id"] for r in recs[:3]]
     with pytest.raises(ValueError, match="at least 3"):
         mmlupro.ladder_records(d, "llama", limit=2)

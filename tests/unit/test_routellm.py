@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from optistop.offline import routellm
-from optistop.offline.replay import from_records
+from optistop.offline.operating import arrays_from_records
 
 DATA = routellm.find_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason=routellm.WHERE)
@@ -18,7 +18,7 @@ needs_data = pytest.mark.skipif(DATA is None, reason=routellm.WHERE)
 def test_mmlu_records_match_the_readme() -> None:
     recs = routellm.mmlu_records(DATA)
     assert len(recs) == 14042 - 5                          # contaminated prompts dropped
-    data = from_records(recs)
+    data = arrays_from_records(recs, need_confidence=False)
     assert data.costs.tolist() == [1.0, 10.0]
     assert data.correct.mean(axis=0) == pytest.approx([0.681, 0.806], abs=1e-3)
     assert recs[0]["meta"][0].startswith("subject=")
@@ -28,9 +28,9 @@ def test_mmlu_records_match_the_readme() -> None:
 def test_gsm8k_records_match_the_readme() -> None:
     recs = routellm.gsm8k_records(DATA)
     assert len(recs) == 1319 - 12
-    data = from_records(recs)
+    data = arrays_from_records(recs, need_confidence=False)
     assert data.correct.mean(axis=0) == pytest.approx([0.637, 0.858], abs=1e-3)
-    assert all(r is not None for row in data.responses for r in row)
+    assert all(isinstance(st["response"], str) for r in recs for st in r["stages"])
     drop = {json.loads(x)["eval_prompt"] for x in (DATA / "gsm8k_contaminated_prompts.jsonl").read_text().splitlines()}
     assert not drop & {r["prompt"] for r in recs}
 

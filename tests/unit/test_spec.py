@@ -44,7 +44,7 @@ def test_costs_must_strictly_increase(tmp_path: Path) -> None:
     [
         ('name = "small"\n', "", r"stages\[0\].name: missing"),
         ("cost = 1.0", "cost = -1.0", r"stages\[0\].cost: must be a finite number > 0"),
-        ("default_lambda = 15.0", "default_lambda = -2.0", "cascade.default_lambda"),
+        ("max_tokens_cap = 32", "max_tokens_cap = 32\ndefault_lambda = -2.0", "cascade.default_lambda"),
         ("max_tokens_default = 16", "max_tokens_default = 64", "cascade.max_tokens_default"),
         ('triton_model = "stage_medium"', 'triton_model = "stage_small"', r"stages\[\].triton_model"),
     ],
@@ -63,3 +63,27 @@ def test_cli_prints_one_error_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "stages[2].cost" in lines[0]
+
+
+def test_stage_timeouts_scale_with_max_tokens_on_the_gpu_profile() -> None:
+    """A 1,024-token answer of the 72B at TP 4 under load is not done in a flat 30 s: the timeout of a
+    call grows with the tokens it asks for, and the largest stage gets the most time per token."""
+    spec = load_spec(DEFAULT_SPEC.parent / "build" / "qwen2.5-trtllm.toml", check_paths=False)
+    cap = spec.max_tokens_cap
+    per_token = [s.timeout_per_token_s for s in spec.stages]
+    assert all(p > 0 for p in per_token) and per_token == sorted(per_token)
+    for s in spec.stages:
+        assert s.timeout_for(cap) == pytest.approx(s.timeout_s + cap * s.timeout_per_token_s)
+        assert s.timeout_for(cap) >= cap / 20        # room for 20 tokens/s at the longest answer
+        assert s.timeout_for(1) < s.timeout_for(cap) / 2
+    assert load_spec().stages[0].timeout_for(32) == 30.0  # the embedded cascade keeps its flat default
+
+
+def test_stop_token_ids_are_checked(tmp_path: Path) -> None:
+    text = DEFAULT_SPEC.read_text().replace('[cascade]\n', '[cascade]\nstop_token_ids = [3, -1]\n', 1)
+    bad = tmp_path / "c.toml"
+    bad.write_text(text)
+    with pytest.raises(SpecError, match=r"cascade.stop_token_ids: must be a list of token ids"):
+        load_spec(bad, check_paths=False)
+    qwen = load_spec(DEFAULT_SPEC.parent / "build" / "qwen2.5-trtllm.toml", check_paths=False)
+    assert qwen.stop_token_ids == (151643,)   # <|endoftext|>; <|im_end|> is the tokenizer's eos

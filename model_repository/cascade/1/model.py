@@ -17,7 +17,7 @@ import asyncio
 
 import triton_python_backend_utils as pb_utils
 
-from optistop.serving.bls import BlsBackend
+from optistop.serving.bls import PROBE_PROMPT, BlsBackend
 from optistop.serving.cascade_service import INPUTS, CascadeService
 from optistop.serving.prometheus import TritonMetrics
 from optistop.serving.request import RequestError
@@ -48,6 +48,10 @@ class TritonPythonModel:
                 err = RequestError(f"cascade not ready: model(s) {', '.join(missing)} not ready",
                                    code="UNAVAILABLE")
                 return [error_response(pb_utils, err) for _ in requests]
+            problem = await self.backend.self_test(self.service.encoder.encode(text=PROBE_PROMPT).ids)
+            if problem:  # e.g. log-probs missing or all zero: every answer would be mis-scored
+                pb_utils.Logger.log_error(problem)
+                return [error_response(pb_utils, RequestError(problem, code="UNAVAILABLE")) for _ in requests]
             self.ready = True
         results = await asyncio.gather(
             *(self.service.handle(read_inputs(pb_utils, r, INPUTS), self.backend) for r in requests))

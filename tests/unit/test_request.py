@@ -1,0 +1,44 @@
+"""The prompt byte cap follows the spec's context, so a GPU profile's long prompts are not cut at 4 KiB."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optistop.serving.request import RequestError, max_prompt_bytes, parse_request
+from optistop.serving.tokenizers import Prompt
+from optistop.spec import DEFAULT_SPEC, load_spec
+from tests.unit.test_policy import synthetic_book
+
+QWEN = DEFAULT_SPEC.parent / "build" / "qwen2.5-trtllm.toml"
+
+
+def words(text: str | None = None, messages: list | None = None) -> Prompt:
+    """A stand-in tokenizer: about four bytes per token, like a BPE vocabulary on English."""
+    assert text is not None
+    return Prompt(tuple(range(len(text) // 4 + 1)), text, text)
+
+
+BOOK = synthetic_book()
+
+
+def request(prompt: str) -> dict[str, np.ndarray]:
+    return {"text_input": np.array([[prompt.encode()]], dtype=object)}
+
+
+def test_a_3000_token_prompt_fits_the_qwen_profile() -> None:
+    spec = load_spec(QWEN, check_paths=False)
+    prompt = "lorem ipsum " * 1000                        # 12,000 bytes, about 3,000 tokens of 4,096
+    assert parse_request(request(prompt), spec, words, BOOK).input_ids
+    assert max_prompt_bytes(spec) >= 4 * spec.max_context_tokens
+
+
+def test_the_byte_cap_scales_with_the_context_and_is_checked_before_tokenizing() -> None:
+    tiny = load_spec(check_paths=False)
+    assert max_prompt_bytes(tiny) < max_prompt_bytes(load_spec(QWEN, check_paths=False))
+
+    def never(text: str | None = None, messages: list | None = None) -> Prompt:
+        raise AssertionError("tokenized a prompt over the byte cap")
+
+    with pytest.raises(RequestError, match=rf"at most {max_prompt_bytes(tiny)} allowed \(64 tokens"):
+        parse_request(request("1" * (max_prompt_bytes(tiny) + 1)), tiny, never, BOOK)
