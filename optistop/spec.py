@@ -9,6 +9,7 @@ names the offending field, e.g. ``cascade.toml: stages[1].cost: costs must stric
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ class Stage:
     tp_size: int = 1          # tensor-parallel degree (GPU profile)
     gpu_ids: tuple[int, ...] = (0,)
     timeout_s: float = 30.0   # a stage call slower than this counts as failed (see cascade.py)
+    url: str = ""             # "host:port" of a Triton gRPC endpoint serving it; "" = same server (BLS)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class CascadeSpec:
     tokenizer: Path
     stages: tuple[Stage, ...]
     predictor_model: str = "quality_predictor"
+    predictor_url: str = ""       # "host:port" of the Triton gRPC endpoint serving it; "" = same server
     default_lambda: float = 10.0
     default_policy: str = "optimal"
     max_tokens_default: int = 16
@@ -59,6 +62,11 @@ class CascadeSpec:
     @property
     def stage_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.stages)
+
+    @property
+    def remote(self) -> bool:
+        """True when any stage or the predictor is served by another Triton server (optistop.serving.remote)."""
+        return bool(self.predictor_url) or any(s.url for s in self.stages)
 
     def stage_index(self, name: str) -> int:
         if name not in self.stage_names:
@@ -78,6 +86,15 @@ def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     if not isinstance(value, kind):
         raise SpecError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
+
+
+def _url(table: dict[str, Any], key: str, where: str) -> str:
+    """A gRPC endpoint as ``host:port`` (no scheme: tritonclient's gRPC client takes it as it is)."""
+    url = _get(table, key, str, where, "")
+    if url and not re.fullmatch(r"[A-Za-z0-9_.\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}", url):
+        raise SpecError(f"{where}.{key}: expected host:port of a Triton gRPC endpoint "
+                        f"(e.g. \"stage-small:8001\"), got {url!r}")
+    return url
 
 
 def _path(base: Path, raw: str, where: str, check: bool) -> Path:
@@ -110,15 +127,18 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         timeout = float(_get(raw, "timeout_s", (int, float), w, 30.0))
         if not math.isfinite(timeout) or timeout <= 0:
             raise SpecError(f"{w}.timeout_s: must be a finite number of seconds > 0, got {timeout!r}")
+        url = _url(raw, "url", w)
         stages.append(Stage(
             name=_get(raw, "name", str, w),
             triton_model=_get(raw, "triton_model", str, w),
-            checkpoint=_path(base, _get(raw, "checkpoint", str, w), f"{w}.checkpoint", check_paths),
+            # a remote stage's weights live with the server that serves it, not here
+            checkpoint=_path(base, _get(raw, "checkpoint", str, w), f"{w}.checkpoint", check_paths and not url),
             cost=cost,
             stands_in_for=_get(raw, "stands_in_for", str, w, ""),
             tp_size=tp,
             gpu_ids=gpu_ids,
             timeout_s=timeout,
+            url=url,
         ))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -141,6 +161,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         tokenizer=_path(base, _get(top, "tokenizer", str, "cascade"), "cascade.tokenizer", check_paths),
         stages=tuple(stages),
         predictor_model=_get(top, "predictor_model", str, "cascade", "quality_predictor"),
+        predictor_url=_url(top, "predictor_url", "cascade"),
         default_lambda=lam,
         default_policy=_get(top, "default_policy", str, "cascade", "optimal"),
         max_tokens_default=default_max,
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for i, s in enumerate(spec.stages):
         print(f"stage {i}: {s.name:8s} model={s.triton_model:14s} cost={s.cost:<5g} tp={s.tp_size} "
-              f"gpus={list(s.gpu_ids)} checkpoint={s.checkpoint}")
+              f"gpus={list(s.gpu_ids)} checkpoint={s.checkpoint}" + (f" url={s.url}" if s.url else ""))
     print(f"lambda={spec.default_lambda} policy={spec.default_policy} predictor={spec.predictor_model}")
     return 0
 

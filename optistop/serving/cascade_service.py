@@ -53,13 +53,15 @@ class CascadeService:
         from optistop.serving.predictor_runtime import PredictorLoadError, load_sidecar
 
         for i, stage in enumerate(self.spec.stages):
-            if not (repo / stage.triton_model / "config.pbtxt").exists():
+            if not stage.url and not (repo / stage.triton_model / "config.pbtxt").exists():
                 raise SpecError(f"stages[{i}].triton_model: model '{stage.triton_model}' is not in the "
                                 f"repository {repo}; models there: {', '.join(sorted(_models(repo)))}")
             theirs = stage.checkpoint / "tokenizer.json"
             if theirs.exists() and _vocab(theirs) != _vocab(self.spec.tokenizer / "tokenizer.json"):
                 raise SpecError(f"stages[{i}].checkpoint: the tokenizer in {stage.checkpoint} differs from "
                                 f"cascade.tokenizer {self.spec.tokenizer}; the cascade tokenizes once for all stages")
+        if self.spec.predictor_url:
+            return  # the remote server's predictor model checks its own sidecar when it loads
         sidecar = repo / self.spec.predictor_model / "1" / "model.json"
         try:
             load_sidecar(sidecar)

@@ -155,8 +155,8 @@ class EmbeddedServer:
         for port, what in ((self.cfg.http_port, "HTTP"), (self.cfg.grpc_port, "gRPC"),
                            (self.cfg.metrics_port, "metrics")):
             check_port_free(self.cfg.host, port, what)
-        if not (self.cfg.repository / "cascade" / "config.pbtxt").exists():
-            raise ServerError(f"{self.cfg.repository} is not a model repository (no cascade/config.pbtxt)")
+        if not any(self.cfg.repository.glob("*/config.pbtxt")):  # a stage-only server has no cascade
+            raise ServerError(f"{self.cfg.repository} is not a model repository (no */config.pbtxt)")
         backend_dir = self.cfg.backend_directory or prepare_python_backend(self.workdir / "backends")
         cmd = build_command(self.cfg, backend_dir)
         if self.log_path:

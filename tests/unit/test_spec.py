@@ -63,3 +63,21 @@ def test_cli_prints_one_error_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "stages[2].cost" in lines[0]
+
+
+def test_remote_stage_url_is_checked_and_its_weights_need_not_be_here(tmp_path: Path) -> None:
+    text = SPEC.replace('checkpoint = "models/tiny/large"', 'checkpoint = "models/tiny/elsewhere"\n'
+                        'url = "stage-large.optistop.svc:8001"')
+    spec = load_spec(_write(tmp_path, text.replace('predictor_model = "quality_predictor"',
+                                                   'predictor_model = "quality_predictor"\n'
+                                                   'predictor_url = "127.0.0.1:8101"')))
+    assert [s.url for s in spec.stages] == ["", "", "stage-large.optistop.svc:8001"]
+    assert spec.predictor_url == "127.0.0.1:8101" and spec.remote
+    assert not load_spec().remote
+
+
+@pytest.mark.parametrize("url", ["http://stage-large:8001", "stage-large", "stage large:8001", "host:80a"])
+def test_bad_url_names_the_field(tmp_path: Path, url: str) -> None:
+    text = SPEC.replace('triton_model = "stage_large"\n', f'triton_model = "stage_large"\nurl = "{url}"\n')
+    with pytest.raises(SpecError, match=r"stages\[2\]\.url: expected host:port"):
+        load_spec(_write(tmp_path, text))
