@@ -57,16 +57,9 @@ def build_split(spec: CascadeSpec, workdir: Path, ports: dict[str, tuple[int, in
         raise SpecError(f"split layout must place each of {wanted} exactly once, got {layout}")
     if set(ports) != {*layout, CASCADE_SERVER}:
         raise SpecError(f"ports needed for servers {sorted({*layout, CASCADE_SERVER})}, got {sorted(ports)}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    link = workdir / "models"
-    if not link.exists():
-        link.symlink_to((source.parent / "models").resolve())
     servers, url_of = [], {}
     for name, models in [*layout.items(), (CASCADE_SERVER, (CASCADE_MODEL,))]:
-        repo = workdir / name
-        shutil.rmtree(repo, ignore_errors=True)
-        for model in models:
-            shutil.copytree(source / model, repo / model, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        repo = subset_repository(source, models, workdir / name)
         http, grpc, metrics = ports[name]
         url_of.update({m: f"{host}:{grpc}" for m in models})
         servers.append(SplitServer(name, models, ServerConfig(repository=repo, host=host, http_port=http,
@@ -76,6 +69,30 @@ def build_split(spec: CascadeSpec, workdir: Path, ports: dict[str, tuple[int, in
         stages=tuple(dataclasses.replace(s, url=url_of[s.triton_model]) for s in spec.stages))
     point_cascade_at(workdir / CASCADE_SERVER / CASCADE_MODEL, remote)
     return servers
+
+
+def subset_repository(source: Path, models: tuple[str, ...] | list[str], repo: Path,
+                      spec: CascadeSpec | None = None) -> Path:
+    """A repository at ``repo`` with copies of ``models`` from ``source`` (one pod's or process's share).
+
+    ``repo.parent/models`` links to the checkpoints beside ``source``, so a stage's relative
+    ``checkpoint_dir`` (../../models/...) resolves as in the source repository. With ``spec``, a copied
+    cascade model is pointed at it (resolved, absolute paths) instead of its ``cascade_spec`` file.
+    """
+    missing = [m for m in models if not (source / m / "config.pbtxt").exists()]
+    if missing:
+        raise SpecError(f"model(s) {', '.join(missing)} not in {source}; models there: "
+                        f"{', '.join(sorted(p.parent.name for p in source.glob('*/config.pbtxt')))}")
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    link = repo.parent / "models"
+    if not link.exists():
+        link.symlink_to((source.parent / "models").resolve())
+    shutil.rmtree(repo, ignore_errors=True)
+    for model in models:
+        shutil.copytree(source / model, repo / model, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if spec is not None and CASCADE_MODEL in models:
+        point_cascade_at(repo / CASCADE_MODEL, spec)
+    return repo
 
 
 def default_ports(layout: dict[str, tuple[str, ...]], http: int, grpc: int, metrics: int) -> dict[str, tuple[int, ...]]:
