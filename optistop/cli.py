@@ -2,6 +2,7 @@
 
 $ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002
 $ optistop serve-split                 # the same cascade with its stages on two other tritonservers (gRPC)
+$ optistop plan --rate 200             # replicas per stage for a request rate (see optistop.perf.plan)
 $ optistop spec cascade.toml           # validate and print a cascade spec
 $ optistop replay --help               # offline replay of stopping policies (see optistop.offline.replay)
 $ optistop repo | collect | label | calibrate --help   # bring your own cascade (see optistop.pipeline)
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"serve": serve, "spec": _spec, "replay": _replay, "repo": _lazy("optistop.pipeline.repository"),
                 "collect": _lazy("optistop.pipeline.collect"), "label": _lazy("optistop.pipeline.label"),
-                "calibrate": _lazy("optistop.pipeline.calibrate"), "serve-split": _lazy("optistop.serving.split")}
+                "calibrate": _lazy("optistop.pipeline.calibrate"), "serve-split": _lazy("optistop.serving.split"),
+                "plan": _lazy("optistop.perf.plan")}
     if not argv or argv[0] not in commands:
         print(f"usage: optistop {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2
