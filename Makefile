@@ -8,7 +8,7 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve models-train models-eval collect predictor models-chat chat-calibrate report bench soak \
+.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split models-train models-eval collect predictor models-chat chat-calibrate report bench soak \
 	gpu-dry-run routellm lock clean
 
 help:
@@ -42,6 +42,11 @@ test-unit test-contract test-parity test-e2e: test-%: venv sysdeps
 
 serve: venv sysdeps $(MODELS) $(PREDICTOR)
 	$(BIN)/optistop serve
+
+# The split layout on loopback: stage servers (8100-8102, 8200-8202) and the cascade (8000-8002) calling
+# them over gRPC, as deploy/ lays them out on Kubernetes.
+serve-split: venv sysdeps $(MODELS) $(PREDICTOR)
+	$(BIN)/optistop serve-split
 
 $(MODELS):
 	$(MAKE) models-train models-eval

@@ -1,6 +1,8 @@
 """The ``optistop`` command.
 
 $ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002
+$ optistop serve-split                 # the same cascade with its stages on two other tritonservers (gRPC)
+$ optistop plan --rate 200             # replicas per stage for a request rate (see optistop.perf.plan)
 $ optistop spec cascade.toml           # validate and print a cascade spec
 $ optistop replay --help               # offline replay of stopping policies (see optistop.offline.replay)
 $ optistop repo | collect | label | calibrate --help   # bring your own cascade (see optistop.pipeline)
@@ -33,7 +35,25 @@ def serve(argv: list[str]) -> int:
                     help="with --tritonserver: its backends directory (default: pytriton's Python backend)")
     ap.add_argument("--log-verbose", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every model to be READY")
+    ap.add_argument("--models", default="", help="serve only these models (comma-separated), from a copy of "
+                    "the repository: one stage server of a split layout or one Kubernetes pod (deploy/)")
+    ap.add_argument("--spec", type=Path, default=None, help="with --models cascade: the cascade spec to serve "
+                    "(e.g. one whose stages have a url) instead of the repository's")
     args = ap.parse_args(argv)
+    if args.models:
+        from optistop.serving.split import subset_repository
+        from optistop.spec import SpecError, load_spec
+
+        try:
+            spec = load_spec(args.spec) if args.spec else None
+            workdir = Path(sys.prefix) / "share" / "optistop" / f"serve-{args.grpc_port}"
+            args.repository = subset_repository(args.repository.resolve(), args.models.split(","),
+                                                workdir / "repository", spec)
+        except SpecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif args.spec:
+        ap.error("--spec goes with --models (it replaces the spec of a copied cascade model)")
     cfg = ServerConfig(repository=args.repository.resolve(), host=args.host, http_port=args.http_port,
                        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                        tritonserver=args.tritonserver, backend_directory=args.backend_directory,
@@ -68,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"serve": serve, "spec": _spec, "replay": _replay, "repo": _lazy("optistop.pipeline.repository"),
                 "collect": _lazy("optistop.pipeline.collect"), "label": _lazy("optistop.pipeline.label"),
-                "calibrate": _lazy("optistop.pipeline.calibrate")}
+                "calibrate": _lazy("optistop.pipeline.calibrate"), "serve-split": _lazy("optistop.serving.split"),
+                "plan": _lazy("optistop.perf.plan")}
     if not argv or argv[0] not in commands:
         print(f"usage: optistop {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ names the offending field, e.g. ``cascade.toml: stages[1].cost: costs must stric
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ class Stage:
     tp_size: int = 1          # tensor-parallel degree (GPU profile)
     gpu_ids: tuple[int, ...] = (0,)
     timeout_s: float = 30.0   # a stage call slower than timeout_for(max_tokens) counts as failed
+    url: str = ""             # "host:port" of a Triton gRPC endpoint serving it; "" = same server (BLS)
     timeout_per_token_s: float = 0.0  # added per requested token: a 1,024-token answer of a 72B takes minutes
 
     def timeout_for(self, max_tokens: int) -> float:
@@ -48,6 +50,7 @@ class CascadeSpec:
     tokenizer: Path
     stages: tuple[Stage, ...]
     predictor_model: str = "quality_predictor"
+    predictor_url: str = ""       # "host:port" of the Triton gRPC endpoint serving it; "" = same server
     default_lambda: float | None = None   # None: the policy artifact's calibrated operating point
     default_policy: str | None = None     # None: the policy artifact's operating policy
     max_tokens_default: int = 16
@@ -68,6 +71,11 @@ class CascadeSpec:
     def stage_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.stages)
 
+    @property
+    def remote(self) -> bool:
+        """True when any stage or the predictor is served by another Triton server (optistop.serving.remote)."""
+        return bool(self.predictor_url) or any(s.url for s in self.stages)
+
     def stage_index(self, name: str) -> int:
         if name not in self.stage_names:
             raise SpecError(f"unknown stage {name!r}; stages are {', '.join(self.stage_names)}")
@@ -86,6 +94,15 @@ def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     if not isinstance(value, kind):
         raise SpecError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
+
+
+def _url(table: dict[str, Any], key: str, where: str) -> str:
+    """A gRPC endpoint as ``host:port`` (no scheme: tritonclient's gRPC client takes it as it is)."""
+    url = _get(table, key, str, where, "")
+    if url and not re.fullmatch(r"[A-Za-z0-9_.\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}", url):
+        raise SpecError(f"{where}.{key}: expected host:port of a Triton gRPC endpoint "
+                        f"(e.g. \"stage-small:8001\"), got {url!r}")
+    return url
 
 
 def _path(base: Path, raw: str, where: str, check: bool) -> Path:
@@ -121,16 +138,19 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         per_token = float(_get(raw, "timeout_per_token_s", (int, float), w, 0.0))
         if not math.isfinite(per_token) or per_token < 0:
             raise SpecError(f"{w}.timeout_per_token_s: must be a finite number of seconds >= 0, got {per_token!r}")
+        url = _url(raw, "url", w)
         stages.append(Stage(
             name=_get(raw, "name", str, w),
             triton_model=_get(raw, "triton_model", str, w),
-            checkpoint=_path(base, _get(raw, "checkpoint", str, w), f"{w}.checkpoint", check_paths),
+            # a remote stage's weights live with the server that serves it, not here
+            checkpoint=_path(base, _get(raw, "checkpoint", str, w), f"{w}.checkpoint", check_paths and not url),
             cost=cost,
             stands_in_for=_get(raw, "stands_in_for", str, w, ""),
             tp_size=tp,
             gpu_ids=gpu_ids,
             timeout_s=timeout,
             timeout_per_token_s=per_token,
+            url=url,
         ))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -157,6 +177,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         tokenizer=_path(base, _get(top, "tokenizer", str, "cascade"), "cascade.tokenizer", check_paths),
         stages=tuple(stages),
         predictor_model=_get(top, "predictor_model", str, "cascade", "quality_predictor"),
+        predictor_url=_url(top, "predictor_url", "cascade"),
         default_lambda=lam,
         default_policy=_get(top, "default_policy", str, "cascade", None),
         max_tokens_default=default_max,
@@ -201,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for i, s in enumerate(spec.stages):
         print(f"stage {i}: {s.name:8s} model={s.triton_model:14s} cost={s.cost:<5g} tp={s.tp_size} "
-              f"gpus={list(s.gpu_ids)} checkpoint={s.checkpoint}")
+              f"gpus={list(s.gpu_ids)} checkpoint={s.checkpoint}" + (f" url={s.url}" if s.url else ""))
     op = "the policy artifact's operating point"
     print(f"policy={spec.default_policy or op} lambda={spec.default_lambda or op} predictor={spec.predictor_model}")
     return 0

@@ -46,8 +46,10 @@ class BlsBackend:
         self._cancels: set[asyncio.Task] = set()   # stop requests in flight (kept referenced until done)
 
     def not_ready(self) -> list[str]:
-        """Names of the stage and predictor models that are not ready (checked before first use)."""
-        names = [s.triton_model for s in self.spec.stages] + [self.spec.predictor_model]
+        """Names of the stage and predictor models of this server that are not ready (checked before first
+        use). Remote ones (a ``url`` in the spec) are not: a dead one is a per-call fault, see remote.py."""
+        names = [s.triton_model for s in self.spec.stages if not s.url]
+        names += [] if self.spec.predictor_url else [self.spec.predictor_model]
         return [n for n in names if not self.pb.is_model_ready(model_name=n)]
 
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:

@@ -62,13 +62,24 @@ class CascadeService:
         from optistop.serving.predictor_runtime import PredictorLoadError, load_sidecar
 
         for i, stage in enumerate(self.spec.stages):
-            if not (repo / stage.triton_model / "config.pbtxt").exists():
+            if not stage.url and not (repo / stage.triton_model / "config.pbtxt").exists():
                 raise SpecError(f"stages[{i}].triton_model: model '{stage.triton_model}' is not in the "
                                 f"repository {repo}; models there: {', '.join(sorted(_models(repo)))}")
             theirs = stage.checkpoint / "tokenizer.json"
             if theirs.exists() and _vocab(theirs) != _vocab(self.spec.tokenizer / "tokenizer.json"):
                 raise SpecError(f"stages[{i}].checkpoint: the tokenizer in {stage.checkpoint} differs from "
                                 f"cascade.tokenizer {self.spec.tokenizer}; the cascade tokenizes once for all stages")
+        if self.spec.predictor_url:
+            # the remote server's predictor checks its own sidecar; the policy is read here all the same
+            # (beside the predictor's files when the repository holds them, else beside the cascade's)
+            local = repo / self.spec.predictor_model / "1" / POLICY_FILE
+            path = local if local.exists() else repo / "cascade" / "1" / POLICY_FILE
+            try:
+                self.policies = load_policy(path)
+                self.policies.check_matches(self.spec.stage_names, self.spec.costs, str(path))
+            except PolicyArtifactError as exc:
+                raise SpecError(f"cascade.predictor_url: {exc}") from None
+            return
         version_dir = repo / self.spec.predictor_model / "1"
         try:
             side = load_sidecar(version_dir / "model.json")

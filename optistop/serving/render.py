@@ -320,14 +320,20 @@ def copy_serving_models(spec: CascadeSpec, src: Path, out: Path) -> list[str]:
         notes.append(f"copied {src / name} -> {out / name}")
     cfg = out / CASCADE_MODEL / "config.pbtxt"
     if cfg.exists():
-        pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
-        text, n = re.subn(pattern, rf"\g<1>{RESOLVED_SPEC}\g<2>", cfg.read_text(encoding="utf-8"))
-        if n != 1:
-            raise SpecError(f"{cfg}: expected one 'cascade_spec' parameter to point at the GPU spec, found {n}")
-        cfg.write_text(text, encoding="utf-8")
-        (out / CASCADE_MODEL / RESOLVED_SPEC).write_text(spec_toml(spec), encoding="utf-8")
-        notes.append(f"wrote {out / CASCADE_MODEL / RESOLVED_SPEC} (cascade_spec of {cfg})")
+        notes.append(point_cascade_at(out / CASCADE_MODEL, spec))
     return notes
+
+
+def point_cascade_at(model_dir: Path, spec: CascadeSpec) -> str:
+    """Write ``spec`` (resolved) into a copied cascade model and set its ``cascade_spec`` parameter to it."""
+    cfg = model_dir / "config.pbtxt"
+    pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
+    text, n = re.subn(pattern, rf"\g<1>{RESOLVED_SPEC}\g<2>", cfg.read_text(encoding="utf-8"))
+    if n != 1:
+        raise SpecError(f"{cfg}: expected one 'cascade_spec' parameter to point at the spec, found {n}")
+    cfg.write_text(text, encoding="utf-8")
+    (model_dir / RESOLVED_SPEC).write_text(spec_toml(spec), encoding="utf-8")
+    return f"wrote {model_dir / RESOLVED_SPEC} (cascade_spec of {cfg})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,3 +87,21 @@ def test_stop_token_ids_are_checked(tmp_path: Path) -> None:
         load_spec(bad, check_paths=False)
     qwen = load_spec(DEFAULT_SPEC.parent / "build" / "qwen2.5-trtllm.toml", check_paths=False)
     assert qwen.stop_token_ids == (151643,)   # <|endoftext|>; <|im_end|> is the tokenizer's eos
+
+
+def test_remote_stage_url_is_checked_and_its_weights_need_not_be_here(tmp_path: Path) -> None:
+    text = SPEC.replace('checkpoint = "models/tiny/large"', 'checkpoint = "models/tiny/elsewhere"\n'
+                        'url = "stage-large.optistop.svc:8001"')
+    spec = load_spec(_write(tmp_path, text.replace('predictor_model = "quality_predictor"',
+                                                   'predictor_model = "quality_predictor"\n'
+                                                   'predictor_url = "127.0.0.1:8101"')))
+    assert [s.url for s in spec.stages] == ["", "", "stage-large.optistop.svc:8001"]
+    assert spec.predictor_url == "127.0.0.1:8101" and spec.remote
+    assert not load_spec().remote
+
+
+@pytest.mark.parametrize("url", ["http://stage-large:8001", "stage-large", "stage large:8001", "host:80a"])
+def test_bad_url_names_the_field(tmp_path: Path, url: str) -> None:
+    text = SPEC.replace('triton_model = "stage_large"\n', f'triton_model = "stage_large"\nurl = "{url}"\n')
+    with pytest.raises(SpecError, match=r"stages\[2\]\.url: expected host:port"):
+        load_spec(_write(tmp_path, text))

@@ -17,9 +17,10 @@ import asyncio
 
 import triton_python_backend_utils as pb_utils
 
-from optistop.serving.bls import PROBE_PROMPT, BlsBackend
+from optistop.serving.bls import PROBE_PROMPT
 from optistop.serving.cascade_service import INPUTS, CascadeService
 from optistop.serving.prometheus import TritonMetrics
+from optistop.serving.remote import backend_for
 from optistop.serving.request import RequestError
 from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
 
@@ -35,7 +36,8 @@ class TritonPythonModel:
             from optistop.serving.predictor_runtime import QualityPredictor
 
             local = QualityPredictor(model_dir.parent / self.service.spec.predictor_model / "1" / "model.onnx")
-        self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id, local)
+        # BLS, or gRPC to another tritonserver for the stages / predictor that the spec gives a url
+        self.backend = backend_for(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id, local)
         self.ready = False  # BLS calls are not allowed in initialize(): check the stages on first use
         spec, book = self.service.spec, self.service.policies
         pb_utils.Logger.log_info(f"cascade '{spec.name}': stages {', '.join(spec.stage_names)}, "
