@@ -81,6 +81,14 @@ STAGE = Contract(
     ),
 )
 
+# The streaming variant of a stage engine (decoupled, as TensorRT-LLM's tensorrt_llm must be to stream):
+# the same contract plus tensorrt_llm's optional ``streaming`` flag. Each response then carries the
+# tokens chosen since the previous one (output_ids (1, 1, new), output_log_probs alike, sequence_length
+# the count in this response); the last response is flagged final.
+STREAMING = "streaming"
+STAGE_STREAM = Contract(inputs=(*STAGE.inputs, Tensor(STREAMING, "BOOL", (1,), optional=True)),
+                        outputs=STAGE.outputs)
+
 # --- cascade (what users call; genai-perf / TRT-LLM ensemble names) -------------------------------
 TEXT_INPUT = "text_input"
 MAX_TOKENS = "max_tokens"

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from optistop import tensors as T
-from optistop.cascade import CascadeBackend, CascadeResult, StageFailure, run_cascade
+from optistop.cascade import CascadeBackend, CascadeRequest, CascadeResult, StageFailure, run_cascade
 from optistop.serving.request import RequestError, parse_request
 from optistop.spec import CascadeSpec, SpecError, load_spec
 
@@ -71,19 +71,22 @@ class CascadeService:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    async def handle(self, inputs: Mapping[str, np.ndarray | None],
-                     backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
-        """Serve one request; never raises: failures come back as ``RequestError`` with a Triton code."""
-        out = await self._handle(inputs, backend)
+    async def handle(self, inputs: Mapping[str, np.ndarray | None], backend: CascadeBackend,
+                     wrap: Callable[[CascadeRequest], CascadeBackend] | None = None,
+                     ) -> dict[str, np.ndarray] | RequestError:
+        """Serve one request; never raises: failures come back as ``RequestError`` with a Triton code.
+        ``wrap`` gives a per-request backend around ``backend`` (streaming: optistop.serving.streaming)."""
+        out = await self._handle(inputs, backend, wrap)
         if self.metrics is not None and isinstance(out, RequestError):
             self.metrics.error(out.code)
         return out
 
-    async def _handle(self, inputs: Mapping[str, np.ndarray | None],
-                      backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
+    async def _handle(self, inputs: Mapping[str, np.ndarray | None], backend: CascadeBackend,
+                      wrap: Callable[[CascadeRequest], CascadeBackend] | None = None,
+                      ) -> dict[str, np.ndarray] | RequestError:
         try:
             req = parse_request(inputs, self.spec, self.encode)
-            result = await run_cascade(req, self.spec, backend, self.decode)
+            result = await run_cascade(req, self.spec, wrap(req) if wrap else backend, self.decode)
         except RequestError as exc:
             return exc
         except StageFailure as exc:

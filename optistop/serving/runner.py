@@ -11,6 +11,7 @@ is not part of the returned tokens; ``hit_max_tokens`` says that no end token ca
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +68,12 @@ class StageModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def generate_ids(self, batch: list[list[int]], max_new_tokens: int,
-                     end_id: int | None = None) -> list[Generated]:
-        """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache."""
+                     end_id: int | None = None,
+                     on_token: Callable[[int, int, float], bool] | None = None) -> list[Generated]:
+        """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache.
+
+        ``on_token(row, token_id, logprob)`` is called as each token is chosen (what a streaming engine
+        sends); returning False stops that row there (a cancelled request), the others go on."""
         import torch
 
         if not batch:
@@ -110,6 +115,8 @@ class StageModel:
                     else:
                         tokens[i].append(int(best[i]))
                         logps[i].append(float(best_lp[i]))
+                        if on_token is not None and not on_token(i, tokens[i][-1], logps[i][-1]):
+                            done[i] = True
                 if bool(done.all()):
                     break
                 step_ids = best[:, None]
