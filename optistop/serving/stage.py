@@ -18,15 +18,16 @@ from optistop import tensors as T
 from optistop.serving.request import RequestError
 from optistop.serving.runner import Generated, StageModel
 
-FAULTS = ("error", "empty", "delay_ms:<N>")
+FAULTS = ("error", "empty", "delay_ms:<N>", "token_delay_ms:<N>")
 
 
 class StageEngine:
     """``fault`` injects a failure for reliability tests (config parameter ``fault_injection``):
-    ``error`` fails every batch, ``empty`` returns no tokens, ``delay_ms:N`` sleeps N ms per batch."""
+    ``error`` fails every batch, ``empty`` returns no tokens, ``delay_ms:N`` sleeps N ms per batch,
+    ``token_delay_ms:N`` sleeps N ms per streamed token (a slow engine, to see tokens arrive over time)."""
 
     def __init__(self, checkpoint_dir: str | Path, threads: int = 1, fault: str = "") -> None:
-        if fault and fault not in FAULTS[:2] and not fault.startswith("delay_ms:"):
+        if fault and fault not in FAULTS[:2] and not fault.startswith(("delay_ms:", "token_delay_ms:")):
             raise ValueError(f"fault_injection {fault!r} is not one of {', '.join(FAULTS)}")
         self.fault = fault
         self.model = StageModel(checkpoint_dir, threads=threads)
@@ -100,6 +101,7 @@ class StageEngine:
             groups.setdefault(end, []).append((i, ids, out_len))
         if self.fault == "empty":
             return results
+        pause = int(self.fault.split(":", 1)[1]) / 1e3 if self.fault.startswith("token_delay_ms:") else 0.0
         for end, members in groups.items():
             sent = [0] * len(members)
 
@@ -108,6 +110,7 @@ class StageEngine:
                 if sent[row] >= out_len:   # decoded past its own budget (batched with a longer one)
                     return False
                 sent[row] += 1
+                time.sleep(pause)
                 return emit(i, to_tensors(Generated((token,), (logprob,), False)))
 
             self.model.generate_ids([m[1] for m in members], max(m[2] for m in members), end_id=end,

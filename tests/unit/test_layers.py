@@ -20,8 +20,9 @@ ALLOWED: dict[str, set[str]] = {
     "predictor": {"core", "offline", "predictor"},
     "tiny": {"core", "serving", "tiny"},
     "report": {"core", "offline", "report"},
-    "perf": {"core", "serving", "offline", "tiny", "perf"},
-    "cli": {"core", "serving", "offline", "predictor", "tiny", "report", "perf", "cli"},
+    "perf": {"core", "serving", "offline", "tiny", "perf", "frontend"},
+    "frontend": {"core", "serving", "frontend"},
+    "cli": {"core", "serving", "offline", "predictor", "tiny", "report", "perf", "frontend", "cli"},
 }
 
 

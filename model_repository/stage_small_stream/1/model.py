@@ -30,13 +30,15 @@ class TritonPythonModel:
         checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
         self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")),
                                   fault=params.get("fault_injection", ""))
-        pb_utils.Logger.log_info(f"{args['model_name']}: streaming {checkpoint}")
+        self.name = args["model_name"]
+        pb_utils.Logger.log_info(f"{self.name}: streaming {checkpoint}")
 
     def execute(self, requests):
         senders = [r.get_response_sender() for r in requests]
 
         def emit(i, tensors):
             if senders[i].is_cancelled():   # the caller went away: stop decoding for it
+                pb_utils.Logger.log_info(f"{self.name}: request cancelled; decoding stopped")
                 return False
             senders[i].send(response(pb_utils, tensors))
             return True
