@@ -7,8 +7,8 @@ tritonclient ``infer`` and perf_analyzer use); ``stream: true`` calls ``cascade_
 one gRPC stream and relays each of its responses as an SSE chunk the moment it arrives, so the client
 sees the terminal stage's tokens as the stage engine generates them. A client that disconnects closes
 the SSE generator, which cancels the gRPC stream; Triton then flags the request cancelled, and the
-cascade stops the stage engine and runs no further stage. Why not Triton's own OpenAI frontend: see
-README "OpenAI-compatible API".
+cascade ends it at the next token or stage boundary (optistop.serving.streaming says what stops).
+Why not Triton's own OpenAI frontend: see README "OpenAI-compatible API".
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ class BlsBackend:
                               max_tokens: int) -> AsyncIterator[tuple[list[int], list[float]]]:
         """The stage's decoupled streaming variant with ``streaming`` = true (as on TensorRT-LLM's
         decoupled tensorrt_llm): yields (new token ids, log-probs) per response as the engine sends them.
-        Closing the generator early (a cancelled client) cancels the engine's request."""
+        Closing the generator early (a cancelled client) cancels the engine's request where the Python
+        backend can (see the finally clause)."""
         pb = self.pb
         model = stream_model(self.spec.stages[stage].triton_model)
         ids = np.asarray([input_ids], dtype=np.int32)                     # (1, L)
@@ -104,7 +105,9 @@ class BlsBackend:
                        [float(x) for x in _first_row(out[T.OUTPUT_LOG_PROBS])[:n]])
         finally:
             if not finished:
-                getattr(responses, "cancel", lambda: None)()  # absent before python_backend 23.10
+                # ResponseIterator.cancel() arrived after python_backend 24.10 (not in the embedded 2.51
+                # stub): there the engine finishes this request (at most max_tokens) unread.
+                getattr(responses, "cancel", lambda: None)()
 
     async def score(self, features: np.ndarray) -> np.ndarray:
         if self.local is not None:

