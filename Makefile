@@ -8,12 +8,13 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split models-train models-eval collect predictor models-chat chat-calibrate report bench soak \
+.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split serve-openai bench-openai models-train models-eval collect predictor models-chat chat-calibrate report bench soak \
 	gpu-dry-run routellm lock clean
 
 help:
 	@echo "make serve   - set up everything and serve the embedded cascade on 127.0.0.1 (HTTP 8000, gRPC 8001)"
 	@echo "make test    - set up everything and run lint + the whole test suite"
+	@echo "make serve-openai - the same server + an OpenAI-compatible API on http://127.0.0.1:9000/v1"
 	@echo "make models-train | models-eval | collect | predictor | report | bench | soak"
 
 $(STAMP): pyproject.toml requirements.lock
@@ -47,6 +48,22 @@ serve: venv sysdeps $(MODELS) $(PREDICTOR)
 # them over gRPC, as deploy/ lays them out on Kubernetes.
 serve-split: venv sysdeps $(MODELS) $(PREDICTOR)
 	$(BIN)/optistop serve-split
+
+# The cascade behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models).
+serve-openai: venv sysdeps $(MODELS) $(PREDICTOR)
+	$(BIN)/optistop openai
+
+# genai-perf in its own venv (its pandas/pyarrow/plotly stay out of .venv), pinned to tritonclient 2.51.
+GP_VENV := .venv-genai-perf
+$(GP_VENV)/.installed: requirements-genai-perf.lock
+	test -x $(GP_VENV)/bin/python || $(PY) -m venv $(GP_VENV)
+	$(GP_VENV)/bin/python -m pip install -q -r requirements-genai-perf.lock
+	touch $@
+
+# TTFT, inter-token latency, throughput: cascade and each stage, streaming chat, concurrency 1 and 4,
+# on a server + front end it starts on free ports (about 5 min on 2 cores) -> bench/openai/.
+bench-openai: venv sysdeps $(GP_VENV)/.installed $(MODELS) $(PREDICTOR)
+	$(BIN)/python -m optistop.perf.openai_bench --genai-perf $(GP_VENV)/bin/genai-perf $(BENCH_OPENAI_ARGS)
 
 $(MODELS):
 	$(MAKE) models-train models-eval
@@ -120,4 +137,4 @@ lock: venv
 	@echo "review requirements.lock.new and move it over requirements.lock"
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(GP_VENV) artifacts .pytest_cache .ruff_cache

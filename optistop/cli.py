@@ -3,6 +3,7 @@
 $ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002
 $ optistop serve-split                 # the same cascade with its stages on two other tritonservers (gRPC)
 $ optistop plan --rate 200             # replicas per stage for a request rate (see optistop.perf.plan)
+$ optistop openai                      # the same + an OpenAI-compatible API on http://127.0.0.1:9000/v1
 $ optistop spec cascade.toml           # validate and print a cascade spec
 $ optistop replay --help               # offline replay of stopping policies (see optistop.offline.replay)
 $ optistop repo | collect | label | calibrate --help   # bring your own cascade (see optistop.pipeline)
@@ -84,12 +85,58 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+def openai(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="optistop openai",
+                                 description="OpenAI-compatible API (/v1/chat/completions, /v1/completions, "
+                                 "/v1/models) over the cascade; starts the embedded tritonserver unless --attach.")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; no authentication)")
+    ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument("--attach", metavar="GRPC_URL", default=None,
+                    help="use a running tritonserver (e.g. 127.0.0.1:8001) instead of starting one")
+    ap.add_argument("--spec", type=Path, default=None, help="cascade spec of that server (default cascade.toml)")
+    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    ap.add_argument("--http-port", type=int, default=8000, help="the started tritonserver's ports")
+    ap.add_argument("--grpc-port", type=int, default=8001)
+    ap.add_argument("--metrics-port", type=int, default=8002)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every model to be READY")
+    args = ap.parse_args(argv)
+    import uvicorn
+
+    from optistop.frontend.app import build_app
+
+    server = None
+    url = args.attach
+    if url is None:
+        cfg = ServerConfig(repository=args.repository.resolve(), http_port=args.http_port,
+                           grpc_port=args.grpc_port, metrics_port=args.metrics_port)
+        server = EmbeddedServer(cfg)
+        try:
+            server.start()
+            print(f"starting tritonserver on {cfg.host} with {cfg.repository} ...", flush=True)
+            server.wait_ready(args.timeout)
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            server.stop()
+            return 1
+        url = cfg.grpc_url
+    print(f"ready: OpenAI API on http://{args.host}:{args.port}/v1 (Triton gRPC {url}); Ctrl-C stops both",
+          flush=True)
+    try:
+        uvicorn.run(build_app(url, args.spec), host=args.host, port=args.port, log_level="warning")
+    finally:
+        if server is not None:
+            print("stopping tritonserver ...", flush=True)
+            server.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"serve": serve, "spec": _spec, "replay": _replay, "repo": _lazy("optistop.pipeline.repository"),
                 "collect": _lazy("optistop.pipeline.collect"), "label": _lazy("optistop.pipeline.label"),
                 "calibrate": _lazy("optistop.pipeline.calibrate"), "serve-split": _lazy("optistop.serving.split"),
-                "plan": _lazy("optistop.perf.plan")}
+                "plan": _lazy("optistop.perf.plan"),
+                "openai": openai}
     if not argv or argv[0] not in commands:
         print(f"usage: optistop {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

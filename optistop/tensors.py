@@ -159,6 +159,14 @@ def parse_stop_words_list(arr: np.ndarray | None) -> tuple[tuple[int, ...], ...]
     return tuple(words)
 
 
+# The streaming variant of a stage engine (decoupled, as TensorRT-LLM's tensorrt_llm must be to stream):
+# the same contract plus tensorrt_llm's optional ``streaming`` flag. Each response then carries the
+# tokens chosen since the previous one (output_ids (1, 1, new), output_log_probs alike, sequence_length
+# the count in this response); the last response is flagged final.
+STREAMING = "streaming"
+STAGE_STREAM = Contract(inputs=(*STAGE.inputs, Tensor(STREAMING, "BOOL", (1,), optional=True)),
+                        outputs=STAGE.outputs)
+
 # --- cascade (what users call; genai-perf / TRT-LLM ensemble names) -------------------------------
 TEXT_INPUT = "text_input"
 MESSAGES = "messages"      # extension: OpenAI-style chat messages as JSON (instead of text_input)

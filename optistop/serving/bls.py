@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from optistop import tensors as T
 from optistop.cascade import StageFailure, StageOutput
+from optistop.serving.streaming import stream_model
 from optistop.spec import CascadeSpec
 
 STAGE_OUTPUTS = [T.OUTPUT_IDS, T.SEQUENCE_LENGTH, T.OUTPUT_LOG_PROBS]
@@ -45,11 +46,13 @@ class BlsBackend:
         self.pad_id = pad_id
         self._cancels: set[asyncio.Task] = set()   # stop requests in flight (kept referenced until done)
 
-    def not_ready(self) -> list[str]:
+    def not_ready(self, streaming: bool = False) -> list[str]:
         """Names of the stage and predictor models of this server that are not ready (checked before first
-        use). Remote ones (a ``url`` in the spec) are not: a dead one is a per-call fault, see remote.py."""
+        use); ``streaming``: the stages' streaming variants too. Remote ones (a ``url`` in the spec) are
+        not: a dead one is a per-call fault, see remote.py."""
         names = [s.triton_model for s in self.spec.stages if not s.url]
         names += [] if self.spec.predictor_url else [self.spec.predictor_model]
+        names += [stream_model(s.triton_model) for s in self.spec.stages if not s.url] if streaming else []
         return [n for n in names if not self.pb.is_model_ready(model_name=n)]
 
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
@@ -112,6 +115,51 @@ class BlsBackend:
                 return (f"stage self-test failed: stage '{stage.triton_model}' returned all-zero output_log_probs "
                         f"for {len(out.logprobs)} tokens; set its parameter normalize_log_probs to \"false\"")
         return None
+
+    async def generate_stream(self, stage: int, input_ids: Sequence[int],
+                              max_tokens: int) -> AsyncIterator[tuple[list[int], list[float]]]:
+        """The stage's decoupled streaming variant with ``streaming`` = true (as on TensorRT-LLM's
+        decoupled tensorrt_llm): yields (new token ids, log-probs) per response as the engine sends them.
+        Closing the generator early (a cancelled client) cancels the engine's request where the Python
+        backend can (see the finally clause)."""
+        pb = self.pb
+        model = stream_model(self.spec.stages[stage].triton_model)
+        ids = np.asarray([input_ids], dtype=np.int32)                     # (1, L)
+        inputs = [
+            pb.Tensor(T.INPUT_IDS, ids),
+            pb.Tensor(T.INPUT_LENGTHS, np.asarray([[ids.shape[1]]], dtype=np.int32)),
+            pb.Tensor(T.REQUEST_OUTPUT_LEN, np.asarray([[max_tokens]], dtype=np.int32)),
+            pb.Tensor(T.END_ID, np.asarray([[self.end_id]], dtype=np.int32)),
+            pb.Tensor(T.PAD_ID, np.asarray([[self.pad_id]], dtype=np.int32)),
+            pb.Tensor(T.RETURN_LOG_PROBS, np.asarray([[True]], dtype=bool)),
+            pb.Tensor(T.STREAMING, np.asarray([[True]], dtype=bool)),
+        ]
+        request = pb.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=STAGE_OUTPUTS)
+        responses = await request.async_exec(decoupled=True)
+        loop = asyncio.get_running_loop()
+        finished = False
+        try:
+            while True:
+                # The iterator's next() blocks until the engine sends; wait in a thread so this model's
+                # event loop keeps serving its other requests meanwhile.
+                resp = await loop.run_in_executor(None, next, responses, None)
+                if resp is None:
+                    finished = True
+                    return
+                if resp.has_error():
+                    finished = True
+                    raise StageFailure(stage, f"stage '{model}' failed: {resp.error().message()}")
+                if not resp.output_tensors():   # the final flag may come as an empty response
+                    continue
+                out = {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in STAGE_OUTPUTS}
+                n = int(np.asarray(out[T.SEQUENCE_LENGTH]).reshape(-1)[0])
+                yield ([int(t) for t in _first_row(out[T.OUTPUT_IDS])[:n]],
+                       [float(x) for x in _first_row(out[T.OUTPUT_LOG_PROBS])[:n]])
+        finally:
+            if not finished:
+                # ResponseIterator.cancel() arrived after python_backend 24.10 (not in the embedded 2.51
+                # stub): there the engine finishes this request (at most max_tokens) unread.
+                getattr(responses, "cancel", lambda: None)()
 
     async def score(self, features: np.ndarray) -> np.ndarray:
         if self.local is not None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from optistop import tensors as T
-from optistop.cascade import CascadeBackend, CascadeResult, StageFailure, run_cascade
+from optistop.cascade import CascadeBackend, CascadeRequest, CascadeResult, StageFailure, run_cascade
 from optistop.policy_artifact import FILE_NAME as POLICY_FILE
 from optistop.policy_artifact import PolicyArtifactError, PolicyBook, load_policy
 from optistop.serving.request import RequestError, parse_request
@@ -107,20 +107,23 @@ class CascadeService:
     def decode(self, ids) -> str:
         return self.encoder.decode(ids)
 
-    async def handle(self, inputs: Mapping[str, np.ndarray | None],
-                     backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
-        """Serve one request; never raises: failures come back as ``RequestError`` with a Triton code."""
-        out = await self._handle(inputs, backend)
+    async def handle(self, inputs: Mapping[str, np.ndarray | None], backend: CascadeBackend,
+                     wrap: Callable[[CascadeRequest], CascadeBackend] | None = None,
+                     ) -> dict[str, np.ndarray] | RequestError:
+        """Serve one request; never raises: failures come back as ``RequestError`` with a Triton code.
+        ``wrap`` gives a per-request backend around ``backend`` (streaming: optistop.serving.streaming)."""
+        out = await self._handle(inputs, backend, wrap)
         if self.metrics is not None and isinstance(out, RequestError):
             self.metrics.error(out.code)
         return out
 
-    async def _handle(self, inputs: Mapping[str, np.ndarray | None],
-                      backend: CascadeBackend) -> dict[str, np.ndarray] | RequestError:
+    async def _handle(self, inputs: Mapping[str, np.ndarray | None], backend: CascadeBackend,
+                      wrap: Callable[[CascadeRequest], CascadeBackend] | None = None,
+                      ) -> dict[str, np.ndarray] | RequestError:
         try:
             assert self.policies is not None, "check_repository() loads the policy artifact"
             req = parse_request(inputs, self.spec, self.encoder.encode, self.policies)
-            result = await run_cascade(req, self.spec, backend, self.decode)
+            result = await run_cascade(req, self.spec, wrap(req) if wrap else backend, self.decode)
         except RequestError as exc:
             return exc
         except StageFailure as exc:

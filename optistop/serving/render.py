@@ -34,8 +34,9 @@ from typing import Any
 
 import tomllib
 
+from optistop.serving.streaming import stream_model
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, Stage, load_spec
-from optistop.tensors import STAGE, Contract, Tensor
+from optistop.tensors import STAGE, STAGE_STREAM, Contract, Tensor
 
 REPO_ROOT = DEFAULT_SPEC.parent
 PROFILES = ("cpu", "trtllm", "llmapi")
@@ -228,35 +229,45 @@ def stage_parameters(stage: Stage, profile: str, repo: Path, engines_dir: Path |
 
 def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo: Path,
                  engines_dir: Path | None = None, trt: TrtllmSettings | None = None,
-                 contract: Contract = STAGE) -> Rendered:
-    """Render one stage's config.pbtxt: the only function that writes stage configs, for both profiles."""
+                 contract: Contract = STAGE, stream: bool = False) -> Rendered:
+    """Render one stage's config.pbtxt: the only function that writes stage configs, for both profiles.
+
+    ``stream``: the decoupled streaming variant ``<triton_model>_stream`` (cpu profile; see
+    optistop.serving.streaming), same checkpoint, contract STAGE_STREAM."""
     if profile not in PROFILES:
         raise SpecError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
     trtllm = profile == "trtllm"
     if trtllm and (engines_dir is None or trt is None):
         raise SpecError("profile trtllm needs an engines dir and the spec's [trtllm] table")
     s = trt.for_stage(stage.name) if trtllm and trt else None
+    name = stream_model(stage.triton_model) if stream else stage.triton_model
+    contract = STAGE_STREAM if stream else contract
+    policy = "model_transaction_policy {\n  decoupled: %s\n}\n"
     text = STAGE_TEMPLATE.substitute(
-        source=spec_label(spec), profile=profile, name=stage.triton_model,
+        source=spec_label(spec), profile=profile, name=name,
         backend="tensorrtllm" if trtllm else "python",
         max_batch_size=s.triton_max_batch_size if s else 8,
         # the cascade BLS calls stages with exec(decoupled=False); the callee must agree
-        transaction_policy="model_transaction_policy {\n  decoupled: false\n}\n" if trtllm else "",
+        transaction_policy=policy % "true" if stream else (policy % "false" if trtllm else ""),
         inputs=",\n".join(_tensor(t, trtllm) for t in contract.inputs),
         outputs=",\n".join(_tensor(t, False) for t in contract.outputs),
         queue_delay_us=s.max_queue_delay_microseconds if s else 2000,
         parameters=_parameters(stage_parameters(stage, profile, repo, engines_dir, s,
                                                 trt.executor_worker_path if trt else "")),
     )
-    return Rendered(stage, repo / stage.triton_model / "config.pbtxt", text)
+    return Rendered(stage, repo / name / "config.pbtxt", text)
 
 
 def render_all(spec: CascadeSpec, *, profile: str, repo: Path, engines_dir: Path | None = None,
                trt: TrtllmSettings | None = None, only: Sequence[str] = ()) -> list[Rendered]:
     for name in only:
         spec.stage_index(name)  # raises SpecError naming the valid stages
-    return [render_stage(spec, s, profile=profile, repo=repo, engines_dir=engines_dir, trt=trt)
-            for s in spec.stages if not only or s.name in only]
+    out = [render_stage(spec, s, profile=profile, repo=repo, engines_dir=engines_dir, trt=trt)
+           for s in spec.stages if not only or s.name in only]
+    if profile == "cpu":  # the embedded server also serves each stage's streaming variant
+        out += [render_stage(spec, s, profile=profile, repo=repo, stream=True)
+                for s in spec.stages if not only or s.name in only]
+    return out
 
 
 def rebase_checkpoints(spec: CascadeSpec, model_dir: Path) -> CascadeSpec:

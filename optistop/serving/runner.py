@@ -11,6 +11,7 @@ is not part of the returned tokens; ``hit_max_tokens`` says that no end token ca
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,11 +68,14 @@ class StageModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def generate_ids(self, batch: list[list[int]], max_new_tokens: int, end_id: int | None = None,
-                     stop_words: tuple[tuple[int, ...], ...] = ()) -> list[Generated]:
+                     stop_words: tuple[tuple[int, ...], ...] = (),
+                     on_token: Callable[[int, int, float], bool] | None = None) -> list[Generated]:
         """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache.
 
         A sequence also ends once its tokens end with one of ``stop_words``; the stop word stays in
-        its output (unlike ``end_id``), as in TensorRT-LLM."""
+        its output (unlike ``end_id``), as in TensorRT-LLM. ``on_token(row, token_id, logprob)`` is called
+        as each token is chosen (what a streaming engine sends); returning False stops that row there (a
+        cancelled request), the others go on."""
         import torch
 
         if not batch:
@@ -114,6 +118,8 @@ class StageModel:
                         tokens[i].append(int(best[i]))
                         logps[i].append(float(best_lp[i]))
                         done[i] = any(tuple(tokens[i][-len(w):]) == w for w in stop_words)
+                        if on_token is not None and not on_token(i, tokens[i][-1], logps[i][-1]):
+                            done[i] = True
                 if bool(done.all()):
                     break
                 step_ids = best[:, None]

@@ -9,7 +9,7 @@ log-prob per generated token. Shapes carry Triton's batch dimension and one beam
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +18,17 @@ from optistop import tensors as T
 from optistop.serving.request import RequestError
 from optistop.serving.runner import Generated, StageModel
 
-FAULTS = ("error", "empty", "delay_ms:<N>")
+FAULTS = ("error", "empty", "delay_ms:<N>", "token_delay_ms:<N>")
 StopWords = tuple[tuple[int, ...], ...]
 
 
 class StageEngine:
     """``fault`` injects a failure for reliability tests (config parameter ``fault_injection``):
-    ``error`` fails every batch, ``empty`` returns no tokens, ``delay_ms:N`` sleeps N ms per batch."""
+    ``error`` fails every batch, ``empty`` returns no tokens, ``delay_ms:N`` sleeps N ms per batch,
+    ``token_delay_ms:N`` sleeps N ms per streamed token (a slow engine, to see tokens arrive over time)."""
 
     def __init__(self, checkpoint_dir: str | Path, threads: int = 1, fault: str = "") -> None:
-        if fault and fault not in FAULTS[:2] and not fault.startswith("delay_ms:"):
+        if fault and fault not in FAULTS[:2] and not fault.startswith(("delay_ms:", "token_delay_ms:")):
             raise ValueError(f"fault_injection {fault!r} is not one of {', '.join(FAULTS)}")
         self.fault = fault
         self.model = StageModel(checkpoint_dir, threads=threads)
@@ -88,6 +89,43 @@ class StageEngine:
                 results[i] = to_tensors(g)
         return results
 
+
+    def run_streaming(self, batch: Sequence[Mapping[str, np.ndarray | None]],
+                      emit: Callable[[int, dict[str, np.ndarray]], bool]) -> list[RequestError | None]:
+        """Serve a batch token by token: ``emit(i, tensors)`` sends request i the token just chosen
+        (the tensorrt_llm streaming shape, one token per response) and returns False when that request
+        was cancelled, which stops its decoding. Returns per request None (done) or its RequestError;
+        the caller sends each request's final flag."""
+        if self.fault == "error":
+            raise RuntimeError("injected fault: error")
+        if self.fault.startswith("delay_ms:"):
+            time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
+        results: list[RequestError | None] = [None] * len(batch)
+        groups: dict[int, list[tuple[int, list[int], int]]] = {}
+        for i, inputs in enumerate(batch):
+            try:
+                ids, out_len, end = self.parse(inputs)
+            except RequestError as exc:
+                results[i] = exc
+                continue
+            groups.setdefault(end, []).append((i, ids, out_len))
+        if self.fault == "empty":
+            return results
+        pause = int(self.fault.split(":", 1)[1]) / 1e3 if self.fault.startswith("token_delay_ms:") else 0.0
+        for end, members in groups.items():
+            sent = [0] * len(members)
+
+            def on_token(row: int, token: int, logprob: float, members=members, sent=sent) -> bool:
+                i, _, out_len = members[row]
+                if sent[row] >= out_len:   # decoded past its own budget (batched with a longer one)
+                    return False
+                sent[row] += 1
+                time.sleep(pause)
+                return emit(i, to_tensors(Generated((token,), (logprob,), False)))
+
+            self.model.generate_ids([m[1] for m in members], max(m[2] for m in members), end_id=end,
+                                    on_token=on_token)
+        return results
 
 def _truncate(g: Generated, n: int) -> Generated:
     """Cut a sequence decoded past its own budget (batched with a longer one) back to ``n`` tokens.

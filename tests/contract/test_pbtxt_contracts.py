@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from optistop.serving import render
+from optistop.serving.streaming import stream_model
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, load_spec
-from optistop.tensors import CASCADE, PREDICTOR, STAGE, Contract
+from optistop.tensors import CASCADE, PREDICTOR, STAGE, STAGE_STREAM, Contract
 
 text_format = pytest.importorskip("google.protobuf.text_format")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -88,7 +89,26 @@ def test_cpu_stage_config_matches_contract_and_spec(stage) -> None:
     assert "do not edit by hand" in path.read_text().splitlines()[0]
 
 
-@pytest.mark.parametrize(("model", "contract"), [("cascade", CASCADE), ("quality_predictor", PREDICTOR)])
+@pytest.mark.parametrize("stage", load_spec(DEFAULT_SPEC, check_paths=False).stages, ids=lambda s: s.name)
+def test_cpu_streaming_stage_is_decoupled_with_the_same_checkpoint(stage) -> None:
+    plain = parse(REPO / stage.triton_model / "config.pbtxt")
+    path = REPO / stream_model(stage.triton_model) / "config.pbtxt"
+    cfg = parse(path)
+    assert_contract(cfg, STAGE_STREAM, str(path))
+    assert cfg.model_transaction_policy.decoupled and not plain.model_transaction_policy.decoupled
+    assert params(cfg) == params(plain)   # same checkpoint, same threads
+
+
+def test_cascade_stream_is_cascade_made_decoupled() -> None:
+    plain, stream = parse(REPO / "cascade" / "config.pbtxt"), parse(REPO / "cascade_stream" / "config.pbtxt")
+    assert stream.model_transaction_policy.decoupled and not plain.model_transaction_policy.decoupled
+    stream.ClearField("model_transaction_policy")
+    stream.name = plain.name
+    assert stream == plain, "cascade_stream must differ from cascade only in name and decoupled"
+
+
+@pytest.mark.parametrize(("model", "contract"), [("cascade", CASCADE), ("cascade_stream", CASCADE),
+                                                 ("quality_predictor", PREDICTOR)])
 def test_serving_models_match_their_contracts(model: str, contract: Contract) -> None:
     path = REPO / model / "config.pbtxt"
     if not path.exists():

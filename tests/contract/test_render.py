@@ -17,7 +17,8 @@ GPU_PROFILES = sorted((ROOT / "build").glob("*-trtllm.toml"))
 def test_committed_cpu_configs_are_rendered_not_hand_edited() -> None:
     spec = load_spec(DEFAULT_SPEC, check_paths=False)
     rendered = render.render_all(spec, profile="cpu", repo=ROOT / "model_repository")
-    assert [r.path.parent.name for r in rendered] == [s.triton_model for s in spec.stages]
+    names = [s.triton_model for s in spec.stages]
+    assert [r.path.parent.name for r in rendered] == names + [f"{n}_stream" for n in names]
     for r in rendered:
         assert r.path.exists(), f"{r.path} missing; run python -m optistop.serving.render"
         assert r.path.read_text() == r.text, f"{r.path} is hand-edited; run python -m optistop.serving.render"

@@ -21,8 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "tiny": {"core", "serving", "tiny"},
     "report": {"core", "offline", "report"},
     "pipeline": {"core", "serving", "offline", "predictor", "pipeline"},
-    "perf": {"core", "serving", "offline", "tiny", "perf"},
-    "cli": {"core", "serving", "offline", "predictor", "tiny", "report", "perf", "pipeline", "cli"},
+    "perf": {"core", "serving", "offline", "tiny", "perf", "frontend"},
+    "frontend": {"core", "serving", "frontend"},
+    "cli": {"core", "serving", "offline", "predictor", "tiny", "report", "perf", "pipeline", "frontend", "cli"},
 }
 
 

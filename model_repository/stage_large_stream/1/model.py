@@ -1,0 +1,1 @@
+../../stage_small_stream/1/model.py

@@ -1,0 +1,57 @@
+"""Streaming stage engine (decoupled): thin glue over optistop.serving.stage.StageEngine.run_streaming.
+
+The same checkpoint and tensor contract as stage_small, plus tensorrt_llm's ``streaming`` input: each
+generated token goes out in its own response as it is chosen, then a final flag. The cascade_stream model
+calls it for the last stage it runs; stage_medium_stream and stage_large_stream link to this file.
+"""
+
+# ruff: noqa: E402
+import os
+import sys
+
+# The backend stub embeds the system libpython and ignores PYTHONPATH; apply it here, before anything
+# imports numpy (pb_utils does), so the project's environment is importable. A no-op in the container.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import triton_python_backend_utils as pb_utils
+
+from optistop import tensors as T
+from optistop.serving.request import RequestError
+from optistop.serving.stage import StageEngine
+from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+
+INPUTS = [t.name for t in T.STAGE_STREAM.inputs]
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _, params, model_dir = model_parameters(args)
+        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
+        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")),
+                                  fault=params.get("fault_injection", ""))
+        self.name = args["model_name"]
+        pb_utils.Logger.log_info(f"{self.name}: streaming {checkpoint}")
+
+    def execute(self, requests):
+        senders = [r.get_response_sender() for r in requests]
+
+        def emit(i, tensors):
+            if senders[i].is_cancelled():   # the caller went away: stop decoding for it
+                pb_utils.Logger.log_info(f"{self.name}: request cancelled; decoding stopped")
+                return False
+            senders[i].send(response(pb_utils, tensors))
+            return True
+
+        try:
+            results = self.engine.run_streaming([read_inputs(pb_utils, r, INPUTS) for r in requests], emit)
+        except Exception as exc:  # the whole batch failed: log detail, answer each request plainly
+            pb_utils.Logger.log_error(f"stage batch failed: {exc!r}")
+            err = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
+            results = [err] * len(requests)
+        for sender, res in zip(senders, results):
+            if isinstance(res, RequestError):
+                sender.send(error_response(pb_utils, res), flags=FINAL)
+            else:
+                sender.send(flags=FINAL)
+        return None

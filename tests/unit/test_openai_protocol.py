@@ -1,0 +1,112 @@
+"""optistop.frontend.protocol: OpenAI bodies -> cascade inputs, and every rejection in OpenAI's shape."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from optistop import tensors as T
+from optistop.frontend import protocol as P
+from optistop.serving.tokenizers import Prompt
+from optistop.spec import load_spec
+from tests.unit.test_policy import synthetic_book
+
+SPEC = load_spec(check_paths=False)
+
+
+def encode(text: str | None = None, messages: list | None = None) -> Prompt:
+    """One token per character plus a BOS, like the tiny tokenizer (no chat template: the last user turn)."""
+    text = text if messages is None else [m["content"] for m in messages if m["role"] == "user"][-1]
+    return Prompt(tuple([1] + [ord(c) % 50 + 2 for c in text]), text, text)
+
+
+BOOK = synthetic_book()
+
+
+def call(body: dict, chat: bool = False) -> P.Call:
+    return P.parse_call(body, SPEC, encode, BOOK, chat=chat)
+
+
+def rejected(body: dict, chat: bool = False) -> P.ApiError:
+    with pytest.raises(P.ApiError) as info:
+        call(body, chat)
+    return info.value
+
+
+def test_a_stage_model_is_the_cascade_fixed_to_that_stage() -> None:
+    c = call({"model": "stage_medium", "prompt": "12+35=", "max_tokens": 8})
+    assert c.inputs[T.POLICY][0, 0] == b"fixed:1" and c.inputs[T.MAX_TOKENS].dtype == np.int32
+    assert (c.max_tokens, c.prompt_tokens, c.stream) == (8, 7, False)
+
+
+def test_lambda_policy_and_echo_become_cascade_inputs() -> None:
+    c = call({"model": "cascade", "prompt": ["R:ab="], "lambda": 4, "policy": "paper", "echo": True})
+    assert c.inputs[T.LAMBDA].dtype == np.float32 and c.inputs[T.LAMBDA][0, 0] == 4.0
+    assert c.inputs[T.POLICY][0, 0] == b"paper" and not c.inputs[T.EXCLUDE_INPUT_IN_OUTPUT][0, 0]
+    assert c.max_tokens == SPEC.max_tokens_default
+
+
+@pytest.mark.parametrize(("body", "status", "param", "code"), [
+    ({"model": "gpt-4", "prompt": "1+1="}, 404, "model", "model_not_found"),
+    ({"model": "cascade", "prompt": 3}, 400, "prompt", None),
+    ({"model": "cascade", "prompt": "1+1=", "n": 2}, 400, "n", None),
+    ({"model": "cascade", "prompt": "1+1=", "lambda": -1}, 400, "lambda", None),
+    ({"model": "cascade", "prompt": "1+1=", "lambda": "high"}, 400, "lambda", None),
+    ({"model": "cascade", "prompt": "1+1=", "lambda": True}, 400, "lambda", None),
+    ({"model": "cascade", "prompt": "1+1=", "policy": "best"}, 400, "policy", None),
+    ({"model": "cascade", "prompt": "1+1=", "max_tokens": 999}, 400, "max_tokens", None),
+    ({"model": "cascade", "prompt": "   "}, 400, "prompt", None),
+    ({"model": "cascade", "prompt": "9" * 60}, 400, "prompt", "context_length_exceeded"),
+    ({"model": "stage_large", "prompt": "1+1=", "policy": "optimal"}, 400, "policy", None),
+    ({"model": "cascade", "prompt": "1+1=", "stream": "yes"}, 400, "stream", None),
+])
+def test_rejections_name_the_field(body: dict, status: int, param: str, code: str | None) -> None:
+    err = rejected(body)
+    assert (err.status, err.param, err.code) == (status, param, code)
+    assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_chat_messages_go_to_the_cascade_as_json() -> None:
+    """The cascade applies the family's chat template itself, once: the front end forwards the messages."""
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "1+1="},
+            {"role": "assistant", "content": "2"}, {"role": "user", "content": "R:abc="}]
+    c = call({"model": "cascade", "messages": msgs}, chat=True)
+    assert json.loads(c.inputs[T.MESSAGES][0, 0].decode()) == msgs and T.TEXT_INPUT not in c.inputs
+    assert c.prompt_tokens == 1 + len("R:abc=")
+    assert rejected({"model": "cascade", "messages": []}, chat=True).param == "messages"
+    assert rejected({"model": "cascade", "messages": [{"role": "system", "content": "x"}]}, chat=True).param \
+        == "messages"
+    assert rejected({"model": "cascade", "messages": [{"role": "user", "content": "9" * 60}]},
+                    chat=True).param == "messages"
+
+
+def test_bad_json_is_a_400() -> None:
+    for raw in (b"{", b"[1, 2]", b"\xff"):
+        with pytest.raises(P.ApiError) as info:
+            P.parse_body(raw)
+        assert info.value.status == 400
+
+
+def test_chunks_and_completion_have_openais_shape() -> None:
+    c = call({"model": "cascade", "messages": [{"role": "user", "content": "1+1="}], "max_tokens": 2}, chat=True)
+    first = P.chunk(c, "4", first=True)
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"] == {"role": "assistant",
+                                                                                            "content": "4"}
+    assert P.chunk(c, None, usage_=P.usage(c, 2))["choices"] == []
+    body = P.completion(c, "42", 2, {"stage": 0})
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["total_tokens"] == c.prompt_tokens + 2
+    assert P.sse(first).startswith(b"data: {") and json.loads(P.sse(first)[6:]) == first
+    assert P.sse("[DONE]") == b"data: [DONE]\n\n"
+
+
+def test_metadata_turns_nan_into_null() -> None:
+    out = T.CASCADE.cast_outputs({
+        T.TEXT_OUTPUT: [["x"]], T.STAGE_INDEX: [[2]], T.STAGE_MODEL: [["stage_large"]],
+        T.CONFIDENCES: [[0.1, float("nan")]], T.THRESHOLDS: [[0.5, float("nan")]], T.COST: [[11.0]],
+        T.STAGE_LATENCY_MS: [[3.0, 4.0]], T.STAGES_RUN: [[0, 2]], T.DEGRADED: [[True]],
+        T.DEGRADED_REASON: [["predictor failed"]], T.CONTROLLER_MS: [[1.5]]})
+    meta = P.metadata(out)
+    assert meta["confidences"][1] is None and meta["stages_run"] == [0, 2] and meta["degraded"]
+    assert json.dumps(meta)   # plain JSON, no NaN
