@@ -3,10 +3,17 @@
 Stage engines are called non-decoupled (one response per request), which is how the embedded stand-ins
 and the rendered TensorRT-LLM configs are set up. ``pb_utils`` is passed in so this module imports
 without Triton.
+
+A dead model (its backend stub killed, not loaded, being reloaded) is told apart from one that failed on
+this request: tritonserver 2.51 answers ``Stub process '<model>_0_0' is not healthy`` only after about
+a second, so after such an answer the model is marked down for ``DOWN_S`` and calls to it fail at once.
+The cascade loop then degrades to the living stages (optistop/cascade.py) instead of every request
+paying that second while the supervisor reloads the model (optistop/serving/supervisor.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -17,6 +24,13 @@ from optistop.cascade import StageFailure, StageOutput
 from optistop.spec import CascadeSpec
 
 STAGE_OUTPUTS = [T.OUTPUT_IDS, T.SEQUENCE_LENGTH, T.OUTPUT_LOG_PROBS]
+DOWN_S = 1.0
+# Substrings of Triton's errors for a model that cannot serve at all (as opposed to a failed request)
+DEAD_MARKERS = ("is not healthy", "is not ready", "unknown model", "no available versions", "is not found")
+
+
+def is_dead_model_error(message: str) -> bool:
+    return any(m in message for m in DEAD_MARKERS)
 
 
 class LocalPredictor(Protocol):
@@ -34,11 +48,23 @@ class BlsBackend:
         self.spec = spec
         self.end_id = end_id
         self.pad_id = pad_id
+        self._down: dict[str, tuple[float, str]] = {}  # model -> (monotonic time it is retried, why)
 
-    def not_ready(self) -> list[str]:
-        """Names of the stage and predictor models that are not ready (checked before first use)."""
-        names = [s.triton_model for s in self.spec.stages] + [self.spec.predictor_model]
-        return [n for n in names if not self.pb.is_model_ready(model_name=n)]
+    async def _exec(self, model: str, what: str, stage: int, inputs: list, outputs: list[str]):
+        """One BLS call; a dead model raises ``StageFailure`` saying so, and is not retried for DOWN_S."""
+        down = self._down.get(model)
+        if down is not None and time.monotonic() < down[0]:
+            raise StageFailure(stage, f"{what} is unavailable: {down[1]}")
+        request = self.pb.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs)
+        resp = await request.async_exec()
+        if resp.has_error():
+            msg = resp.error().message()
+            if is_dead_model_error(msg):
+                self._down[model] = (time.monotonic() + DOWN_S, msg)
+                raise StageFailure(stage, f"{what} is unavailable: {msg}")
+            raise StageFailure(stage, f"{what} failed: {msg}")
+        self._down.pop(model, None)
+        return resp
 
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
         pb = self.pb
@@ -52,11 +78,7 @@ class BlsBackend:
             pb.Tensor(T.PAD_ID, np.asarray([[self.pad_id]], dtype=np.int32)),
             pb.Tensor(T.RETURN_LOG_PROBS, np.asarray([[True]], dtype=bool)),
         ]
-        request = pb.InferenceRequest(model_name=model, inputs=inputs,
-                                      requested_output_names=STAGE_OUTPUTS)
-        resp = await request.async_exec()
-        if resp.has_error():
-            raise StageFailure(stage, f"stage '{model}' failed: {resp.error().message()}")
+        resp = await self._exec(model, f"stage '{model}'", stage, inputs, STAGE_OUTPUTS)
         out = {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in STAGE_OUTPUTS}
         return parse_stage_outputs(out, max_tokens, self.end_id)
 
@@ -67,13 +89,9 @@ class BlsBackend:
             except Exception as exc:  # a broken predictor is a fault the cascade handles, not a crash
                 raise StageFailure(-1, f"quality predictor failed: {exc}") from exc
         pb = self.pb
-        request = pb.InferenceRequest(
-            model_name=self.spec.predictor_model,
-            inputs=[pb.Tensor(T.FEATURES, np.ascontiguousarray(features, dtype=np.float32))],
-            requested_output_names=[T.CONFIDENCE])
-        resp = await request.async_exec()
-        if resp.has_error():
-            raise StageFailure(-1, f"quality predictor failed: {resp.error().message()}")
+        resp = await self._exec(self.spec.predictor_model, "quality predictor", -1,
+                                [pb.Tensor(T.FEATURES, np.ascontiguousarray(features, dtype=np.float32))],
+                                [T.CONFIDENCE])
         return pb.get_output_tensor_by_name(resp, T.CONFIDENCE).as_numpy().reshape(-1)
 
 

@@ -36,19 +36,13 @@ class TritonPythonModel:
 
             local = QualityPredictor(model_dir.parent / self.service.spec.predictor_model / "1" / "model.onnx")
         self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id, local)
-        self.ready = False  # BLS calls are not allowed in initialize(): check the stages on first use
         spec = self.service.spec
         pb_utils.Logger.log_info(f"cascade '{spec.name}': stages {', '.join(spec.stage_names)}, "
                                  f"policy {spec.default_policy}, lambda {spec.default_lambda}")
 
     async def execute(self, requests):
-        if not self.ready:
-            missing = self.backend.not_ready()
-            if missing:
-                err = RequestError(f"cascade not ready: model(s) {', '.join(missing)} not ready",
-                                   code="UNAVAILABLE")
-                return [error_response(pb_utils, err) for _ in requests]
-            self.ready = True
+        # A stage that is not ready or whose backend died is a per-request fault: the loop degrades to
+        # the living stages and answers UNAVAILABLE only when none answers (optistop/cascade.py).
         results = await asyncio.gather(
             *(self.service.handle(read_inputs(pb_utils, r, INPUTS), self.backend) for r in requests))
         return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, r)
