@@ -186,7 +186,8 @@ class _Run:
 
         Order: the stages above ``after`` not yet run (only the largest when the predictor is down), then
         the stages not yet tried that are larger than any that answered, from the largest down: a policy
-        that skipped ahead to a dead large stage still answers from a smaller living one. Raises ``StageFailure`` when nothing can answer."""
+        that skipped ahead to a dead large stage still answers from a smaller living one. Raises
+        ``StageFailure`` when nothing can answer."""
         reasons = [str(exc)]
         later = [k for k in range(after + 1, self.n) if k not in self.outputs]
         if predictor_down:
