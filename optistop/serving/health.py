@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from optistop import tensors as T
+from optistop.features import ex_ante_features
 from optistop.spec import DEFAULT_SPEC, load_spec
 
 CASCADE = "cascade"
@@ -38,6 +39,7 @@ class ModelHealth:
     ms: float
     detail: str          # "ok", "ok (degraded: ...)", or why it failed, one line
     dead: bool = False   # the error says the backend cannot serve at all (stub dead, not loaded)
+    slow: bool = False   # no answer within the timeout
 
     def line(self) -> str:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.model:<20} {self.ms:8.1f} ms  {self.detail}"
@@ -52,14 +54,15 @@ def models_from_spec(spec_path: str | Path = DEFAULT_SPEC) -> dict[str, str]:
     return roles
 
 
-def _inputs(grpc: Any, role: str) -> tuple[list[Any], list[str]]:
+def _inputs(grpc: Any, role: str, n_stages: int) -> tuple[list[Any], list[str]]:
     if role == "stage":
         values = {T.INPUT_IDS: np.array([[1, 2, 3]], dtype=np.int32),     # (1, L): any in-vocabulary ids
                   T.INPUT_LENGTHS: np.array([[3]], dtype=np.int32),
                   T.REQUEST_OUTPUT_LEN: np.array([[1]], dtype=np.int32)}
         outputs = [T.OUTPUT_IDS]
     elif role == "predictor":
-        values = {T.FEATURES: np.zeros((1, 64), dtype=np.float32)}
+        # a valid vector (the predictor checks its one-hot stage slots): stage 0's prompt-only estimate
+        values = {T.FEATURES: ex_ante_features(PROBE_PROMPT.decode(), 0, n_stages)[None, :].astype(np.float32)}
         outputs = [T.CONFIDENCE]
     elif role == "cascade":
         values = {T.TEXT_INPUT: np.array([[PROBE_PROMPT]], dtype=object),
@@ -76,14 +79,14 @@ def _inputs(grpc: Any, role: str) -> tuple[list[Any], list[str]]:
     return inputs, outputs
 
 
-def probe(client: Any, model: str, role: str, timeout_s: float) -> ModelHealth:
+def probe(client: Any, model: str, role: str, timeout_s: float, n_stages: int = 3) -> ModelHealth:
     """One real inference to ``model``; never raises."""
     import tritonclient.grpc as grpc
     from tritonclient.utils import InferenceServerException
 
     from optistop.serving.bls import is_dead_model_error
 
-    inputs, outputs = _inputs(grpc, role)
+    inputs, outputs = _inputs(grpc, role, n_stages)
     t0 = time.perf_counter()
     try:
         res = client.infer(model, inputs, outputs=[grpc.InferRequestedOutput(n) for n in outputs],
@@ -92,7 +95,7 @@ def probe(client: Any, model: str, role: str, timeout_s: float) -> ModelHealth:
         ms = (time.perf_counter() - t0) * 1e3
         msg = " ".join(str(exc.message()).split())
         if "Deadline Exceeded" in msg or exc.status() == "StatusCode.DEADLINE_EXCEEDED":
-            return ModelHealth(model, False, ms, f"too slow: no answer within {timeout_s:g}s")
+            return ModelHealth(model, False, ms, f"too slow: no answer within {timeout_s:g}s", slow=True)
         return ModelHealth(model, False, ms, f"{exc.status()}: {msg}", dead=is_dead_model_error(msg))
     ms = (time.perf_counter() - t0) * 1e3
     if role == "predictor":
@@ -115,7 +118,8 @@ def check(url: str, models: dict[str, str], timeout_s: float = 3.0,
     for m in models:
         clients.setdefault(m, grpc.InferenceServerClient(url))
     with ThreadPoolExecutor(max_workers=len(models)) as pool:
-        futures = [pool.submit(probe, clients[m], m, role, timeout_s) for m, role in models.items()]
+        n = sum(role == "stage" for role in models.values()) or 3
+        futures = [pool.submit(probe, clients[m], m, role, timeout_s, n) for m, role in models.items()]
         return [f.result() for f in futures]
 
 

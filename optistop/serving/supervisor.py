@@ -9,9 +9,10 @@ readiness endpoints keep answering 200 (DESIGN.md, "Facts found"). Two detectors
   live stubs than it had when healthy is dead (noticed within ``scan_s`` of the kill);
 - every ``probe_s`` the health check of optistop/serving/health.py sends a real inference to every
   model: an answer that says the backend is dead (stub not healthy, not loaded) is a dead model; a model
-  that is too slow ``slow_strikes`` times in a row is treated as dead too (a wedged stub).
+  that is too slow ``slow_strikes`` times in a row has its stubs killed, and is then a dead one (a
+  wedged stub). A model that answers with an error is alive: that is the cascade's business.
 
-Recovery reloads that model through Triton's model-repository API (explicit model control; the API
+Recovery unloads and loads that model through Triton's model-repository API (explicit model control; the API
 answers only requests that carry this supervisor's random token, and the supervisor talks to the
 server over loopback). If the reload fails, or tritonserver itself exited, the whole server restarts.
 Each recovery is logged and counted on the supervisor's own metrics port (``/metrics``), whose
@@ -23,6 +24,9 @@ or a fast error (optistop/serving/bls.py, optistop/cascade.py).
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import signal
 import threading
 import time
 import urllib.error
@@ -89,29 +93,44 @@ class Supervisor:
         self.last: list[ModelHealth] = []
         self.recovering = self.draining = False
         self._stubs: dict[int, Stub] = {}
-        self._leaked: list[str] = []                              # regions of stubs that vanished
         self._want: Counter[str] = Counter()                     # model -> stubs it has when healthy
         self._strikes: Counter[str] = Counter()
+        self._gone: list[Stub] = []                               # stubs that vanished, for their regions
+        self._recovered_at: Counter[str] = Counter()             # model -> monotonic time of last recovery
         self._clients: dict = {}
         self._http: ThreadingHTTPServer | None = None
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Supervise until ``stop`` is set; the caller then drains (``drain``)."""
+        """Supervise until ``stop`` is set; the caller then drains (``drain``). Probes run in their own
+        thread, so a slow probe never delays the stub scan; every recovery happens here, in order."""
         self._serve_http()
         self._baseline()
-        next_probe = 0.0
+        verdicts: queue.Queue[tuple[str, str, float]] = queue.Queue()
+        prober = threading.Thread(target=self._probe_loop, args=(stop, verdicts), name="supervisor-probe",
+                                  daemon=True)
+        prober.start()
         while not stop.is_set():
             proc = self.server.proc
             if proc is not None and proc.poll() is not None:
                 self._restart(f"tritonserver exited with code {proc.returncode}")
                 continue
-            for model, reason in self._scan().items():
+            dead = self._scan()
+            while not verdicts.empty():
+                model, why, t_probe = verdicts.get_nowait()
+                if t_probe > self._recovered_at[model]:  # not about an instance replaced since
+                    dead.setdefault(model, why)
+            for model, reason in dead.items():
                 self._recover(model, reason)
-            if time.monotonic() >= next_probe:
-                self._probe()
-                next_probe = time.monotonic() + self.cfg.probe_s
             stop.wait(self.cfg.scan_s)
+
+    def _probe_loop(self, stop: threading.Event, verdicts: queue.Queue[tuple[str, str, float]]) -> None:
+        while not stop.wait(self.cfg.probe_s):
+            if self.recovering:
+                continue  # its answers would describe the model being replaced
+            t0 = time.monotonic()
+            for model, why in self._probe():
+                verdicts.put((model, why, t0))
 
     def _baseline(self) -> None:
         assert self.server.proc is not None
@@ -127,28 +146,36 @@ class Supervisor:
         for model, want in self._want.items():
             if have[model] < want:
                 gone = [s.pid for p, s in self._stubs.items() if s.model == model and p not in now]
+                self._gone += [s for p, s in self._stubs.items() if s.model == model and p not in now]
                 dead[model] = f"backend stub process {', '.join(map(str, gone)) or '?'} of '{model}' is gone"
-        self._leaked = [s.region for p, s in self._stubs.items() if p not in now]
         self._stubs = now
         return dead
 
-    def _probe(self) -> None:
+    def _probe(self) -> list[tuple[str, str]]:
+        """One health check; the models to recover and why."""
         self.last = check(self.grpc_url, self.models, self.cfg.probe_timeout_s, self._clients)
         self.checks["ok" if all(r.ok for r in self.last) else "fail"] += 1
+        out = []
         for r in self.last:
-            if r.ok:
+            self._strikes[r.model] = self._strikes[r.model] + 1 if r.slow else 0
+            if r.dead:
+                out.append((r.model, r.detail))
+            elif self._strikes[r.model] >= self.cfg.slow_strikes:
+                # A reload is a no-op while every instance reports ready (Triton skips unmodified, ready
+                # models): a wedged stub must be killed first, which makes it a dead one.
+                for stub in [s for s in self._stubs.values() if s.model == r.model]:
+                    os.kill(stub.pid, signal.SIGKILL)
+                out.append((r.model, f"{r.detail}, {self._strikes[r.model]} checks in a row"))
                 self._strikes[r.model] = 0
-                continue
-            self._strikes[r.model] += 1
-            if r.dead or self._strikes[r.model] >= self.cfg.slow_strikes:
-                self._recover(r.model, r.detail)
+        return out
 
     # ---- recovery --------------------------------------------------------------------------------
     def _recover(self, model: str, reason: str) -> None:
         t0 = time.monotonic()
         self.recovering = True
         log.warning("model '%s' is dead (%s); reloading it", model, reason)
-        leaked, self._leaked = self._leaked, []
+        old = [s for s in [*self._gone, *self._stubs.values()] if s.model == model]
+        self._gone = [s for s in self._gone if s.model != model]
         try:
             self._reload(model)
         except (OSError, urllib.error.URLError, ServerError) as exc:
@@ -157,21 +184,25 @@ class Supervisor:
             return
         finally:
             self.recovering = False
-        for region in leaked:  # the dead stub's region: tritonserver 2.51 leaves it in /dev/shm
-            Path("/dev/shm", region).unlink(missing_ok=True)
         self._baseline()
-        self._strikes[model] = 0
+        for stub in old:  # a dead stub's region: tritonserver 2.51 leaves it in /dev/shm
+            if stub.pid not in self._stubs:
+                Path("/dev/shm", stub.region).unlink(missing_ok=True)
         took = time.monotonic() - t0
+        self._recovered_at[model] = time.monotonic()
         self.recoveries[(model, "reload")] += 1
         self.recovery_seconds[model] += took
         log.warning("model '%s' recovered by reload in %.1fs", model, took)
 
     def _reload(self, model: str) -> None:
-        req = urllib.request.Request(f"{self.control_url}/v2/repository/models/{model}/load", data=b"{}",
-                                     method="POST", headers=self.server.cfg.control_header)
-        with urllib.request.urlopen(req, timeout=self.cfg.reload_timeout_s) as resp:
-            if resp.status != 200:
-                raise ServerError(f"load API answered {resp.status}")
+        # Unload first: Triton's load of an unmodified model whose instances still report ready is a no-op
+        # (measured: 4 ms, the dead stub stays dead); unload + load starts a new stub.
+        for action in ("unload", "load"):
+            req = urllib.request.Request(f"{self.control_url}/v2/repository/models/{model}/{action}", data=b"{}",
+                                         method="POST", headers=self.server.cfg.control_header)
+            with urllib.request.urlopen(req, timeout=self.cfg.reload_timeout_s) as resp:
+                if resp.status != 200:
+                    raise ServerError(f"{action} API answered {resp.status}")
 
     def _restart(self, reason: str) -> None:
         t0 = time.monotonic()
