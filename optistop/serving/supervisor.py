@@ -197,12 +197,15 @@ class Supervisor:
     def _reload(self, model: str) -> None:
         # Unload first: Triton's load of an unmodified model whose instances still report ready is a no-op
         # (measured: 4 ms, the dead stub stays dead); unload + load starts a new stub.
-        for action in ("unload", "load"):
-            req = urllib.request.Request(f"{self.control_url}/v2/repository/models/{model}/{action}", data=b"{}",
-                                         method="POST", headers=self.server.cfg.control_header)
-            with urllib.request.urlopen(req, timeout=self.cfg.reload_timeout_s) as resp:
-                if resp.status != 200:
-                    raise ServerError(f"{action} API answered {resp.status}")
+        self._control(model, "unload")
+        self._control(model, "load")
+
+    def _control(self, model: str, action: str, timeout: float | None = None) -> None:
+        req = urllib.request.Request(f"{self.control_url}/v2/repository/models/{model}/{action}", data=b"{}",
+                                     method="POST", headers=self.server.cfg.control_header)
+        with urllib.request.urlopen(req, timeout=timeout or self.cfg.reload_timeout_s) as resp:
+            if resp.status != 200:
+                raise ServerError(f"{action} API answered {resp.status}")
 
     def _restart(self, reason: str) -> None:
         t0 = time.monotonic()
@@ -221,11 +224,27 @@ class Supervisor:
         log.warning("tritonserver restarted in %.1fs", time.monotonic() - t0)
 
     def drain(self) -> int | None:
-        """SIGTERM: /healthz turns 503 at once, tritonserver refuses new requests and finishes in-flight
-        ones within its exit timeout; then it is stopped for good."""
+        """SIGTERM: /healthz turns 503 at once and the entry model (cascade) is unloaded, which refuses
+        new requests while Triton lets its in-flight ones finish; the stage models stay loaded meanwhile.
+        (SIGTERM to tritonserver alone is not enough: it refuses new BLS sub-requests too, so an
+        in-flight cascade request that still needs a stage failed with "Server not ready"; measured.)
+        Then tritonserver gets SIGTERM, within the same ``exit_timeout_s`` budget."""
         self.draining = True
-        log.warning("draining: in-flight requests have %ss to finish", self.server.cfg.exit_timeout_s)
-        code = self.server.stop()
+        budget = self.server.cfg.exit_timeout_s
+        log.warning("draining: in-flight requests have %ss to finish", budget)
+        deadline = time.monotonic() + budget
+        entry = [m for m, role in self.models.items() if role == "cascade"]
+        proc = self.server.proc
+        if proc is not None and proc.poll() is None:
+            for model in entry:
+                try:
+                    self._control(model, "unload", timeout=budget)
+                except (OSError, urllib.error.URLError, ServerError) as exc:
+                    log.error("unload of '%s' for the drain failed: %s", model, exc)
+            while time.monotonic() < deadline and any(
+                    s.model in entry for s in stub_processes(proc.pid).values()):
+                time.sleep(0.1)  # its stub exits once its in-flight requests are answered
+        code = self.server.stop(timeout=max(deadline - time.monotonic(), 0) + 10)
         if self._http is not None:
             self._http.shutdown()
         return code
