@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from optistop.perf.chaos import Load, _children, _get
-from optistop.serving.embedded import check_port_free, free_port
+from optistop.serving.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
 from optistop.serving.supervisor import stub_processes
 
 
@@ -90,3 +90,7 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
     assert not left, f"processes outlived kill -9 of optistop serve: {left}"
     for k in ("http", "grpc", "metrics"):
         check_port_free("127.0.0.1", ports[k], k)
+    # a SIGKILLed server cannot remove its /dev/shm regions: the next start on that port does (pidfile)
+    prefix = f"optistop_{serve.pid}_{ports['http']}_"
+    EmbeddedServer(ServerConfig(http_port=ports["http"]))._clear_orphan()
+    assert not list(Path("/dev/shm").glob(prefix + "*"))
