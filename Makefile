@@ -8,14 +8,14 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split serve-openai bench-openai models-train models-eval collect predictor models-chat chat-calibrate report bench soak \
+.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split serve-openai bench-openai models-train models-eval collect predictor models-chat chat-calibrate report bench soak chaos \
 	gpu-dry-run routellm lock clean
 
 help:
 	@echo "make serve   - set up everything and serve the embedded cascade on 127.0.0.1 (HTTP 8000, gRPC 8001)"
 	@echo "make test    - set up everything and run lint + the whole test suite"
 	@echo "make serve-openai - the same server + an OpenAI-compatible API on http://127.0.0.1:9000/v1"
-	@echo "make models-train | models-eval | collect | predictor | report | bench | soak"
+	@echo "make models-train | models-eval | collect | predictor | report | bench | soak | chaos"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -125,6 +125,11 @@ bench: venv sysdeps $(MODELS) $(PREDICTOR)
 # 60 s at concurrency 16 against a server it starts; prints its figures, exits non-zero on a failure.
 soak: venv sysdeps
 	$(BIN)/python -m optistop.perf.soak --duration 60 --concurrency 16
+
+# kill -9 every backend stub of a supervised server, 3 rounds, concurrency 6; prints recovery time p50/max
+# and failed/degraded requests per kill (about 4-5 min on 2 cores). A 1-round version runs in `make test`.
+chaos: venv sysdeps
+	$(BIN)/python -m optistop.perf.chaos --rounds 3 --concurrency 6
 
 # The TensorRT-LLM path without a GPU: every convert/build command and rendered config, nothing touched.
 gpu-dry-run: venv

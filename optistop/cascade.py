@@ -7,7 +7,9 @@ imports Triton.
 Faults (documented in README, "Faults"): a stage that errors, times out or returns nothing is paid for
 and recorded; the request then escalates past it to the next stage that exists and answers with that
 stage's output, flagged ``degraded`` with the reason. If no later stage answers, the best answer so far
-is returned (degraded); with no answer at all the request fails with ``StageFailure``. A quality
+is returned (degraded); with no answer yet, the largest smaller stage that still lives answers ("degrade to
+the living": a policy may skip ahead to a large stage whose backend is dead); only when no stage answers
+does the request fail with ``StageFailure``. A quality
 predictor that fails or returns NaN leaves the loop without confidences: it then escalates straight to
 the largest stage, the quality-safe choice, again flagged degraded. ``fixed:<k>`` never falls back: the
 caller asked for that stage.
@@ -188,12 +190,20 @@ class _Run:
         return conf
 
     async def _fallback(self, exc: StageFailure, after: int, predictor_down: bool = False) -> CascadeResult:
-        """Escalate past a failure (see module docstring); raises when nothing can answer."""
+        """Escalate past a failure, else degrade to the best living stage (see module docstring).
+
+        Order: the stages above ``after`` not yet run (only the largest when the predictor is down), then
+        the stages not yet tried that are larger than any that answered, from the largest down: a policy
+        that skipped ahead to a dead large stage still answers from a smaller living one. Raises
+        ``StageFailure`` when nothing can answer."""
         reasons = [str(exc)]
         later = [k for k in range(after + 1, self.n) if k not in self.outputs]
         if predictor_down:
             later = later[-1:]  # without confidences only the largest stage is worth paying for
-        for k in later:
+        tried = {r.stage for r in self.result.records} | set(later)
+        # only stages larger than the best that already answered are worth paying for
+        smaller = [k for k in range(self.n - 1, max(self.outputs, default=-1), -1) if k not in tried]
+        for k in later + smaller:
             try:
                 await self._generate(k)
                 return self._finish(k, reasons=reasons)

@@ -1,6 +1,7 @@
 """The ``optistop`` command.
 
-$ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002
+$ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002, supervised
+$ optistop health --url 127.0.0.1:8001 # a real inference to every model; exit 1 if any fails
 $ optistop serve-split                 # the same cascade with its stages on two other tritonservers (gRPC)
 $ optistop plan --rate 200             # replicas per stage for a request rate (see optistop.perf.plan)
 $ optistop openai                      # the same + an OpenAI-compatible API on http://127.0.0.1:9000/v1
@@ -40,7 +41,14 @@ def serve(argv: list[str]) -> int:
                     "the repository: one stage server of a split layout or one Kubernetes pod (deploy/)")
     ap.add_argument("--spec", type=Path, default=None, help="with --models cascade: the cascade spec to serve "
                     "(e.g. one whose stages have a url) instead of the repository's")
+    ap.add_argument("--no-supervise", action="store_true",
+                    help="run tritonserver bare: no health checks, no recovery of dead backends")
+    ap.add_argument("--supervisor-port", type=int, default=None,
+                    help="the supervisor's /metrics and /healthz (default: metrics port + 1)")
+    ap.add_argument("--drain-timeout", type=int, default=30,
+                    help="on SIGTERM, seconds in-flight requests may take to finish")
     args = ap.parse_args(argv)
+    supervise = not args.no_supervise
     if args.models:
         from optistop.serving.split import subset_repository
         from optistop.spec import SpecError, load_spec
@@ -58,22 +66,46 @@ def serve(argv: list[str]) -> int:
     cfg = ServerConfig(repository=args.repository.resolve(), host=args.host, http_port=args.http_port,
                        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                        tritonserver=args.tritonserver, backend_directory=args.backend_directory,
-                       log_verbose=args.log_verbose)
+                       log_verbose=args.log_verbose, model_control=supervise, exit_timeout_s=args.drain_timeout)
     server = EmbeddedServer(cfg)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        server.start()
         print(f"starting tritonserver on {cfg.host} with {cfg.repository} ...", flush=True)
+        server.start()
         server.wait_ready(args.timeout)
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        server.stop()
+        server.stop(timeout=5)
         return 1
     print(f"ready: HTTP {cfg.http_url}  gRPC {cfg.grpc_url}  metrics http://{cfg.host}:{cfg.metrics_port}/metrics")
+    if not supervise:
+        return _serve_bare(server, stop)
+    import logging
+
+    from optistop.serving.health import models_from_repository
+    from optistop.serving.supervisor import Supervisor, SupervisorConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    port = args.supervisor_port if args.supervisor_port is not None else cfg.metrics_port + 1
+    sup = Supervisor(server, models_from_repository(cfg.repository), SupervisorConfig(metrics_port=port))
+    print(f"supervised: health and recovery metrics on http://{cfg.host}:{port}/metrics, readiness on /healthz")
     print(f"try:   .venv/bin/optistop-client --url {cfg.grpc_url} 'R:hello=' '12+35='   (Ctrl-C stops the server)",
           flush=True)
+    try:
+        sup.run(stop)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        server.stop(timeout=5)
+        return 1
+    print("draining: new requests are refused, in-flight ones finish ...", flush=True)
+    code = sup.drain()
+    print(f"stopped (exit code {code})")
+    return 0
+
+
+def _serve_bare(server: EmbeddedServer, stop: threading.Event) -> int:
     while not stop.is_set():
         if server.proc is not None and server.proc.poll() is not None:
             print(f"error: tritonserver exited with code {server.proc.returncode}", file=sys.stderr)
@@ -136,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 "collect": _lazy("optistop.pipeline.collect"), "label": _lazy("optistop.pipeline.label"),
                 "calibrate": _lazy("optistop.pipeline.calibrate"), "serve-split": _lazy("optistop.serving.split"),
                 "plan": _lazy("optistop.perf.plan"),
-                "openai": openai}
+                "openai": openai,
+                "health": _health}
     if not argv or argv[0] not in commands:
         print(f"usage: optistop {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2
@@ -150,6 +183,12 @@ def _lazy(module: str):
 
         return int(importlib.import_module(module).main(argv) or 0)
     return run
+
+
+def _health(argv: list[str]) -> int:
+    from optistop.serving.health import main as health_main
+
+    return health_main(argv)
 
 
 def _spec(argv: list[str]) -> int:

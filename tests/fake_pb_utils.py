@@ -70,7 +70,7 @@ class InferenceRequest:
 
     async def async_exec(self) -> InferenceResponse:
         SENT.append(self)
-        if self.model_name not in HANDLERS:
+        if not READY.get(self.model_name, self.model_name in HANDLERS):
             err = TritonError(f"Model '{self.model_name}' is not ready.", TritonError.UNAVAILABLE)
             return InferenceResponse([], err)
         return await HANDLERS[self.model_name]({t.name(): t.as_numpy() for t in self.inputs})

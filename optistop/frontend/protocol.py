@@ -27,7 +27,8 @@ CASCADE_MODEL = "cascade"
 EXTRA = "cascade"        # the response's extra object with what the cascade did
 OWNER = "optistop"
 # OpenAI body field <- cascade input tensor, to name the field in an error
-PARAM_OF = {T.TEXT_INPUT: "prompt", T.MESSAGES: "messages", T.MAX_TOKENS: "max_tokens", T.LAMBDA: "lambda", T.POLICY: "policy"}
+PARAM_OF = {T.TEXT_INPUT: "prompt", T.MESSAGES: "messages", T.MAX_TOKENS: "max_tokens", T.LAMBDA: "lambda",
+            T.POLICY: "policy"}
 
 
 class ApiError(Exception):

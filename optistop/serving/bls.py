@@ -3,11 +3,18 @@
 Stage engines are called non-decoupled (one response per request), which is how the embedded stand-ins
 and the rendered TensorRT-LLM configs are set up. ``pb_utils`` is passed in so this module imports
 without Triton.
+
+A dead model (its backend stub killed, not loaded, being reloaded) is told apart from one that failed on
+this request: tritonserver 2.51 answers ``Stub process '<model>_0_0' is not healthy`` only after about
+a second, so after such an answer the model is marked down for ``DOWN_S`` and calls to it fail at once.
+The cascade loop then degrades to the living stages (optistop/cascade.py) instead of every request
+paying that second while the supervisor reloads the model (optistop/serving/supervisor.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, Protocol
@@ -29,6 +36,15 @@ class StageContractError(StageFailure):
     fault that the first-request self-test reports, unlike an error or a timeout, which may pass."""
 
 
+DOWN_S = 1.0
+# Substrings of Triton's errors for a model that cannot serve at all (as opposed to a failed request)
+DEAD_MARKERS = ("is not healthy", "is not ready", "unknown model", "no available versions", "is not found")
+
+
+def is_dead_model_error(message: str) -> bool:
+    return any(m in message for m in DEAD_MARKERS)
+
+
 class LocalPredictor(Protocol):
     def predict(self, features: np.ndarray) -> np.ndarray: ...
 
@@ -45,21 +61,35 @@ class BlsBackend:
         self.end_id = end_id
         self.pad_id = pad_id
         self._cancels: set[asyncio.Task] = set()   # stop requests in flight (kept referenced until done)
+        self._down: dict[str, tuple[float, str]] = {}  # model -> (monotonic time it is retried, why)
 
     def not_ready(self, streaming: bool = False) -> list[str]:
-        """Names of the stage and predictor models of this server that are not ready (checked before first
-        use); ``streaming``: the stages' streaming variants too. Remote ones (a ``url`` in the spec) are
-        not: a dead one is a per-call fault, see remote.py."""
+        """Names of the stage and predictor models of this server that are not ready; ``streaming``: the
+        stages' streaming variants too. Remote ones (a ``url`` in the spec) are not: a dead one is a
+        per-call fault, see remote.py."""
         names = [s.triton_model for s in self.spec.stages if not s.url]
         names += [] if self.spec.predictor_url else [self.spec.predictor_model]
         names += [stream_model(s.triton_model) for s in self.spec.stages if not s.url] if streaming else []
         return [n for n in names if not self.pb.is_model_ready(model_name=n)]
+
+    def _check_down(self, model: str, what: str, stage: int) -> None:
+        """A model found dead is not called again for DOWN_S: a dead stub answers only after ~1 s."""
+        down = self._down.get(model)
+        if down is not None and time.monotonic() < down[0]:
+            raise StageFailure(stage, f"{what} is unavailable: {down[1]}")
+
+    def _failed(self, model: str, what: str, stage: int, msg: str) -> StageFailure:
+        if is_dead_model_error(msg):
+            self._down[model] = (time.monotonic() + DOWN_S, msg)
+            return StageFailure(stage, f"{what} is unavailable: {msg}")
+        return StageFailure(stage, f"{what} failed: {msg}")
 
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
         pb = self.pb
         model = self.spec.stages[stage].triton_model
         arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids)
         inputs = [pb.Tensor(name, arr) for name, arr in arrays.items()]
+        self._check_down(model, f"stage '{model}'", stage)
         request_id = uuid.uuid4().hex
         request = pb.InferenceRequest(model_name=model, inputs=inputs, request_id=request_id,
                                       requested_output_names=STAGE_OUTPUTS)
@@ -69,7 +99,8 @@ class BlsBackend:
             self._cancel(model, request_id)
             raise
         if resp.has_error():
-            raise StageFailure(stage, f"stage '{model}' failed: {resp.error().message()}")
+            raise self._failed(model, f"stage '{model}'", stage, resp.error().message())
+        self._down.pop(model, None)
         out = {n: pb.get_output_tensor_by_name(resp, n) for n in STAGE_OUTPUTS}
         missing = [n for n, t in out.items() if t is None]
         if missing:
@@ -167,14 +198,15 @@ class BlsBackend:
                 return self.local.predict(np.ascontiguousarray(features, dtype=np.float32))
             except Exception as exc:  # a broken predictor is a fault the cascade handles, not a crash
                 raise StageFailure(-1, f"quality predictor failed: {exc}") from exc
-        pb = self.pb
+        pb, model = self.pb, self.spec.predictor_model
+        self._check_down(model, "quality predictor", -1)
         request = pb.InferenceRequest(
-            model_name=self.spec.predictor_model,
-            inputs=[pb.Tensor(T.FEATURES, np.ascontiguousarray(features, dtype=np.float32))],
+            model_name=model, inputs=[pb.Tensor(T.FEATURES, np.ascontiguousarray(features, dtype=np.float32))],
             requested_output_names=[T.CONFIDENCE])
         resp = await request.async_exec()
         if resp.has_error():
-            raise StageFailure(-1, f"quality predictor failed: {resp.error().message()}")
+            raise self._failed(model, "quality predictor", -1, resp.error().message())
+        self._down.pop(model, None)
         return pb.get_output_tensor_by_name(resp, T.CONFIDENCE).as_numpy().reshape(-1)
 
 

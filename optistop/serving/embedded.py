@@ -7,12 +7,22 @@ Python version. We run that binary directly on our own repository: copy the Pyth
 that matches this interpreter into a writable backend directory, put the wheel's bundled libraries on
 ``LD_LIBRARY_PATH`` and this environment's site-packages on ``PYTHONPATH`` (the stub embeds the system
 libpython, which does not know about the virtual environment).
+
+Process hygiene (issue 14): the server gets ``PR_SET_PDEATHSIG`` so it dies with the process that started
+it, even on ``kill -9`` of that process; a pidfile per HTTP port lets the next start kill an orphan left
+by an older launcher and remove its shared-memory regions; and SIGCHLD is ignored in the server, so the
+kernel reaps backend stubs that die (tritonserver 2.51 never waits for a killed stub: it stays a zombie).
+Stopping sends SIGTERM to tritonserver alone, which refuses new requests and lets in-flight ones finish
+for ``exit_timeout_s``, then kills the whole process group.
 """
 
 from __future__ import annotations
 
+import ctypes
 import filecmp
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -46,6 +56,9 @@ class ServerConfig:
     log_verbose: int = 0
     shm_prefix: str | None = None         # Python-backend shared-memory region prefix (leak checks)
     exit_on_error: bool = True            # False: serve what loaded (readiness then per model)
+    model_control: bool = False           # explicit mode, so a supervisor can reload a dead model
+    control_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    exit_timeout_s: int = 30              # SIGTERM: how long in-flight requests may take to finish
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +68,15 @@ class ServerConfig:
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def control_header(self) -> dict[str, str]:
+        """The header the model-repository API demands (``model_control``); only the supervisor has it."""
+        return {CONTROL_HEADER: self.control_token}
+
+
+CONTROL_HEADER = "optistop-control"
+PR_SET_PDEATHSIG = 1
 
 
 def _pytriton_dir() -> Path:
@@ -127,7 +149,12 @@ def build_command(cfg: ServerConfig, backend_dir: Path) -> list[str]:
         str(binary),
         f"--model-repository={cfg.repository}",
         f"--backend-directory={backend_dir}",
-        "--model-control-mode=none",          # no load/unload API: the repository is fixed at start
+        *(["--model-control-mode=explicit", "--load-model=*",
+           # the load/unload API answers only requests that carry the supervisor's random token
+           f"--http-restricted-api=model-repository:{CONTROL_HEADER}={cfg.control_token}",
+           f"--grpc-restricted-protocol=model-repository:{CONTROL_HEADER}={cfg.control_token}"]
+          if cfg.model_control else ["--model-control-mode=none"]),  # none: the repository is fixed
+        f"--exit-timeout-secs={cfg.exit_timeout_s}",
         "--disable-auto-complete-config",     # every config.pbtxt declares its I/O, as in production
         "--strict-readiness=true",
         f"--exit-on-error={str(cfg.exit_on_error).lower()}",
@@ -141,6 +168,27 @@ def build_command(cfg: ServerConfig, backend_dir: Path) -> list[str]:
     ]
 
 
+def _in_child() -> None:
+    """Runs in the forked child before exec. Signal dispositions set to SIG_IGN survive exec."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # dead stubs are reaped by the kernel, no zombies
+    # Die with the parent. The kernel ties this to the parent *thread*: start servers from a thread that
+    # lives as long as the supervisor (the main thread in `optistop serve`).
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class EmbeddedServer:
     """Start, wait for readiness, stop. Also a context manager (used by the test fixtures)."""
 
@@ -151,7 +199,36 @@ class EmbeddedServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
+    @property
+    def pidfile(self) -> Path:
+        return self.workdir / "run" / f"tritonserver-{self.cfg.host}-{self.cfg.http_port}.json"
+
+    def _clear_orphan(self) -> None:
+        """Kill a server left running by a launcher that died (an older one, without PDEATHSIG), and
+        remove its shared-memory regions; refuse when its launcher is still alive."""
+        try:
+            old = json.loads(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        pid, owner = int(old.get("pid", 0)), int(old.get("owner", 0))
+        if pid and _alive(pid) and "tritonserver" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+            if owner and _alive(owner) and owner != os.getpid():
+                raise ServerError(f"port {self.cfg.http_port} is served by tritonserver pid {pid} of "
+                                  f"optistop pid {owner}; stop that one first")
+            os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        prefix = old.get("shm_prefix")
+        if prefix:
+            for region in Path("/dev/shm").glob(prefix + "*"):
+                region.unlink(missing_ok=True)
+        self.pidfile.unlink(missing_ok=True)
+
     def start(self) -> None:
+        if self.cfg.shm_prefix is None:  # our own prefix, so that regions a dead server left can be found
+            self.cfg.shm_prefix = f"optistop_{os.getpid()}_{self.cfg.http_port}_"
+        self._clear_orphan()
         for port, what in ((self.cfg.http_port, "HTTP"), (self.cfg.grpc_port, "gRPC"),
                            (self.cfg.metrics_port, "metrics")):
             check_port_free(self.cfg.host, port, what)
@@ -166,7 +243,10 @@ class EmbeddedServer:
             self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=server_environment(), stdout=self._log,
                                      stderr=subprocess.STDOUT if self._log else None,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_in_child)
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.pidfile.write_text(json.dumps({"pid": self.proc.pid, "owner": os.getpid(),
+                                            "shm_prefix": self.cfg.shm_prefix}))
 
     def ready(self, model: str | None = None) -> bool:
         path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
@@ -198,18 +278,26 @@ class EmbeddedServer:
         failures = [ln[:400] for ln in text if "failed to load" in ln and "model_lifecycle" in ln]
         return "\n".join(failures or text[-lines:])
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Drain and stop: SIGTERM to tritonserver alone (it refuses new requests, lets in-flight ones
+        finish for ``exit_timeout_s`` and stops its stubs), then SIGKILL to whatever of the group is left."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its backend stub processes
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(self.cfg.exit_timeout_s + 10 if timeout is None else timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stubs of a server that did not exit cleanly
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.pidfile.unlink(missing_ok=True)
         if self._log:
             self._log.close()
+            self._log = None
         return self.proc.returncode
 
     def __enter__(self) -> EmbeddedServer:

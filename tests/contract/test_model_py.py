@@ -109,15 +109,31 @@ def test_cascade_model_glue(stages) -> None:
     assert bad.error().code() == pb.TritonError.INVALID_ARG and "unknown policy 'nope'" in bad.error().message()
 
 
-def test_cascade_answers_unavailable_naming_models_that_are_not_ready(stages) -> None:
+def test_cascade_degrades_past_a_stage_that_is_not_ready(stages) -> None:
     cascade = load_model_py("cascade")
     pb.READY["stage_large"] = False
+    try:
+        (resp,) = asyncio.run(cascade.execute([pb.request(text_input=np.array([[b"4821+3777="]], dtype=object),
+                                                          policy=np.array([[b"paper"]], dtype=object),
+                                                          **{"lambda": np.array([[0.0]], dtype=np.float32)})]))
+    finally:
+        pb.READY.clear()
+    assert not resp.has_error()
+    out = {t.name(): t.as_numpy() for t in resp.output_tensors()}
+    assert out["degraded"].tolist() == [[True]] and out["stage"][0, 0] in (0, 1)
+    assert b"stage 'stage_large' is unavailable: Model 'stage_large' is not ready." in out["degraded_reason"][0, 0]
+
+
+def test_cascade_is_unavailable_naming_every_stage_when_none_lives(stages) -> None:
+    cascade = load_model_py("cascade")
+    pb.READY.update(stage_small=False, stage_medium=False, stage_large=False)
     try:
         (resp,) = asyncio.run(cascade.execute([pb.request(text_input=np.array([[b"1+1="]], dtype=object))]))
     finally:
         pb.READY.clear()
     assert resp.error().code() == pb.TritonError.UNAVAILABLE
-    assert "stage_large" in resp.error().message()
+    assert all(f"stage '{n}' is unavailable" in resp.error().message()
+               for n in ("stage_small", "stage_medium", "stage_large"))
 
 
 def test_in_process_predictor_matches_the_served_one(stages) -> None:

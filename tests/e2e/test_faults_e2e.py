@@ -115,16 +115,19 @@ def test_nan_predictor_escalates_to_the_largest_stage(nan_predictor, policy: str
     assert "quality predictor returned [nan" in a.degraded_reason
 
 
-def test_stage_not_ready_is_unavailable_naming_it(tmp_path, tiny_dir) -> None:
+def test_stage_not_ready_degrades_to_the_living_and_fixed_is_unavailable(tmp_path, tiny_dir) -> None:
     repo = make_repo(tmp_path, broken_stage="stage_large")
     srv = start(repo, tmp_path, exit_on_error=False)
     srv.start()
     try:
         srv.wait_ready(model="cascade")
         assert not srv.ready("stage_large")
+        client = make_client(srv.cfg.grpc_url)
+        a = ask(client, "grpc", HARD, policy="paper", lam=0.0)
+        assert a.degraded and a.stage in (0, 1) and "stage 'stage_large' is unavailable" in a.degraded_reason
         with pytest.raises(InferenceServerException) as info:
-            ask(make_client(srv.cfg.grpc_url), "grpc", "12+35=")
+            ask(client, "grpc", HARD, policy="fixed:2")
         assert info.value.status() == "StatusCode.UNAVAILABLE"
-        assert "stage_large" in info.value.message() and "not ready" in info.value.message()
+        assert "stage_large" in info.value.message() and "unavailable" in info.value.message()
     finally:
         srv.stop()

@@ -158,3 +158,35 @@ def test_nothing_answers_raises() -> None:
 
     with pytest.raises(StageFailure, match="stage 0 is down; stage 1 is down; stage 2 is down"):
         run(Down({}, {}, [0.5] * 3), "paper", lam=0.0)
+
+
+class SkipToLargest:
+    """A rule that skips straight to stage 2 and stops there, as optimal or a router does when the ex-ante
+    estimates say small and medium are hopeless (not fixed:2, which never falls back)."""
+
+    name, uses_ex_ante = "router", False
+
+    def decide(self, s: K.State) -> K.Decision:
+        ran = not np.isnan(s.conf[0]).all()
+        return K.Decision(np.array([ran]), np.array([-1 if ran else 2]), np.array([2 if ran else -1]),
+                          np.array([0.0]))
+
+
+def test_skip_ahead_to_a_dead_stage_degrades_to_the_largest_living_smaller_one() -> None:
+    b = ScriptedBackend({0: [0], 1: [1]}, {1: 0.9}, [0.01, 0.02, 0.99], fail_stage=2)
+    req = CascadeRequest("1+1=", (1, 5, 5), 8, 50.0, SkipToLargest(), True)
+    r = asyncio.run(run_cascade(req, SPEC, b, decode))
+    assert b.calls == [2, 1] and r.stage == 1 and r.text == "b" and r.degraded
+    assert "stage 2 is down" in r.reasons[0] and r.stages_run == [2, 1]
+
+
+def test_dead_predictor_and_dead_largest_stage_degrade_to_the_next_living_stage() -> None:
+    class NoPredictor(ScriptedBackend):
+        async def score(self, features):
+            raise StageFailure(-1, "quality predictor failed: Stub process 'quality_predictor_0_0' is not healthy.")
+
+    b = NoPredictor({0: [0], 1: [1]}, {}, [], fail_stage=2)
+    r = run(b, "optimal")
+    assert b.calls == [2, 1] and r.stage == 1 and r.degraded
+    assert "not healthy" in r.reasons[0] and "stage 2 is down" in r.reasons[1]
+

@@ -44,12 +44,10 @@ class TritonPythonModel:
                                  f"policy {book.default_policy}, lambda {book.default_lambda:g}")
 
     async def execute(self, requests):
+        # A stage that is not ready or whose backend died is a per-request fault: the loop degrades to
+        # the living stages and answers UNAVAILABLE only when none answers (optistop/cascade.py). The
+        # first request checks the stages' log-prob contract (a configuration fault, refused for all).
         if not self.ready:
-            missing = self.backend.not_ready()
-            if missing:
-                err = RequestError(f"cascade not ready: model(s) {', '.join(missing)} not ready",
-                                   code="UNAVAILABLE")
-                return [error_response(pb_utils, err) for _ in requests]
             problem = await self.backend.self_test(self.service.encoder.encode(text=PROBE_PROMPT).ids)
             if problem:  # e.g. log-probs missing or all zero: every answer would be mis-scored
                 pb_utils.Logger.log_error(problem)

@@ -1,0 +1,96 @@
+"""`optistop serve` as a process: SIGTERM drains under load, kill -9 leaves no orphan, health tells the
+truth. Each test starts the real command on free loopback ports and stops it by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from optistop.perf.chaos import Load, _children, _get
+from optistop.serving.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
+from optistop.serving.supervisor import stub_processes
+
+
+def start_serve(log: Path, drain_s: int = 10) -> tuple[subprocess.Popen, dict[str, int]]:
+    ports = {k: free_port() for k in ("http", "grpc", "metrics", "supervisor")}
+    cmd = [sys.executable, "-m", "optistop.cli", "serve", *(f"--{k}-port={v}" for k, v in ports.items()),
+           f"--drain-timeout={drain_s}"]
+    proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    deadline = time.monotonic() + 240
+    while _get(f"http://127.0.0.1:{ports['supervisor']}/healthz")[0] != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"optistop serve not healthy (exit {proc.poll()}); log {log}")
+        time.sleep(0.5)
+    return proc, ports
+
+
+def server_of(serve: subprocess.Popen) -> int:
+    (pid,) = [p for p, _, argv in _children(serve.pid) if argv.endswith("tritonserver")]
+    return pid
+
+
+def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_dir) -> None:
+    log = tmp_path / "serve.log"
+    serve, ports = start_serve(log)
+    try:
+        url = f"127.0.0.1:{ports['grpc']}"
+        # truthful health: all ok; then the large stage's stub is killed and the check says so
+        health = [sys.executable, "-m", "optistop.cli", "health", "--url", url]
+        ok = subprocess.run(health, capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0 and ok.stdout.count("\n") == 5 and "FAIL" not in ok.stdout, ok.stdout
+        tritonserver = server_of(serve)
+        (large,) = [s.pid for s in stub_processes(tritonserver).values() if s.model == "stage_large"]
+        os.kill(large, signal.SIGKILL)
+        bad = subprocess.run([*health, "--model", "stage_large"], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "FAIL" in bad.stdout, bad.stdout  # before the supervisor reloads it
+        deadline = time.monotonic() + 30
+        while _get(f"http://127.0.0.1:{ports['supervisor']}/healthz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        _, metrics = _get(f"http://127.0.0.1:{ports['supervisor']}/metrics")
+        assert 'optistop_supervisor_recoveries_total{model="stage_large",action="reload"} 1' in metrics
+
+        # SIGTERM under load: every request ends with an answer or a clean error; serve exits 0
+        with Load(url, concurrency=3, timeout_s=20.0) as load:
+            time.sleep(1.5)
+            t_term = time.monotonic()
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(40) == 0
+            time.sleep(0.5)
+        done = load.done
+        assert done and all(r.ok or r.error for r in done)
+        assert all(r.t1 - r.t0 < 20.0 for r in done), "a request hung through the drain"
+        inflight = [r for r in done if r.t0 < t_term < r.t1]
+        assert all(r.ok for r in inflight), [r.error for r in inflight if not r.ok]  # drained, not dropped
+        refused = [r for r in done if r.t0 > t_term + 0.5]
+        assert all(not r.ok for r in refused), "after SIGTERM new requests are refused"
+        assert not Path(f"/proc/{tritonserver}").exists()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+    # kill -9 of the supervisor: tritonserver dies with it (PDEATHSIG), its stubs follow, ports are free
+    serve, ports = start_serve(log)
+    tritonserver = server_of(serve)
+    stubs = list(stub_processes(tritonserver))
+    serve.kill()
+    serve.wait()
+    deadline = time.monotonic() + 15
+    alive = lambda: [p for p in (tritonserver, *stubs) if Path(f"/proc/{p}").exists()]  # noqa: E731
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = alive()
+    for p in left:  # clean up before failing, by pid
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes outlived kill -9 of optistop serve: {left}"
+    for k in ("http", "grpc", "metrics"):
+        check_port_free("127.0.0.1", ports[k], k)
+    # a SIGKILLed server cannot remove its /dev/shm regions: the next start on that port does (pidfile)
+    prefix = f"optistop_{serve.pid}_{ports['http']}_"
+    EmbeddedServer(ServerConfig(http_port=ports["http"]))._clear_orphan()
+    assert not list(Path("/dev/shm").glob(prefix + "*"))
