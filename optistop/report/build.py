@@ -274,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write(out: Path, summary: dict[str, Any]) -> int:
     """Figures and report.md from the summary alone (so a rendering change never reruns the replays)."""
-    datasets = {k: summary["datasets"][k] for k in summary.get("order", summary["datasets"])}
+    summary = dict(summary, order=summary.get("order") or [k for k in ORDER if k in summary["datasets"]])
+    datasets = {k: summary["datasets"][k] for k in summary["order"]}
     figs = {k: plots.cost_quality(k, r, out / f"cost_quality_{k}.png") for k, r in datasets.items() if "n" in r}
     if any(r.get("small") for r in datasets.values()):
         figs["small"] = plots.small_curve(datasets, out / "small_calibration.png")
