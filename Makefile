@@ -108,10 +108,10 @@ chat-calibrate: venv sysdeps
 $(PREDICTOR):
 	$(MAKE) predictor
 
-# The paper's experiments rerun (tiny family + RouteLLM replays) -> reports/ (about 1-2 min on 2 cores).
+# Issue 12's acceptance on every data set -> reports/ (REPORT_ARGS="--mmlupro-limit 2000" for a shorter run).
 report: venv
 	test -f artifacts/tiny_replay.jsonl || $(MAKE) collect predictor
-	$(BIN)/python -m optistop.report.build --out reports --seed 0 --jobs 2
+	$(BIN)/python -m optistop.report.build --out reports --seed 0 --jobs 2 $(REPORT_ARGS)
 
 routellm: venv
 	$(BIN)/python -m optistop.offline.routellm --out artifacts/routellm

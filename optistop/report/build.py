@@ -1,274 +1,287 @@
-"""The paper's experiments rerun on real outcomes: reports/report.md, PNG figures, reports/summary.json.
+"""Issue 12's acceptance, measured: reports/report.md, reports/summary.json and PNG figures.
 
-$ python -m optistop.report.build --out reports --seed 0 --jobs 2          # `make report`, ~5-10 min on 2 cores
+$ python -m optistop.report.build --out reports --seed 0 --jobs 2     # `make report`
+$ python -m optistop.report.build --routellm DIR --mmlupro DIR --mmlupro-limit 2000
 
-Data sets: the tiny family (artifacts/tiny_replay.jsonl from `make collect predictor`; spec costs and
-costs from measured latency) and RouteLLM's MMLU and GSM8K outcomes (../shared/data/routellm). A data set
-that is absent is reported as absent, never filled in. Everything is seeded; reruns give identical files.
+Data sets: the tiny family (artifacts/tiny_replay.jsonl, only its records out-of-sample for the predictor),
+RouteLLM's MMLU and GSM8K (optistop.offline.routellm), the two MMLU-Pro ladders (optistop.offline.mmlupro).
+Each is converted once to replay JSONL under artifacts/report_cache/ (keyed by a hash of its source files
+and converter, because the MMLU-Pro verifier takes minutes) and read with ``replay.load``, exactly as
+``optistop replay FILE`` reads it. ``replay.run`` then gives every held-out number. A data set that is
+absent is reported with where to get it, never filled in. Seeded throughout: reruns give identical files.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from optistop import ROOT
-from optistop.offline import online, routellm, stats
-from optistop.offline.replay import evaluate, from_records, load_jsonl, public
-from optistop.report import markdown as report_md
-from optistop.report import plots
+from optistop.offline import mmlupro, replay, routellm, stats
+from optistop.offline import policy_fit as F
+from optistop.report import markdown, plots
 
 TINY = ROOT / "artifacts" / "tiny_replay.jsonl"
-SIDECAR_DIR = ROOT / "model_repository" / "quality_predictor" / "1"
-TINY_MISSING = ("artifacts/tiny_replay.jsonl not found: the tiny family's collected outcomes were not "
-                "available when this report was made (build them with `make collect predictor`)")
+CACHE = ROOT / "artifacts" / "report_cache"
+POLICY = ROOT / "model_repository" / "quality_predictor" / "1" / "policy.json"
+SIDECAR = ROOT / "model_repository" / "quality_predictor" / "1" / "model.json"
+TINY_ROLES = ("calibration", "test")   # the predictor never trained on these: honest confidences
+TINY_MISSING = ("tiny family replay not found: build artifacts/tiny_replay.jsonl with `make collect predictor` "
+                "(or pass --tiny FILE)")
+ORDER = ("tiny", "routellm_mmlu", "routellm_gsm8k", "mmlupro_qwen", "mmlupro_llama")
+SMALL = (30, 100, 300, 1000)
 
 
-def table_8_1(pp: dict, ours: str = "optimal") -> list[dict]:
-    """Section 8.1 redone: ours vs each baseline, paired over the same held-out prompts."""
-    rows = []
-    a = pp[ours]
-    for base in [p for p in pp if p.startswith("fixed:")] + ["random", "oracle", "paper"]:
-        if base not in pp:
+def _digest(parts: Sequence[str | Path]) -> str:
+    """sha256 over strings and file contents: the cache key of one converted data set."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, Path):
+            h.update(p.read_bytes())
+        else:
+            h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _write_jsonl(path: Path, records: Sequence[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(path)   # a killed run never leaves a half file that looks cached
+
+
+def sources(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """name -> {"missing": where-to-get-it} or {"label", "key", "convert": (kind, arg)}; nothing is read yet."""
+    out: dict[str, dict[str, Any]] = {}
+    conv = lambda mod: Path(mod.__file__)  # noqa: E731 - the converter's code is part of the key
+    tiny = Path(a.tiny)
+    out["tiny"] = ({"label": "tiny family (small -> medium -> large, costs 1 / 4.5 / 10)",
+                    "key": _digest(["tiny", *TINY_ROLES, tiny]), "convert": ("tiny", str(tiny))}
+                   if tiny.is_file() else {"missing": TINY_MISSING})
+    rdir = routellm.find_dir(a.routellm)
+    for sub in ("mmlu", "gsm8k"):
+        name = f"routellm_{sub}"
+        if rdir is None:
+            out[name] = {"missing": routellm.WHERE}
             continue
-        b = pp[base]
-        rows.append({"baseline": base, "our_cost": float(a["cost"].mean()), "base_cost": float(b["cost"].mean()),
-                     "speedup": float(b["cost"].mean() / a["cost"].mean()),
-                     "cost_test": stats.paired(a["cost"], b["cost"]),
-                     "our_quality": float(a["quality"].mean()), "base_quality": float(b["quality"].mean()),
-                     "quality_test": stats.paired(a["quality"], b["quality"])})
-    return rows
-
-
-def cpt(res: dict, policy: str) -> dict:
-    """RouteLLM's CPT(x): smallest strong-call share on the held-out sweep recovering x of the gap."""
-    acc = res["accuracy"]
-    gap = acc[-1] - acc[0]
-    out = {}
-    for x in (0.5, 0.8):
-        shares = [r["strong_share"] for r in res["sweep"].get(policy, [])
-                  if gap > 0 and (r["quality_rel"] * acc[-1] - acc[0]) / gap >= x]
-        out[f"cpt{int(x * 100)}"] = min(shares) if shares else None
-    out["pgr_of_target"] = (res["target"] * acc[-1] - acc[0]) / gap if gap > 0 else None
+        files = sorted((rdir / "mmlu_responses").glob("*.csv")) if sub == "mmlu" else [rdir / "gsm8k_responses.csv"]
+        out[name] = {"label": f"RouteLLM {sub.upper()} (Mixtral-8x7B -> GPT-4, costs 1 / 10)",
+                     "key": _digest([name, conv(routellm), rdir / f"{sub}_contaminated_prompts.jsonl", *files]),
+                     "convert": (name, str(rdir))}
+    for ladder, models in mmlupro.LADDERS.items():
+        name = f"mmlupro_{ladder}"
+        mdir = mmlupro.find_dir(a.mmlupro, [ladder])
+        if mdir is None:
+            out[name] = {"missing": mmlupro.WHERE}
+            continue
+        lim = "all" if a.mmlupro_limit is None else str(a.mmlupro_limit)
+        out[name] = {"label": f"MMLU-Pro {' -> '.join(models)} (costs 1 / 4.5 / 10)"
+                     + ("" if a.mmlupro_limit is None else f", first {a.mmlupro_limit} questions"),
+                     "key": _digest([name, lim, str(a.seed), conv(mmlupro),
+                                     *(mmlupro.zip_path(mdir, m) for m in models)]),
+                     "convert": (name, str(mdir))}
     return out
 
 
-def frontier(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Efficient (cost, quality) frontier of a sweep, mixtures included: choosing between two lambdas at
-    random per prompt realises every point on the segment between them, so the frontier is the upper
-    concave hull of quality vs cost, up to its highest quality. Returns (quality, cost), increasing."""
-    pts = sorted(set(points))
-    hull: list[tuple[float, float]] = []
-    for c, q in pts:
-        while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (q - hull[-2][1])
-                                  - (hull[-1][1] - hull[-2][1]) * (c - hull[-2][0])) >= 0:
-            hull.pop()
-        hull.append((c, q))
-    top = max(range(len(hull)), key=lambda i: (hull[i][1], -hull[i][0]))
-    hull = hull[: top + 1]
-    return np.array([q for _, q in hull]), np.array([c for c, _ in hull])
-
-
-def cost_for_quality(front: tuple[np.ndarray, np.ndarray], q: float) -> float | None:
-    qs, cs = front
-    if q > qs[-1] + 1e-12:
-        return None
-    return float(np.interp(q, qs, cs, left=cs[0]))
-
-
-def dominance(res: dict, a: str = "optimal", b: str = "paper") -> dict:
-    """At every held-out sweep point of b, the cost a's frontier needs for at least b's quality."""
-    if a not in res["sweep"] or b not in res["sweep"]:
-        return {}
-    front = frontier([(r["cost"], r["quality_rel"]) for r in res["sweep"][a]])
-    worse, worst, n, unreachable = 0, 0.0, 0, 0
-    for rb in res["sweep"][b]:
-        c = cost_for_quality(front, rb["quality_rel"])
-        if c is None:
-            unreachable += 1
-            continue
-        n += 1
-        worse += c > rb["cost"] + 1e-9
-        worst = max(worst, c - rb["cost"])
-    pb = res["policies"].get(b)
-    at_b = cost_for_quality(front, pb["quality_rel"]) if pb else None
-    return {"paper_points_compared": n, "paper_points_where_optimal_costs_more": int(worse),
-            "paper_points_above_optimal_max_quality": unreachable, "max_extra_cost": worst,
-            "optimal_cost_at_paper_operating_quality": at_b,
-            "paper_operating_point": None if not pb else {"cost": pb["cost"], "quality_rel": pb["quality_rel"]}}
-
-
-def bootstrap_gap(sw: dict, q: float, seed: int, reps: int = 400,
-                  a: str = "optimal", b: str = "paper") -> dict | None:
-    """Paired bootstrap over prompts of cost_a(q) - cost_b(q) on the two frontiers (q relative quality)."""
-    if a not in sw or b not in sw:
-        return None
-    N = sw[a]["cost"].shape[1]
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for r in range(reps + 1):
-        w = np.ones(N) if r == 0 else rng.multinomial(N, np.full(N, 1.0 / N)).astype(float)
-        ref_r = float(sw["_last"] @ w / N)         # r = 0: the data as they are
-        fa, fb = (frontier(list(zip(sw[p]["cost"] @ w / N, sw[p]["quality"].astype(float) @ w / N / ref_r,
-                                    strict=True))) for p in (a, b))
-        ca, cb = cost_for_quality(fa, q), cost_for_quality(fb, q)
-        if ca is not None and cb is not None:
-            diffs.append(ca - cb)
-    if not diffs:
-        return None
-    boot = np.asarray(diffs[1:]) if len(diffs) > 1 else np.asarray(diffs)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"quality_rel": q, "diff": float(diffs[0]), "ci95": [float(lo), float(hi)], "reps": reps,
-            "share_of_reps_optimal_cheaper": float(np.mean(boot <= 0))}
-
-
-def _job(job: tuple[str, str, dict]) -> dict:
-    name, kind, kw = job
-    if kind == "routellm_mmlu":
-        data = from_records(routellm.mmlu_records(Path(kw["dir"])))
+def convert(name: str, kind: str, arg: str, key: str, limit: int | None, seed: int, cache: Path = CACHE) -> Path:
+    """The data set as replay JSONL in the cache (converted only when its key is new)."""
+    path = cache / f"{name}-{key}.jsonl"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    if kind == "tiny":
+        recs, _ = replay.read_records(arg)
+        recs = [r for r in recs if r.get("predictor_role") in TINY_ROLES]
+    elif kind == "routellm_mmlu":
+        recs = routellm.mmlu_records(Path(arg))
     elif kind == "routellm_gsm8k":
-        data = from_records(routellm.gsm8k_records(Path(kw["dir"])))
+        recs = routellm.gsm8k_records(Path(arg))
     else:
-        data = load_jsonl(kw["path"])
-    costs = kw.get("costs")
-    if kw.get("latency_costs"):
-        if data.latency_ms is None:
-            return {"name": name, "missing": "no latency_ms in the replay file"}
-        lat = data.latency_ms.mean(axis=0)
-        costs = (lat / lat[0]).round(3).tolist()
-    res = evaluate(data, seed=kw["seed"], folds=5, costs=costs)
-    arr = res.pop("_arrays")
-    out = public(res)
-    out["name"] = name
-    if data.latency_ms is not None:
-        out["latency_ms_mean"] = data.latency_ms.mean(axis=0).tolist()
-    out["table_8_1"] = table_8_1(arr["per_prompt"])
-    out["cpt"] = {p: cpt(out, p) for p in ("optimal", "paper")}
-    out["dominance"] = dominance(out)
-    sw = dict(arr["sweep"], _last=arr["correct"][:, -1].astype(float))
-    out["dominance"]["bootstrap_at_target"] = bootstrap_gap(sw, out["target"], kw["seed"])
-    out["mean_ex_ante"] = arr["R"].mean(axis=0).tolist()
-    out["resolution"] = np.mean(out["resolution_per_fold"], axis=0).tolist()
-    if kw.get("regret", True):
-        lam = float(np.median(out["policies"]["optimal"]["lambda_per_fold"]))
-        out["regret"] = online.regret_experiment(arr["P"], arr["correct"], arr["costs"], lam,
-                                                 T=kw.get("T", 20000), seeds=kw.get("seeds", 8))
+        recs = mmlupro.ladder_records(Path(arg), kind.removeprefix("mmlupro_"), limit, seed)
+    _write_jsonl(path, recs)
+    return path
+
+
+def hindsight_curve(a: F.Arrays, levels: Sequence[float] = tuple(np.linspace(0.85, 1.0, 16))) -> list[list[float]]:
+    """[level, quality_rel, cost] of the cheapest hindsight threshold cascade per level (the reference line).
+    Every grid rule is replayed once and reused across levels (fit_thresholds would redo it per level)."""
+    last = max(a.correct[:, -1].mean(), 1e-12)
+    pts = [tuple(float(x.mean()) for x in F.outcome(r, a)) for r in F.threshold_grid(a, 24)]
+    out = []
+    for lev in levels:
+        ok = [(c, q) for q, c in pts if q >= lev * last - 1e-12]
+        if ok:
+            c, q = min(ok)
+            out.append([round(float(lev), 4), round(q / last, 6), round(c, 6)])
     return out
 
 
-def read_sidecar(d: Path = SIDECAR_DIR) -> dict | None:
-    """The predictor sidecar's metric table (section 10.1's ablation), if the predictor was built."""
-    for f in sorted(d.glob("*.json")):
-        try:
-            side = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(side, dict) and "metrics" in side:
-            return {"file": str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f),
-                    "metrics": side["metrics"], "arch": side.get("arch"), "training": side.get("training")}
-    return None
-
-
-def summarise(results: dict[str, dict]) -> dict:
-    keep = ("quality", "quality_rel", "cost", "strong_share", "cost_at_target", "stage_dist", "ran_share",
-            "lambda_per_fold", "reached_target_on_training", "reached_target_held_out")
-    out: dict = {}
-    for name, r in results.items():
-        if "missing" in r:
-            out[name] = {"missing": r["missing"]}
-            continue
-        out[name] = {"n": r["n"], "stages": r["stages"], "costs": r["costs"], "accuracy": r["accuracy"],
-                     "target": r["target"],
-                     "policies": {p: {k: m[k] for k in keep if k in m} for p, m in r["policies"].items()},
-                     "oracle": {"cheapest_correct_stage": {k: r["policies"]["oracle"][k] for k in keep
-                                                           if k in r["policies"]["oracle"]},
-                                "at_target": r["oracle_at_target"]},
-                     "table_8_1": r["table_8_1"], "cpt": r["cpt"], "optimal_vs_paper": r["dominance"],
-                     "predictor": r["predictor"], "resolution": r["resolution"]}
+def candidates(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Seed 0's rules with paired tests of each against the served rule over the same held-out prompts."""
+    pp = res["per_prompt"]
+    srv = {k: np.asarray(v) for k, v in pp["served"].items()}
+    out = {}
+    pol = res["kfold"][0]["policies"]
+    for name in sorted(pol, key=lambda p: (["served", "router", "paper"] + sorted(pol)).index(p)):
+        m = pol[name]
+        row: dict[str, Any] = dict(m)
+        if name != "served":
+            o = {k: np.asarray(v) for k, v in pp[name].items()}
+            row["cost_vs_served"] = stats.paired(o["cost"], srv["cost"])
+            row["quality_vs_served"] = stats.paired(o["quality"], srv["quality"])
+        out[name] = row
     return out
+
+
+def acceptance(res: dict[str, Any]) -> dict[str, Any]:
+    """The four conditions over seeds: a condition passes when it holds on the mean over seeds; how many
+    seeds it holds on is reported next to it, and the miss rate is the share of seeds below 94.5%."""
+    rows = [r["conditions"] for r in res["kfold"]]
+    col = lambda k: np.array([r[k] for r in rows], float)  # noqa: E731
+    q, c, rc = col("quality_rel"), col("cost"), col("router_cost")
+    cheapest, hind = rows[0]["cheapest_single_stage"], float(res["hindsight_cost"])
+    return {"seeds": len(rows), "quality_mean": float(q.mean()), "quality_min": float(q.min()),
+            "miss_rate": float(np.mean(q < replay.TOLERANCE)), "cost_mean": float(c.mean()),
+            "cost_max": float(c.max()), "cheapest_single_stage": cheapest, "router_cost_mean": float(rc.mean()),
+            "hindsight_cost": hind, "hindsight_x1.1": 1.1 * hind,
+            "pass": {"quality": bool(q.mean() >= replay.TOLERANCE), "cheapest_stage": bool(c.mean() <= cheapest + 1e-9),
+                     "router": bool(c.mean() <= rc.mean() + 1e-9), "hindsight": bool(c.mean() <= 1.1 * hind + 1e-9)},
+            "seeds_passing": {k: int(sum(bool(r[f]) for r in rows)) for k, f in
+                              (("quality", "meets_quality"), ("cheapest_stage", "le_cheapest_stage"),
+                               ("router", "le_router"), ("hindsight", "le_1.1_hindsight"))}}
+
+
+def small_curve(res: dict[str, Any], kfold_cost: float) -> dict[str, dict[str, Any]]:
+    out = {}
+    for m, rows in res["small"].items():
+        if rows:
+            cost = float(np.mean([r["cost"] for r in rows]))
+            out[m] = {"seeds": len(rows), "cost": cost, "ratio_to_kfold": cost / kfold_cost,
+                      "quality_mean": float(np.mean([r["quality_rel"] for r in rows])),
+                      "miss_rate": float(np.mean([not r["meets_quality"] for r in rows]))}
+    return out
+
+
+def job(spec: dict[str, Any]) -> dict[str, Any]:
+    """One data set end to end (a worker process): convert or reuse, load, run, condense."""
+    name = spec["name"]
+    kind, arg = spec["convert"]
+    path = convert(name, kind, arg, spec["key"], spec["limit"], spec["seed"], Path(spec["cache"]))
+    a = replay.load(path, spec["seed"])
+    crit = F.Criterion(**spec["criterion"])
+    res = replay.run(a, spec["seeds"], crit, 5, spec["small"])
+    acc = acceptance(res)
+    recs, _ = replay.read_records(path)
+    return {"label": spec["label"], "cache": path.name, "n": res["n"], "costs": res["costs"],
+            "stages": [s.get("model", f"stage{k}") for k, s in enumerate(recs[0]["stages"])],
+            "accuracy": res["accuracy"], "auroc": [stats.auroc(a.correct[:, k], a.conf[:, k])
+                                                   for k in range(a.conf.shape[1])],
+            "acceptance": acc, "by_seed": [r["conditions"] for r in res["kfold"]],
+            "choices": dict(sorted(Counter(c[0] + ("" if c[1] == "None" else f" {float(c[1]):.4g}")
+                                           for r in res["kfold"] for c in r["choices"]).items())),
+            "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"]),
+            "hindsight_curve": hindsight_curve(a)}
+
+
+def served() -> dict[str, Any] | None:
+    """The operating point the server loads (what the report leads with), or None without an artifact."""
+    try:
+        art = json.loads(POLICY.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {"file": str(POLICY.relative_to(ROOT)), "format": art.get("format"), "stages": art.get("stages"),
+            "costs": art.get("costs"), "operating": art.get("operating"), "criterion": art.get("criterion"),
+            "calibration": art.get("calibration"), "paper": {"lambda": (art.get("paper") or {}).get("lambda")},
+            "spec": art.get("spec")}
+
+
+def sidecar() -> dict[str, Any] | None:
+    """The served predictor's held-out metric table, if the sidecar carries one."""
+    try:
+        side = json.loads(SIDECAR.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    m = side.get("metrics") if isinstance(side, dict) else None
+    return {"file": str(SIDECAR.relative_to(ROOT)), "arch": side.get("arch"), "metrics": m} if m else None
+
+
+def _clean(x: object) -> object:
+    """Strict JSON: NaN/inf -> null, numpy scalars -> Python numbers, floats rounded to 6 digits (stable)."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, float | np.floating):
+        return round(float(x), 6) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m optistop.report.build", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "reports"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--routellm", default=None, help="RouteLLM evals folder (default ../shared/data/routellm)")
+    ap.add_argument("--seed", type=int, default=0, help="verifier folds and MMLU-Pro conversion seed")
+    ap.add_argument("--seeds", type=int, default=10, help="fold assignments per data set (miss rate over them)")
+    ap.add_argument("--small", default=",".join(map(str, SMALL)), help="fitting-set sizes of the small-data curve")
+    ap.add_argument("--jobs", type=int, default=2, help="data sets run in parallel (processes)")
     ap.add_argument("--tiny", default=str(TINY), help="tiny-family replay JSONL")
-    ap.add_argument("--regret-T", type=int, default=20000, help="stream length of the regret experiment")
-    ap.add_argument("--regret-seeds", type=int, default=8)
+    ap.add_argument("--routellm", default=None, help=f"RouteLLM evals folder (default {routellm.DEFAULT_DIR})")
+    ap.add_argument("--mmlupro", default=None, help=f"MMLU-Pro zips folder (default {mmlupro.DEFAULT_DIR})")
+    ap.add_argument("--mmlupro-limit", type=int, default=None, help="only the first N MMLU-Pro questions")
+    ap.add_argument("--cache", default=str(CACHE), help="folder of converted replay JSONL")
+    ap.add_argument("--only", action="append", choices=ORDER, help="run only these data sets")
+    ap.add_argument("--render-only", action="store_true", help="redraw report.md and figures from summary.json")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs: list[tuple[str, str, dict]] = []
-    missing: dict[str, str] = {}
-    common = {"seed": a.seed, "T": a.regret_T, "seeds": a.regret_seeds}
-    rdir = routellm.find_dir(a.routellm)
-    if rdir is None:
-        missing["routellm_mmlu"] = missing["routellm_gsm8k"] = routellm.WHERE
+    if a.render_only:
+        return write(out, json.loads((out / "summary.json").read_text(encoding="utf-8")))
+    srv = served()
+    crit = (srv or {}).get("criterion") or vars(F.Criterion())   # measure at the server's own criterion
+    src = {k: v for k, v in sources(a).items() if not a.only or k in a.only}
+    specs = [{"name": k, **v, "limit": a.mmlupro_limit, "seed": a.seed, "seeds": a.seeds, "criterion": crit,
+              "cache": a.cache, "small": tuple(int(x) for x in a.small.split(",") if x)}
+             for k, v in src.items() if "missing" not in v]
+    specs.sort(key=lambda s: not s["name"].startswith("mmlupro"))   # the longest first
+    if a.jobs <= 1 or len(specs) <= 1:
+        results = [job(s) for s in specs]
     else:
-        jobs += [("routellm_mmlu", "routellm_mmlu", {"dir": str(rdir), **common}),
-                 ("routellm_gsm8k", "routellm_gsm8k", {"dir": str(rdir), **common})]
-    if Path(a.tiny).is_file():
-        jobs += [("tiny", "jsonl", {"path": a.tiny, **common}),
-                 ("tiny_latency_cost", "jsonl", {"path": a.tiny, **common, "latency_costs": True,
-                                                 "regret": False})]
-    else:
-        missing["tiny"] = TINY_MISSING
-    jobs.sort(key=lambda j: j[0] != "routellm_mmlu")        # the longest first
-    with ProcessPoolExecutor(max_workers=max(1, a.jobs)) as ex:
-        done = {r["name"]: r for r in ex.map(_job, jobs)}
-    order = ["tiny", "tiny_latency_cost", "routellm_mmlu", "routellm_gsm8k"]
-    results = {k: done[k] if k in done else {"missing": missing[k]} for k in order if k in done or k in missing}
-    ok = {k: v for k, v in results.items() if "missing" not in v}
-    figs: dict[str, str] = {}
-    for k, r in ok.items():
-        figs[f"pareto_{k}"] = plots.pareto(k, r, out / f"pareto_{k}.png")
-    if ok:
-        figs["stages"] = plots.stage_distribution(ok, out / "stage_distribution.png")
-    regrets = {k: r["regret"] for k, r in ok.items() if "regret" in r}
-    if regrets:
-        figs["regret"] = plots.regret(regrets, out / "regret.png")
-    th_src = ok.get("tiny") or ok.get("routellm_gsm8k")
-    if th_src:
-        what = f"means over the {th_src['name']} data (n = {th_src['n']})"
-        figs["thresholds"] = plots.thresholds(th_src["costs"], th_src["mean_ex_ante"], th_src["resolution"],
-                                              what, out / "thresholds.png")
-    else:
-        figs["thresholds"] = plots.thresholds([1.0, 4.5, 10.0], [0.5, 0.8, 0.9], [0.0, 0.0, 0.0],
-                                              "illustrative values, no data set available",
-                                              out / "thresholds.png")
-    side = read_sidecar()
-    summary = {"seed": a.seed, "target": 0.95, "folds": 5, "datasets": summarise(results),
-               "regret": regrets, "predictor_sidecar": side,
-               "published": {"routellm": routellm.PUBLISHED, "oracle_readme": routellm.ORACLE_README}}
-    summary = _clean(summary)
+        with Pool(min(a.jobs, len(specs))) as pool:
+            results = pool.map(job, specs, chunksize=1)
+    done = dict(zip([s["name"] for s in specs], results, strict=True))
+    datasets = {k: done[k] if k in done else {"missing": src[k]["missing"]} for k in ORDER if k in src}
+    summary = _clean({"seed": a.seed, "seeds": a.seeds, "folds": 5, "criterion": crit, "tolerance": replay.TOLERANCE,
+                      "served": srv, "datasets": datasets, "predictor_sidecar": sidecar(),
+                      "mmlupro_limit": a.mmlupro_limit, "order": list(datasets)})
     text = json.dumps(summary, indent=1, sort_keys=True, allow_nan=False) + "\n"
     (out / "summary.json").write_text(text, encoding="utf-8")
-    (out / "report.md").write_text(report_md.render(results, summary, figs), encoding="utf-8")
+    return write(out, json.loads(text))   # render what was written: --render-only gives the same bytes
+
+
+def write(out: Path, summary: dict[str, Any]) -> int:
+    """Figures and report.md from the summary alone (so a rendering change never reruns the replays)."""
+    summary = dict(summary, order=summary.get("order") or [k for k in ORDER if k in summary["datasets"]])
+    datasets = {k: summary["datasets"][k] for k in summary["order"]}
+    figs = {k: plots.cost_quality(k, r, out / f"cost_quality_{k}.png") for k, r in datasets.items() if "n" in r}
+    if any(r.get("small") for r in datasets.values()):
+        figs["small"] = plots.small_curve(datasets, out / "small_calibration.png")
+    (out / "report.md").write_text(markdown.render(summary, figs), encoding="utf-8")
     print(f"wrote {out / 'report.md'}, {out / 'summary.json'} and {len(figs)} figures")
     return 0
-
-
-def _clean(x: object) -> object:
-    """NaN and infinities become null (strict JSON); numpy scalars become Python numbers."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 if __name__ == "__main__":
