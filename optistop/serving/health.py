@@ -82,11 +82,14 @@ def models_from_server(url: str) -> dict[str, str]:
 
     client = grpc.InferenceServerClient(url)
     roles: dict[str, str] = {}
-    for entry in client.get_model_repository_index().models:
+    # The statistics API lists every loaded model and stays open when the supervisor restricts the
+    # model-repository API to itself (optistop.serving.supervisor).
+    names = sorted({s.name for s in client.get_inference_statistics().model_stats})
+    for name in names:
         try:
-            cfg = client.get_model_config(entry.name).config
-        except Exception:  # a model that is not loaded: probed by name, so it fails visibly
-            roles[entry.name] = "stage"
+            cfg = client.get_model_config(name).config
+        except Exception:  # a model whose config cannot be read: probed by name, so it fails visibly
+            roles[name] = "stage"
             continue
         if cfg.model_transaction_policy.decoupled:
             continue
@@ -94,7 +97,7 @@ def models_from_server(url: str) -> dict[str, str]:
         role = ("predictor" if T.FEATURES in names else "stage" if T.INPUT_IDS in names
                 else "cascade" if T.TEXT_INPUT in names else None)
         if role:
-            roles[entry.name] = role
+            roles[name] = role
     return roles
 
 
@@ -181,11 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the server does not answer at all
         print(f"{args.url}: not answering ({type(exc).__name__}: {str(exc)[:200]})")
         return 1
-    if args.model:
-        unknown = [m for m in args.model if m not in models]
-        if unknown:
-            ap.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(models)}")
-        models = {m: models[m] for m in args.model}
+    if args.model:  # a named model is probed even when the server no longer lists it (then it fails)
+        models = {m: models.get(m, "stage") for m in args.model}
     results = check(args.url, models, args.timeout)
     for r in results:
         print(r.line())
