@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from optistop.tiny.members import Member, Recipe, Shape
+
 # --- the task -------------------------------------------------------------------------------------
 
 LEVELS: tuple[int, ...] = (1, 2, 3, 4)
@@ -206,41 +208,11 @@ def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = Tr
     return out + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-@dataclass(frozen=True)
-class Shape:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training hyper-parameters; saved next to the weights so a run can be reproduced."""
-
-    steps: int
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup: int = 60
-    weight_decay: float = 0.01
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    shape: Shape
-    recipe: Recipe
-
-
+# Shapes and recipes are the tiny family's types (optistop.tiny.members); batch 64 and a shorter warm-up here.
 MEMBERS: dict[str, Member] = {
-    "small": Member("small", Shape(64, 2, 4, 2, 192), Recipe(steps=1200)),
-    "medium": Member("medium", Shape(96, 3, 4, 2, 288), Recipe(steps=1200)),
-    "large": Member("large", Shape(128, 4, 4, 2, 384), Recipe(steps=1500)),
+    "small": Member("small", Shape(64, 2, 4, 2, 192), Recipe(steps=1200, batch_size=64, warmup=60)),
+    "medium": Member("medium", Shape(96, 3, 4, 2, 288), Recipe(steps=1200, batch_size=64, warmup=60)),
+    "large": Member("large", Shape(128, 4, 4, 2, 384), Recipe(steps=1500, batch_size=64, warmup=60)),
 }
 
 
