@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from optistop.policy_artifact import FILE_NAME as POLICY_FILE
 from optistop.serving.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
 from optistop.serving.render import CASCADE_MODEL, point_cascade_at
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
@@ -92,6 +93,11 @@ def subset_repository(source: Path, models: tuple[str, ...] | list[str], repo: P
         shutil.copytree(source / model, repo / model, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if spec is not None and CASCADE_MODEL in models:
         point_cascade_at(repo / CASCADE_MODEL, spec)
+    predictor = spec.predictor_model if spec is not None else "quality_predictor"
+    policy = source / predictor / "1" / POLICY_FILE
+    if CASCADE_MODEL in models and predictor not in models and policy.exists():
+        # the predictor runs elsewhere; the policy the cascade decides with is read beside the cascade
+        shutil.copyfile(policy, repo / CASCADE_MODEL / "1" / POLICY_FILE)
     return repo
 
 

@@ -101,18 +101,18 @@ class StageEngine:
         if self.fault.startswith("delay_ms:"):
             time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
         results: list[RequestError | None] = [None] * len(batch)
-        groups: dict[int, list[tuple[int, list[int], int]]] = {}
+        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int]]] = {}
         for i, inputs in enumerate(batch):
             try:
-                ids, out_len, end = self.parse(inputs)
+                ids, out_len, end, stop_words = self.parse(inputs)
             except RequestError as exc:
                 results[i] = exc
                 continue
-            groups.setdefault(end, []).append((i, ids, out_len))
+            groups.setdefault((end, stop_words), []).append((i, ids, out_len))
         if self.fault == "empty":
             return results
         pause = int(self.fault.split(":", 1)[1]) / 1e3 if self.fault.startswith("token_delay_ms:") else 0.0
-        for end, members in groups.items():
+        for (end, stop_words), members in groups.items():
             sent = [0] * len(members)
 
             def on_token(row: int, token: int, logprob: float, members=members, sent=sent) -> bool:
@@ -124,8 +124,9 @@ class StageEngine:
                 return emit(i, to_tensors(Generated((token,), (logprob,), False)))
 
             self.model.generate_ids([m[1] for m in members], max(m[2] for m in members), end_id=end,
-                                    on_token=on_token)
+                                    stop_words=stop_words, on_token=on_token)
         return results
+
 
 def _truncate(g: Generated, n: int) -> Generated:
     """Cut a sequence decoded past its own budget (batched with a longer one) back to ``n`` tokens.
