@@ -90,8 +90,11 @@ def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion,
                 extras: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-prompt (quality, cost) on ``ev`` of every rule fitted on ``cal``."""
     ch = F.choose(cal, crit, seed)
-    out = {"served": F.outcome(ch["rule"], ev), "router": F.outcome(ch["router"], ev)}
+    ran, ans = K.simulate(ch["rule"], ev.conf, ev.ex_ante, ev.resp)
+    served = (ev.correct[np.arange(len(ans)), ans].astype(float), ran.astype(float) @ ev.costs)
+    out = {"served": served, "router": F.outcome(ch["router"], ev)}
     out["_choice"] = ch["choice"]  # type: ignore[assignment]
+    out["_ran"] = ran  # type: ignore[assignment]  # which stages the served rule ran: the stage mix
     if extras:
         out["paper"] = F.outcome(F.paper_at_target(cal, crit.target), ev)
         out["random"] = F.outcome(K.RandomRule(seed), ev)
@@ -106,22 +109,27 @@ def kfold(a: F.Arrays, seed: int, crit: F.Criterion, folds: int = 5, extras: boo
     np.random.default_rng(1000 + seed).shuffle(fid)
     per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     choices = []
+    ran = np.zeros(a.conf.shape, bool)
     for f in range(folds):
         tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
         o = fit_and_run(a.take(tr), a.take(te), seed * 100 + f, crit, extras)
         choices.append(list(map(str, o.pop("_choice"))))
+        ran[te] = o.pop("_ran")
         for name, (q, c) in o.items():
             per.setdefault(name, (np.zeros(N), np.zeros(N)))
             per[name][0][te], per[name][1][te] = q, c
-    return {"per": per, "choices": choices}
+    return {"per": per, "choices": choices, "ran": ran}
 
 
-def summarise(a: F.Arrays, per: dict[str, tuple[np.ndarray, np.ndarray]], hind: float) -> dict[str, Any]:
+def summarise(a: F.Arrays, per: dict[str, tuple[np.ndarray, np.ndarray]], hind: float,
+              ran: np.ndarray | None = None) -> dict[str, Any]:
     rc = float(per["router"][1].mean())
     last = a.correct[:, -1].mean()
     out = {"conditions": _conditions(a, *per["served"], rc, hind)}
     out["policies"] = {k: {"quality_rel": round(float(q.mean() / last), 6), "cost": round(float(c.mean()), 6)}
                        for k, (q, c) in per.items()}
+    if ran is not None:  # share of prompts on which each stage runs: what sizes each stage's deployment
+        out["policies"]["served"]["ran_share"] = ran.mean(axis=0).round(6).tolist()
     return out
 
 
@@ -134,7 +142,7 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
                            "criterion": vars(crit), "kfold": [], "small": {}}
     for s in range(seeds):
         k = kfold(a, s, crit, folds, extras=s == 0)
-        row = summarise(a, k["per"], hind) | {"seed": s, "choices": k["choices"]}
+        row = summarise(a, k["per"], hind, k["ran"]) | {"seed": s, "choices": k["choices"]}
         if s == 0:  # per-prompt outcomes of seed 0 for paired comparisons in the report
             res["per_prompt"] = {n: {"quality": q.tolist(), "cost": c.tolist()} for n, (q, c) in k["per"].items()}
         res["kfold"].append(row)
@@ -147,7 +155,7 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
             fi, ei = perm[:m], perm[m:]
             ev = a.take(ei)
             o = fit_and_run(a.take(fi), ev, s, crit, extras=False)
-            o.pop("_choice")
+            o.pop("_choice"), o.pop("_ran")
             rows.append(summarise(ev, o, hindsight(ev, crit.target, 16))["conditions"])
         res["small"][str(m)] = rows
     res["last_stage_accuracy"] = float(last)
@@ -159,6 +167,7 @@ def fit_eval(cal: F.Arrays, ev: F.Arrays, crit: F.Criterion, seed: int = 0) -> d
         raise ReplayInputError("--fit and --eval files must have the same stages and costs")
     o = fit_and_run(cal, ev, seed, crit, extras=True)
     choice = list(map(str, o.pop("_choice")))
+    o.pop("_ran")
     return summarise(ev, o, hindsight(ev, crit.target)) | {"choice": choice}
 
 

@@ -53,12 +53,12 @@ def plan(rate: float, shares: list[float], throughput: list[float], spec: Cascad
     return out
 
 
-def replay_mix(summary: Path, dataset: str = "tiny", policy: str = "optimal") -> list[float]:
+def replay_mix(summary: Path, dataset: str = "tiny", policy: str = "served") -> list[float]:
     data = json.loads(summary.read_text(encoding="utf-8"))
     try:
-        return [float(x) for x in data["datasets"][dataset]["policies"][policy]["ran_share"]]
+        return [float(x) for x in data["datasets"][dataset]["candidates"][policy]["ran_share"]]
     except KeyError:
-        raise SpecError(f"{summary}: no datasets.{dataset}.policies.{policy}.ran_share; run `make report`") from None
+        raise SpecError(f"{summary}: no datasets.{dataset}.candidates.{policy}.ran_share; run `make report`") from None
 
 
 def bench_figures(results: Path) -> tuple[list[float], list[float]]:

@@ -30,8 +30,8 @@ def test_gpus_are_replicas_times_tp() -> None:
 def test_committed_figures_are_read() -> None:
     shares, tput = bench_figures(SPEC.source.parent / "bench" / "results.json")
     assert len(shares) == len(tput) == 3 and tput[0] > tput[2] > 0  # the small stage serves the most
-    mix = replay_mix(SPEC.source.parent / "reports" / "summary.json")
-    assert mix[0] >= mix[1] >= mix[2] > 0
+    mix = replay_mix(SPEC.source.parent / "reports" / "summary.json")   # the served rule's stage mix
+    assert len(mix) == 3 and all(0 < x <= 1 for x in mix) and sum(mix) >= 1  # every prompt runs a stage
 
 
 def test_cli_table_and_bad_input(capsys) -> None:
