@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from optistop.offline.operating import ReplayInputError
+from optistop.offline.replay import read_records
 from optistop.serving.bls import STAGE_OUTPUTS, parse_stage_outputs, stage_request
 from optistop.serving.tokenizers import PromptEncoder, parse_messages
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
@@ -38,30 +40,27 @@ class PromptFileError(ValueError):
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:
     out, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    try:
+        records, lines = read_records(path)   # JSON objects with their line numbers (the replay's reader)
+    except ReplayInputError as exc:
+        raise PromptFileError(str(exc)) from None
+    for rec, n in zip(records, lines, strict=True):
+        if "id" not in rec:
+            raise PromptFileError(f"{path}:{n}: field 'id' is missing")
+        if ("prompt" in rec) == ("messages" in rec):
+            raise PromptFileError(f"{path}:{n}: give exactly one of 'prompt' (text) and 'messages' (chat)")
+        if "prompt" in rec and not (isinstance(rec["prompt"], str) and rec["prompt"].strip()):
+            raise PromptFileError(f"{path}:{n}: field 'prompt' must be a non-empty string")
+        if "messages" in rec:
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec:
-                raise PromptFileError(f"{path}:{n}: field 'id' is missing")
-            if ("prompt" in rec) == ("messages" in rec):
-                raise PromptFileError(f"{path}:{n}: give exactly one of 'prompt' (text) and 'messages' (chat)")
-            if "prompt" in rec and not (isinstance(rec["prompt"], str) and rec["prompt"].strip()):
-                raise PromptFileError(f"{path}:{n}: field 'prompt' must be a non-empty string")
-            if "messages" in rec:
-                try:
-                    parse_messages(json.dumps(rec["messages"]))
-                except ValueError as exc:
-                    raise PromptFileError(f"{path}:{n}: field 'messages' {exc}") from None
-            key = str(rec["id"])
-            if key in seen:
-                raise PromptFileError(f"{path}:{n}: id {key!r} appears twice")
-            seen.add(key)
-            out.append(rec)
+                parse_messages(json.dumps(rec["messages"]))
+            except ValueError as exc:
+                raise PromptFileError(f"{path}:{n}: field 'messages' {exc}") from None
+        key = str(rec["id"])
+        if key in seen:
+            raise PromptFileError(f"{path}:{n}: id {key!r} appears twice")
+        seen.add(key)
+        out.append(rec)
     if not out:
         raise PromptFileError(f"{path}: no prompts")
     return out
