@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,6 +53,25 @@ class CascadeService:
         if not spec.stop_token_ids:  # the family's other end tokens (generation_config.json) stop it too
             spec = dataclasses.replace(spec, stop_token_ids=tuple(encoder.end_ids[1:]))
         return cls(spec, encoder)
+
+    @classmethod
+    def for_triton(cls, pb_utils: Any, args: dict[str, str]) -> tuple[CascadeService, Any]:
+        """What both cascade models (plain and streaming) do in initialize(): the spec named by the
+        ``cascade_spec`` parameter, the repository checks and policy, Prometheus metrics, and the
+        in-process predictor when ``predictor_in_process`` is "true" (else None: a BLS call)."""
+        from optistop.serving.prometheus import TritonMetrics
+        from optistop.serving.triton_glue import model_parameters
+
+        _, params, model_dir = model_parameters(args)
+        service = cls.from_spec_file(model_dir / params["cascade_spec"])
+        service.check_repository(model_dir.parent)
+        service.metrics = TritonMetrics(pb_utils)
+        local = None
+        if params.get("predictor_in_process", "false") == "true":
+            from optistop.serving.predictor_runtime import QualityPredictor
+
+            local = QualityPredictor(model_dir.parent / service.spec.predictor_model / "1" / "model.onnx")
+        return service, local
 
     def check_repository(self, repo: Path) -> None:
         """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage

@@ -18,25 +18,16 @@ import triton_python_backend_utils as pb_utils
 
 from optistop.serving.bls import BlsBackend
 from optistop.serving.cascade_service import INPUTS, CascadeService
-from optistop.serving.prometheus import TritonMetrics
 from optistop.serving.request import RequestError
 from optistop.serving.streaming import handle_stream
-from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+from optistop.serving.triton_glue import error_response, read_inputs, response
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        _, params, model_dir = model_parameters(args)
-        self.service = CascadeService.from_spec_file(model_dir / params["cascade_spec"])
-        self.service.check_repository(model_dir.parent)
-        self.service.metrics = TritonMetrics(pb_utils)
-        local = None
-        if params.get("predictor_in_process", "false") == "true":
-            from optistop.serving.predictor_runtime import QualityPredictor
-
-            local = QualityPredictor(model_dir.parent / self.service.spec.predictor_model / "1" / "model.onnx")
+        self.service, local = CascadeService.for_triton(pb_utils, args)
         self.backend = BlsBackend(pb_utils, self.service.spec, self.service.end_id, self.service.pad_id, local)
         self.ready = False  # BLS calls are not allowed in initialize(): check the stages on first use
 
