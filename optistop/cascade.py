@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from optistop.features import ex_ante_features, stage_features
+from optistop.features import ex_ante_all, stage_features
 from optistop.policy import Policy, State
 from optistop.spec import CascadeSpec
 
@@ -122,9 +122,8 @@ class _Run:
         # The kernel's state for N = 1: the same arrays the replay passes for thousands of prompts.
         state = State(np.full((1, n), NAN), None, np.full((1, n), -1))
         if req.policy.uses_ex_ante:
-            feats = np.stack([ex_ante_features(req.prompt, k, n) for k in range(n)])
             try:
-                ex_ante = await self._score(feats, stage=-1)  # one call for every stage's estimate
+                ex_ante = await self._score(ex_ante_all(req.prompt, n), stage=-1)  # one call for every stage's estimate
             except StageFailure as exc:
                 return await self._fallback(exc, after=-1, predictor_down=True)
             state.ex_ante = np.asarray([ex_ante], dtype=np.float64)

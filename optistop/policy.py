@@ -55,13 +55,19 @@ class Policy(Protocol):
     def decide(self, s: State) -> Decision: ...
 
 
+def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    # np.clip's Python-level dispatch costs more than the arithmetic on the few values a served decision
+    # has; minimum(maximum()) is the same operation (NaN passes through both)
+    return np.minimum(np.maximum(x, lo), hi)
+
+
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+    return 1.0 / (1.0 + np.exp(-_clip(z, -40.0, 40.0)))
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1.0 - 1e-6)
-    return np.clip(np.log(p / (1.0 - p)), -CLIP, CLIP)
+    p = _clip(p, 1e-6, 1.0 - 1e-6)
+    return _clip(np.log(p / (1.0 - p)), -CLIP, CLIP)
 
 
 def run_mask(conf: np.ndarray) -> np.ndarray:
@@ -86,24 +92,41 @@ def features(s: State, rows: np.ndarray, mask: int, use_ex_ante: bool, use_agree
     logistic layer can bend a miscalibrated score (over-confidence) back into a probability."""
     n = s.conf.shape[1]
     S = stages_of(mask, n)
-    cols = [np.ones(len(rows))]
+    pairs = [(a, b) for i, a in enumerate(S) for b in S[i + 1:]] if use_agree else []
+    x = np.empty((len(rows), 1 + (n if use_ex_ante else 0) + 2 * len(S) + len(pairs)))
+    x[:, 0] = 1.0
+    j = 1
     if use_ex_ante:
         assert s.ex_ante is not None
-        cols += [logit(s.ex_ante[rows, k]) for k in range(n)]
-    for i in S:
-        c = s.conf[rows, i]
-        cols += [logit(c), c]
-    if use_agree:
+        x[:, 1:1 + n] = logit(s.ex_ante[rows])
+        j += n
+    if S:
+        c = s.conf[rows][:, S]
+        x[:, j:j + 2 * len(S):2] = logit(c)
+        x[:, j + 1:j + 2 * len(S):2] = c
+        j += 2 * len(S)
+    if pairs:
         assert s.resp is not None
-        for a in range(len(S)):
-            for b in range(a + 1, len(S)):
-                ra, rb = s.resp[rows, S[a]], s.resp[rows, S[b]]
-                cols.append(((ra == rb) & (ra >= 0)).astype(float))
-    return np.column_stack(cols)
+        r = s.resp[rows]
+        for a, b in pairs:
+            x[:, j] = (r[:, a] == r[:, b]) & (r[:, a] >= 0)
+            j += 1
+    return x
 
 
 def _empty(N: int) -> Decision:
     return Decision(np.zeros(N, bool), np.full(N, -1), np.full(N, -1), np.ones(N))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One history's models stacked into one matrix, so a decision is one matmul and one sigmoid."""
+
+    S: np.ndarray      # stages run
+    ks: np.ndarray     # allowed next stages (K)
+    w: np.ndarray      # (d, |S| + 2K): answer models of S, then w_q of each k, then w_c of each k
+    cost: np.ndarray   # (K,) c_k
+    cmax: np.ndarray   # (K,)
 
 
 @dataclass
@@ -118,7 +141,8 @@ class ModelRule:
     fitted-Q: both expectations are logistic regressions on x_S of the *realised* outcomes of running k and
     then following this rule on calibration prompts (``cont[S][k] = (w_q, w_c, cmax)``), fitted from the
     deepest histories back to S = {}: the law of future confidences is learned, not assumed independent.
-    ``router_only`` stops after the one stage it picks from the prompt (the router, same code path)."""
+    ``router_only`` stops after the one stage it picks from the prompt (the router, same code path): its
+    Q(0, k) = c_k + lam (1 - P(correct_k | prompt))."""
 
     n: int
     costs: np.ndarray
@@ -129,44 +153,56 @@ class ModelRule:
     cont: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = field(default_factory=dict)
     router_only: bool = False
     name: str = "optimal"
+    _plans: dict[int, tuple[tuple[int, int, bool], _Plan]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def uses_ex_ante(self) -> bool:
         return self.use_ex_ante
 
-    def q_values(self, s: State, rows: np.ndarray, mask: int, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """(len(rows), K) Q(S, k) for the allowed next stages k (forward only), and those k."""
+    def plan(self, mask: int) -> _Plan:
+        """The stacked models of history ``mask``, built on first use and rebuilt when ``cont[mask]`` is
+        replaced or grows (policy_fit fills ``cont`` while it simulates the rule, deepest histories first)."""
+        cont = self.cont.get(mask, {})
+        sig = (id(cont), len(cont), self.router_only)
+        hit = self._plans.get(mask)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        S = stages_of(mask, self.n)
+        answer = self.answer[mask]
+        d = answer.shape[1]
         if self.router_only:
-            if mask == 0:
-                return self.costs[None, :] + self.lam * (1 - sigmoid(x @ self.answer[0].T)), list(range(self.n))
-            return np.zeros((len(rows), 0)), []
-        ks = sorted(self.cont.get(mask, {}))
-        q = np.empty((len(rows), len(ks)))
-        for i, k in enumerate(ks):
-            w_q, w_c, cmax = self.cont[mask][k]
-            q[:, i] = self.costs[k] + cmax * sigmoid(x @ w_c) + self.lam * (1 - sigmoid(x @ w_q))
-        return q, ks
+            ks = list(range(self.n)) if mask == 0 else []
+            parts = [(answer[k], np.zeros(d), 0.0) for k in ks]
+        else:
+            ks = sorted(cont)
+            parts = [cont[k] for k in ks]
+        w = np.column_stack([*(answer[j] for j in S), *(p[0] for p in parts), *(p[1] for p in parts)]) \
+            if S or ks else np.zeros((d, 0))
+        out = _Plan(np.asarray(S, dtype=int), np.asarray(ks, dtype=int), w,
+                    self.costs[ks].astype(float), np.asarray([p[2] for p in parts], dtype=float))
+        self._plans[mask] = (sig, out)
+        return out
 
     def decide(self, s: State) -> Decision:
         N = s.conf.shape[0]
         d = _empty(N)
         masks = run_mask(s.conf)
-        for mask in (int(m) for m in np.unique(masks)):
+        for mask in (int(m) for m in (masks if N == 1 else np.unique(masks))):
             rows = np.flatnonzero(masks == mask)
-            x = features(s, rows, mask, self.use_ex_ante, self.use_agree)
-            q, ks = self.q_values(s, rows, mask, x)
+            pl = self.plan(mask)
+            nS, K = len(pl.S), len(pl.ks)
+            z = sigmoid(features(s, rows, mask, self.use_ex_ante, self.use_agree) @ pl.w)
+            q = pl.cost + pl.cmax * z[:, nS + K:] + self.lam * (1 - z[:, nS:nS + K])
             if mask == 0:                                   # nothing run yet: run the best first stage
-                d.next_stage[rows] = np.asarray(ks)[np.argmin(q, axis=1)]
+                d.next_stage[rows] = pl.ks[np.argmin(q, axis=1)]
                 continue
-            S = stages_of(mask, self.n)
-            p = sigmoid(x @ self.answer[mask][S].T)
-            best = np.asarray(S)[np.argmax(p, axis=1)]
-            qmin = q.min(axis=1) if q.shape[1] else np.full(len(rows), np.inf)
+            p = z[:, :nS]
+            qmin = q.min(axis=1) if K else np.full(len(rows), np.inf)
             stop = self.lam * (1 - p.max(axis=1)) <= qmin
             d.stop[rows] = stop
-            d.answer_stage[rows[stop]] = best[stop]
-            if q.shape[1]:
-                d.next_stage[rows[~stop]] = np.asarray(ks)[np.argmin(q[~stop], axis=1)]
+            d.answer_stage[rows[stop]] = pl.S[np.argmax(p[stop], axis=1)]
+            if K:
+                d.next_stage[rows[~stop]] = pl.ks[np.argmin(q[~stop], axis=1)]
             # stop iff lam (1 - p) <= min Q, i.e. p >= 1 - min Q / lam: the threshold the best answer met
             d.threshold[rows] = np.clip(1 - qmin / max(self.lam, 1e-12), 0.0, 1.0)
         return d

@@ -80,6 +80,10 @@ class PolicyBook:
         if len(self.costs) != self.n or not self.grid:
             raise PolicyArtifactError(f"{where}: needs one cost per stage and a non-empty lambda grid")
         self.art = art
+        self._log_grid = np.log(np.maximum([g for g, _ in self.grid], 1e-12))
+        # built once, shared by requests: model rules are stateless after their first decision at each
+        # history (optistop.policy.ModelRule.plan), so a request pays a dict lookup, not a construction
+        self._rules: dict[tuple[str, int], ModelRule] = {}
 
     def check_matches(self, stages: Sequence[str], costs: Sequence[float], where: str) -> None:
         """Refuse a policy fitted for other stages or costs than the spec's (one line, both named)."""
@@ -88,10 +92,9 @@ class PolicyBook:
                                       f"but the spec has stages {list(stages)} with costs {list(costs)}; "
                                       f"recalibrate with `optistop calibrate` for this spec")
 
-    def _cont_at(self, lam: float) -> tuple[float, dict]:
-        logs = [math.log(max(g, 1e-12)) for g, _ in self.grid]
-        i = int(np.argmin([abs(x - math.log(max(lam, 1e-12))) for x in logs]))
-        return self.grid[i]
+    def _grid_index(self, lam: float) -> int:
+        """The grid point nearest to ``lam`` on a log scale."""
+        return int(np.argmin(np.abs(self._log_grid - math.log(max(lam, 1e-12)))))
 
     def make(self, name: str | None, lam: float | None, seed: int = 0) -> tuple[Policy, float]:
         """(rule, lambda used) for a request; ValueError naming the valid policies."""
@@ -102,11 +105,14 @@ class PolicyBook:
                 raise ValueError(f"unknown policy {name!r}; valid: {', '.join(self.valid_names())}")
             return FixedRule(int(arg), name), float(lam or 0.0)
         if base in ("optimal", "router") and not arg:
-            use = self.default_lambda if lam is None else lam
-            grid_lam, cont = self._cont_at(use)
-            rule = ModelRule(self.n, self.costs, grid_lam, self.use_ex_ante, self.use_agree, self.answer,
-                             {} if base == "router" else cont, router_only=base == "router", name=base)
-            return rule, grid_lam
+            i = self._grid_index(self.default_lambda if lam is None else lam)
+            rule = self._rules.get((base, i))
+            if rule is None:
+                grid_lam, cont = self.grid[i]
+                rule = self._rules[(base, i)] = ModelRule(
+                    self.n, self.costs, grid_lam, self.use_ex_ante, self.use_agree, self.answer,
+                    {} if base == "router" else cont, router_only=base == "router", name=base)
+            return rule, rule.lam
         if base == "paper" and not arg:
             use = self.paper_lambda if lam is None else lam
             return PaperRule(self.costs, use, self.paper_platt), use

@@ -34,6 +34,9 @@ SIDECAR_KEYS: tuple[str, ...] = (
     "metrics", "acceptance", "parity", "versions",
 )
 CAL_MODES: tuple[str, ...] = ("post_hoc", "ex_ante")
+# the stage one-hot as a slice (a view; fancy indexing copies): slots 5..8 are contiguous
+_ONEHOT = slice(STAGE_SLOTS[0], STAGE_SLOTS[-1] + 1)
+assert tuple(range(N_FEATURES))[_ONEHOT] == STAGE_SLOTS
 
 
 class PredictorLoadError(RuntimeError):
@@ -87,11 +90,10 @@ def check_features(x: object, n_stages: int) -> str | None:
         return f"input {FEATURES!r} must have shape [batch, {N_FEATURES}], got {list(x.shape)}"
     if x.dtype.kind != "f":
         return f"input {FEATURES!r} must be FP32, got {x.dtype}"
-    if not np.all(np.isfinite(x)):
+    if not np.isfinite(x).all():
         return f"input {FEATURES!r} contains NaN or infinite values"
-    onehot = x[:, list(STAGE_SLOTS)]
-    ok = np.all((onehot == 0.0) | (onehot == 1.0), axis=1) & (onehot.sum(axis=1) == 1.0)
-    if not ok.all():
+    onehot = x[:, _ONEHOT]
+    if not (((onehot == 0.0) | (onehot == 1.0)).all() and (onehot.sum(axis=1) == 1.0).all()):
         return (f"input {FEATURES!r}: slots {list(STAGE_SLOTS)} must be a one-hot stage encoding "
                 f"(use optistop.features.stage_features / ex_ante_features)")
     stage = onehot.argmax(axis=1)
@@ -124,7 +126,10 @@ class QualityPredictor:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         self.stages: tuple[str, ...] = tuple(self.sidecar["stages"])
-        self._cal = {mode: [e["calibrator"] for e in self.sidecar["calibration"][mode]] for mode in CAL_MODES}
+        # isotonic knots as arrays once, not per call (calibration.apply takes either)
+        self._cal = {mode: [{k: np.asarray(v, dtype=np.float64) if k in ("x", "y") else v
+                             for k, v in e["calibrator"].items()} for e in self.sidecar["calibration"][mode]]
+                     for mode in CAL_MODES}
 
     @property
     def n_stages(self) -> int:
@@ -139,15 +144,18 @@ class QualityPredictor:
 
     def calibrate(self, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Apply each row's (stage, mode) calibrator to its raw score; (N,) float32."""
-        stage = x[:, list(STAGE_SLOTS)].argmax(axis=1)
-        ante = x[:, EX_ANTE_SLOT] > 0.5
+        key = x[:, _ONEHOT].argmax(axis=1) * 2 + (x[:, EX_ANTE_SLOT] > 0.5)
+        if len(key) and (key == key[0]).all():   # the served case: one stage, one mode per call
+            return self._apply(int(key[0]), raw).astype(np.float32)
         out = np.empty(len(x), dtype=np.float64)
-        for s in range(self.n_stages):
-            for mode, mask_mode in (("post_hoc", ~ante), ("ex_ante", ante)):
-                mask = (stage == s) & mask_mode
-                if mask.any():
-                    out[mask] = calibration.apply(self._cal[mode][s], raw[mask])
+        for k in np.unique(key):
+            rows = key == k
+            out[rows] = self._apply(int(k), raw[rows])
         return out.astype(np.float32)
+
+    def _apply(self, key: int, raw: np.ndarray) -> np.ndarray:
+        stage, ante = divmod(key, 2)
+        return calibration.apply(self._cal[CAL_MODES[ante]][stage], raw)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Calibrated confidences (N,) float32 for (N, 64) features; ValueError for invalid input."""

@@ -172,6 +172,7 @@ def test_deterministic_bytes() -> None:
     a, b = F.stage_features(*args), F.stage_features(*args)
     assert a.tobytes() == b.tobytes()
     F._prompt_part.cache_clear()
+    F._prompt_rows.cache_clear()
     assert F.stage_features(*args).tobytes() == a.tobytes()
     assert F.stage_features(*args) is not F.stage_features(*args)  # callers may mutate their copy
 
@@ -195,3 +196,22 @@ def test_serving_and_training_use_the_same_feature_functions() -> None:
                                   F.stage_features("12+9=", "21", [-0.1, -0.2], False, 0, 1))
     np.testing.assert_array_equal(training.features_for(rec, 0, 1, "prompt_only"),
                                   F.ex_ante_features("12+9=", 0, 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-20.0, 0.0, allow_nan=False), min_size=1, max_size=300))
+def test_quantiles_are_numpys_bit_for_bit(xs: list[float]) -> None:
+    """The served path's quantiles are np.quantile's (linear method) to the last bit, duplicates included."""
+    a = np.asarray(xs + xs[: len(xs) // 3])
+    expect = np.quantile(a, [0.1, 0.25, 0.5, 0.75, 0.9])
+    assert F.quantiles_sorted(np.sort(a)).tobytes() == expect.tobytes()
+
+
+def test_ex_ante_all_is_every_stages_ex_ante_vector() -> None:
+    for n in (1, 3, 4):
+        rows = F.ex_ante_all("What is 12+35?", n)
+        assert rows.shape == (n, N_FEATURES) and rows.dtype == np.float32
+        for k in range(n):
+            assert rows[k].tobytes() == F.ex_ante_features("What is 12+35?", k, n).tobytes()
+    with pytest.raises(ValueError, match="n_stages"):
+        F.ex_ante_all("x", 5)

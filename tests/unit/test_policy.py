@@ -102,6 +102,29 @@ def test_simulate_on_many_equals_the_loop_on_one() -> None:
             assert d.answer_stage[0] == ans[i] and (~np.isnan(s.conf[0])).tolist() == ran[i].tolist()
 
 
+def test_book_builds_each_rule_once_per_grid_point() -> None:
+    """A served request looks its rule up: same policy and grid point, same object; decisions unchanged."""
+    book = synthetic_book()
+    a, _ = book.make("optimal", 20.0)
+    b, _ = book.make("optimal", 21.0)   # nearest grid point is the same
+    assert a is b and book.make("router", 20.0)[0] is not a and book.make("optimal", 1000.0)[0] is not a
+    s = K.State(np.array([[0.7, NAN, NAN]]), synthetic_arrays().ex_ante[:1], np.full((1, 3), -1))
+    first = a.decide(s)
+    assert a.decide(s).stop.tolist() == first.stop.tolist()
+
+
+def test_plan_follows_changes_to_the_continuation_models() -> None:
+    """policy_fit fills ``cont`` while it simulates the rule: a decision after a change sees the change."""
+    rule = hand_rule(20.0)
+    assert rule.decide(state(0.7, NAN)).stop[0]             # stop: 6 <= 12 (test above)
+    l9 = math.log(9.0)
+    rule.cont[1] = {1: (np.array([l9, 0.0, 0.0]), np.array([0.0, 0.0, 0.0]), 0.0)}
+    rule.costs = np.array([1.0, 1.0])                       # the plan reads costs when it is rebuilt
+    rule.cont[1] = dict(rule.cont[1])                       # replaced: rebuilt with stage 1 at cost 1
+    d = rule.decide(state(0.7, NAN))
+    assert not d.stop[0] and d.next_stage[0] == 1           # 6 > 1 + 2
+
+
 def test_lambda_buys_quality() -> None:
     a = synthetic_arrays()
     book = synthetic_book()
