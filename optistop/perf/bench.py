@@ -16,61 +16,29 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
 import random
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from optistop import ROOT, __version__
-from optistop.perf.parse import parse_pa_csv, parse_profile_export, parse_prometheus, stats_diff, stats_snapshot
+from optistop.perf.parse import parse_pa_csv, parse_profile_export, stats_diff
+from optistop.perf.perf_analyzer import (
+    BenchError,
+    cascade_metrics,
+    model_versions,
+    perf_analyzer_env,
+    perf_analyzer_version,
+    run_perf_analyzer,
+    server_version,
+    triton_stats,
+)
 from optistop.perf.results import BASELINE, CASCADE, Run, aggregate, write_markdown, write_plot
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
-
-METRICS_PREFIX = "optistop_cascade_"
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says what is missing and how to get it."""
-
-
-# --- perf_analyzer environment ------------------------------------------------------------------------
-def perf_analyzer_env() -> tuple[Path, dict[str, str]]:
-    """The perf_analyzer binary of tritonclient[all] and an environment in which it starts."""
-    exe = Path(sys.prefix) / "bin" / "perf_analyzer"
-    if not exe.exists():
-        found = shutil.which("perf_analyzer")
-        if not found:
-            raise BenchError("perf_analyzer not found; it ships with tritonclient: "
-                             "pip install 'tritonclient[all]==2.51.0' (or `make venv`)")
-        exe = Path(found)
-    env = dict(os.environ)
-    spec = importlib.util.find_spec("nvidia.cuda_runtime")
-    libs = [str(Path(p) / "lib") for p in (spec.submodule_search_locations or [])] if spec else []
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)
-    proc = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip()
-        if "libb64" in err:
-            raise BenchError("perf_analyzer needs libb64.so.0d: sudo apt-get install libb64-0d "
-                             "(or `make sysdeps`)")
-        if "libcudart" in err:
-            raise BenchError("perf_analyzer needs libcudart.so.12: pip install nvidia-cuda-runtime-cu12 "
-                             "(in the serve extra; `make venv`)")
-        raise BenchError(f"perf_analyzer does not start: {err.splitlines()[-1] if err else proc.returncode}")
-    return exe, env
-
-
-def perf_analyzer_version(exe: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True)
-    out = proc.stdout + proc.stderr  # the version line goes to stderr
-    return out.strip().split("Version")[-1].split("(")[0].strip() or out.strip()
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -93,82 +61,6 @@ def input_data(prompts: list[str], policy: str | None, lam: float | None, max_to
 def configurations(spec: CascadeSpec) -> dict[str, str | None]:
     """Configuration name -> policy input. The cascade runs its default (the calibrated operating point)."""
     return {CASCADE: spec.default_policy, **{f"fixed:{k}": f"fixed:{k}" for k in range(len(spec.stages))}}
-
-
-# --- running ---------------------------------------------------------------------------------------------
-def run_perf_analyzer(exe: Path, env: dict[str, str], *, model: str, url: str, data: Path, concurrency: int,
-                      window: int, composing: list[str], csv: Path, export: Path, timeout: float) -> list[str]:
-    cmd = [str(exe), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data),
-           "--concurrency-range", str(concurrency),
-           # Each call measures exactly 3 windows of >= `window` requests (perf_analyzer's stability search
-           # is off); repeats, interleaving and medians take its place.
-           "--measurement-mode", "count_windows", "--measurement-request-count", str(window),
-           "--stability-percentage", "1000", "--max-trials", "3",
-           "--warmup-request-count", str(2 * concurrency),
-           # versions pinned: with none, perf_analyzer fails when a composing model is not called in a window
-           "--bls-composing-models", ",".join(composing),
-           "-f", str(csv), "--verbose-csv", "--profile-export-file", str(export)]
-    for old in (csv, export):  # perf_analyzer refuses an existing --profile-export-file
-        old.unlink(missing_ok=True)
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"perf_analyzer ran past {timeout:.0f}s at concurrency {concurrency}") from None
-    (csv.parent / (csv.stem + ".log")).write_text(proc.stdout + proc.stderr, encoding="utf-8")
-    if proc.returncode != 0 or not csv.exists():
-        lines = (proc.stdout + proc.stderr).strip().splitlines()
-        why = next((ln for ln in lines if ln.lower().startswith("error")), lines[-1] if lines else "")
-        raise BenchError(f"perf_analyzer failed (exit {proc.returncode}): {why}; see {csv.parent / csv.stem}.log")
-    return cmd
-
-
-def triton_stats(url: str) -> dict[str, dict[str, int]]:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        return stats_snapshot(client.get_inference_statistics(as_json=True))
-    finally:
-        client.close()
-
-
-def cascade_metrics(metrics_url: str | None) -> dict[str, float]:
-    """The cascade's own Prometheus counters (optistop_cascade_*), summed over labels; {} without a URL."""
-    import urllib.request
-
-    if not metrics_url:
-        return {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        return parse_prometheus(resp.read().decode(), METRICS_PREFIX)
-
-
-def model_versions(url: str, models: list[str]) -> list[str]:
-    """``name:version`` (the highest ready version) for each model, as --bls-composing-models takes them."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        out = []
-        for m in models:
-            try:
-                versions = client.get_model_metadata(m, as_json=True).get("versions") or ["1"]
-            except InferenceServerException as exc:
-                raise BenchError(f"model {m!r} is not available on {url}: {exc.message()}") from None
-            out.append(f"{m}:{max(versions, key=int)}")
-        return out
-    finally:
-        client.close()
-
-
-def server_version(url: str) -> str | None:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        return client.get_server_metadata(as_json=True).get("version")
-    finally:
-        client.close()
 
 
 def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: str | None,
