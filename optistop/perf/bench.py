@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from optistop import ROOT, __version__
+from optistop.perf.markdown import write_markdown, write_plot
 from optistop.perf.parse import parse_pa_csv, parse_profile_export, stats_diff
 from optistop.perf.perf_analyzer import (
     BenchError,
@@ -37,7 +38,7 @@ from optistop.perf.perf_analyzer import (
     server_version,
     triton_stats,
 )
-from optistop.perf.results import BASELINE, CASCADE, Run, aggregate, write_markdown, write_plot
+from optistop.perf.results import BASELINE, CASCADE, Run, aggregate
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from optistop.perf.bench import configurations, held_out_prompts, input_data
+from optistop.perf.markdown import write_markdown
 from optistop.perf.parse import (
     ParseError,
     RequestRecord,
@@ -18,7 +19,7 @@ from optistop.perf.parse import (
     stats_diff,
     stats_snapshot,
 )
-from optistop.perf.results import Run, aggregate, write_markdown
+from optistop.perf.results import Run, aggregate
 from optistop.spec import load_spec
 
 # perf_analyzer 2.51 `-f out.csv --verbose-csv` (GPU metric columns empty on a CPU machine); microseconds
