@@ -213,3 +213,43 @@ def test_profile_attributes_busy_samples_per_request_and_drops_idle_threads() ->
     assert busy == pytest.approx(1e3 * 40 / 100 / 20)                   # 20 ms per request
     assert rows[0] == ("handle (optistop/a.py)", pytest.approx(20.0))    # both line numbers, one row
     assert rows[1] == ("stage_features (optistop/features.py)", pytest.approx(15.0))
+
+
+# --- controller modes (optistop.perf.controller) ---------------------------------------------------------
+@pytest.mark.parametrize("default", ['"false"', '"true"', None])
+def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Path, default: str | None) -> None:
+    from optistop.perf.controller import two_cascade_repository
+
+    src = tmp_path / "src"
+    (src / "models").mkdir(parents=True)
+    (src / "cascade.toml").write_text("# spec\n")
+    (src / "model_repository" / "cascade" / "1").mkdir(parents=True)
+    (src / "model_repository" / "cascade" / "1" / "model.py").write_text("# model\n")
+    param = f'parameters {{ key: "predictor_in_process" value: {{ string_value: {default} }} }}\n' if default else ""
+    (src / "model_repository" / "cascade" / "config.pbtxt").write_text(
+        'name: "cascade"\nbackend: "python"\n'
+        'parameters { key: "cascade_spec" value: { string_value: "../../cascade.toml" } }\n' + param)
+    (tmp_path / "copy").mkdir()
+    repo = two_cascade_repository(tmp_path / "copy", src / "model_repository")
+    assert (repo.parent / "cascade.toml").exists() and (repo.parent / "models").is_dir()
+    original = (src / "model_repository" / "cascade" / "config.pbtxt").read_text()
+    assert (repo / "cascade" / "config.pbtxt").read_text() == original      # the served default untouched
+    for model, value in (("cascade_bls", "false"), ("cascade_local", "true")):
+        cfg = (repo / model / "config.pbtxt").read_text()
+        assert cfg.startswith(f'name: "{model}"\n') and (repo / model / "1" / "model.py").exists()
+        assert cfg.count('key: "predictor_in_process"') == 1
+        assert f'key: "predictor_in_process" value: {{ string_value: "{value}" }}' in cfg
+        assert 'string_value: "../../cascade.toml"' in cfg
+
+
+@pytest.mark.parametrize("params, mode", [({"predictor_in_process": {"string_value": "true"}}, "in_process"),
+                                          ({"predictor_in_process": {"string_value": "false"}}, "bls"),
+                                          ({}, "bls")])
+def test_served_mode_reads_the_model_config(params: dict, mode: str) -> None:
+    from optistop.perf.controller import served_mode
+
+    class Client:
+        def get_model_config(self, model: str, as_json: bool) -> dict:
+            return {"config": {"name": model, "parameters": params}}
+
+    assert served_mode(Client(), "cascade") == mode
