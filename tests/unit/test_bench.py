@@ -215,6 +215,84 @@ def test_profile_attributes_busy_samples_per_request_and_drops_idle_threads() ->
     assert rows[1] == ("stage_features (optistop/features.py)", pytest.approx(15.0))
 
 
+# --- throughput against the ideal of the stage mix (optistop.perf.stage_direct) ------------------------
+def test_ideal_throughput_on_hand_worked_numbers() -> None:
+    from optistop.perf.stage_direct import ideal_throughput
+
+    # every request runs stage 0, half stage 1, a tenth stage 2: 1/100 + 0.5/50 + 0.1/20 = 0.025 s per request
+    assert ideal_throughput([1.0, 0.5, 0.1], [100.0, 50.0, 20.0]) == pytest.approx(40.0)
+    assert ideal_throughput([1.0, 0.0, 0.0], [100.0, 0.0, 20.0]) == pytest.approx(100.0)  # stage 1 never ran
+    with pytest.raises(ValueError, match="shares"):
+        ideal_throughput([1.0, 0.5], [100.0, 50.0, 20.0])
+    with pytest.raises(ValueError, match="no throughput"):
+        ideal_throughput([1.0, 0.5, 0.1], [100.0, 0.0, 20.0])
+
+
+def _casc8(rep: int, throughput: float, stages_run: list[tuple[int, ...]]) -> Run:
+    recs = [_rec(10.0, s, tuple(1.0 for _ in s)) for s in stages_run]
+    return Run("cascade", 8, rep, {"throughput_infer_per_s": throughput, "latency_avg_ms": 100.0}, recs)
+
+
+def test_throughput_vs_ideal_takes_the_ratio_within_each_repeat() -> None:
+    from optistop.perf.stage_direct import throughput_vs_ideal
+
+    mix = [(0,)] * 5 + [(0, 1)] * 4 + [(0, 1, 2)]       # ran_share 1 / 0.5 / 0.1: ideal 40 at [100, 50, 20]
+    runs = []
+    for rep, drift in enumerate((1.0, 0.5, 1.0)):        # rep 1 on a machine twice as slow
+        runs.append(_casc8(rep, 32.0 * drift, mix))
+        runs += [Run(f"stage:{k}", 8, rep, {"throughput_infer_per_s": t * drift, "latency_avg_ms": 80.0}, [])
+                 for k, t in enumerate((100.0, 50.0, 20.0))]
+    runs.append(Run("cascade", 1, 0, {"throughput_infer_per_s": 1.0}, [_rec(1.0, (2,), (1.0,))]))  # other c
+    res = throughput_vs_ideal(runs, 3, 8)
+    assert res["ran_share"] == [1.0, 0.5, 0.1]
+    assert res["stage_direct_infer_per_s"] == [100.0, 50.0, 20.0]          # medians over repeats
+    assert res["ideal_infer_per_s"] == pytest.approx(40.0)
+    assert res["ratio_per_repeat"] == [0.8, 0.8, 0.8] and res["ratio"] == pytest.approx(0.8)
+    assert res["cascade_infer_per_s"] == 32.0 and res["repeats"] == 3 and res["concurrency"] == 8
+    # a repeat without its stage-direct runs is left out; none at all: no figure
+    assert throughput_vs_ideal([r for r in runs if not (r.config == "stage:2" and r.rep == 1)], 3, 8)["repeats"] == 2
+    assert throughput_vs_ideal([r for r in runs if r.config == "cascade"], 3, 8) == {}
+
+
+def test_stage_input_data_follows_the_stage_contract() -> None:
+    import numpy as np
+
+    from optistop.perf.stage_direct import stage_input_data
+    from optistop.tensors import STAGE
+
+    doc = stage_input_data([[1, 5, 6, 40], [1, 7]], max_tokens=16, end_id=2, pad_id=0, stop_ids=[3, 4])
+    json.dumps(doc)
+    assert len(doc["data"]) == 2
+    declared = {t.name: t for t in STAGE.inputs}
+    for ids, entry in zip(([1, 5, 6, 40], [1, 7]), doc["data"]):
+        assert set(entry) <= set(declared)
+        assert {t.name for t in STAGE.inputs if not t.optional} <= set(entry)
+        for name, tensor in entry.items():
+            spec = declared[name]
+            assert len(tensor["shape"]) == len(spec.dims)
+            assert all(d == -1 or d == s for d, s in zip(spec.dims, tensor["shape"])), name
+            assert len(tensor["content"]) == int(np.prod(tensor["shape"]))
+            kind = {"INT32": int, "BOOL": bool, "FP32": float}[spec.dtype]
+            assert all(type(v) is kind for v in tensor["content"]), name
+        assert entry["input_ids"] == {"content": ids, "shape": [len(ids)]}
+        assert entry["input_lengths"]["content"] == [len(ids)]
+        assert entry["request_output_len"]["content"] == [16]
+        assert (entry["end_id"]["content"], entry["pad_id"]["content"]) == ([2], [0])
+        assert entry["return_log_probs"]["content"] == [True]
+        assert entry["stop_words_list"] == {"content": [3, 4, 1, 2], "shape": [2, 2]}
+
+
+def test_stage_inputs_tokenise_as_the_cascade_does() -> None:
+    from optistop.perf.stage_direct import stage_inputs
+    from optistop.serving.tokenizers import PromptEncoder
+
+    spec = load_spec(check_paths=False)
+    enc = PromptEncoder.for_spec(spec)
+    entry = stage_inputs(spec.source, ["12+35="], 16)["data"][0]
+    assert entry["input_ids"]["content"] == list(enc.encode(text="12+35=").ids)
+    assert (entry["end_id"]["content"], entry["pad_id"]["content"]) == ([enc.end_id], [enc.pad_id])
+
+
 # --- controller modes (optistop.perf.controller) ---------------------------------------------------------
 @pytest.mark.parametrize("default", ['"false"', '"true"', None])
 def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Path, default: str | None) -> None:
