@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from optistop.perf.results import BASELINE
+from optistop.perf.stage_direct import TARGET_RATIO
 
 
 def _f(x: Any, nd: int = 2) -> str:
@@ -51,7 +52,8 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             pct = lambda xs: " / ".join(f"{100 * x:.0f}%" for x in xs)
             lines.append(f"| {names.get(cfg, cfg)} | {c} | {pct(row['answered_by_stage'])} | {pct(row['ran_stage'])} | "
                          f"{_f(row['mean_stages_run'])} | {_f(row['mean_cost'])} |")
-    lines += _overhead_md(res) + _cost_md(res, costs) + ["", "![latency vs throughput](latency_throughput.png)", ""]
+    lines += _ideal_md(res) + _overhead_md(res) + _cost_md(res, costs)
+    lines += ["", "![latency vs throughput](latency_throughput.png)", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -65,14 +67,64 @@ def _targets_md(res: dict[str, Any]) -> list[str]:
     for c, r in ratio.items():
         lines.append(f"- Cascade mean latency below always-large ({BASELINE}) at concurrency {c}: "
                      f"{'met' if below.get(c) else 'missed'} (ratio {_f(r, 3)}).")
-    lines.append(f"- Controller overhead p99 <= 1 ms per decision: "
+    lines.append(f"- Controller overhead p99 <= 1 ms per decision (served mode: "
+                 f"{res.get('controller_overhead_served_mode') or '-'}): "
                  f"{'met' if t.get('controller_overhead_p99_le_1ms') else 'missed'} "
                  f"(p99 {_f(res.get('controller_overhead_p99_ms'), 3)} ms).")
+    ideal = _ideal(res)
+    if ideal:
+        c = ideal["concurrency"]
+        lines.append(f"- Cascade throughput at concurrency {c} >= {TARGET_RATIO} x ideal: "
+                     f"{'met' if t.get(f'throughput_c{c}_ge_{TARGET_RATIO}_ideal') else 'missed'} "
+                     f"(ratio {_f(ideal['ratio'], 3)}: "
+                     f"{_f(ideal['cascade_infer_per_s'], 1)} vs {_f(ideal['ideal_infer_per_s'], 1)} infer/s).")
     degraded = {f"{c}@{k}": row["degraded"] for c, rows in res["configurations"].items()
                 for k, row in rows.items() if row.get("degraded")}
     if degraded:
         lines.append(f"- Degraded answers (a stage or the predictor failed): {degraded}.")
     return lines + [""]
+
+
+def _ideal(res: dict[str, Any]) -> dict[str, Any]:
+    """The throughput_vs_ideal_c<N> entry (N: 8, or the highest concurrency of the run), {} without one."""
+    return next((v for k, v in res.items() if k.startswith("throughput_vs_ideal_c") and v), {})
+
+
+def _ideal_md(res: dict[str, Any]) -> list[str]:
+    ideal = _ideal(res)
+    if not ideal:
+        return []
+    c, stages = ideal["concurrency"], res["meta"].get("stage_models") or []
+    lines = ["", f"## Cascade throughput against the ideal of its stage mix (concurrency {c})", "",
+             "| stage model | ran stage (share of cascade requests) | direct throughput (infer/s) "
+             "| direct mean latency ms |", "| --- | --- | --- | --- |"]
+    for k, (share, tput) in enumerate(zip(ideal["ran_share"], ideal["stage_direct_infer_per_s"])):
+        lines.append(f"| {stages[k] if k < len(stages) else k} | {100 * share:.0f}% | {_f(tput, 1)} | "
+                     f"{_f(ideal['stage_direct_latency_avg_ms'][k])} |")
+    return lines + [
+        "", f"Cascade {_f(ideal['cascade_infer_per_s'], 1)} infer/s, ideal {_f(ideal['ideal_infer_per_s'], 1)} "
+        f"infer/s: ratio {_f(ideal['ratio'], 3)} (per repeat: {ideal['ratio_per_repeat']}).", "",
+        "Ideal = 1 / sum_k (ran_share_k / T_k), T_k the stage model's own throughput under perf_analyzer at "
+        "the same concurrency on the same prompts (tokenised and sent as the cascade sends them), in the same "
+        "repeats. It assumes that the stages share the same 2 CPUs, so the stage times of one request add up; "
+        "the gap to it is the cascade's own cost (its process, BLS hops, predictor, fewer requests batched per "
+        "stage).", "", f"One of the stage-direct perf_analyzer calls: `{ideal.get('command') or '-'}`"]
+
+
+def _modes_md(res: dict[str, Any]) -> list[str]:
+    modes = res.get("controller_overhead_modes") or {}
+    if modes.get("skipped"):
+        return ["", f"Controller overhead per mode not measured: {modes['skipped']}."]
+    if not any(m in modes for m in ("bls", "in_process", "offline")):
+        return []
+    label = {"bls": "bls: predictor through BLS (cascade_bls)",
+             "in_process": "in_process: predictor in the cascade's process (cascade_local)",
+             "offline": "offline: the same loop, instant stage engines, no server"}
+    return ["", f"### Per mode (served: {modes.get('served_mode')}), {modes['requests_per_mode']} requests each", "",
+            "| mode | p50 ms | p99 ms | mean ms |", "| --- | --- | --- | --- |",
+            *[f"| {label[m]} | " + " | ".join(_f(modes[m][k], 3) for k in ("p50_ms", "p99_ms", "mean_ms")) + " |"
+              for m in label if m in modes],
+            "", f"Definition: {modes['definition']}. Method: {modes['method']}."]
 
 
 def _overhead_md(res: dict[str, Any]) -> list[str]:
@@ -95,7 +147,8 @@ def _overhead_md(res: dict[str, Any]) -> list[str]:
             f"{_f(srv['predictor_per_decision'], 3)} ms. The cascade's own clock (its Prometheus counters): "
             f"{_f(srv['cascade_own_controller_per_decision'], 3)} ms per decision outside stage calls, of which "
             f"{_f(srv['cascade_own_predictor_calls_per_decision'], 3)} ms in predictor calls.", "",
-            "Function-level split (py-spy): bench/profile.md, from `python -m optistop.perf.profile`."]
+            "Function-level split (py-spy): bench/profile.md, from `python -m optistop.perf.profile`.",
+            *_modes_md(res)]
 
 
 def _cost_md(res: dict[str, Any], nominal: Sequence[float]) -> list[str]:

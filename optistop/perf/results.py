@@ -1,4 +1,7 @@
-"""Aggregate interleaved perf_analyzer runs into bench/results.json, bench/results.md and a PNG.
+"""Aggregate interleaved perf_analyzer runs into the figures of bench/results.json.
+
+optistop.perf.markdown writes them out as bench/results.md and a PNG; optistop.perf.stage_direct adds the
+throughput ideal, optistop.perf.controller the controller overhead per predictor mode.
 
 Input: one ``Run`` per perf_analyzer call (configuration x concurrency x repeat), each holding what
 optistop.perf.parse read from perf_analyzer's CSV and profile export and from Triton's statistics.
@@ -163,6 +166,9 @@ def controller_overhead(runs: Sequence[Run], table: dict[str, dict[str, Any]]) -
         "controller_overhead_p99_ms": _r(percentile(samples, 99)) if samples else None,
         "controller_overhead_source": source,
         "controller_overhead_definition": (
+            "per decision (stage run) of the served cascade model at concurrency 1, all repeats pooled: each "
+            "request's controller_ms output (time inside the cascade outside stage-engine calls: features, "
+            "predictor, policy) divided by the stages it ran" if direct else
             "per decision (stage run) of the cascade at concurrency 1, all repeats pooled: each request's "
             "perf_analyzer latency minus the sum of its stage_latency_ms (the cascade's own output), minus "
             "that run's mean time outside the cascade's execute (perf_analyzer mean latency minus the "

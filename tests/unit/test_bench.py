@@ -331,3 +331,62 @@ def test_served_mode_reads_the_model_config(params: dict, mode: str) -> None:
             return {"config": {"name": model, "parameters": params}}
 
     assert served_mode(Client(), "cascade") == mode
+
+
+# --- results.json and results.md as make bench writes them (--report-only on raw files written by hand) ----
+def _pa_csv(concurrency: int, throughput: float, latency_ms: float) -> str:
+    us = int(latency_ms * 1000)
+    return ("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency\n"
+            f"{concurrency},{throughput},{us},{us},{us},{us},{us}\n")
+
+
+def test_report_writes_the_modes_the_ideal_and_the_targets(tmp_path: Path) -> None:
+    from optistop.perf.bench import main
+
+    raw, out, index = tmp_path / "raw", tmp_path / "out", []
+    raw.mkdir()
+    mix = [(0,)] * 5 + [(0, 1)] * 4 + [(0, 1, 2)]
+    for c in (1, 8):
+        for name, tput in (("cascade", 36.0), ("fixed:0", 90.0), ("fixed:1", 60.0), ("fixed:2", 30.0),
+                           *((f"stage:{k}", t) for k, t in enumerate((100.0, 50.0, 20.0)))):
+            if name.startswith("stage:") and c != 8:
+                continue
+            stem = f"{name.replace(':', '')}_c{c}_r0"
+            (raw / f"{stem}.csv").write_text(_pa_csv(c, tput, 20.0))
+            runs = mix if name == "cascade" else [(int(name[-1]),)]
+            reqs = [_req(i * 10**8, 20_000, s[-1], list(s), [5.0] * len(s), controller_ms=[0.3 * len(s)])
+                    for i, s in enumerate(runs)]
+            (raw / f"{stem}.json").write_text(json.dumps(_export(c, reqs)))
+            index.append({"config": name, "concurrency": c, "rep": 0, "stem": stem, "stats": {}, "metrics": {}})
+    (raw / "runs.json").write_text(json.dumps(index))
+    (raw / "controller_modes.json").write_text(json.dumps({
+        "per_decision_ms": {"bls": [3.0, 4.0, 5.0], "in_process": [0.5, 0.6, 0.7], "offline": [0.2, 0.2, 0.2]},
+        "requests_per_mode": 3, "skipped": None}))
+    (raw / "meta.json").write_text(json.dumps({
+        "date": "today", "command": "python client/bench.py", "machine": {"cpu_model": "test cpu", "cpus": 2},
+        "versions": {}, "prompts": 48, "max_tokens": 16, "repeats": 1, "concurrency": [1, 8],
+        "nominal_costs": [1.0, 4.5, 10.0], "stage_models": ["stage_small", "stage_medium", "stage_large"],
+        "config_labels": {}, "served_predictor_mode": "in_process"}))
+    assert main(["--report-only", "--raw", str(raw), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["configurations"]) == {"cascade", "fixed:0", "fixed:1", "fixed:2"}  # stage runs kept apart
+    ideal = res["throughput_vs_ideal_c8"]
+    assert ideal["ideal_infer_per_s"] == pytest.approx(40.0) and ideal["ratio"] == pytest.approx(0.9)
+    assert ideal["ran_share"] == [1.0, 0.5, 0.1] and ideal["stage_direct_infer_per_s"] == [100.0, 50.0, 20.0]
+    assert "definition" in ideal and ideal["cascade_infer_per_s"] == 36.0
+    modes = res["controller_overhead_modes"]
+    assert modes["bls"] == {"p50_ms": 4.0, "p99_ms": pytest.approx(4.98), "mean_ms": 4.0}
+    assert set(modes["in_process"]) == set(modes["offline"]) == {"p50_ms", "p99_ms", "mean_ms"}
+    assert modes["served_mode"] == "in_process" and modes["requests_per_mode"] == 3
+    assert modes["command"] == "python client/bench.py"
+    # the headline: the served cascade's own controller_ms at concurrency 1, per stage run (0.3 ms each)
+    assert res["controller_overhead_source"] == "controller_ms output"
+    assert res["controller_overhead_p99_ms"] == pytest.approx(0.3)
+    assert res["controller_overhead_served_mode"] == "in_process"
+    assert res["targets"] == {"controller_overhead_p99_le_1ms": True,
+                              "cascade_mean_latency_below_large": {"1": False, "8": False},
+                              "throughput_c8_ge_0.8_ideal": True}
+    md = (out / "results.md").read_text()
+    assert "- Cascade throughput at concurrency 8 >= 0.8 x ideal: met (ratio 0.900: 36.0 vs 40.0 infer/s)." in md
+    assert "share the same 2 CPUs" in md
+    assert "| in_process: predictor in the cascade's process (cascade_local) | 0.600 | 0.698 | 0.600 |" in md
