@@ -117,7 +117,9 @@ routellm: venv
 	$(BIN)/python -m optistop.offline.routellm --out artifacts/routellm
 
 # perf_analyzer: cascade vs fixed:0/1/2 at concurrency 1/4/8, 5 interleaved repeats, on a server it starts
-# on free ports (about 5 min on 2 cores). For a running server:
+# on free ports (about 6 min on 2 cores); also each stage model alone at concurrency 8 (the cascade's throughput
+# against the ideal of its stage mix) and the controller overhead per predictor mode (bls, in_process,
+# offline). For a running server (no per-mode figures unless it serves cascade_bls and cascade_local):
 #   make bench BENCH_ARGS="--url 127.0.0.1:8001 --metrics-url http://127.0.0.1:8002/metrics"
 bench: venv sysdeps $(MODELS) $(PREDICTOR)
 	$(BIN)/python client/bench.py $(BENCH_ARGS)

@@ -2,7 +2,7 @@
 
 $ python client/bench.py                          # start a server on free ports, run, write bench/
 $ python client/bench.py --url 127.0.0.1:8001     # against a running server (gRPC)
-$ python client/bench.py --quick                  # smoke run: 1 repeat, concurrency 1 and 4
+$ python client/bench.py --quick                  # smoke run: 1 repeat, concurrency 1, 4 and 8
 """
 
 import sys

@@ -1,76 +1,65 @@
 """One-command perf_analyzer benchmark: the cascade vs always-small/medium/large, side by side.
 
-$ make bench                                   # starts its own server on free ports (about 10 min, 2 cores)
+$ make bench                                   # starts its own server on free ports (about 6 min, 2 cores)
 $ python client/bench.py --url 127.0.0.1:8001  # against a running server (gRPC)
-$ python client/bench.py --quick               # 1 repeat, concurrency 1 and 4: a smoke run
+$ python client/bench.py --quick               # 1 repeat, concurrency 1, 4 and 8: a smoke run (about 2 min)
 $ python client/bench.py --report-only         # re-aggregate the raw files of the last run
 
 For each repeat, concurrency and configuration (cascade at the spec's default policy and lambda, fixed:0,
 fixed:1, fixed:2; the order rotates every round so machine drift hits all alike) it runs perf_analyzer on
 ``--input-data`` built from held-out task prompts, with ``--bls-composing-models`` set to the stage and
-predictor models, and snapshots Triton's per-model statistics around the run. Raw files go to
-artifacts/bench/; bench/results.json, bench/results.md and bench/latency_throughput.png are the report.
+predictor models, and snapshots Triton's per-model statistics around the run. At concurrency 8 (else the
+highest measured) the same rotation also runs each stage model directly on the same prompts, tokenised as
+the cascade sends them: the ideal throughput of the cascade's stage mix (optistop.perf.stage_direct).
+After each repeat, the controller overhead per predictor mode: requests alternate at concurrency 1
+between cascade_bls and cascade_local, copies of the cascade that call the predictor through BLS and
+score it in-process (optistop.perf.controller; the server it starts serves that repository copy); after
+the server stops, the same loop with instant stage engines (offline). The headline overhead is the served
+cascade's own ``controller_ms`` per stage run at concurrency 1, in whichever mode it serves.
+
+Raw files go to artifacts/bench/; bench/results.json, bench/results.md and bench/latency_throughput.png
+are the report.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
 import random
-import shutil
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from optistop import ROOT, __version__
-from optistop.perf.parse import parse_pa_csv, parse_profile_export, parse_prometheus, stats_diff, stats_snapshot
-from optistop.perf.results import BASELINE, CASCADE, Run, aggregate, write_markdown, write_plot
+from optistop.perf.controller import (
+    MODES,
+    alternate,
+    mode_client,
+    modes_summary,
+    offline_overhead,
+    served_mode,
+    two_cascade_repository,
+)
+from optistop.perf.markdown import write_markdown, write_plot
+from optistop.perf.parse import parse_pa_csv, parse_profile_export, stats_diff
+from optistop.perf.perf_analyzer import (
+    BenchError,
+    cascade_metrics,
+    model_versions,
+    perf_analyzer_env,
+    perf_analyzer_version,
+    run_perf_analyzer,
+    server_version,
+    triton_stats,
+)
+from optistop.perf.results import BASELINE, CASCADE, Run, aggregate
+from optistop.perf.stage_direct import TARGET_RATIO, stage_config, stage_index, stage_inputs, throughput_vs_ideal
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
-
-METRICS_PREFIX = "optistop_cascade_"
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says what is missing and how to get it."""
-
-
-# --- perf_analyzer environment ------------------------------------------------------------------------
-def perf_analyzer_env() -> tuple[Path, dict[str, str]]:
-    """The perf_analyzer binary of tritonclient[all] and an environment in which it starts."""
-    exe = Path(sys.prefix) / "bin" / "perf_analyzer"
-    if not exe.exists():
-        found = shutil.which("perf_analyzer")
-        if not found:
-            raise BenchError("perf_analyzer not found; it ships with tritonclient: "
-                             "pip install 'tritonclient[all]==2.51.0' (or `make venv`)")
-        exe = Path(found)
-    env = dict(os.environ)
-    spec = importlib.util.find_spec("nvidia.cuda_runtime")
-    libs = [str(Path(p) / "lib") for p in (spec.submodule_search_locations or [])] if spec else []
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)
-    proc = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip()
-        if "libb64" in err:
-            raise BenchError("perf_analyzer needs libb64.so.0d: sudo apt-get install libb64-0d "
-                             "(or `make sysdeps`)")
-        if "libcudart" in err:
-            raise BenchError("perf_analyzer needs libcudart.so.12: pip install nvidia-cuda-runtime-cu12 "
-                             "(in the serve extra; `make venv`)")
-        raise BenchError(f"perf_analyzer does not start: {err.splitlines()[-1] if err else proc.returncode}")
-    return exe, env
-
-
-def perf_analyzer_version(exe: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True)
-    out = proc.stdout + proc.stderr  # the version line goes to stderr
-    return out.strip().split("Version")[-1].split("(")[0].strip() or out.strip()
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -95,124 +84,92 @@ def configurations(spec: CascadeSpec) -> dict[str, str | None]:
     return {CASCADE: spec.default_policy, **{f"fixed:{k}": f"fixed:{k}" for k in range(len(spec.stages))}}
 
 
-# --- running ---------------------------------------------------------------------------------------------
-def run_perf_analyzer(exe: Path, env: dict[str, str], *, model: str, url: str, data: Path, concurrency: int,
-                      window: int, composing: list[str], csv: Path, export: Path, timeout: float) -> list[str]:
-    cmd = [str(exe), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data),
-           "--concurrency-range", str(concurrency),
-           # Each call measures exactly 3 windows of >= `window` requests (perf_analyzer's stability search
-           # is off); repeats, interleaving and medians take its place.
-           "--measurement-mode", "count_windows", "--measurement-request-count", str(window),
-           "--stability-percentage", "1000", "--max-trials", "3",
-           "--warmup-request-count", str(2 * concurrency),
-           # versions pinned: with none, perf_analyzer fails when a composing model is not called in a window
-           "--bls-composing-models", ",".join(composing),
-           "-f", str(csv), "--verbose-csv", "--profile-export-file", str(export)]
-    for old in (csv, export):  # perf_analyzer refuses an existing --profile-export-file
-        old.unlink(missing_ok=True)
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"perf_analyzer ran past {timeout:.0f}s at concurrency {concurrency}") from None
-    (csv.parent / (csv.stem + ".log")).write_text(proc.stdout + proc.stderr, encoding="utf-8")
-    if proc.returncode != 0 or not csv.exists():
-        lines = (proc.stdout + proc.stderr).strip().splitlines()
-        why = next((ln for ln in lines if ln.lower().startswith("error")), lines[-1] if lines else "")
-        raise BenchError(f"perf_analyzer failed (exit {proc.returncode}): {why}; see {csv.parent / csv.stem}.log")
-    return cmd
-
-
-def triton_stats(url: str) -> dict[str, dict[str, int]]:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        return stats_snapshot(client.get_inference_statistics(as_json=True))
-    finally:
-        client.close()
-
-
-def cascade_metrics(metrics_url: str | None) -> dict[str, float]:
-    """The cascade's own Prometheus counters (optistop_cascade_*), summed over labels; {} without a URL."""
-    import urllib.request
-
-    if not metrics_url:
-        return {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        return parse_prometheus(resp.read().decode(), METRICS_PREFIX)
-
-
-def model_versions(url: str, models: list[str]) -> list[str]:
-    """``name:version`` (the highest ready version) for each model, as --bls-composing-models takes them."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        out = []
-        for m in models:
-            try:
-                versions = client.get_model_metadata(m, as_json=True).get("versions") or ["1"]
-            except InferenceServerException as exc:
-                raise BenchError(f"model {m!r} is not available on {url}: {exc.message()}") from None
-            out.append(f"{m}:{max(versions, key=int)}")
-        return out
-    finally:
-        client.close()
-
-
-def server_version(url: str) -> str | None:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        return client.get_server_metadata(as_json=True).get("version")
-    finally:
-        client.close()
+def ideal_concurrency(concurrency: list[int]) -> int:
+    """The concurrency of the stage-direct runs and of the ideal throughput: 8 when measured, else the highest."""
+    return 8 if 8 in concurrency else max(concurrency)
 
 
 def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: str | None,
-            raw: Path) -> str:
-    """Interleaved runs, indexed in raw/runs.json; returns one perf_analyzer command line as run."""
+            raw: Path) -> dict[str, Any]:
+    """Interleaved runs, indexed in raw/runs.json; the controller modes' samples in raw/controller_modes.json.
+    Returns for the meta: one perf_analyzer command line of the cascade as run, the mode it serves."""
     exe, env = perf_analyzer_env()
     prompts = held_out_prompts(args.per_cell, args.seed)
-    composing = model_versions(url, [s.triton_model for s in spec.stages] + [spec.predictor_model])
+    stage_models = [s.triton_model for s in spec.stages]
+    composing = model_versions(url, stage_models + [spec.predictor_model])
     cfgs = configurations(spec)
-    data = {}
+    target: dict[str, tuple[str, Path, list[str] | None]] = {}  # configuration -> model, input data, composing
     for name, policy in cfgs.items():
-        data[name] = raw / f"inputs_{name.replace(':', '')}.json"
-        data[name].write_text(json.dumps(input_data(prompts, policy, args.lam, args.max_tokens)), encoding="utf-8")
-    kw = dict(model=args.model, url=url, composing=composing, timeout=args.run_timeout)
+        target[name] = (args.model, raw / f"inputs_{name.replace(':', '')}.json", composing)
+        target[name][1].write_text(json.dumps(input_data(prompts, policy, args.lam, args.max_tokens)), encoding="utf-8")
+    stage_data = raw / "inputs_stage.json"
+    stage_data.write_text(json.dumps(stage_inputs(spec.source, prompts, args.max_tokens)), encoding="utf-8")
+    target |= {stage_config(k): (m, stage_data, None) for k, m in enumerate(stage_models)}
+
+    def run(name: str, c: int, window: int, stem: str) -> list[str]:
+        model, data, comp = target[name]
+        return run_perf_analyzer(exe, env, model=model, url=url, data=data, composing=comp, concurrency=c,
+                                 window=window, csv=raw / f"{stem}.csv", export=raw / f"{stem}.json",
+                                 timeout=args.run_timeout)
+
+    client, skipped = mode_client(url)
+    ask_kw = dict(policy=cfgs[CASCADE], lam=args.lam, max_tokens=args.max_tokens)
     t0 = time.monotonic()
-    for name in cfgs:  # warm-up: every path of every model once, nothing recorded
-        run_perf_analyzer(exe, env, data=data[name], concurrency=2, window=8, csv=raw / "warmup.csv",
-                          export=raw / "warmup.json", **kw)
+    for name in target:  # warm-up: every path of every model once, nothing recorded
+        run(name, 2, 8, "warmup")
+    if not skipped:
+        alternate(client, prompts, 0, warmup=10, **ask_kw)
     index: list[dict[str, Any]] = []
-    names = list(cfgs)
+    cmds: dict[str, list[str]] = {}  # one command line as run: of the cascade, of a stage model
+    per_mode: dict[str, list[float]] = {m: [] for m in MODES}
+    ideal_c, rounds = ideal_concurrency(args.concurrency), -(-args.overhead_requests // args.repeats)
     for rep in range(args.repeats):
         for ci, c in enumerate(args.concurrency):
+            names = list(cfgs) + ([stage_config(k) for k in range(len(stage_models))] if c == ideal_c else [])
             shift = (rep + ci) % len(names)
             for name in names[shift:] + names[:shift]:
                 stem = f"{name.replace(':', '')}_c{c}_r{rep}"
                 before, m_before = triton_stats(url), cascade_metrics(metrics_url)
-                cmd = run_perf_analyzer(exe, env, data=data[name], concurrency=c, window=args.window,
-                                        csv=raw / f"{stem}.csv", export=raw / f"{stem}.json", **kw)
+                cmd = run(name, c, args.window, stem)
+                cmds["stage" if stage_index(name) is not None else name] = cmd
                 m_after = cascade_metrics(metrics_url)
                 index.append({"config": name, "concurrency": c, "rep": rep, "stem": stem,
                               "stats": stats_diff(before, triton_stats(url)),
                               "metrics": {k: v - m_before.get(k, 0.0) for k, v in m_after.items()}})
                 print(f"[{time.monotonic() - t0:6.0f}s] rep {rep} c={c} {name}", flush=True)
+        if not skipped:  # the controller modes, alternating at concurrency 1, a share of the requests per repeat
+            for mode, xs in alternate(client, prompts, rounds, **ask_kw).items():
+                per_mode[mode] += xs
+            print(f"[{time.monotonic() - t0:6.0f}s] rep {rep} controller modes x {rounds}", flush=True)
     (raw / "runs.json").write_text(json.dumps(index), encoding="utf-8")
-    return " ".join(["perf_analyzer", *cmd[1:]]).replace(str(ROOT) + "/", "")
+    (raw / "controller_modes.json").write_text(json.dumps(
+        {"per_decision_ms": {} if skipped else per_mode, "requests_per_mode": 0 if skipped else rounds * args.repeats,
+         "skipped": skipped}), encoding="utf-8")
+    served = served_mode(client, args.model)
+    client.close()
+    line = lambda cmd: " ".join(["perf_analyzer", *cmd[1:]]).replace(str(ROOT) + "/", "")
+    return {"perf_analyzer_command": line(cmds[CASCADE]), "stage_direct_command": line(cmds["stage"]),
+            "served_predictor_mode": served}
+
+
+def measure_offline(args: argparse.Namespace, raw: Path) -> None:
+    """The controller loop with instant stage engines (no server), added to raw/controller_modes.json."""
+    path = raw / "controller_modes.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["per_decision_ms"]["offline"] = offline_overhead(held_out_prompts(args.per_cell, args.seed),
+                                                         args.overhead_requests)
+    path.write_text(json.dumps(doc), encoding="utf-8")
 
 
 def load_runs(raw: Path) -> list[Run]:
+    """Every run of raw/runs.json; stage-direct runs (stage:<k>) carry perf_analyzer's CSV only."""
     index = json.loads((raw / "runs.json").read_text(encoding="utf-8"))
     runs = []
     for e in index:
         c = e["concurrency"]
         csv_rows = parse_pa_csv((raw / f"{e['stem']}.csv").read_text(encoding="utf-8"))
-        recs = parse_profile_export(json.loads((raw / f"{e['stem']}.json").read_text(encoding="utf-8")))
+        recs = ({c: []} if stage_index(e["config"]) is not None else
+                parse_profile_export(json.loads((raw / f"{e['stem']}.json").read_text(encoding="utf-8"))))
         runs.append(Run(e["config"], c, e["rep"], csv_rows[c], recs[c], e["stats"], e.get("metrics", {})))
     return runs
 
@@ -224,19 +181,36 @@ def machine() -> dict[str, Any]:
             "loadavg": list(os.getloadavg())}
 
 
+def overhead_modes(raw: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Per-decision controller overhead per mode (bls, in_process, offline) from raw/controller_modes.json."""
+    path = raw / "controller_modes.json"
+    if not path.exists():
+        return {}
+    return modes_summary(json.loads(path.read_text(encoding="utf-8")), meta.get("served_predictor_mode"),
+                         meta.get("command"))
+
+
 def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[str, Any]) -> dict[str, Any]:
     from optistop.serving.tokenizers import load_tokenizer
 
     tok = load_tokenizer(spec.tokenizer)
     count = lambda text: len(tok(text, add_special_tokens=False).input_ids) + 1  # + the end token
-    res = aggregate(load_runs(raw), n_stages=len(spec.stages), cascade_model=args.model,
+    runs, n = load_runs(raw), len(spec.stages)
+    res = aggregate([r for r in runs if stage_index(r.config) is None], n_stages=n, cascade_model=args.model,
                     stage_models=[s.triton_model for s in spec.stages], predictor=spec.predictor_model,
                     count_tokens=count)
+    res["controller_overhead_served_mode"] = meta.get("served_predictor_mode")
+    res["controller_overhead_modes"] = overhead_modes(raw, meta)
+    ideal_c = ideal_concurrency(meta["concurrency"])
+    ideal = res[f"throughput_vs_ideal_c{ideal_c}"] = throughput_vs_ideal(runs, n, ideal_c)
+    if ideal:
+        ideal["command"] = meta.get("stage_direct_command")  # one of the stage-direct perf_analyzer calls
     res["meta"] = meta
     ratio = res.get("cascade_vs_large_latency_ratio", {})
     res["targets"] = {
         "controller_overhead_p99_le_1ms": (res.get("controller_overhead_p99_ms") or 1e9) <= 1.0,
         "cascade_mean_latency_below_large": {c: r is not None and r < 1.0 for c, r in ratio.items()},
+        f"throughput_c{ideal_c}_ge_{TARGET_RATIO}_ideal": (ideal.get("ratio") or 0.0) >= TARGET_RATIO,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
@@ -262,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lambda", dest="lam", type=float, default=None, help="default: the spec's")
     ap.add_argument("--max-tokens", type=int, default=None, help="default: the spec's")
+    ap.add_argument("--overhead-requests", type=int, default=300,
+                    help="requests per controller mode (bls, in_process, offline), spread over the repeats")
     ap.add_argument("--run-timeout", type=float, default=240.0, help="seconds per perf_analyzer call")
-    ap.add_argument("--quick", action="store_true", help="1 repeat, concurrency 1 and 4, small windows")
+    ap.add_argument("--quick", action="store_true",
+                    help="1 repeat, concurrency 1, 4 and 8, small windows, 60 requests per controller mode")
     ap.add_argument("--report-only", action="store_true", help="re-aggregate the raw files in --raw")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -274,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lam = spec.default_lambda if args.lam is None else args.lam
     args.max_tokens = args.max_tokens or spec.max_tokens_default
     if args.quick:
-        args.repeats, args.concurrency, args.window = 1, [1, 4], 12
+        args.repeats, args.concurrency, args.window, args.overhead_requests = 1, [1, 4, 8], 12, 60
     if BASELINE not in configurations(spec):
         raise SystemExit(f"error: the spec has no stage 2 for the {BASELINE} baseline")
     args.raw.mkdir(parents=True, exist_ok=True)
@@ -288,9 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    ideal = next((v for k, v in res.items() if k.startswith("throughput_vs_ideal_c")), {})
+    modes = res.get("controller_overhead_modes", {})
     print(f"wrote {args.out / 'results.json'}, results.md, latency_throughput.png; "
-          f"cascade/large mean latency {res.get('cascade_vs_large_latency_ratio')}, controller overhead "
-          f"p50 {res.get('controller_overhead_p50_ms')} ms p99 {res.get('controller_overhead_p99_ms')} ms")
+          f"cascade/large mean latency {res.get('cascade_vs_large_latency_ratio')}; controller overhead "
+          f"({res.get('controller_overhead_served_mode')}) p50 {res.get('controller_overhead_p50_ms')} ms p99 "
+          f"{res.get('controller_overhead_p99_ms')} ms; per mode p99 "
+          f"{ {m: modes[m]['p99_ms'] for m in ('bls', 'in_process', 'offline') if m in modes} }; throughput at "
+          f"c={ideal.get('concurrency')} {ideal.get('cascade_infer_per_s')} vs ideal {ideal.get('ideal_infer_per_s')} "
+          f"(ratio {ideal.get('ratio')})")
     return 0
 
 
@@ -313,20 +296,23 @@ def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
                 "python": platform.python_version()}
     if args.url:
         versions["tritonserver"] = server_version(args.url)
-        meta["perf_analyzer_command"] = measure(args, spec, args.url, args.metrics_url, args.raw)
+        meta.update(measure(args, spec, args.url, args.metrics_url, args.raw))
     else:
         cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        if args.repository:
-            cfg.repository = args.repository.resolve()
+        source = (args.repository or cfg.repository).resolve()
+        meta["repository"] = f"{source.name} (a copy with cascade_bls and cascade_local added for the modes)"
         try:
-            # own backend directory: another server's running stub cannot be overwritten ("text file busy")
-            with EmbeddedServer(cfg, workdir=args.raw / "server", log_path=args.raw / "server.log"):
-                versions["tritonserver"] = server_version(cfg.grpc_url)
-                meta["server_ready_s"] = round(time.monotonic() - started, 1)
-                meta["perf_analyzer_command"] = measure(args, spec, cfg.grpc_url,
-                                                        f"http://{cfg.host}:{cfg.metrics_port}/metrics", args.raw)
+            with tempfile.TemporaryDirectory(prefix="bench-repo-") as tmp:
+                cfg.repository = two_cascade_repository(Path(tmp), source)
+                # own backend directory: another server's running stub cannot be overwritten ("text file busy")
+                with EmbeddedServer(cfg, workdir=args.raw / "server", log_path=args.raw / "server.log"):
+                    versions["tritonserver"] = server_version(cfg.grpc_url)
+                    meta["server_ready_s"] = round(time.monotonic() - started, 1)
+                    meta.update(measure(args, spec, cfg.grpc_url, f"http://{cfg.host}:{cfg.metrics_port}/metrics",
+                                        args.raw))
         except ServerError as exc:
             raise BenchError(str(exc)) from None
+    measure_offline(args, args.raw)  # no server running (or, with --url, none of ours)
     meta["versions"] = versions
     meta["machine"]["loadavg_end"] = list(os.getloadavg())
     meta["wall_s"] = round(time.monotonic() - started, 1)

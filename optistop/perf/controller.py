@@ -2,11 +2,14 @@
 
 $ python -m optistop.perf.controller --requests 300        # starts its own server (about 1 min)
 
-One server holds two cascade models over the same stages and predictor: ``cascade`` (BLS call to the
-``quality_predictor`` model, the default) and ``cascade_local`` (predictor_in_process: true). Requests
-alternate between them at concurrency 1, so drift hits both alike. Each response's ``controller_ms``
-(time outside stage engines: features, predictor, policy) divided by the stages it ran is one decision's
-overhead; prints p50 / p99 per mode and writes bench/controller_overhead.json.
+One server holds two copies of the cascade model over the same stages and predictor, whatever the
+repository's default: ``cascade_bls`` (predictor_in_process "false": a BLS call to the
+``quality_predictor`` model) and ``cascade_local`` ("true": the same ONNX file scored in the cascade's
+process). Requests alternate between them at concurrency 1, so drift hits both alike. Each response's
+``controller_ms`` (time outside stage engines: features, predictor, policy) divided by the stages it ran
+is one decision's overhead; prints p50 / p99 per mode and writes bench/controller_overhead.json.
+``make bench`` (optistop.perf.bench) runs the same functions in its own server and reports the same
+figures in bench/results.json (``controller_overhead_modes``).
 
 A third figure isolates the controller's own code: the same loop (optistop.cascade.run_cascade, the
 in-process predictor, the optimal policy) in this process with stage engines that answer instantly, so
@@ -18,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
 import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,19 +37,89 @@ from optistop.serving.client import ask, make_client
 from optistop.serving.embedded import ROOT, EmbeddedServer, ServerConfig, free_port
 from optistop.tiny.tasks import generate_split
 
+PARAM = "predictor_in_process"
+# mode -> (model name in the copied repository, predictor_in_process value)
+MODES: dict[str, tuple[str, str]] = {"bls": ("cascade_bls", "false"), "in_process": ("cascade_local", "true")}
+DEFINITION = "controller_ms (features + predictor + policy, measured inside the cascade) per stage run"
+_PARAM_RE = re.compile(r'(key: "predictor_in_process" value: \{ string_value: )"[^"]*"')
 
-def two_cascade_repository(tmp: Path) -> Path:
-    """A copy of model_repository with a second cascade model that scores in-process."""
-    (tmp / "models").symlink_to(ROOT / "models")
-    shutil.copy(ROOT / "cascade.toml", tmp / "cascade.toml")
+
+def served_mode(client: Any, model: str = "cascade") -> str:
+    """The mode a running cascade model serves, from its config: "in_process" when predictor_in_process
+    is "true", else "bls" (also when the parameter is absent, as CascadeService.for_triton reads it)."""
+    cfg = client.get_model_config(model, as_json=True).get("config", {})
+    return "in_process" if cfg.get("parameters", {}).get(PARAM, {}).get("string_value") == "true" else "bls"
+
+
+def cascade_variant(config: str, name: str, in_process: str) -> str:
+    """The cascade's config.pbtxt renamed ``name``, with predictor_in_process set to ``in_process``
+    whatever it was (the parameter is added when the file has none)."""
+    out, n = re.subn(r'^name: "[^"]*"', f'name: "{name}"', config, count=1, flags=re.M)
+    if n != 1:
+        raise ValueError("the cascade's config.pbtxt has no top-level name line")
+    out, n = _PARAM_RE.subn(rf'\1"{in_process}"', out)
+    if n == 0:
+        out = out.rstrip("\n") + f'\nparameters {{ key: "{PARAM}" value: {{ string_value: "{in_process}" }} }}\n'
+    return out
+
+
+def two_cascade_repository(tmp: Path, source: Path = ROOT / "model_repository") -> Path:
+    """A copy of ``source`` with two more copies of its ``cascade`` model, one per mode (MODES), beside the
+    unchanged ``cascade``. The spec and models its relative paths name are linked from ``source``'s parent."""
+    (tmp / "models").symlink_to(source.parent / "models")
+    shutil.copy(source.parent / "cascade.toml", tmp / "cascade.toml")
     repo = tmp / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    local = repo / "cascade_local"
-    shutil.copytree(repo / "cascade", local)
-    cfg = (local / "config.pbtxt").read_text(encoding="utf-8").replace('name: "cascade"', 'name: "cascade_local"')
-    cfg = re.sub(r'(key: "predictor_in_process" value: \{ string_value: )"false"', r'\1"true"', cfg)
-    (local / "config.pbtxt").write_text(cfg, encoding="utf-8")
+    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    config = (repo / "cascade" / "config.pbtxt").read_text(encoding="utf-8")
+    for model, value in MODES.values():
+        shutil.copytree(repo / "cascade", repo / model)
+        (repo / model / "config.pbtxt").write_text(cascade_variant(config, model, value), encoding="utf-8")
     return repo
+
+
+def alternate(client: Any, prompts: Sequence[str], rounds: int, warmup: int = 0,
+              **ask_kw: Any) -> dict[str, list[float]]:
+    """Per-decision controller_ms of each mode's cascade, requests alternating one by one (concurrency 1);
+    the first ``warmup`` rounds are not recorded."""
+    out: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for i in range(rounds + warmup):
+        for mode, (model, _) in MODES.items():
+            a = ask(client, "grpc", prompts[i % len(prompts)], model=model, **ask_kw)
+            if i >= warmup:
+                out[mode].append(a.controller_ms / max(1, len(a.stages_run)))
+    return out
+
+
+def summarize(xs: Sequence[float]) -> dict[str, float]:
+    return {"p50_ms": round(float(np.percentile(xs, 50)), 3), "p99_ms": round(float(np.percentile(xs, 99)), 3),
+            "mean_ms": round(statistics.mean(xs), 3)}
+
+
+def mode_client(url: str) -> tuple[Any, str | None]:
+    """A gRPC client, and why the server cannot run the controller modes (MODES) or None when it can."""
+    client = make_client(url)
+    missing = [m for m, _ in MODES.values() if not client.is_model_ready(m)]
+    if missing:
+        return client, (f"the server at {url} has no {' / '.join(missing)}; serve the repository that "
+                        "two_cascade_repository builds (make bench without --url does)")
+    return client, None
+
+
+BENCH_METHOD = (
+    "bls / in_process: the models cascade_bls / cascade_local (copies of the cascade with predictor_in_process "
+    '"false" / "true", optistop.perf.controller.two_cascade_repository) in the bench\'s server, requests '
+    "alternating at concurrency 1 after each repeat's perf_analyzer runs; offline: "
+    "optistop.perf.controller.offline_overhead, the same loop in the bench's process with instant stage engines, "
+    "after the server stopped")
+
+
+def modes_summary(doc: dict[str, Any], served: str | None, command: str | None) -> dict[str, Any]:
+    """results.json's controller_overhead_modes from make bench's raw samples (controller_modes.json:
+    per_decision_ms per mode, requests_per_mode, skipped)."""
+    return {**{mode: summarize(xs) for mode, xs in doc["per_decision_ms"].items() if xs},
+            "served_mode": served, "requests_per_mode": doc["requests_per_mode"], "command": command,
+            "method": BENCH_METHOD, "definition": DEFINITION,
+            **({"skipped": doc["skipped"]} if doc.get("skipped") else {})}
 
 
 def offline_overhead(prompts: list[str], n: int) -> list[float]:
@@ -85,28 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "controller_overhead.json")
     args = ap.parse_args(argv)
     prompts = [it.prompt for it in generate_split("test", 8, seed=21)]
-    per_decision: dict[str, list[float]] = {"cascade": [], "cascade_local": []}
     with tempfile.TemporaryDirectory() as tmp:
         repo = two_cascade_repository(Path(tmp))
         cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
         with EmbeddedServer(cfg):
-            client = make_client(cfg.grpc_url)
-            for i in range(args.requests + 20):
-                for model in per_decision:
-                    a = ask(client, "grpc", prompts[i % len(prompts)], model=model)
-                    if i >= 20:  # the first 20 rounds warm up both
-                        per_decision[model].append(a.controller_ms / len(a.stages_run))
+            per_decision = alternate(make_client(cfg.grpc_url), prompts, args.requests, warmup=20)
     per_decision["offline"] = offline_overhead(prompts, args.requests)
-    result = {
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "requests_per_mode": args.requests,
-        "definition": "controller_ms (features + predictor + policy, measured inside the cascade) per stage run",
+        "definition": DEFINITION,
     }
-    for model, xs in per_decision.items():
-        mode = {"cascade": "bls", "cascade_local": "in_process"}.get(model, model)
-        result[mode] = {"p50_ms": round(float(np.percentile(xs, 50)), 3),
-                        "p99_ms": round(float(np.percentile(xs, 99)), 3),
-                        "mean_ms": round(statistics.mean(xs), 3)}
+    result.update({mode: summarize(xs) for mode, xs in per_decision.items()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for mode in ("bls", "in_process", "offline"):

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from optistop import ROOT
-from optistop.perf.bench import BenchError, held_out_prompts, perf_analyzer_env
+from optistop.perf.bench import held_out_prompts
+from optistop.perf.perf_analyzer import BenchError, perf_analyzer_env
 
 METRICS = ("time_to_first_token", "inter_token_latency", "request_latency")
 OUT = ROOT / "bench" / "openai"

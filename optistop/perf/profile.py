@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from optistop.perf.bench import ROOT, BenchError, held_out_prompts, input_data, perf_analyzer_env, triton_stats
+from optistop.perf.bench import ROOT, held_out_prompts, input_data
 from optistop.perf.parse import stats_diff
+from optistop.perf.perf_analyzer import BenchError, perf_analyzer_env, triton_stats
 from optistop.serving.embedded import free_port
 from optistop.spec import DEFAULT_SPEC, load_spec
 

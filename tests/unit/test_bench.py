@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from optistop.perf.bench import configurations, held_out_prompts, input_data
+from optistop.perf.markdown import write_markdown
 from optistop.perf.parse import (
     ParseError,
     RequestRecord,
@@ -18,7 +19,7 @@ from optistop.perf.parse import (
     stats_diff,
     stats_snapshot,
 )
-from optistop.perf.results import Run, aggregate, write_markdown
+from optistop.perf.results import Run, aggregate
 from optistop.spec import load_spec
 
 # perf_analyzer 2.51 `-f out.csv --verbose-csv` (GPU metric columns empty on a CPU machine); microseconds
@@ -212,3 +213,180 @@ def test_profile_attributes_busy_samples_per_request_and_drops_idle_threads() ->
     assert busy == pytest.approx(1e3 * 40 / 100 / 20)                   # 20 ms per request
     assert rows[0] == ("handle (optistop/a.py)", pytest.approx(20.0))    # both line numbers, one row
     assert rows[1] == ("stage_features (optistop/features.py)", pytest.approx(15.0))
+
+
+# --- throughput against the ideal of the stage mix (optistop.perf.stage_direct) ------------------------
+def test_ideal_throughput_on_hand_worked_numbers() -> None:
+    from optistop.perf.stage_direct import ideal_throughput
+
+    # every request runs stage 0, half stage 1, a tenth stage 2: 1/100 + 0.5/50 + 0.1/20 = 0.025 s per request
+    assert ideal_throughput([1.0, 0.5, 0.1], [100.0, 50.0, 20.0]) == pytest.approx(40.0)
+    assert ideal_throughput([1.0, 0.0, 0.0], [100.0, 0.0, 20.0]) == pytest.approx(100.0)  # stage 1 never ran
+    with pytest.raises(ValueError, match="shares"):
+        ideal_throughput([1.0, 0.5], [100.0, 50.0, 20.0])
+    with pytest.raises(ValueError, match="no throughput"):
+        ideal_throughput([1.0, 0.5, 0.1], [100.0, 0.0, 20.0])
+
+
+def _casc8(rep: int, throughput: float, stages_run: list[tuple[int, ...]]) -> Run:
+    recs = [_rec(10.0, s, tuple(1.0 for _ in s)) for s in stages_run]
+    return Run("cascade", 8, rep, {"throughput_infer_per_s": throughput, "latency_avg_ms": 100.0}, recs)
+
+
+def test_throughput_vs_ideal_takes_the_ratio_within_each_repeat() -> None:
+    from optistop.perf.stage_direct import throughput_vs_ideal
+
+    mix = [(0,)] * 5 + [(0, 1)] * 4 + [(0, 1, 2)]       # ran_share 1 / 0.5 / 0.1: ideal 40 at [100, 50, 20]
+    runs = []
+    for rep, drift in enumerate((1.0, 0.5, 1.0)):        # rep 1 on a machine twice as slow
+        runs.append(_casc8(rep, 32.0 * drift, mix))
+        runs += [Run(f"stage:{k}", 8, rep, {"throughput_infer_per_s": t * drift, "latency_avg_ms": 80.0}, [])
+                 for k, t in enumerate((100.0, 50.0, 20.0))]
+    runs.append(Run("cascade", 1, 0, {"throughput_infer_per_s": 1.0}, [_rec(1.0, (2,), (1.0,))]))  # other c
+    res = throughput_vs_ideal(runs, 3, 8)
+    assert res["ran_share"] == [1.0, 0.5, 0.1]
+    assert res["stage_direct_infer_per_s"] == [100.0, 50.0, 20.0]          # medians over repeats
+    assert res["ideal_infer_per_s"] == pytest.approx(40.0)
+    assert res["ratio_per_repeat"] == [0.8, 0.8, 0.8] and res["ratio"] == pytest.approx(0.8)
+    assert res["cascade_infer_per_s"] == 32.0 and res["repeats"] == 3 and res["concurrency"] == 8
+    # a repeat without its stage-direct runs is left out; none at all: no figure
+    assert throughput_vs_ideal([r for r in runs if not (r.config == "stage:2" and r.rep == 1)], 3, 8)["repeats"] == 2
+    assert throughput_vs_ideal([r for r in runs if r.config == "cascade"], 3, 8) == {}
+
+
+def test_stage_input_data_follows_the_stage_contract() -> None:
+    import numpy as np
+
+    from optistop.perf.stage_direct import stage_input_data
+    from optistop.tensors import STAGE
+
+    doc = stage_input_data([[1, 5, 6, 40], [1, 7]], max_tokens=16, end_id=2, pad_id=0, stop_ids=[3, 4])
+    json.dumps(doc)
+    assert len(doc["data"]) == 2
+    declared = {t.name: t for t in STAGE.inputs}
+    for ids, entry in zip(([1, 5, 6, 40], [1, 7]), doc["data"]):
+        assert set(entry) <= set(declared)
+        assert {t.name for t in STAGE.inputs if not t.optional} <= set(entry)
+        for name, tensor in entry.items():
+            spec = declared[name]
+            assert len(tensor["shape"]) == len(spec.dims)
+            assert all(d == -1 or d == s for d, s in zip(spec.dims, tensor["shape"])), name
+            assert len(tensor["content"]) == int(np.prod(tensor["shape"]))
+            kind = {"INT32": int, "BOOL": bool, "FP32": float}[spec.dtype]
+            assert all(type(v) is kind for v in tensor["content"]), name
+        assert entry["input_ids"] == {"content": ids, "shape": [len(ids)]}
+        assert entry["input_lengths"]["content"] == [len(ids)]
+        assert entry["request_output_len"]["content"] == [16]
+        assert (entry["end_id"]["content"], entry["pad_id"]["content"]) == ([2], [0])
+        assert entry["return_log_probs"]["content"] == [True]
+        assert entry["stop_words_list"] == {"content": [3, 4, 1, 2], "shape": [2, 2]}
+
+
+def test_stage_inputs_tokenise_as_the_cascade_does() -> None:
+    from optistop.perf.stage_direct import stage_inputs
+    from optistop.serving.tokenizers import PromptEncoder
+
+    spec = load_spec(check_paths=False)
+    enc = PromptEncoder.for_spec(spec)
+    entry = stage_inputs(spec.source, ["12+35="], 16)["data"][0]
+    assert entry["input_ids"]["content"] == list(enc.encode(text="12+35=").ids)
+    assert (entry["end_id"]["content"], entry["pad_id"]["content"]) == ([enc.end_id], [enc.pad_id])
+
+
+# --- controller modes (optistop.perf.controller) ---------------------------------------------------------
+@pytest.mark.parametrize("default", ['"false"', '"true"', None])
+def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Path, default: str | None) -> None:
+    from optistop.perf.controller import two_cascade_repository
+
+    src = tmp_path / "src"
+    (src / "models").mkdir(parents=True)
+    (src / "cascade.toml").write_text("# spec\n")
+    (src / "model_repository" / "cascade" / "1").mkdir(parents=True)
+    (src / "model_repository" / "cascade" / "1" / "model.py").write_text("# model\n")
+    param = f'parameters {{ key: "predictor_in_process" value: {{ string_value: {default} }} }}\n' if default else ""
+    (src / "model_repository" / "cascade" / "config.pbtxt").write_text(
+        'name: "cascade"\nbackend: "python"\n'
+        'parameters { key: "cascade_spec" value: { string_value: "../../cascade.toml" } }\n' + param)
+    (tmp_path / "copy").mkdir()
+    repo = two_cascade_repository(tmp_path / "copy", src / "model_repository")
+    assert (repo.parent / "cascade.toml").exists() and (repo.parent / "models").is_dir()
+    original = (src / "model_repository" / "cascade" / "config.pbtxt").read_text()
+    assert (repo / "cascade" / "config.pbtxt").read_text() == original      # the served default untouched
+    for model, value in (("cascade_bls", "false"), ("cascade_local", "true")):
+        cfg = (repo / model / "config.pbtxt").read_text()
+        assert cfg.startswith(f'name: "{model}"\n') and (repo / model / "1" / "model.py").exists()
+        assert cfg.count('key: "predictor_in_process"') == 1
+        assert f'key: "predictor_in_process" value: {{ string_value: "{value}" }}' in cfg
+        assert 'string_value: "../../cascade.toml"' in cfg
+
+
+@pytest.mark.parametrize("params, mode", [({"predictor_in_process": {"string_value": "true"}}, "in_process"),
+                                          ({"predictor_in_process": {"string_value": "false"}}, "bls"),
+                                          ({}, "bls")])
+def test_served_mode_reads_the_model_config(params: dict, mode: str) -> None:
+    from optistop.perf.controller import served_mode
+
+    class Client:
+        def get_model_config(self, model: str, as_json: bool) -> dict:
+            return {"config": {"name": model, "parameters": params}}
+
+    assert served_mode(Client(), "cascade") == mode
+
+
+# --- results.json and results.md as make bench writes them (--report-only on raw files written by hand) ----
+def _pa_csv(concurrency: int, throughput: float, latency_ms: float) -> str:
+    us = int(latency_ms * 1000)
+    return ("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency\n"
+            f"{concurrency},{throughput},{us},{us},{us},{us},{us}\n")
+
+
+def test_report_writes_the_modes_the_ideal_and_the_targets(tmp_path: Path) -> None:
+    from optistop.perf.bench import main
+
+    raw, out, index = tmp_path / "raw", tmp_path / "out", []
+    raw.mkdir()
+    mix = [(0,)] * 5 + [(0, 1)] * 4 + [(0, 1, 2)]
+    for c in (1, 8):
+        for name, tput in (("cascade", 36.0), ("fixed:0", 90.0), ("fixed:1", 60.0), ("fixed:2", 30.0),
+                           *((f"stage:{k}", t) for k, t in enumerate((100.0, 50.0, 20.0)))):
+            if name.startswith("stage:") and c != 8:
+                continue
+            stem = f"{name.replace(':', '')}_c{c}_r0"
+            (raw / f"{stem}.csv").write_text(_pa_csv(c, tput, 20.0))
+            runs = mix if name == "cascade" else [(int(name[-1]),)]
+            reqs = [_req(i * 10**8, 20_000, s[-1], list(s), [5.0] * len(s), controller_ms=[0.3 * len(s)])
+                    for i, s in enumerate(runs)]
+            (raw / f"{stem}.json").write_text(json.dumps(_export(c, reqs)))
+            index.append({"config": name, "concurrency": c, "rep": 0, "stem": stem, "stats": {}, "metrics": {}})
+    (raw / "runs.json").write_text(json.dumps(index))
+    (raw / "controller_modes.json").write_text(json.dumps({
+        "per_decision_ms": {"bls": [3.0, 4.0, 5.0], "in_process": [0.5, 0.6, 0.7], "offline": [0.2, 0.2, 0.2]},
+        "requests_per_mode": 3, "skipped": None}))
+    (raw / "meta.json").write_text(json.dumps({
+        "date": "today", "command": "python client/bench.py", "machine": {"cpu_model": "test cpu", "cpus": 2},
+        "versions": {}, "prompts": 48, "max_tokens": 16, "repeats": 1, "concurrency": [1, 8],
+        "nominal_costs": [1.0, 4.5, 10.0], "stage_models": ["stage_small", "stage_medium", "stage_large"],
+        "config_labels": {}, "served_predictor_mode": "in_process"}))
+    assert main(["--report-only", "--raw", str(raw), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["configurations"]) == {"cascade", "fixed:0", "fixed:1", "fixed:2"}  # stage runs kept apart
+    ideal = res["throughput_vs_ideal_c8"]
+    assert ideal["ideal_infer_per_s"] == pytest.approx(40.0) and ideal["ratio"] == pytest.approx(0.9)
+    assert ideal["ran_share"] == [1.0, 0.5, 0.1] and ideal["stage_direct_infer_per_s"] == [100.0, 50.0, 20.0]
+    assert "definition" in ideal and ideal["cascade_infer_per_s"] == 36.0
+    modes = res["controller_overhead_modes"]
+    assert modes["bls"] == {"p50_ms": 4.0, "p99_ms": pytest.approx(4.98), "mean_ms": 4.0}
+    assert set(modes["in_process"]) == set(modes["offline"]) == {"p50_ms", "p99_ms", "mean_ms"}
+    assert modes["served_mode"] == "in_process" and modes["requests_per_mode"] == 3
+    assert modes["command"] == "python client/bench.py"
+    # the headline: the served cascade's own controller_ms at concurrency 1, per stage run (0.3 ms each)
+    assert res["controller_overhead_source"] == "controller_ms output"
+    assert res["controller_overhead_p99_ms"] == pytest.approx(0.3)
+    assert res["controller_overhead_served_mode"] == "in_process"
+    assert res["targets"] == {"controller_overhead_p99_le_1ms": True,
+                              "cascade_mean_latency_below_large": {"1": False, "8": False},
+                              "throughput_c8_ge_0.8_ideal": True}
+    md = (out / "results.md").read_text()
+    assert "- Cascade throughput at concurrency 8 >= 0.8 x ideal: met (ratio 0.900: 36.0 vs 40.0 infer/s)." in md
+    assert "share the same 2 CPUs" in md
+    assert "| in_process: predictor in the cascade's process (cascade_local) | 0.600 | 0.698 | 0.600 |" in md
