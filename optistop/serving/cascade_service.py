@@ -32,6 +32,7 @@ class MetricsSink(Protocol):
     def error(self, code: str) -> None: ...
 
 INPUTS = [t.name for t in T.CASCADE.inputs]
+PREDICTOR_MODES = ("auto", "true", "false")
 
 
 class CascadeService:
@@ -58,7 +59,9 @@ class CascadeService:
     def for_triton(cls, pb_utils: Any, args: dict[str, str]) -> tuple[CascadeService, Any]:
         """What both cascade models (plain and streaming) do in initialize(): the spec named by the
         ``cascade_spec`` parameter, the repository checks and policy, Prometheus metrics, and the
-        in-process predictor when ``predictor_in_process`` is "true" (else None: a BLS call)."""
+        predictor in this process (the repository's ONNX file and calibration) unless the parameter
+        ``predictor_in_process`` is "false" or, with "auto" (the default), the spec names a
+        ``predictor_url``; None means a call to the quality_predictor model (BLS or gRPC)."""
         from optistop.serving.prometheus import TritonMetrics
         from optistop.serving.triton_glue import model_parameters
 
@@ -66,12 +69,15 @@ class CascadeService:
         service = cls.from_spec_file(model_dir / params["cascade_spec"])
         service.check_repository(model_dir.parent)
         service.metrics = TritonMetrics(pb_utils)
-        local = None
-        if params.get("predictor_in_process", "false") == "true":
-            from optistop.serving.predictor_runtime import QualityPredictor
+        mode = params.get("predictor_in_process", "auto")
+        if mode not in PREDICTOR_MODES:
+            raise SpecError(f"parameter predictor_in_process is {mode!r}; valid: {', '.join(PREDICTOR_MODES)}")
+        # auto: score in this process unless the spec sends the predictor to another server
+        if mode == "false" or (mode == "auto" and service.spec.predictor_url):
+            return service, None
+        from optistop.serving.predictor_runtime import QualityPredictor
 
-            local = QualityPredictor(model_dir.parent / service.spec.predictor_model / "1" / "model.onnx")
-        return service, local
+        return service, QualityPredictor(model_dir.parent / service.spec.predictor_model / "1" / "model.onnx")
 
     def check_repository(self, repo: Path) -> None:
         """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage

@@ -11,19 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optistop.spec import SpecError
 from tests import fake_pb_utils as pb
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repository"
 
 
-def load_model_py(name: str):
+def load_model_py(name: str, **params: str):
+    """``name``'s model.py initialised as Triton would, with config parameters overridden by ``params``."""
+    import json
+
     sys.modules["triton_python_backend_utils"] = pb
     spec = importlib.util.spec_from_file_location(f"model_{name}", REPO / name / "1" / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     model = mod.TritonPythonModel()
-    model.initialize(pb.initialize_args(REPO / name, name))
+    args = pb.initialize_args(REPO / name, name)
+    cfg = json.loads(args["model_config"])
+    cfg["parameters"].update({k: {"string_value": v} for k, v in params.items()})
+    args["model_config"] = json.dumps(cfg)
+    model.initialize(args)
     return model
 
 
@@ -94,7 +102,7 @@ def test_stage_model_honours_stop_words_list_and_stop(stages) -> None:
 
 
 def test_cascade_model_glue(stages) -> None:
-    cascade = load_model_py("cascade")
+    cascade = load_model_py("cascade", predictor_in_process="false")   # the scripted predictor: 0.7
     reqs = [
         pb.request(text_input=np.array([[b"12+35="]], dtype=object)),
         pb.request(text_input=np.array([[b"12+35="]], dtype=object), policy=np.array([[b"nope"]], dtype=object)),
@@ -137,10 +145,9 @@ def test_cascade_is_unavailable_naming_every_stage_when_none_lives(stages) -> No
 
 
 def test_in_process_predictor_matches_the_served_one(stages) -> None:
-    """predictor_in_process=true scores with the same ONNX file and calibration as the quality_predictor
-    model; here the BLS handler runs the real predictor too, so both cascades must agree exactly."""
-    import json
-
+    """By default (predictor_in_process "auto") the cascade scores with the same ONNX file and calibration
+    as the quality_predictor model; here the BLS handler runs the real predictor too, so a cascade that
+    calls it ("false") must agree exactly."""
     from optistop.serving.predictor_runtime import QualityPredictor
 
     qp = QualityPredictor(REPO / "quality_predictor" / "1" / "model.onnx")
@@ -150,19 +157,12 @@ def test_in_process_predictor_matches_the_served_one(stages) -> None:
         return pb.InferenceResponse([pb.Tensor("confidence", conf)])
 
     pb.HANDLERS["quality_predictor"] = real_predictor
-    sys.modules["triton_python_backend_utils"] = pb
-    spec = importlib.util.spec_from_file_location("model_cascade_local", REPO / "cascade" / "1" / "model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    args = pb.initialize_args(REPO / "cascade", "cascade")
-    cfg = json.loads(args["model_config"])
-    cfg["parameters"]["predictor_in_process"] = {"string_value": "true"}
-    args["model_config"] = json.dumps(cfg)
-    local = mod.TritonPythonModel()
-    local.initialize(args)
+    local = load_model_py("cascade")
     assert local.backend.local is not None
-    remote = load_model_py("cascade")
+    remote = load_model_py("cascade", predictor_in_process="false")
     assert remote.backend.local is None
+    with pytest.raises(SpecError, match="predictor_in_process is 'yes'; valid: auto, true, false"):
+        load_model_py("cascade", predictor_in_process="yes")
     prompts = [b"12+35=", b"R:abcdefgh=", b"4821+3777=", b"S:93817="]
     reqs = [pb.request(text_input=np.array([[p]], dtype=object)) for p in prompts]
     for a, b in zip(asyncio.run(local.execute(reqs)), asyncio.run(remote.execute(reqs))):

@@ -32,7 +32,9 @@ def make_repo(tmp: Path, faults: dict[str, str] | None = None, timeouts: dict[st
     for model, fault in (faults or {}).items():
         with open(repo / model / "config.pbtxt", "a") as fh:
             fh.write(f'parameters {{ key: "fault_injection" value: {{ string_value: "{fault}" }} }}\n')
-    if predictor_constant is not None:
+    if predictor_constant is not None:   # a scripted quality_predictor model: the cascade must call it
+        cfg = repo / "cascade" / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace('string_value: "auto"', 'string_value: "false"'))
         shutil.copy(ROOT / "tests" / "repos" / "scripted_predictor.py", repo / "quality_predictor" / "1" / "model.py")
         with open(repo / "quality_predictor" / "config.pbtxt", "a") as fh:
             fh.write(f'parameters {{ key: "constant" value: {{ string_value: "{predictor_constant}" }} }}\n')
