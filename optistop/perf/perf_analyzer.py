@@ -94,11 +94,16 @@ def triton_stats(url: str) -> dict[str, dict[str, int]]:
 
 
 def cascade_metrics(metrics_url: str | None) -> dict[str, float]:
-    """The cascade's own Prometheus counters (optistop_cascade_*), summed over labels; {} without a URL."""
+    """The cascade's own Prometheus counters (optistop_cascade_*), summed over labels; {} without a URL.
+    Waits two flush intervals first: the cascade sends its increments every FLUSH_S."""
+    import time
     import urllib.request
+
+    from optistop.serving.prometheus import FLUSH_S
 
     if not metrics_url:
         return {}
+    time.sleep(2 * FLUSH_S)
     with urllib.request.urlopen(metrics_url, timeout=10) as resp:
         return parse_prometheus(resp.read().decode(), METRICS_PREFIX)
 

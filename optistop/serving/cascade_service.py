@@ -7,6 +7,7 @@ inputs into a checked request, runs the loop, and maps every failure to a per-re
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -72,12 +73,17 @@ class CascadeService:
         mode = params.get("predictor_in_process", "auto")
         if mode not in PREDICTOR_MODES:
             raise SpecError(f"parameter predictor_in_process is {mode!r}; valid: {', '.join(PREDICTOR_MODES)}")
+        local = None
         # auto: score in this process unless the spec sends the predictor to another server
-        if mode == "false" or (mode == "auto" and service.spec.predictor_url):
-            return service, None
-        from optistop.serving.predictor_runtime import QualityPredictor
+        if mode == "true" or (mode == "auto" and not service.spec.predictor_url):
+            from optistop.serving.predictor_runtime import QualityPredictor
 
-        return service, QualityPredictor(model_dir.parent / service.spec.predictor_model / "1" / "model.onnx")
+            local = QualityPredictor(model_dir.parent / service.spec.predictor_model / "1" / "model.onnx")
+        # Everything loaded so far (transformers, onnxruntime, spec, policy) lives as long as the process:
+        # keep it out of the garbage collector's full passes, which would otherwise walk all of it every
+        # few hundred requests inside some request's controller time (its p99).
+        gc.freeze()
+        return service, local
 
     def check_repository(self, repo: Path) -> None:
         """Refuse to load (``SpecError``, one line) when the repository cannot serve this spec: a stage
@@ -128,6 +134,11 @@ class CascadeService:
                 self.policies.default_lambda = self.spec.default_lambda
         except (PredictorLoadError, PolicyArtifactError, OSError, ValueError) as exc:
             raise SpecError(f"cascade.predictor_model: {exc}") from None
+
+    def close(self) -> None:
+        """From the model's finalize(): send the metric increments not yet flushed."""
+        if self.metrics is not None and hasattr(self.metrics, "flush"):
+            self.metrics.flush()
 
     def decode(self, ids) -> str:
         return self.encoder.decode(ids)

@@ -3,16 +3,23 @@
 They appear on Triton's metrics port next to Triton's own (nv_inference_*). Counters only, so that any
 Prometheus can rate() them; the confidence distribution is bucketed counters (``bucket`` label gives the
 lower edge of a 0.1-wide bin).
+
+Each ``Metric.increment`` is a blocking round trip from the backend stub to the server; seven or more per
+request cost the cascade about as much CPU as its whole stopping loop (py-spy, bench/profile.md). So
+increments are summed in the stub and sent once per ``FLUSH_S`` from the model's event loop: a scrape
+sees a request at most ``FLUSH_S`` late (Prometheus scrapes every 15-60 s), and nothing is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
 from optistop.cascade import CascadeResult
 
 PREFIX = "optistop_cascade"
+FLUSH_S = 0.25
 FAMILIES: dict[str, str] = {
     "requests_total": "Cascade responses by the stage that answered and the policy",
     "stage_runs_total": "Stage engine calls made by the cascade, by stage",
@@ -29,18 +36,38 @@ FAMILIES: dict[str, str] = {
 class TritonMetrics:
     """Records each response into pb_utils MetricFamily counters (created in initialize())."""
 
-    def __init__(self, pb_utils: Any) -> None:
+    def __init__(self, pb_utils: Any, flush_s: float = FLUSH_S) -> None:
         self.families = {
             key: pb_utils.MetricFamily(name=f"{PREFIX}_{key}", description=desc, kind=pb_utils.MetricFamily.COUNTER)
             for key, desc in FAMILIES.items()
         }
+        self.flush_s = flush_s
         self._metrics: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+        self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._scheduled = False
 
     def _inc(self, family: str, value: float = 1.0, **labels: str) -> None:
         key = (family, tuple(sorted(labels.items())))
-        if key not in self._metrics:
-            self._metrics[key] = self.families[family].Metric(labels=dict(labels))
-        self._metrics[key].increment(value)
+        self._pending[key] = self._pending.get(key, 0.0) + value
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # called outside an event loop: nothing would flush later, send now
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_later(self.flush_s, self.flush)
+
+    def flush(self) -> None:
+        """Send the summed increments to the server (also from the model's finalize())."""
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for (family, labels), value in pending.items():
+            metric = self._metrics.get((family, labels))
+            if metric is None:
+                metric = self._metrics[(family, labels)] = self.families[family].Metric(labels=dict(labels))
+            metric.increment(value)
 
     def record(self, r: CascadeResult, policy: str) -> None:
         self._inc("requests_total", stage=r.stage_model, policy=policy)

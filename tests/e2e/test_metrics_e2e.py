@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 
 import pytest
 from tritonclient.utils import InferenceServerException
 
 from optistop.serving.client import ask, make_client
+from optistop.serving.prometheus import FLUSH_S
 from optistop.spec import load_spec
 
 SPEC = load_spec()
@@ -16,6 +18,7 @@ LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<
 
 
 def scrape(server) -> dict[tuple[str, frozenset], float]:
+    time.sleep(2 * FLUSH_S)   # the cascade sends its increments every FLUSH_S
     url = f"http://{server.cfg.host}:{server.cfg.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()

@@ -48,3 +48,6 @@ class TritonPythonModel:
             *(self.service.handle(read_inputs(pb_utils, r, INPUTS), self.backend) for r in requests))
         return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, r)
                 for r in results]
+
+    def finalize(self):
+        self.service.close()   # metric increments not yet sent

@@ -52,3 +52,6 @@ class TritonPythonModel:
             sender.send(error_response(pb_utils, out), flags=FINAL)
         else:
             sender.send(response(pb_utils, out), flags=FINAL)
+
+    def finalize(self):
+        self.service.close()   # metric increments not yet sent
