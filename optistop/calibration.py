@@ -15,6 +15,7 @@ simpler method), then refits it on the whole split. numpy only; deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,19 +39,27 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 def apply(cal: Calibrator, p: np.ndarray) -> np.ndarray:
     """Calibrated probabilities (float64, same shape as ``p``)."""
-    p = np.asarray(p, dtype=np.float64)
+    return compiled(cal)(p)
+
+
+def compiled(cal: Calibrator) -> Callable[[np.ndarray], np.ndarray]:
+    """``apply`` with the calibrator's parameters read once: the served predictor keeps one per
+    (stage, mode) and calls it per request."""
     method = cal.get("method")
     if method == "identity":
-        out = p
+        f: Callable[[np.ndarray], np.ndarray] = lambda p: p
     elif method == "temperature":
-        out = sigmoid(logit(p) / float(cal["t"]))
+        t = float(cal["t"])
+        f = lambda p: sigmoid(logit(p) / t)
     elif method == "platt":
-        out = sigmoid(float(cal["a"]) * logit(p) + float(cal["b"]))
+        a, b = float(cal["a"]), float(cal["b"])
+        f = lambda p: sigmoid(a * logit(p) + b)
     elif method == "isotonic":
-        out = np.interp(p, np.asarray(cal["x"], dtype=np.float64), np.asarray(cal["y"], dtype=np.float64))
+        x, y = np.asarray(cal["x"], dtype=np.float64), np.asarray(cal["y"], dtype=np.float64)
+        f = lambda p: np.interp(p, x, y)
     else:
         raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
-    return np.clip(out, P_MIN, 1 - P_MIN)
+    return lambda p: np.clip(f(np.asarray(p, dtype=np.float64)), P_MIN, 1 - P_MIN)
 
 
 def validate(cal: object, where: str = "calibration") -> Calibrator:

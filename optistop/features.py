@@ -118,6 +118,7 @@ EX_ANTE_SLOT: int = SLOT_INDEX["ex_ante"]
 PAPER_SLOTS: tuple[int, ...] = tuple(range(9))                 # the paper's B.2 features
 PROMPT_SLOTS: tuple[int, ...] = tuple(range(EX_ANTE_SLOT + 1))  # everything an ex-ante vector may set
 OUTPUT_SLOTS: tuple[int, ...] = tuple(range(SLOT_INDEX["o_tokens"], SLOT_INDEX["reserved_62"]))
+OUTPUT_NAMES: tuple[str, ...] = SLOT_NAMES[OUTPUT_SLOTS[0]:OUTPUT_SLOTS[-1] + 1]
 assert len(SLOTS) == N_FEATURES and len(set(SLOT_NAMES)) == N_FEATURES
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
@@ -229,21 +230,25 @@ def _logprob_array(logprobs: object) -> np.ndarray:
     return arr
 
 
-_QUANTILES = np.array([0.1, 0.25, 0.5, 0.75, 0.9])
+_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def quantiles_sorted(srt: np.ndarray) -> np.ndarray:
-    """``np.quantile(x, [.1, .25, .5, .75, .9])`` (linear method) of a non-empty array given sorted: numpy's
-    own arithmetic (virtual index (n-1)q, lerp from both ends), without its general-case overhead, which
-    was a third of the time of a served decision. Bitwise equal to np.quantile (tests/unit/test_features)."""
-    n = srt.size
-    v = (n - 1) * _QUANTILES
-    lo = np.floor(v).astype(np.intp)
-    hi = np.minimum(lo + 1, n - 1)
-    a, b = srt[lo], srt[hi]
-    gamma = v - lo
-    diff = b - a
-    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+def quantiles_sorted(srt: Sequence[float]) -> list[float]:
+    """``np.quantile(x, [.1, .25, .5, .75, .9])`` (linear method) of a non-empty sorted sequence: numpy's
+    own arithmetic (virtual index (n-1)q, lerp from both ends, the last value past the end) on Python
+    floats, which round the same way, without numpy's general-case dispatch, which was a third of a
+    served decision's time. Bitwise equal to np.quantile (tests/unit/test_features.py)."""
+    n = len(srt)
+    out = []
+    for q in _QUANTILES:
+        v = (n - 1) * q
+        lo = -1 if v >= n - 1 else math.floor(v)
+        a = srt[lo]
+        b = srt[-1 if lo == -1 else lo + 1]
+        gamma = v - lo
+        diff = b - a
+        out.append(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
+    return out
 
 
 def ex_ante_features(prompt: str, stage: int, n_stages: int) -> np.ndarray:
@@ -274,48 +279,50 @@ def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit
     n_tok = raw.size
     finite = raw[~np.isnan(raw)]
     lp = np.minimum(np.maximum(finite, LOGPROB_FLOOR), 0.0)  # -inf -> floor, +inf -> 0
-    s = SLOT_INDEX
-    v[s["o_tokens"]] = n_tok / 32
-    v[s["o_log_tokens"]] = math.log1p(n_tok) / 5
-    v[s["o_hit_max_tokens"]] = float(bool(hit_max_tokens))
-    v[s["o_empty"]] = float(not out.strip())
-    v[s["o_no_logprobs"]] = float(lp.size == 0)
-    v[s["o_nan_logprob_frac"]] = (n_tok - finite.size) / n_tok if n_tok else 0.0
+    o = dict.fromkeys(OUTPUT_NAMES, 0.0)   # filled below, written into the vector in one assignment
+    o["o_tokens"] = n_tok / 32
+    o["o_log_tokens"] = math.log1p(n_tok) / 5
+    o["o_hit_max_tokens"] = float(bool(hit_max_tokens))
+    o["o_empty"] = float(not out.strip())
+    o["o_no_logprobs"] = float(lp.size == 0)
+    o["o_nan_logprob_frac"] = (n_tok - finite.size) / n_tok if n_tok else 0.0
     if lp.size:
-        # the same numpy reductions as lp.mean() / .std() / .min() / .max() / np.quantile, written out
-        # once: per-call dispatch, not arithmetic, is what they cost on a few dozen tokens
+        # lp.mean() / .std() / .min() / .max() / np.quantile written out: the same numpy reductions (so the
+        # same bits), then Python floats; per-call dispatch, not arithmetic, is what a few dozen tokens cost
         m = lp.size
-        srt = np.sort(lp)
+        srt = np.sort(lp).tolist()
         cum = float(np.add.reduce(lp))
         mean = cum / m
         d = lp - mean
         p = np.exp(lp)
-        v[s["o_lp_mean"]] = mean / 5
-        v[s["o_lp_min"]] = srt[0] / 5
-        v[s["o_lp_max"]] = srt[-1] / 5
-        v[s["o_lp_std"]] = math.sqrt(float(np.add.reduce(d * d)) / m) / 5
-        v[[s["o_lp_q10"], s["o_lp_q25"], s["o_lp_q50"], s["o_lp_q75"], s["o_lp_q90"]]] = quantiles_sorted(srt) / 5
-        v[s["o_lp_cum"]] = max(cum / 20, -CLIP)
-        v[s["o_lp_first"]] = lp[0] / 5
-        v[s["o_lp_last"]] = lp[-1] / 5
-        v[s["o_p_mean"]] = float(np.add.reduce(p)) / m
-        v[s["o_p_min"]] = np.minimum.reduce(p)
-        v[s["o_p_seq"]] = math.exp(cum)
-        v[s["o_frac_p_below_half"]] = np.count_nonzero(p < 0.5) / m
-        v[s["o_frac_p_below_0.9"]] = np.count_nonzero(p < 0.9) / m
-        v[s["o_surprise_max"]] = -math.log(max(-float(srt[0]), 1e-6)) / 10
-        v[s["o_surprise_mean"]] = -math.log(max(-mean, 1e-6)) / 10
+        o["o_lp_mean"] = mean / 5
+        o["o_lp_min"] = srt[0] / 5
+        o["o_lp_max"] = srt[-1] / 5
+        o["o_lp_std"] = math.sqrt(float(np.add.reduce(d * d)) / m) / 5
+        for name, q in zip(("o_lp_q10", "o_lp_q25", "o_lp_q50", "o_lp_q75", "o_lp_q90"), quantiles_sorted(srt)):
+            o[name] = q / 5
+        o["o_lp_cum"] = max(cum / 20, -CLIP)
+        o["o_lp_first"] = float(lp[0]) / 5
+        o["o_lp_last"] = float(lp[-1]) / 5
+        o["o_p_mean"] = float(np.add.reduce(p)) / m
+        o["o_p_min"] = float(np.minimum.reduce(p))
+        o["o_p_seq"] = math.exp(cum)
+        o["o_frac_p_below_half"] = np.count_nonzero(p < 0.5) / m
+        o["o_frac_p_below_0.9"] = np.count_nonzero(p < 0.9) / m
+        o["o_surprise_max"] = -math.log(max(-srt[0], 1e-6)) / 10
+        o["o_surprise_mean"] = -math.log(max(-mean, 1e-6)) / 10
     stripped = out.strip()
-    v[s["o_chars"]] = len(out) / 32
-    v[s["o_length_ratio"]] = len(stripped) / max(1, len(prompt_s))
+    o["o_chars"] = len(out) / 32
+    o["o_length_ratio"] = len(stripped) / max(1, len(prompt_s))
     if out:
         pc, oc = Counter(prompt_s), Counter(out)
-        v[s["o_char_recall"]] = sum(min(c, pc[ch]) for ch, c in oc.items()) / len(out)
-        v[s["o_digit_frac"]] = _share(out, str.isdecimal)
-        v[s["o_alpha_frac"]] = _share(out, str.isalpha)
-        v[s["o_char_entropy"]] = _entropy(oc) / 5
+        o["o_char_recall"] = sum(min(c, pc[ch]) for ch, c in oc.items()) / len(out)
+        o["o_digit_frac"] = _share(out, str.isdecimal)
+        o["o_alpha_frac"] = _share(out, str.isalpha)
+        o["o_char_entropy"] = _entropy(oc) / 5
         bigrams = [out[i:i + 2] for i in range(len(out) - 1)]
-        v[s["o_repeat_bigram_frac"]] = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+        o["o_repeat_bigram_frac"] = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+    v[OUTPUT_SLOTS[0]:OUTPUT_SLOTS[-1] + 1] = list(o.values())
     return _finish(v)
 
 

@@ -46,7 +46,7 @@ def is_dead_model_error(message: str) -> bool:
 
 
 class LocalPredictor(Protocol):
-    def predict(self, features: np.ndarray) -> np.ndarray: ...
+    def predict(self, features: np.ndarray, trusted: bool = False) -> np.ndarray: ...
 
 
 class BlsBackend:
@@ -195,7 +195,8 @@ class BlsBackend:
     async def score(self, features: np.ndarray) -> np.ndarray:
         if self.local is not None:
             try:
-                return self.local.predict(np.ascontiguousarray(features, dtype=np.float32))
+                # the loop built these features itself (optistop.features): no request checks needed
+                return self.local.predict(features, trusted=True)
             except Exception as exc:  # a broken predictor is a fault the cascade handles, not a crash
                 raise StageFailure(-1, f"quality predictor failed: {exc}") from exc
         pb, model = self.pb, self.spec.predictor_model

@@ -126,10 +126,9 @@ class QualityPredictor:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         self.stages: tuple[str, ...] = tuple(self.sidecar["stages"])
-        # isotonic knots as arrays once, not per call (calibration.apply takes either)
-        self._cal = {mode: [{k: np.asarray(v, dtype=np.float64) if k in ("x", "y") else v
-                             for k, v in e["calibrator"].items()} for e in self.sidecar["calibration"][mode]]
-                     for mode in CAL_MODES}
+        # (stage, mode) -> its calibrator, parameters read once; key = 2 * stage + (1 if ex-ante else 0)
+        self._cal = [calibration.compiled(self.sidecar["calibration"][mode][stage]["calibrator"])
+                     for stage in range(len(self.stages)) for mode in CAL_MODES]
 
     @property
     def n_stages(self) -> int:
@@ -154,19 +153,21 @@ class QualityPredictor:
         return out.astype(np.float32)
 
     def _apply(self, key: int, raw: np.ndarray) -> np.ndarray:
-        stage, ante = divmod(key, 2)
-        return calibration.apply(self._cal[CAL_MODES[ante]][stage], raw)
+        return self._cal[key](raw)
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Calibrated confidences (N,) float32 for (N, 64) features; ValueError for invalid input."""
+    def predict(self, features: np.ndarray, trusted: bool = False) -> np.ndarray:
+        """Calibrated confidences (N,) float32 for (N, 64) features; ValueError for invalid input.
+        ``trusted``: the caller built them with optistop.features (the in-process cascade), so the
+        shape / one-hot / finiteness checks that guard external requests are skipped."""
         x = np.asarray(features)
         if x.ndim == 1:
             x = x[None, :]
         if x.dtype.kind == "f":
             x = x.astype(np.float32, copy=False)
-        error = check_features(x, self.n_stages)
-        if error:
-            raise ValueError(error)
+        if not trusted:
+            error = check_features(x, self.n_stages)
+            if error:
+                raise ValueError(error)
         return self.calibrate(x, self.raw(x))
 
     def predict_requests(self, batches: list[np.ndarray | None]) -> list[np.ndarray | RequestError]:
