@@ -15,6 +15,8 @@ simpler method), then refits it on the whole split. numpy only; deterministic.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +62,43 @@ def compiled(cal: Calibrator) -> Callable[[np.ndarray], np.ndarray]:
     else:
         raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
     return lambda p: np.clip(f(np.asarray(p, dtype=np.float64)), P_MIN, 1 - P_MIN)
+
+
+def compiled_scalar(cal: Calibrator) -> Callable[[float], float]:
+    """``compiled`` for one probability on Python floats, the same formulas (tests/unit/test_calibration
+    checks them against the array version): the served cascade calibrates one score per call, right
+    after a stage call has left the CPU caches cold, where numpy's dispatch costs more than the math."""
+    method = cal.get("method")
+    lo, hi = P_MIN, 1 - P_MIN
+
+    def logit1(p: float) -> float:
+        p = min(max(p, _EPS), 1 - _EPS)
+        return math.log(p) - math.log1p(-p)
+
+    def sigmoid1(z: float) -> float:
+        return 0.5 * (1.0 + math.tanh(0.5 * z))
+
+    if method == "identity":
+        f: Callable[[float], float] = lambda p: p
+    elif method == "temperature":
+        t = float(cal["t"])
+        f = lambda p: sigmoid1(logit1(p) / t)
+    elif method == "platt":
+        a, b = float(cal["a"]), float(cal["b"])
+        f = lambda p: sigmoid1(a * logit1(p) + b)
+    elif method == "isotonic":
+        xs, ys = [float(v) for v in cal["x"]], [float(v) for v in cal["y"]]
+
+        def f(p: float) -> float:   # np.interp: constant outside the knots, linear between them
+            if p <= xs[0]:
+                return ys[0]
+            if p >= xs[-1]:
+                return ys[-1]
+            j = bisect.bisect_right(xs, p) - 1
+            return (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]) * (p - xs[j]) + ys[j]
+    else:
+        raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
+    return lambda p: min(max(f(float(p)), lo), hi)
 
 
 def validate(cal: object, where: str = "calibration") -> Calibrator:

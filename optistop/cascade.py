@@ -113,6 +113,7 @@ class _Run:
         self.req, self.spec, self.backend, self.decode = req, spec, backend, decode
         self.n = len(spec.stages)
         self.outputs: dict[int, StageOutput] = {}
+        self.texts: dict[int, str] = {}   # decoded outputs, once per stage
         self.scored: list[tuple[int, float]] = []   # (stage, calibrated confidence), in run order
         self.result = CascadeResult(text="", stage=-1, stage_model="")
         self.t0 = time.perf_counter()
@@ -144,7 +145,7 @@ class _Run:
                 if req.policy.name.startswith("fixed"):
                     raise
                 return await self._fallback(exc, after=k)
-            text = self.decode(out.token_ids)
+            text = self.texts[k] = self.decode(out.token_ids)
             feats = stage_features(req.prompt, text, out.logprobs, out.hit_max_tokens, k, n)
             try:
                 (conf,) = await self._score(feats[None, :], stage=k)
@@ -221,7 +222,9 @@ class _Run:
     def _finish(self, answer: int, reasons: list[str] | None = None,
                 degraded_by: StageFailure | None = None) -> CascadeResult:
         r = self.result
-        text = self.decode(self.outputs[answer].token_ids)
+        text = self.texts.get(answer)
+        if text is None:   # a stage that answered without being scored (fallback)
+            text = self.decode(self.outputs[answer].token_ids)
         r.text = text if self.req.exclude_input_in_output else self.req.prompt + text
         r.stage = answer
         r.stage_model = self.spec.stages[answer].triton_model

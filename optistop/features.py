@@ -210,6 +210,20 @@ def _prompt_rows(prompt: str, n_stages: int) -> np.ndarray:
     return rows
 
 
+@lru_cache(maxsize=256)
+def _prompt_lists(prompt: str, n_stages: int) -> tuple[tuple[float, ...], ...]:
+    """``_prompt_rows`` already finished (clipped, NaN -> 0), as Python floats: one vector is then built
+    and converted without a numpy call per slot."""
+    return tuple(tuple(_finish_value(x) for x in row) for row in _prompt_rows(prompt, n_stages).tolist())
+
+
+def _finish_value(x: float) -> float:
+    """What ``_finish`` does to one slot: NaN -> 0, clip to [-CLIP, CLIP], -0.0 -> 0.0."""
+    if x != x:
+        return 0.0
+    return CLIP if x > CLIP else -CLIP if x < -CLIP else x + 0.0
+
+
 def _finish(v: np.ndarray) -> np.ndarray:
     """float64 -> float32 clipped to [-CLIP, CLIP], NaN -> 0 (+-inf -> +-CLIP by the clip)."""
     v = np.minimum(np.maximum(v, -CLIP), CLIP)   # NaN passes through both
@@ -274,41 +288,39 @@ def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit
     """
     _check(stage, n_stages)
     prompt_s, out = _text(prompt), _text(output_text)
-    v = _prompt_rows(prompt_s, int(n_stages))[int(stage)].copy()
-    raw = _logprob_array(logprobs)
-    n_tok = raw.size
-    finite = raw[~np.isnan(raw)]
-    lp = np.minimum(np.maximum(finite, LOGPROB_FLOOR), 0.0)  # -inf -> floor, +inf -> 0
-    o = dict.fromkeys(OUTPUT_NAMES, 0.0)   # filled below, written into the vector in one assignment
+    raw = _logprob_array(logprobs).tolist()
+    n_tok = len(raw)
+    finite = [x for x in raw if x == x]                           # NaN != NaN
+    lp = [min(max(x, LOGPROB_FLOOR), 0.0) for x in finite]        # -inf -> floor, +inf -> 0
+    o = dict.fromkeys(OUTPUT_NAMES, 0.0)   # filled below, in slot order
     o["o_tokens"] = n_tok / 32
     o["o_log_tokens"] = math.log1p(n_tok) / 5
     o["o_hit_max_tokens"] = float(bool(hit_max_tokens))
     o["o_empty"] = float(not out.strip())
-    o["o_no_logprobs"] = float(lp.size == 0)
-    o["o_nan_logprob_frac"] = (n_tok - finite.size) / n_tok if n_tok else 0.0
-    if lp.size:
-        # lp.mean() / .std() / .min() / .max() / np.quantile written out: the same numpy reductions (so the
-        # same bits), then Python floats; per-call dispatch, not arithmetic, is what a few dozen tokens cost
-        m = lp.size
-        srt = np.sort(lp).tolist()
-        cum = float(np.add.reduce(lp))
+    o["o_no_logprobs"] = float(not lp)
+    o["o_nan_logprob_frac"] = (n_tok - len(finite)) / n_tok if n_tok else 0.0
+    if lp:
+        # Python floats throughout: in the server each call follows a stage call that left the caches
+        # cold, where numpy's per-call dispatch cost more than the arithmetic on a few dozen tokens
+        m = len(lp)
+        srt = sorted(lp)
+        cum = math.fsum(lp)
         mean = cum / m
-        d = lp - mean
-        p = np.exp(lp)
+        p = [math.exp(x) for x in lp]
         o["o_lp_mean"] = mean / 5
         o["o_lp_min"] = srt[0] / 5
         o["o_lp_max"] = srt[-1] / 5
-        o["o_lp_std"] = math.sqrt(float(np.add.reduce(d * d)) / m) / 5
+        o["o_lp_std"] = math.sqrt(math.fsum((x - mean) ** 2 for x in lp) / m) / 5
         for name, q in zip(("o_lp_q10", "o_lp_q25", "o_lp_q50", "o_lp_q75", "o_lp_q90"), quantiles_sorted(srt)):
             o[name] = q / 5
         o["o_lp_cum"] = max(cum / 20, -CLIP)
-        o["o_lp_first"] = float(lp[0]) / 5
-        o["o_lp_last"] = float(lp[-1]) / 5
-        o["o_p_mean"] = float(np.add.reduce(p)) / m
-        o["o_p_min"] = float(np.minimum.reduce(p))
+        o["o_lp_first"] = lp[0] / 5
+        o["o_lp_last"] = lp[-1] / 5
+        o["o_p_mean"] = math.fsum(p) / m
+        o["o_p_min"] = min(p)
         o["o_p_seq"] = math.exp(cum)
-        o["o_frac_p_below_half"] = np.count_nonzero(p < 0.5) / m
-        o["o_frac_p_below_0.9"] = np.count_nonzero(p < 0.9) / m
+        o["o_frac_p_below_half"] = sum(x < 0.5 for x in p) / m
+        o["o_frac_p_below_0.9"] = sum(x < 0.9 for x in p) / m
         o["o_surprise_max"] = -math.log(max(-srt[0], 1e-6)) / 10
         o["o_surprise_mean"] = -math.log(max(-mean, 1e-6)) / 10
     stripped = out.strip()
@@ -322,8 +334,10 @@ def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit
         o["o_char_entropy"] = _entropy(oc) / 5
         bigrams = [out[i:i + 2] for i in range(len(out) - 1)]
         o["o_repeat_bigram_frac"] = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
-    v[OUTPUT_SLOTS[0]:OUTPUT_SLOTS[-1] + 1] = list(o.values())
-    return _finish(v)
+    base = _prompt_lists(prompt_s, int(n_stages))[int(stage)]
+    out_part = [_finish_value(x) for x in o.values()]
+    # float64 -> float32 rounds as astype does; the base part is finished already
+    return np.array([*base[:OUTPUT_SLOTS[0]], *out_part, *base[OUTPUT_SLOTS[-1] + 1:]], dtype=np.float32)
 
 
 def stage_of(features: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ Rules (``POLICIES``; a served request names one, the replay evaluates all):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -70,9 +71,12 @@ def logit(p: np.ndarray) -> np.ndarray:
     return _clip(np.log(p / (1.0 - p)), -CLIP, CLIP)
 
 
+_BITS = 1 << np.arange(16, dtype=np.int64)
+
+
 def run_mask(conf: np.ndarray) -> np.ndarray:
     """(N,) int bitmask of the stages run (bit k set iff conf[:, k] is observed)."""
-    return (~np.isnan(conf)).astype(np.int64) @ (1 << np.arange(conf.shape[1], dtype=np.int64))
+    return (~np.isnan(conf)) @ _BITS[:conf.shape[1]]
 
 
 def stages_of(mask: int, n: int) -> list[int]:
@@ -114,6 +118,9 @@ def features(s: State, rows: np.ndarray, mask: int, use_ex_ante: bool, use_agree
     return x
 
 
+_ROW0 = np.zeros(1, dtype=np.intp)   # the rows of a one-prompt state (the served case)
+
+
 def _empty(N: int) -> Decision:
     return Decision(np.zeros(N, bool), np.full(N, -1), np.full(N, -1), np.ones(N))
 
@@ -127,6 +134,7 @@ class _Plan:
     w: np.ndarray      # (d, |S| + 2K): answer models of S, then w_q of each k, then w_c of each k
     cost: np.ndarray   # (K,) c_k
     cmax: np.ndarray   # (K,)
+    cols: tuple[tuple[float, ...], ...] = ()   # the columns of w as Python floats (decide_one)
 
 
 @dataclass
@@ -179,16 +187,19 @@ class ModelRule:
         w = np.column_stack([*(answer[j] for j in S), *(p[0] for p in parts), *(p[1] for p in parts)]) \
             if S or ks else np.zeros((d, 0))
         out = _Plan(np.asarray(S, dtype=int), np.asarray(ks, dtype=int), w,
-                    self.costs[ks].astype(float), np.asarray([p[2] for p in parts], dtype=float))
+                    self.costs[ks].astype(float), np.asarray([p[2] for p in parts], dtype=float),
+                    tuple(tuple(col) for col in w.T.tolist()))
         self._plans[mask] = (sig, out)
         return out
 
     def decide(self, s: State) -> Decision:
         N = s.conf.shape[0]
+        if N == 1:
+            return self.decide_one(s)
         d = _empty(N)
         masks = run_mask(s.conf)
         for mask in (int(m) for m in (masks if N == 1 else np.unique(masks))):
-            rows = np.flatnonzero(masks == mask)
+            rows = _ROW0 if N == 1 else np.flatnonzero(masks == mask)
             pl = self.plan(mask)
             nS, K = len(pl.S), len(pl.ks)
             z = sigmoid(features(s, rows, mask, self.use_ex_ante, self.use_agree) @ pl.w)
@@ -206,6 +217,55 @@ class ModelRule:
             # stop iff lam (1 - p) <= min Q, i.e. p >= 1 - min Q / lam: the threshold the best answer met
             d.threshold[rows] = np.clip(1 - qmin / max(self.lam, 1e-12), 0.0, 1.0)
         return d
+
+
+    def decide_one(self, s: State) -> Decision:
+        """``decide`` for one prompt (the served case) on Python floats: the same plan, features and
+        arithmetic as the array path (tests/unit/test_policy.py: equal decisions on random states, for
+        every rule of both committed artifacts). In the server each decision follows a stage call that
+        leaves the CPU caches cold, and there numpy's per-call dispatch, not arithmetic, was most of a
+        decision's time (first call 157 us, repeated at once 63 us, measured inside the cascade)."""
+        conf = s.conf[0].tolist()
+        mask = sum(1 << k for k, c in enumerate(conf) if c == c)   # NaN != NaN: not run
+        pl = self.plan(mask)
+        S = pl.S.tolist()
+        x = [1.0]
+        if self.use_ex_ante:
+            assert s.ex_ante is not None
+            x += [_logit1(r) for r in s.ex_ante[0].tolist()]
+        for i in S:
+            x += [_logit1(conf[i]), conf[i]]
+        if self.use_agree and len(S) > 1:
+            assert s.resp is not None
+            r = s.resp[0].tolist()
+            x += [float(r[a] == r[b] and r[a] >= 0) for j, a in enumerate(S) for b in S[j + 1:]]
+        z = [_sigmoid1(sum(a * b for a, b in zip(x, col))) for col in pl.cols]
+        nS, ks = len(S), pl.ks.tolist()
+        K = len(ks)
+        q = [c + m * zc + self.lam * (1 - zq)
+             for c, m, zq, zc in zip(pl.cost.tolist(), pl.cmax.tolist(), z[nS:nS + K], z[nS + K:])]
+        if mask == 0:                                       # nothing run yet: run the best first stage
+            return _one(False, ks[min(range(K), key=q.__getitem__)], -1, 1.0)
+        p = z[:nS]
+        qmin = min(q) if K else math.inf
+        best = max(range(nS), key=p.__getitem__)
+        th = min(max(1 - qmin / max(self.lam, 1e-12), 0.0), 1.0)
+        if self.lam * (1 - p[best]) <= qmin:
+            return _one(True, -1, S[best], th)
+        return _one(False, ks[min(range(K), key=q.__getitem__)], -1, th)
+
+
+def _logit1(p: float) -> float:
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return min(max(math.log(p / (1.0 - p)), -CLIP), CLIP)
+
+
+def _sigmoid1(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
+
+
+def _one(stop: bool, next_stage: int, answer_stage: int, threshold: float) -> Decision:
+    return Decision(np.array([stop]), np.array([next_stage]), np.array([answer_stage]), np.array([threshold]))
 
 
 def paper_threshold(stage: int, lam: float, costs: Sequence[float]) -> float:

@@ -129,6 +129,8 @@ class QualityPredictor:
         # (stage, mode) -> its calibrator, parameters read once; key = 2 * stage + (1 if ex-ante else 0)
         self._cal = [calibration.compiled(self.sidecar["calibration"][mode][stage]["calibrator"])
                      for stage in range(len(self.stages)) for mode in CAL_MODES]
+        self._cal1 = [calibration.compiled_scalar(self.sidecar["calibration"][mode][stage]["calibrator"])
+                      for stage in range(len(self.stages)) for mode in CAL_MODES]
 
     @property
     def n_stages(self) -> int:
@@ -143,17 +145,15 @@ class QualityPredictor:
 
     def calibrate(self, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Apply each row's (stage, mode) calibrator to its raw score; (N,) float32."""
+        if len(x) <= MAX_STAGES:   # the served cascade's calls (a stage's answer, or every stage's estimate)
+            keys = [row[_ONEHOT].index(1.0) * 2 + (row[EX_ANTE_SLOT] > 0.5) for row in x.tolist()]
+            return np.array([self._cal1[k](r) for k, r in zip(keys, raw.tolist())], dtype=np.float32)
         key = x[:, _ONEHOT].argmax(axis=1) * 2 + (x[:, EX_ANTE_SLOT] > 0.5)
-        if len(key) and (key == key[0]).all():   # the served case: one stage, one mode per call
-            return self._apply(int(key[0]), raw).astype(np.float32)
         out = np.empty(len(x), dtype=np.float64)
         for k in np.unique(key):
             rows = key == k
-            out[rows] = self._apply(int(k), raw[rows])
+            out[rows] = self._cal[int(k)](raw[rows])
         return out.astype(np.float32)
-
-    def _apply(self, key: int, raw: np.ndarray) -> np.ndarray:
-        return self._cal[key](raw)
 
     def predict(self, features: np.ndarray, trusted: bool = False) -> np.ndarray:
         """Calibrated confidences (N,) float32 for (N, 64) features; ValueError for invalid input.

@@ -123,7 +123,11 @@ class PromptEncoder:
         return tuple(int(i) for i in self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        if self._fast is None:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        text = self._fast.decode(list(ids), skip_special_tokens=True)
+        # what transformers' decode adds after the Rust tokenizer's (the family's own setting)
+        return self.tokenizer.clean_up_tokenization(text) if self.tokenizer.clean_up_tokenization_spaces else text
 
 
 def _backend(tokenizer: Any) -> Any:

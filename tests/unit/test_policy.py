@@ -113,6 +113,32 @@ def test_book_builds_each_rule_once_per_grid_point() -> None:
     assert a.decide(s).stop.tolist() == first.stop.tolist()
 
 
+@pytest.mark.parametrize("artifact", ["model_repository/quality_predictor/1/policy.json",
+                                      "models/chat/predictor/policy.json"])
+def test_one_prompt_path_decides_as_the_array_path(artifact: str) -> None:
+    """decide_one (Python floats, the served N = 1) and the array path (the replay) agree on every decision
+    of every rule of a committed artifact, on random histories; thresholds to rounding."""
+    from optistop import ROOT
+    from optistop.policy_artifact import load_policy
+
+    book = load_policy(ROOT / artifact)
+    rng = np.random.default_rng(0)
+    n = book.n
+    for name in ("optimal", "router"):
+        for lam in (1.0, book.default_lambda, 200.0):
+            rule, _ = book.make(name, lam)
+            for _ in range(150):
+                ran = rng.random(n) < 0.5
+                conf = np.where(ran, rng.choice([0.0, 0.02, 0.5, 0.97, 1.0, rng.random()], n), NAN)
+                resp = np.where(ran, rng.integers(0, 2, n), -1)
+                one = K.State(conf[None], rng.random((1, n)), resp[None])
+                two = K.State(np.repeat(one.conf, 2, 0), np.repeat(one.ex_ante, 2, 0), np.repeat(one.resp, 2, 0))
+                a, b = rule.decide(one), rule.decide(two)
+                assert (a.stop[0], a.next_stage[0], a.answer_stage[0]) == \
+                    (b.stop[0], b.next_stage[0], b.answer_stage[0])
+                assert a.threshold[0] == pytest.approx(b.threshold[0], abs=1e-9)
+
+
 def test_plan_follows_changes_to_the_continuation_models() -> None:
     """policy_fit fills ``cont`` while it simulates the rule: a decision after a change sees the change."""
     rule = hand_rule(20.0)

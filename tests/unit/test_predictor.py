@@ -190,3 +190,17 @@ def test_data_hash_ignores_timing_only() -> None:
     faster = {**rec, "stages": [{**rec["stages"][0], "latency_ms": 0.5, "batch_size": 8}]}
     wrong = {**rec, "stages": [{**rec["stages"][0], "correct": False}]}
     assert data_sha256([rec]) == data_sha256([faster]) != data_sha256([wrong])
+
+
+@pytest.mark.parametrize("cal", [
+    {"method": "identity"},
+    {"method": "temperature", "t": 1.7},
+    {"method": "platt", "a": 0.6, "b": -1.3},
+    {"method": "isotonic", "x": [0.05, 0.2, 0.21, 0.6, 0.9], "y": [0.01, 0.1, 0.4, 0.4, 0.97]},
+])
+def test_scalar_calibrator_is_the_array_calibrator(cal: dict) -> None:
+    """The served one-score path (Python floats) computes what the array path computes, edges included."""
+    p = np.concatenate([np.linspace(0.0, 1.0, 1001), [1e-9, 1 - 1e-9, 0.05, 0.2, 0.21, 0.6, 0.9],
+                        np.random.default_rng(0).random(2000)])
+    many, one = calibration.compiled(cal), calibration.compiled_scalar(cal)
+    np.testing.assert_allclose([one(x) for x in p.tolist()], many(p), rtol=0, atol=1e-12)
