@@ -224,24 +224,16 @@ def _finish_value(x: float) -> float:
     return CLIP if x > CLIP else -CLIP if x < -CLIP else x + 0.0
 
 
-def _finish(v: np.ndarray) -> np.ndarray:
-    """float64 -> float32 clipped to [-CLIP, CLIP], NaN -> 0 (+-inf -> +-CLIP by the clip)."""
-    v = np.minimum(np.maximum(v, -CLIP), CLIP)   # NaN passes through both
-    nan = np.isnan(v)
-    if nan.any():
-        v[nan] = 0.0
-    return v.astype(np.float32) + np.float32(0.0)  # -0.0 -> 0.0, so equal features are equal bytes
-
-
-def _logprob_array(logprobs: object) -> np.ndarray:
-    """Flattened float64 array; anything that is not a sequence of numbers becomes empty."""
+def _logprob_list(logprobs: object) -> list[float]:
+    """Flattened, as Python floats; anything that is not a sequence of numbers becomes empty."""
+    if isinstance(logprobs, (tuple, list)) and all(type(x) is float for x in logprobs):
+        return list(logprobs)   # the cascade's own StageOutput: no numpy round trip
     if logprobs is None:
-        return np.zeros(0)
+        return []
     try:
-        arr = np.asarray(logprobs, dtype=np.float64).ravel()
+        return np.asarray(logprobs, dtype=np.float64).ravel().tolist()
     except (TypeError, ValueError):
-        return np.zeros(0)
-    return arr
+        return []
 
 
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -274,9 +266,8 @@ def ex_ante_features(prompt: str, stage: int, n_stages: int) -> np.ndarray:
 def ex_ante_all(prompt: str, n_stages: int) -> np.ndarray:
     """(n_stages, 64) float32: ``ex_ante_features`` of every stage, in one go (the cascade's first call)."""
     _check(0, n_stages)
-    rows = _prompt_rows(_text(prompt), int(n_stages)).copy()
-    rows[:, EX_ANTE_SLOT] = 1.0
-    return _finish(rows)
+    rows = _prompt_lists(_text(prompt), int(n_stages))   # finished already; only the flag changes
+    return np.array([[*row[:EX_ANTE_SLOT], 1.0, *row[EX_ANTE_SLOT + 1:]] for row in rows], dtype=np.float32)
 
 
 def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit_max_tokens: bool,
@@ -288,7 +279,7 @@ def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit
     """
     _check(stage, n_stages)
     prompt_s, out = _text(prompt), _text(output_text)
-    raw = _logprob_array(logprobs).tolist()
+    raw = _logprob_list(logprobs)
     n_tok = len(raw)
     finite = [x for x in raw if x == x]                           # NaN != NaN
     lp = [min(max(x, LOGPROB_FLOOR), 0.0) for x in finite]        # -inf -> floor, +inf -> 0

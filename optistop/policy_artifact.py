@@ -80,7 +80,7 @@ class PolicyBook:
         if len(self.costs) != self.n or not self.grid:
             raise PolicyArtifactError(f"{where}: needs one cost per stage and a non-empty lambda grid")
         self.art = art
-        self._log_grid = np.log(np.maximum([g for g, _ in self.grid], 1e-12))
+        self._log_grid = [math.log(max(g, 1e-12)) for g, _ in self.grid]
         # built once, shared by requests: model rules are stateless after their first decision at each
         # history (optistop.policy.ModelRule.plan), so a request pays a dict lookup, not a construction
         self._rules: dict[tuple[str, int], ModelRule] = {}
@@ -94,7 +94,8 @@ class PolicyBook:
 
     def _grid_index(self, lam: float) -> int:
         """The grid point nearest to ``lam`` on a log scale."""
-        return int(np.argmin(np.abs(self._log_grid - math.log(max(lam, 1e-12)))))
+        target = math.log(max(lam, 1e-12))
+        return min(range(len(self._log_grid)), key=lambda i: abs(self._log_grid[i] - target))
 
     def make(self, name: str | None, lam: float | None, seed: int = 0) -> tuple[Policy, float]:
         """(rule, lambda used) for a request; ValueError naming the valid policies."""

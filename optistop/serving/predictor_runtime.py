@@ -146,7 +146,8 @@ class QualityPredictor:
     def calibrate(self, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Apply each row's (stage, mode) calibrator to its raw score; (N,) float32."""
         if len(x) <= MAX_STAGES:   # the served cascade's calls (a stage's answer, or every stage's estimate)
-            keys = [row[_ONEHOT].index(1.0) * 2 + (row[EX_ANTE_SLOT] > 0.5) for row in x.tolist()]
+            keys = [hot.index(1.0) * 2 + (ante > 0.5)
+                    for hot, ante in zip(x[:, _ONEHOT].tolist(), x[:, EX_ANTE_SLOT].tolist())]
             return np.array([self._cal1[k](r) for k, r in zip(keys, raw.tolist())], dtype=np.float32)
         key = x[:, _ONEHOT].argmax(axis=1) * 2 + (x[:, EX_ANTE_SLOT] > 0.5)
         out = np.empty(len(x), dtype=np.float64)
