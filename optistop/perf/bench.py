@@ -145,7 +145,7 @@ def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: 
     (raw / "controller_modes.json").write_text(json.dumps(
         {"per_decision_ms": {} if skipped else per_mode, "requests_per_mode": 0 if skipped else rounds * args.repeats,
          "skipped": skipped}), encoding="utf-8")
-    served = served_mode(client, args.model)
+    served = served_mode(client, args.model, remote_predictor=bool(spec.predictor_url))
     client.close()
     line = lambda cmd: " ".join(["perf_analyzer", *cmd[1:]]).replace(str(ROOT) + "/", "")
     return {"perf_analyzer_command": line(cmds[CASCADE]), "stage_direct_command": line(cmds["stage"]),
@@ -288,7 +288,8 @@ def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
         "window_requests": args.window, "prompts": 12 * args.per_cell, "seed": args.seed,
         "lambda": args.lam, "max_tokens": args.max_tokens, "policy": spec.default_policy or "operating point",
         "nominal_costs": list(spec.costs), "stage_models": [s.triton_model for s in spec.stages],
-        "config_labels": {CASCADE: f"cascade ({spec.default_policy or 'operating point'}, lambda {args.lam})",
+        "config_labels": {CASCADE: f"cascade ({spec.default_policy}, lambda {args.lam})" if spec.default_policy
+                          else "cascade (calibrated operating point)",
                           **{f"fixed:{k}": f"fixed:{k} ({s.name})" for k, s in enumerate(spec.stages)}},
     }
     exe, env = perf_analyzer_env()

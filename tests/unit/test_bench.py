@@ -320,17 +320,20 @@ def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Pa
         assert 'string_value: "../../cascade.toml"' in cfg
 
 
-@pytest.mark.parametrize("params, mode", [({"predictor_in_process": {"string_value": "true"}}, "in_process"),
-                                          ({"predictor_in_process": {"string_value": "false"}}, "bls"),
-                                          ({}, "bls")])
-def test_served_mode_reads_the_model_config(params: dict, mode: str) -> None:
+@pytest.mark.parametrize("params, remote, mode", [
+    ({"predictor_in_process": {"string_value": "true"}}, False, "in_process"),
+    ({"predictor_in_process": {"string_value": "false"}}, False, "bls"),
+    ({"predictor_in_process": {"string_value": "auto"}}, False, "in_process"),
+    ({"predictor_in_process": {"string_value": "auto"}}, True, "bls"),
+    ({}, False, "in_process")])
+def test_served_mode_reads_the_model_config(params: dict, remote: bool, mode: str) -> None:
     from optistop.perf.controller import served_mode
 
     class Client:
         def get_model_config(self, model: str, as_json: bool) -> dict:
             return {"config": {"name": model, "parameters": params}}
 
-    assert served_mode(Client(), "cascade") == mode
+    assert served_mode(Client(), "cascade", remote_predictor=remote) == mode
 
 
 # --- results.json and results.md as make bench writes them (--report-only on raw files written by hand) ----
