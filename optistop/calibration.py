@@ -47,58 +47,56 @@ def apply(cal: Calibrator, p: np.ndarray) -> np.ndarray:
 def compiled(cal: Calibrator) -> Callable[[np.ndarray], np.ndarray]:
     """``apply`` with the calibrator's parameters read once: the served predictor keeps one per
     (stage, mode) and calls it per request."""
-    method = cal.get("method")
-    if method == "identity":
-        f: Callable[[np.ndarray], np.ndarray] = lambda p: p
-    elif method == "temperature":
-        t = float(cal["t"])
-        f = lambda p: sigmoid(logit(p) / t)
-    elif method == "platt":
-        a, b = float(cal["a"]), float(cal["b"])
-        f = lambda p: sigmoid(a * logit(p) + b)
-    elif method == "isotonic":
-        x, y = np.asarray(cal["x"], dtype=np.float64), np.asarray(cal["y"], dtype=np.float64)
-        f = lambda p: np.interp(p, x, y)
-    else:
-        raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
+    f = _build(cal, logit, sigmoid, lambda x, y: lambda p: np.interp(p, np.asarray(x, dtype=np.float64),
+                                                                       np.asarray(y, dtype=np.float64)))
     return lambda p: np.clip(f(np.asarray(p, dtype=np.float64)), P_MIN, 1 - P_MIN)
 
 
 def compiled_scalar(cal: Calibrator) -> Callable[[float], float]:
-    """``compiled`` for one probability on Python floats, the same formulas (tests/unit/test_calibration
+    """``compiled`` for one probability on Python floats, the same formulas (tests/unit/test_predictor.py
     checks them against the array version): the served cascade calibrates one score per call, right
     after a stage call has left the CPU caches cold, where numpy's dispatch costs more than the math."""
+    f = _build(cal, _logit1, _sigmoid1, _interp1)
+    return lambda p: min(max(f(float(p)), P_MIN), 1 - P_MIN)
+
+
+def _build(cal: Calibrator, logit_f: Callable, sigmoid_f: Callable, interp_f: Callable) -> Callable:
+    """The calibrator's map before clipping, written once over the given logit / sigmoid / interp."""
     method = cal.get("method")
-    lo, hi = P_MIN, 1 - P_MIN
-
-    def logit1(p: float) -> float:
-        p = min(max(p, _EPS), 1 - _EPS)
-        return math.log(p) - math.log1p(-p)
-
-    def sigmoid1(z: float) -> float:
-        return 0.5 * (1.0 + math.tanh(0.5 * z))
-
     if method == "identity":
-        f: Callable[[float], float] = lambda p: p
-    elif method == "temperature":
+        return lambda p: p
+    if method == "temperature":
         t = float(cal["t"])
-        f = lambda p: sigmoid1(logit1(p) / t)
-    elif method == "platt":
+        return lambda p: sigmoid_f(logit_f(p) / t)
+    if method == "platt":
         a, b = float(cal["a"]), float(cal["b"])
-        f = lambda p: sigmoid1(a * logit1(p) + b)
-    elif method == "isotonic":
-        xs, ys = [float(v) for v in cal["x"]], [float(v) for v in cal["y"]]
+        return lambda p: sigmoid_f(a * logit_f(p) + b)
+    if method == "isotonic":
+        return interp_f(cal["x"], cal["y"])
+    raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
 
-        def f(p: float) -> float:   # np.interp: constant outside the knots, linear between them
-            if p <= xs[0]:
-                return ys[0]
-            if p >= xs[-1]:
-                return ys[-1]
-            j = bisect.bisect_right(xs, p) - 1
-            return (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]) * (p - xs[j]) + ys[j]
-    else:
-        raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
-    return lambda p: min(max(f(float(p)), lo), hi)
+
+def _logit1(p: float) -> float:
+    p = min(max(p, _EPS), 1 - _EPS)
+    return math.log(p) - math.log1p(-p)
+
+
+def _sigmoid1(z: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * z))
+
+
+def _interp1(x: list, y: list) -> Callable[[float], float]:
+    """np.interp for one value: constant outside the knots, linear between them."""
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+
+    def f(p: float) -> float:
+        if p <= xs[0]:
+            return ys[0]
+        if p >= xs[-1]:
+            return ys[-1]
+        j = bisect.bisect_right(xs, p) - 1
+        return (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]) * (p - xs[j]) + ys[j]
+    return f
 
 
 def validate(cal: object, where: str = "calibration") -> Calibrator:

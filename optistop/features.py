@@ -155,9 +155,8 @@ def _is_symbol(ch: str) -> bool:
     return not (ch.isalnum() or ch.isspace())
 
 
-@lru_cache(maxsize=256)
 def _prompt_part(prompt: str) -> tuple[float, ...]:
-    """Slots 0-4 and 9-25 (stage-independent), cached: the cascade scores one prompt at every stage."""
+    """Slots 0-4 and 9-25 (stage-independent); cached by ``_prompt_rows``."""
     n = len(prompt)
     words = prompt.split()
     chars = Counter(prompt)
@@ -193,32 +192,27 @@ def _check(stage: int, n_stages: int) -> None:
 
 
 @lru_cache(maxsize=256)
-def _prompt_rows(prompt: str, n_stages: int) -> np.ndarray:
-    """(n_stages, 64) float64, read-only: row k holds every slot a post-hoc vector of ``prompt`` at stage k
-    has before its output is known (prompt slots, stage one-hot and position; ex_ante 0). Computed once
-    per (prompt, cascade) and shared by the ex-ante estimates and every stage's post-hoc vector."""
+def _prompt_rows(prompt: str, n_stages: int) -> tuple[tuple[float, ...], ...]:
+    """One row per stage of every slot a post-hoc vector of ``prompt`` at that stage has before its output
+    is known (prompt slots, stage one-hot and position; ex_ante 0), finished (clipped, NaN -> 0) and as
+    Python floats: computed once per (prompt, cascade), shared by the ex-ante estimates and every stage's
+    post-hoc vector, each built with one conversion."""
     part = _prompt_part(prompt)
-    rows = np.zeros((n_stages, N_FEATURES), dtype=np.float64)
-    rows[:, 0:5] = part[0:5]
-    rows[:, 9:26] = part[5:]
+    rows = []
     for stage in range(n_stages):
-        rows[stage, STAGE_SLOTS[stage]] = 1.0
-        rows[stage, SLOT_INDEX["stage_frac"]] = stage / (n_stages - 1) if n_stages > 1 else 0.0
-    rows[:, SLOT_INDEX["n_stages"]] = n_stages / MAX_STAGES
-    rows[n_stages - 1, SLOT_INDEX["is_last_stage"]] = 1.0
-    rows.flags.writeable = False
-    return rows
-
-
-@lru_cache(maxsize=256)
-def _prompt_lists(prompt: str, n_stages: int) -> tuple[tuple[float, ...], ...]:
-    """``_prompt_rows`` already finished (clipped, NaN -> 0), as Python floats: one vector is then built
-    and converted without a numpy call per slot."""
-    return tuple(tuple(_finish_value(x) for x in row) for row in _prompt_rows(prompt, n_stages).tolist())
+        v = [0.0] * N_FEATURES
+        v[0:5] = part[0:5]
+        v[9:26] = part[5:]
+        v[STAGE_SLOTS[stage]] = 1.0
+        v[SLOT_INDEX["stage_frac"]] = stage / (n_stages - 1) if n_stages > 1 else 0.0
+        v[SLOT_INDEX["n_stages"]] = n_stages / MAX_STAGES
+        v[SLOT_INDEX["is_last_stage"]] = float(stage == n_stages - 1)
+        rows.append(tuple(_finish_value(x) for x in v))
+    return tuple(rows)
 
 
 def _finish_value(x: float) -> float:
-    """What ``_finish`` does to one slot: NaN -> 0, clip to [-CLIP, CLIP], -0.0 -> 0.0."""
+    """One slot as served: NaN -> 0, clipped to [-CLIP, CLIP], -0.0 -> 0.0 (equal features, equal bytes)."""
     if x != x:
         return 0.0
     return CLIP if x > CLIP else -CLIP if x < -CLIP else x + 0.0
@@ -266,7 +260,7 @@ def ex_ante_features(prompt: str, stage: int, n_stages: int) -> np.ndarray:
 def ex_ante_all(prompt: str, n_stages: int) -> np.ndarray:
     """(n_stages, 64) float32: ``ex_ante_features`` of every stage, in one go (the cascade's first call)."""
     _check(0, n_stages)
-    rows = _prompt_lists(_text(prompt), int(n_stages))   # finished already; only the flag changes
+    rows = _prompt_rows(_text(prompt), int(n_stages))   # finished already; only the flag changes
     return np.array([[*row[:EX_ANTE_SLOT], 1.0, *row[EX_ANTE_SLOT + 1:]] for row in rows], dtype=np.float32)
 
 
@@ -325,7 +319,7 @@ def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit
         o["o_char_entropy"] = _entropy(oc) / 5
         bigrams = [out[i:i + 2] for i in range(len(out) - 1)]
         o["o_repeat_bigram_frac"] = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
-    base = _prompt_lists(prompt_s, int(n_stages))[int(stage)]
+    base = _prompt_rows(prompt_s, int(n_stages))[int(stage)]
     out_part = [_finish_value(x) for x in o.values()]
     # float64 -> float32 rounds as astype does; the base part is finished already
     return np.array([*base[:OUTPUT_SLOTS[0]], *out_part, *base[OUTPUT_SLOTS[-1] + 1:]], dtype=np.float32)

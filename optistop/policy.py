@@ -118,9 +118,6 @@ def features(s: State, rows: np.ndarray, mask: int, use_ex_ante: bool, use_agree
     return x
 
 
-_ROW0 = np.zeros(1, dtype=np.intp)   # the rows of a one-prompt state (the served case)
-
-
 def _empty(N: int) -> Decision:
     return Decision(np.zeros(N, bool), np.full(N, -1), np.full(N, -1), np.ones(N))
 
@@ -134,7 +131,7 @@ class _Plan:
     w: np.ndarray      # (d, |S| + 2K): answer models of S, then w_q of each k, then w_c of each k
     cost: np.ndarray   # (K,) c_k
     cmax: np.ndarray   # (K,)
-    cols: tuple[tuple[float, ...], ...] = ()   # the columns of w as Python floats (decide_one)
+    cols: tuple[tuple[float, ...], ...]   # the columns of w as Python floats (decide_one)
 
 
 @dataclass
@@ -198,8 +195,8 @@ class ModelRule:
             return self.decide_one(s)
         d = _empty(N)
         masks = run_mask(s.conf)
-        for mask in (int(m) for m in (masks if N == 1 else np.unique(masks))):
-            rows = _ROW0 if N == 1 else np.flatnonzero(masks == mask)
+        for mask in (int(m) for m in np.unique(masks)):
+            rows = np.flatnonzero(masks == mask)
             pl = self.plan(mask)
             nS, K = len(pl.S), len(pl.ks)
             z = sigmoid(features(s, rows, mask, self.use_ex_ante, self.use_agree) @ pl.w)
@@ -217,7 +214,6 @@ class ModelRule:
             # stop iff lam (1 - p) <= min Q, i.e. p >= 1 - min Q / lam: the threshold the best answer met
             d.threshold[rows] = np.clip(1 - qmin / max(self.lam, 1e-12), 0.0, 1.0)
         return d
-
 
     def decide_one(self, s: State) -> Decision:
         """``decide`` for one prompt (the served case) on Python floats: the same plan, features and

@@ -32,6 +32,8 @@ class MetricsSink(Protocol):
 
     def error(self, code: str) -> None: ...
 
+    def flush(self) -> None: ...
+
 INPUTS = [t.name for t in T.CASCADE.inputs]
 PREDICTOR_MODES = ("auto", "true", "false")
 
@@ -137,7 +139,7 @@ class CascadeService:
 
     def close(self) -> None:
         """From the model's finalize(): send the metric increments not yet flushed."""
-        if self.metrics is not None and hasattr(self.metrics, "flush"):
+        if self.metrics is not None:
             self.metrics.flush()
 
     def decode(self, ids) -> str:

@@ -127,10 +127,10 @@ class QualityPredictor:
         self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         self.stages: tuple[str, ...] = tuple(self.sidecar["stages"])
         # (stage, mode) -> its calibrator, parameters read once; key = 2 * stage + (1 if ex-ante else 0)
-        self._cal = [calibration.compiled(self.sidecar["calibration"][mode][stage]["calibrator"])
-                     for stage in range(len(self.stages)) for mode in CAL_MODES]
-        self._cal1 = [calibration.compiled_scalar(self.sidecar["calibration"][mode][stage]["calibrator"])
-                      for stage in range(len(self.stages)) for mode in CAL_MODES]
+        cals = [self.sidecar["calibration"][mode][stage]["calibrator"]
+                for stage in range(len(self.stages)) for mode in CAL_MODES]
+        self._cal = [calibration.compiled(c) for c in cals]          # batches (the quality_predictor model)
+        self._cal1 = [calibration.compiled_scalar(c) for c in cals]  # one score at a time (the cascade)
 
     @property
     def n_stages(self) -> int:

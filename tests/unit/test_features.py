@@ -171,7 +171,6 @@ def test_deterministic_bytes() -> None:
     args = ("S:93715=", "13579", [-0.3, -0.01, -0.2, -1e-4, -2.5], False, 1, 3)
     a, b = F.stage_features(*args), F.stage_features(*args)
     assert a.tobytes() == b.tobytes()
-    F._prompt_part.cache_clear()
     F._prompt_rows.cache_clear()
     assert F.stage_features(*args).tobytes() == a.tobytes()
     assert F.stage_features(*args) is not F.stage_features(*args)  # callers may mutate their copy
