@@ -209,10 +209,19 @@ def test_quantiles_are_numpys_bit_for_bit(xs: list[float]) -> None:
 
 
 def test_ex_ante_all_is_every_stages_ex_ante_vector() -> None:
+    """Row k: stage k's one-hot and position, the ex-ante flag, no output slots, and the same prompt slots
+    as a post-hoc vector of that prompt (stage_features builds those on its own path)."""
+    prompt = "What is 12+35?"
     for n in (1, 3, 4):
-        rows = F.ex_ante_all("What is 12+35?", n)
+        rows = F.ex_ante_all(prompt, n)
         assert rows.shape == (n, N_FEATURES) and rows.dtype == np.float32
         for k in range(n):
-            assert rows[k].tobytes() == F.ex_ante_features("What is 12+35?", k, n).tobytes()
+            post = F.stage_features(prompt, "47", [-0.1], False, k, n)
+            assert [int(rows[k, i]) for i in F.STAGE_SLOTS] == [int(i == k) for i in range(F.MAX_STAGES)]
+            assert slot(rows[k], "ex_ante") == 1.0 and not rows[k, list(F.OUTPUT_SLOTS)].any()
+            assert slot(rows[k], "p_chars") == pytest.approx(len(prompt) / 100)
+            assert slot(rows[k], "is_last_stage") == float(k == n - 1)
+            prompt_slots = [i for i in F.PROMPT_SLOTS if i != F.EX_ANTE_SLOT]
+            assert rows[k, prompt_slots].tobytes() == post[prompt_slots].tobytes()
     with pytest.raises(ValueError, match="n_stages"):
         F.ex_ante_all("x", 5)
