@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from optistop.features import ex_ante_all, stage_features
-from optistop.policy import Policy, State
+from optistop.policy import Policy
 from optistop.spec import CascadeSpec
 
 NAN = float("nan")
@@ -53,8 +53,8 @@ class StageFailure(RuntimeError):
 class CascadeBackend(Protocol):
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput: ...
 
-    async def score(self, features: np.ndarray) -> np.ndarray:
-        """(N, 64) float32 features -> (N,) calibrated confidences."""
+    async def score(self, features: np.ndarray) -> Sequence[float]:
+        """(N, 64) float32 features -> N calibrated confidences."""
         ...
 
 
@@ -120,23 +120,24 @@ class _Run:
 
     async def loop(self) -> CascadeResult:
         req, n = self.req, self.n
-        # The kernel's state for N = 1: the same arrays the replay passes for thousands of prompts.
-        state = State(np.full((1, n), NAN), None, np.full((1, n), -1))
+        # The kernel's state for one prompt (the replay passes the same as (N, n) arrays): confidences
+        # (NaN = not run), ex-ante estimates, answer ids (equal ids = answers that agree; -1 = none)
+        conf: list[float] = [NAN] * n
+        resp: list[int] = [-1] * n
+        ex_ante: list[float] | None = None
         if req.policy.uses_ex_ante:
             try:
                 ex_ante = await self._score(ex_ante_all(req.prompt, n), stage=-1)  # one call for every stage's estimate
             except StageFailure as exc:
                 return await self._fallback(exc, after=-1, predictor_down=True)
-            state.ex_ante = np.asarray([ex_ante], dtype=np.float64)
         answers: dict[str, int] = {}  # normalised answer text -> id: equal ids are answers that agree
         for _ in range(n + 1):  # at most every stage once, then a stop
-            d = req.policy.decide(state)
+            d = req.policy.decide_one(conf, ex_ante, resp)
             if self.scored:
-                self._record(self.scored[-1][0]).threshold = float(d.threshold[0])
-            if d.stop[0]:
-                answer = int(d.answer_stage[0]) if d.answer_stage[0] >= 0 else self.scored[-1][0]
-                return self._finish(answer)
-            k = int(d.next_stage[0])
+                self._record(self.scored[-1][0]).threshold = d.threshold
+            if d.stop:
+                return self._finish(d.answer_stage if d.answer_stage >= 0 else self.scored[-1][0])
+            k = d.next_stage
             if not 0 <= k < n or k in self.outputs:
                 raise RuntimeError(f"policy {req.policy.name} chose an invalid next stage {k!r} after {self.scored}")
             try:
@@ -148,17 +149,16 @@ class _Run:
             text = self.texts[k] = self.decode(out.token_ids)
             feats = stage_features(req.prompt, text, out.logprobs, out.hit_max_tokens, k, n)
             try:
-                (conf,) = await self._score(feats[None, :], stage=k)
+                (c,) = await self._score(feats[None, :], stage=k)
             except StageFailure as exc:
                 if req.policy.name.startswith("fixed"):
                     return self._finish(k, degraded_by=exc)
                 return await self._fallback(exc, after=k, predictor_down=True)
-            self._record(k).confidence = conf
-            self.scored.append((k, conf))
-            state.conf[0, k] = conf
+            self._record(k).confidence = conf[k] = c
+            self.scored.append((k, c))
             norm = " ".join(text.split())
             if norm:
-                state.resp[0, k] = answers.setdefault(norm, len(answers))  # type: ignore[index]
+                resp[k] = answers.setdefault(norm, len(answers))
         raise RuntimeError(f"policy {req.policy.name} did not stop after running every stage")
 
     async def _generate(self, k: int) -> StageOutput:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from operator import mul
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -49,11 +50,34 @@ class Decision:
     threshold: np.ndarray     # (N,) confidence the best answer needed to stop here (1.0 before any stage)
 
 
+class One(NamedTuple):
+    """A decision for one prompt, on Python scalars (the served case: no arrays to build or index)."""
+
+    stop: bool
+    next_stage: int      # -1 when stopping
+    answer_stage: int    # -1 when continuing
+    threshold: float
+
+
 class Policy(Protocol):
     name: str
     uses_ex_ante: bool
 
     def decide(self, s: State) -> Decision: ...
+
+    def decide_one(self, conf: Sequence[float], ex_ante: Sequence[float] | None,
+                   resp: Sequence[int] | None) -> One:
+        """``decide`` for one prompt: confidences (NaN = not run), ex-ante estimates, answer ids (-1 none)."""
+        ...
+
+
+def one_by_arrays(rule: Policy, conf: Sequence[float], ex_ante: Sequence[float] | None,
+                  resp: Sequence[int] | None) -> One:
+    """``decide_one`` through the rule's array ``decide`` (N = 1): for the rules that are not served often
+    enough to need a scalar path of their own."""
+    d = rule.decide(State(np.array([conf], dtype=float), None if ex_ante is None else np.array([ex_ante], dtype=float),
+                          None if resp is None else np.array([resp], dtype=int)))
+    return One(bool(d.stop[0]), int(d.next_stage[0]), int(d.answer_stage[0]), float(d.threshold[0]))
 
 
 def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -131,7 +155,11 @@ class _Plan:
     w: np.ndarray      # (d, |S| + 2K): answer models of S, then w_q of each k, then w_c of each k
     cost: np.ndarray   # (K,) c_k
     cmax: np.ndarray   # (K,)
-    cols: tuple[tuple[float, ...], ...]   # the columns of w as Python floats (decide_one)
+    cols: tuple[tuple[float, ...], ...]   # the columns of w as Python floats (decide_one), and the rest:
+    S_list: list[int]
+    ks_list: list[int]
+    cost_list: list[float]
+    cmax_list: list[float]
 
 
 @dataclass
@@ -183,16 +211,19 @@ class ModelRule:
             parts = [cont[k] for k in ks]
         w = np.column_stack([*(answer[j] for j in S), *(p[0] for p in parts), *(p[1] for p in parts)]) \
             if S or ks else np.zeros((d, 0))
-        out = _Plan(np.asarray(S, dtype=int), np.asarray(ks, dtype=int), w,
-                    self.costs[ks].astype(float), np.asarray([p[2] for p in parts], dtype=float),
-                    tuple(tuple(col) for col in w.T.tolist()))
+        cost, cmax = self.costs[ks].astype(float), np.asarray([p[2] for p in parts], dtype=float)
+        out = _Plan(np.asarray(S, dtype=int), np.asarray(ks, dtype=int), w, cost, cmax,
+                    tuple(tuple(col) for col in w.T.tolist()), list(S), list(ks), cost.tolist(), cmax.tolist())
         self._plans[mask] = (sig, out)
         return out
 
     def decide(self, s: State) -> Decision:
         N = s.conf.shape[0]
         if N == 1:
-            return self.decide_one(s)
+            o = self.decide_one(s.conf[0].tolist(), None if s.ex_ante is None else s.ex_ante[0].tolist(),
+                                None if s.resp is None else s.resp[0].tolist())
+            return Decision(np.array([o.stop]), np.array([o.next_stage]), np.array([o.answer_stage]),
+                            np.array([o.threshold]))
         d = _empty(N)
         masks = run_mask(s.conf)
         for mask in (int(m) for m in np.unique(masks)):
@@ -215,40 +246,40 @@ class ModelRule:
             d.threshold[rows] = np.clip(1 - qmin / max(self.lam, 1e-12), 0.0, 1.0)
         return d
 
-    def decide_one(self, s: State) -> Decision:
+    def decide_one(self, conf: Sequence[float], ex_ante: Sequence[float] | None,
+                   resp: Sequence[int] | None) -> One:
         """``decide`` for one prompt (the served case) on Python floats: the same plan, features and
         arithmetic as the array path (tests/unit/test_policy.py: equal decisions on random states, for
         every rule of both committed artifacts). In the server each decision follows a stage call that
         leaves the CPU caches cold, and there numpy's per-call dispatch, not arithmetic, was most of a
-        decision's time (first call 157 us, repeated at once 63 us, measured inside the cascade)."""
-        conf = s.conf[0].tolist()
+        decision's time (first call 157 us, repeated at once 63 us, measured inside the cascade); building
+        and indexing the (1,)-arrays of a ``Decision`` alone cost ~60 us of that."""
         mask = sum(1 << k for k, c in enumerate(conf) if c == c)   # NaN != NaN: not run
         pl = self.plan(mask)
-        S = pl.S.tolist()
+        S = pl.S_list
         x = [1.0]
         if self.use_ex_ante:
-            assert s.ex_ante is not None
-            x += [_logit1(r) for r in s.ex_ante[0].tolist()]
+            assert ex_ante is not None
+            x += [_logit1(r) for r in ex_ante]
         for i in S:
             x += [_logit1(conf[i]), conf[i]]
         if self.use_agree and len(S) > 1:
-            assert s.resp is not None
-            r = s.resp[0].tolist()
-            x += [float(r[a] == r[b] and r[a] >= 0) for j, a in enumerate(S) for b in S[j + 1:]]
-        z = [_sigmoid1(sum(a * b for a, b in zip(x, col))) for col in pl.cols]
-        nS, ks = len(S), pl.ks.tolist()
+            assert resp is not None
+            x += [float(resp[a] == resp[b] and resp[a] >= 0) for j, a in enumerate(S) for b in S[j + 1:]]
+        z = [_sigmoid1(sum(map(mul, x, col))) for col in pl.cols]   # the generator's sum, in C
+        nS, ks = len(S), pl.ks_list
         K = len(ks)
         q = [c + m * zc + self.lam * (1 - zq)
-             for c, m, zq, zc in zip(pl.cost.tolist(), pl.cmax.tolist(), z[nS:nS + K], z[nS + K:])]
+             for c, m, zq, zc in zip(pl.cost_list, pl.cmax_list, z[nS:nS + K], z[nS + K:])]
         if mask == 0:                                       # nothing run yet: run the best first stage
-            return _one(False, ks[min(range(K), key=q.__getitem__)], -1, 1.0)
+            return One(False, ks[min(range(K), key=q.__getitem__)], -1, 1.0)
         p = z[:nS]
         qmin = min(q) if K else math.inf
         best = max(range(nS), key=p.__getitem__)
         th = min(max(1 - qmin / max(self.lam, 1e-12), 0.0), 1.0)
         if self.lam * (1 - p[best]) <= qmin:
-            return _one(True, -1, S[best], th)
-        return _one(False, ks[min(range(K), key=q.__getitem__)], -1, th)
+            return One(True, -1, S[best], th)
+        return One(False, ks[min(range(K), key=q.__getitem__)], -1, th)
 
 
 def _logit1(p: float) -> float:
@@ -258,10 +289,6 @@ def _logit1(p: float) -> float:
 
 def _sigmoid1(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
-
-
-def _one(stop: bool, next_stage: int, answer_stage: int, threshold: float) -> Decision:
-    return Decision(np.array([stop]), np.array([next_stage]), np.array([answer_stage]), np.array([threshold]))
 
 
 def paper_threshold(stage: int, lam: float, costs: Sequence[float]) -> float:
@@ -279,6 +306,8 @@ class PaperRule:
     platt: np.ndarray            # (n, 2)
     name: str = "paper"
     uses_ex_ante: bool = False
+
+    decide_one = one_by_arrays
 
     def decide(self, s: State) -> Decision:
         N, n = s.conf.shape
@@ -306,6 +335,8 @@ class ThresholdRule:
     name: str = "threshold"
     uses_ex_ante: bool = False
 
+    decide_one = one_by_arrays
+
     def decide(self, s: State) -> Decision:
         N, n = s.conf.shape
         d = _empty(N)
@@ -327,6 +358,8 @@ class FixedRule:
     name: str = "fixed"
     uses_ex_ante: bool = False
 
+    decide_one = one_by_arrays
+
     def decide(self, s: State) -> Decision:
         d = _empty(s.conf.shape[0])
         ran = ~np.isnan(s.conf).all(axis=1)
@@ -345,6 +378,8 @@ class RandomRule:
 
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.seed)
+
+    decide_one = one_by_arrays
 
     def decide(self, s: State) -> Decision:
         N, n = s.conf.shape

@@ -165,6 +165,7 @@ class SkipToLargest:
     estimates say small and medium are hopeless (not fixed:2, which never falls back)."""
 
     name, uses_ex_ante = "router", False
+    decide_one = K.one_by_arrays
 
     def decide(self, s: K.State) -> K.Decision:
         ran = not np.isnan(s.conf[0]).all()

@@ -131,12 +131,12 @@ def test_one_prompt_path_decides_as_the_array_path(artifact: str) -> None:
                 ran = rng.random(n) < 0.5
                 conf = np.where(ran, rng.choice([0.0, 0.02, 0.5, 0.97, 1.0, rng.random()], n), NAN)
                 resp = np.where(ran, rng.integers(0, 2, n), -1)
-                one = K.State(conf[None], rng.random((1, n)), resp[None])
-                two = K.State(np.repeat(one.conf, 2, 0), np.repeat(one.ex_ante, 2, 0), np.repeat(one.resp, 2, 0))
-                a, b = rule.decide(one), rule.decide(two)
-                assert (a.stop[0], a.next_stage[0], a.answer_stage[0]) == \
-                    (b.stop[0], b.next_stage[0], b.answer_stage[0])
-                assert a.threshold[0] == pytest.approx(b.threshold[0], abs=1e-9)
+                ex = rng.random(n)
+                two = K.State(np.repeat(conf[None], 2, 0), np.repeat(ex[None], 2, 0), np.repeat(resp[None], 2, 0))
+                a, b = rule.decide_one(conf.tolist(), ex.tolist(), resp.tolist()), rule.decide(two)
+                assert (a.stop, a.next_stage, a.answer_stage) == (b.stop[0], b.next_stage[0], b.answer_stage[0])
+                assert a.threshold == pytest.approx(b.threshold[0], abs=1e-9)
+                assert all(type(v) is t for v, t in zip(a, (bool, int, int, float)))   # Python scalars
 
 
 def test_plan_follows_changes_to_the_continuation_models() -> None:
@@ -179,3 +179,15 @@ def test_book_names_defaults_and_errors() -> None:
         book.check_matches(["a", "b", "c"], [1.0, 4.5, 10.0], "policy.json")
     with pytest.raises(PolicyArtifactError, match="format"):
         PolicyBook({"format": "other"})
+
+
+@pytest.mark.parametrize("rule", [K.PaperRule(COSTS, 4.0, np.tile([1.0, 0.0], (3, 1))), K.FixedRule(1),
+                                  K.ThresholdRule(0, np.array([0.8, 0.6, 0.0]))], ids=lambda r: r.name)
+def test_every_rule_decides_one_prompt_on_python_scalars(rule) -> None:
+    """The served loop keeps its state in lists and reads ``One`` fields as plain bool / int / float."""
+    for conf in ([NAN] * 3, [0.9, NAN, NAN], [0.5, NAN, NAN], [0.5, 0.7, NAN], [0.1, 0.2, 0.3]):
+        d = rule.decide_one(conf, None, [-1] * 3)
+        assert [type(v) for v in d] == [bool, int, int, float]
+        a = rule.decide(K.State(np.array([conf]), None, np.full((1, 3), -1)))
+        assert d == (a.stop[0], a.next_stage[0], a.answer_stage[0], a.threshold[0])
+        assert d.stop == (d.next_stage < 0) and (d.answer_stage >= 0) == d.stop
