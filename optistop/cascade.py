@@ -24,9 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-
-from optistop.features import ex_ante_all, stage_features
+from optistop.features import ex_ante_rows, prompt_rows, stage_row
 from optistop.policy import Policy
 from optistop.spec import CascadeSpec
 
@@ -53,8 +51,9 @@ class StageFailure(RuntimeError):
 class CascadeBackend(Protocol):
     async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput: ...
 
-    async def score(self, features: np.ndarray) -> Sequence[float]:
-        """(N, 64) float32 features -> N calibrated confidences."""
+    async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]:
+        """N rows of 64 features (Python floats from optistop.features; a backend that sends them on
+        makes the float32 array) -> N calibrated confidences."""
         ...
 
 
@@ -125,9 +124,10 @@ class _Run:
         conf: list[float] = [NAN] * n
         resp: list[int] = [-1] * n
         ex_ante: list[float] | None = None
+        rows = prompt_rows(req.prompt, n)   # the prompt's features, once per request
         if req.policy.uses_ex_ante:
             try:
-                ex_ante = await self._score(ex_ante_all(req.prompt, n), stage=-1)  # one call for every stage's estimate
+                ex_ante = await self._score(ex_ante_rows(rows), stage=-1)  # one call for every stage's estimate
             except StageFailure as exc:
                 return await self._fallback(exc, after=-1, predictor_down=True)
         answers: dict[str, int] = {}  # normalised answer text -> id: equal ids are answers that agree
@@ -147,9 +147,9 @@ class _Run:
                     raise
                 return await self._fallback(exc, after=k)
             text = self.texts[k] = self.decode(out.token_ids)
-            feats = stage_features(req.prompt, text, out.logprobs, out.hit_max_tokens, k, n)
+            feats = stage_row(rows, req.prompt, text, out.logprobs, out.hit_max_tokens, k)
             try:
-                (c,) = await self._score(feats[None, :], stage=k)
+                (c,) = await self._score([feats], stage=k)
             except StageFailure as exc:
                 if req.policy.name.startswith("fixed"):
                     return self._finish(k, degraded_by=exc)
@@ -178,7 +178,7 @@ class _Run:
         self.outputs[k] = out
         return out
 
-    async def _score(self, feats: np.ndarray, stage: int) -> list[float]:
+    async def _score(self, feats: Sequence[Sequence[float]], stage: int) -> list[float]:
         t0 = time.perf_counter()
         try:
             conf = [float(x) for x in await self.backend.score(feats)]

@@ -191,13 +191,17 @@ def _check(stage: int, n_stages: int) -> None:
         raise ValueError(f"stage must be in 0..{int(n_stages) - 1}, got {stage}")
 
 
-@lru_cache(maxsize=256)
-def _prompt_rows(prompt: str, n_stages: int) -> tuple[tuple[float, ...], ...]:
+PromptRows = tuple[tuple[float, ...], ...]
+
+
+def prompt_rows(prompt: str, n_stages: int) -> PromptRows:
     """One row per stage of every slot a post-hoc vector of ``prompt`` at that stage has before its output
     is known (prompt slots, stage one-hot and position; ex_ante 0), finished (clipped, NaN -> 0) and as
-    Python floats: computed once per (prompt, cascade), shared by the ex-ante estimates and every stage's
-    post-hoc vector, each built with one conversion."""
-    part = _prompt_part(prompt)
+    Python floats. The served cascade computes them once per request and passes them to ``ex_ante_rows``
+    and ``stage_row``; the array functions below (offline: replay, training) share a cache of them."""
+    _check(0, n_stages)
+    prompt = _text(prompt)
+    part = [_finish_value(x) for x in _prompt_part(prompt)]   # the rest are 0, 1 or in [0, 1]: finished
     rows = []
     for stage in range(n_stages):
         v = [0.0] * N_FEATURES
@@ -207,8 +211,11 @@ def _prompt_rows(prompt: str, n_stages: int) -> tuple[tuple[float, ...], ...]:
         v[SLOT_INDEX["stage_frac"]] = stage / (n_stages - 1) if n_stages > 1 else 0.0
         v[SLOT_INDEX["n_stages"]] = n_stages / MAX_STAGES
         v[SLOT_INDEX["is_last_stage"]] = float(stage == n_stages - 1)
-        rows.append(tuple(_finish_value(x) for x in v))
+        rows.append(tuple(v))
     return tuple(rows)
+
+
+_prompt_rows = lru_cache(maxsize=256)(prompt_rows)
 
 
 def _finish_value(x: float) -> float:
@@ -258,10 +265,14 @@ def ex_ante_features(prompt: str, stage: int, n_stages: int) -> np.ndarray:
 
 
 def ex_ante_all(prompt: str, n_stages: int) -> np.ndarray:
-    """(n_stages, 64) float32: ``ex_ante_features`` of every stage, in one go (the cascade's first call)."""
-    _check(0, n_stages)
-    rows = _prompt_rows(_text(prompt), int(n_stages))   # finished already; only the flag changes
-    return np.array([[*row[:EX_ANTE_SLOT], 1.0, *row[EX_ANTE_SLOT + 1:]] for row in rows], dtype=np.float32)
+    """(n_stages, 64) float32: ``ex_ante_features`` of every stage, in one go."""
+    return np.array(ex_ante_rows(_prompt_rows(_text(prompt), int(n_stages))), dtype=np.float32)
+
+
+def ex_ante_rows(rows: PromptRows) -> list[list[float]]:
+    """Every stage's ex-ante vector as Python floats, from the prompt's ``prompt_rows`` (the cascade's
+    first predictor call; float32 rounding happens where the predictor makes its array)."""
+    return [[*row[:EX_ANTE_SLOT], 1.0, *row[EX_ANTE_SLOT + 1:]] for row in rows]   # finished: only the flag
 
 
 def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit_max_tokens: bool,
@@ -272,6 +283,16 @@ def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit
     entries are dropped and counted, -inf and values below -20 are clipped to -20, positive values to 0.
     """
     _check(stage, n_stages)
+    rows = _prompt_rows(_text(prompt), int(n_stages))
+    # float64 -> float32 rounds as astype does; the prompt part is finished already
+    return np.array(stage_row(rows, prompt, output_text, logprobs, hit_max_tokens, stage), dtype=np.float32)
+
+
+def stage_row(rows: PromptRows, prompt: str, output_text: str, logprobs: Sequence[float], hit_max_tokens: bool,
+              stage: int) -> list[float]:
+    """``stage_features`` as Python floats, from the prompt's ``prompt_rows`` (the served cascade)."""
+    if not 0 <= int(stage) < len(rows):
+        raise ValueError(f"stage must be in 0..{len(rows) - 1}, got {stage}")
     prompt_s, out = _text(prompt), _text(output_text)
     raw = _logprob_list(logprobs)
     n_tok = len(raw)
@@ -319,10 +340,9 @@ def stage_features(prompt: str, output_text: str, logprobs: Sequence[float], hit
         o["o_char_entropy"] = _entropy(oc) / 5
         bigrams = [out[i:i + 2] for i in range(len(out) - 1)]
         o["o_repeat_bigram_frac"] = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
-    base = _prompt_rows(prompt_s, int(n_stages))[int(stage)]
+    base = rows[int(stage)]
     out_part = [_finish_value(x) for x in o.values()]
-    # float64 -> float32 rounds as astype does; the base part is finished already
-    return np.array([*base[:OUTPUT_SLOTS[0]], *out_part, *base[OUTPUT_SLOTS[-1] + 1:]], dtype=np.float32)
+    return [*base[:OUTPUT_SLOTS[0]], *out_part, *base[OUTPUT_SLOTS[-1] + 1:]]
 
 
 def stage_of(features: np.ndarray) -> np.ndarray:

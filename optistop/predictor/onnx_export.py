@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from optistop.features import EX_ANTE_SLOT, STAGE_SLOTS
 from optistop.predictor.model import ModeSwitch, build
+from optistop.serving.predictor_runtime import random_vectors
 from optistop.tensors import CONFIDENCE, FEATURES, N_FEATURES
 
 OPSET = 17
@@ -64,16 +64,6 @@ def session(onnx_bytes_or_path: bytes | str | Path, threads: int = 1):  # -> onn
     opts.inter_op_num_threads = 1
     src = onnx_bytes_or_path if isinstance(onnx_bytes_or_path, bytes) else str(onnx_bytes_or_path)
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def random_vectors(n: int, seed: int) -> np.ndarray:
-    """(n, 64) float32: N(0, 1) values, a valid stage one-hot and the ex_ante flag at random."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
-    x[:, list(STAGE_SLOTS)] = 0.0
-    x[np.arange(n), np.asarray(STAGE_SLOTS)[rng.integers(0, len(STAGE_SLOTS), n)]] = 1.0
-    x[:, EX_ANTE_SLOT] = rng.integers(0, 2, n).astype(np.float32)
-    return x
 
 
 def max_abs_diff(model: torch.nn.Module, sess, x: np.ndarray) -> float:

@@ -46,7 +46,7 @@ def is_dead_model_error(message: str) -> bool:
 
 
 class LocalPredictor(Protocol):
-    def predict(self, features: np.ndarray, trusted: bool = False) -> np.ndarray: ...
+    def score_trusted(self, rows: Sequence[Sequence[float]]) -> list[float]: ...
 
 
 class BlsBackend:
@@ -192,11 +192,11 @@ class BlsBackend:
                 # stub): there the engine finishes this request (at most max_tokens) unread.
                 getattr(responses, "cancel", lambda: None)()
 
-    async def score(self, features: np.ndarray) -> np.ndarray:
+    async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]:
         if self.local is not None:
             try:
                 # the loop built these features itself (optistop.features): no request checks needed
-                return self.local.predict(features, trusted=True)
+                return self.local.score_trusted(features)
             except Exception as exc:  # a broken predictor is a fault the cascade handles, not a crash
                 raise StageFailure(-1, f"quality predictor failed: {exc}") from exc
         pb, model = self.pb, self.spec.predictor_model

@@ -64,7 +64,9 @@ class CascadeService:
         ``cascade_spec`` parameter, the repository checks and policy, Prometheus metrics, and the
         predictor in this process (the repository's ONNX file and calibration) unless the parameter
         ``predictor_in_process`` is "false" or, with "auto" (the default), the spec names a
-        ``predictor_url``; None means a call to the quality_predictor model (BLS or gRPC)."""
+        ``predictor_url``; None means a call to the quality_predictor model (BLS or gRPC). The
+        parameter ``predictor_engine`` picks what evaluates the ONNX graph in this process
+        (predictor_runtime.ENGINES; "auto", the default: numpy when it matches onnxruntime)."""
         from optistop.serving.prometheus import TritonMetrics
         from optistop.serving.triton_glue import model_parameters
 
@@ -78,9 +80,15 @@ class CascadeService:
         local = None
         # auto: score in this process unless the spec sends the predictor to another server
         if mode == "true" or (mode == "auto" and not service.spec.predictor_url):
-            from optistop.serving.predictor_runtime import QualityPredictor
+            from optistop.serving.predictor_runtime import ENGINES, QualityPredictor
 
-            local = QualityPredictor(model_dir.parent / service.spec.predictor_model / "1" / "model.onnx")
+            engine = params.get("predictor_engine", "auto")
+            if engine not in ENGINES:
+                raise SpecError(f"parameter predictor_engine is {engine!r}; valid: {', '.join(ENGINES)}")
+            local = QualityPredictor(model_dir.parent / service.spec.predictor_model / "1" / "model.onnx",
+                                     engine=engine)
+            pb_utils.Logger.log_info(f"cascade: quality predictor in this process, engine {local.engine}"
+                                     f"{' (' + local.engine_note + ')' if local.engine_note else ''}")
         # Everything loaded so far (transformers, onnxruntime, spec, policy) lives as long as the process:
         # keep it out of the garbage collector's full passes, which would otherwise walk all of it every
         # few hundred requests inside some request's controller time (its p99).

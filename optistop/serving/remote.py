@@ -132,7 +132,7 @@ class RemoteBackend:
             raise StageFailure(stage, f"stage '{s.triton_model}' at {s.url} {what}: {exc}") from None
         return parse_stage_outputs(out, max_tokens, self.end_id, self.spec.stop_token_ids)
 
-    async def score(self, features: np.ndarray) -> np.ndarray:
+    async def score(self, features: Sequence[Sequence[float]]) -> np.ndarray:
         url = self.spec.predictor_url
         if not url:
             raise ValueError("the predictor has no url; it is served by BLS")
@@ -166,7 +166,7 @@ class RoutedBackend:
         backend = self.remote if self.spec.stages[stage].url else self.local
         return await backend.generate(stage, input_ids, max_tokens)
 
-    async def score(self, features: np.ndarray) -> np.ndarray:
+    async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]:
         remote = self.spec.predictor_url and self.local.local is None
         return await (self.remote.score(features) if remote else self.local.score(features))
 

@@ -40,7 +40,7 @@ class StreamingStageBackend(Protocol):
         """(new token ids, their log-probs) per engine response, as they are generated."""
         ...
 
-    async def score(self, features: np.ndarray) -> np.ndarray: ...
+    async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]: ...
 
 
 class Cancelled(RequestError):
@@ -92,7 +92,7 @@ class StreamingBackend:
             streamed = text
         return StageOutput(tuple(tokens), tuple(lps), hit_max_tokens=len(tokens) >= max_tokens)
 
-    async def score(self, features: np.ndarray) -> np.ndarray:
+    async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]:
         return await self.inner.score(features)
 
 

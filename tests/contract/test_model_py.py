@@ -163,6 +163,10 @@ def test_in_process_predictor_matches_the_served_one(stages) -> None:
     assert remote.backend.local is None
     with pytest.raises(SpecError, match="predictor_in_process is 'yes'; valid: auto, true, false"):
         load_model_py("cascade", predictor_in_process="yes")
+    with pytest.raises(SpecError, match="predictor_engine is 'gpu'; valid: onnxruntime, numpy, auto"):
+        load_model_py("cascade", predictor_engine="gpu")
+    assert load_model_py("cascade", predictor_engine="onnxruntime").backend.local.engine == "onnxruntime"
+    assert local.backend.local.engine == "numpy"   # "auto", the default: the compiled graph passed its check
     prompts = [b"12+35=", b"R:abcdefgh=", b"4821+3777=", b"S:93817="]
     reqs = [pb.request(text_input=np.array([[p]], dtype=object)) for p in prompts]
     for a, b in zip(asyncio.run(local.execute(reqs)), asyncio.run(remote.execute(reqs))):

@@ -225,3 +225,21 @@ def test_ex_ante_all_is_every_stages_ex_ante_vector() -> None:
             assert rows[k, prompt_slots].tobytes() == post[prompt_slots].tobytes()
     with pytest.raises(ValueError, match="n_stages"):
         F.ex_ante_all("x", 5)
+
+
+@pytest.mark.parametrize("prompt,output,logprobs,hit", BAD_CASES[:6] + [("12+35=", "47", [-0.2, -0.01], False)])
+def test_served_rows_are_the_training_vectors(prompt, output, logprobs, hit) -> None:
+    """The cascade builds its rows from ``prompt_rows`` once per request (uncached); training and replay call
+    the array functions (a shared cache): a guard that the two paths stay one, to float32 and bit for bit."""
+    rows = F.prompt_rows(prompt, 3)
+    assert rows == F._prompt_rows(prompt, 3) and rows is not F.prompt_rows(prompt, 3)   # computed anew
+    for stage in range(3):
+        served = np.array(F.stage_row(rows, prompt, output, logprobs, hit, stage), dtype=np.float32)
+        assert served.tobytes() == F.stage_features(prompt, output, logprobs, hit, stage, 3).tobytes()
+    ante = F.ex_ante_rows(rows)
+    assert np.array(ante, dtype=np.float32).tobytes() == F.ex_ante_all(prompt, 3).tobytes()
+    assert [r[F.EX_ANTE_SLOT] for r in ante] == [1.0] * 3
+    assert [r[:F.EX_ANTE_SLOT] + r[F.EX_ANTE_SLOT + 1:] for r in ante] == \
+        [list(r[:F.EX_ANTE_SLOT] + r[F.EX_ANTE_SLOT + 1:]) for r in rows]
+    with pytest.raises(ValueError, match="stage must be in 0..2, got 3"):
+        F.stage_row(rows, prompt, output, logprobs, hit, 3)
