@@ -2,10 +2,12 @@
 
 $ python -m optistop.perf.controller --requests 300        # starts its own server (about 1 min)
 
-One server holds two copies of the cascade model over the same stages and predictor, whatever the
-repository's default: ``cascade_bls`` (predictor_in_process "false": a BLS call to the
-``quality_predictor`` model) and ``cascade_local`` ("true": the same ONNX file scored in the cascade's
-process). Requests alternate between them at concurrency 1, so drift hits both alike. Each response's
+One server holds three copies of the cascade model over the same stages and predictor, whatever the
+repository's default (``MODES``): ``cascade_bls`` (predictor_in_process "false": a BLS call to the
+``quality_predictor`` model), ``cascade_local_ort`` ("true", predictor_engine "onnxruntime": the same
+ONNX file scored in the cascade's process by onnxruntime) and ``cascade_local`` ("true", "numpy": the
+same graph evaluated with numpy, optistop.serving.onnx_numpy). Requests rotate between them at
+concurrency 1, so drift hits all alike. Each response's
 ``controller_ms`` (time outside stage engines: features, predictor, policy) divided by the stages it ran
 is one decision's overhead; prints p50 / p99 per mode and writes bench/controller_overhead.json.
 ``make bench`` (optistop.perf.bench) runs the same functions in its own server and reports the same
@@ -13,10 +15,10 @@ figures in bench/results.json (``controller_overhead_modes``).
 
 A third figure isolates the controller's own code: the same loop (optistop.cascade.run_cascade, the
 in-process predictor, the optimal policy) in this process with stage engines that answer instantly, so
-no other process competes for the CPU and its caches stay warm. Inside the server each decision
-follows a stage call that has evicted the controller's code and data from the CPU caches: measured in
-the cascade, a call's first run costs 3-8x its immediate repeat (onnxruntime ~190 us against ~30), and
-that, not scheduling, is most of the gap between ``offline`` and ``in_process``.
+its caches stay warm. Inside the server each decision follows a ~10 ms stage call, and after that long
+any code runs with cold CPU caches, even when this process spun on the CPU meanwhile (a 64-32-16-1
+onnxruntime call: ~270 us after a 10 ms busy loop, ~50 us after 1 ms, ~15 us at once; on this shared
+2-core VM): that, not scheduling, is most of the gap between ``offline`` and ``in_process``.
 """
 
 from __future__ import annotations
@@ -39,45 +41,55 @@ from optistop.serving.client import ask, make_client
 from optistop.serving.embedded import ROOT, EmbeddedServer, ServerConfig, free_port
 from optistop.tiny.tasks import generate_split
 
-PARAM = "predictor_in_process"
-# mode -> (model name in the copied repository, predictor_in_process value)
-MODES: dict[str, tuple[str, str]] = {"bls": ("cascade_bls", "false"), "in_process": ("cascade_local", "true")}
+PARAM, ENGINE = "predictor_in_process", "predictor_engine"
+# mode -> (model name in the copied repository, its parameters)
+MODES: dict[str, tuple[str, dict[str, str]]] = {
+    "bls": ("cascade_bls", {PARAM: "false"}),
+    "in_process_onnxruntime": ("cascade_local_ort", {PARAM: "true", ENGINE: "onnxruntime"}),
+    "in_process": ("cascade_local", {PARAM: "true", ENGINE: "numpy"}),
+}
 DEFINITION = "controller_ms (features + predictor + policy, measured inside the cascade) per stage run"
-_PARAM_RE = re.compile(r'(key: "predictor_in_process" value: \{ string_value: )"[^"]*"')
 
 
 def served_mode(client: Any, model: str = "cascade", remote_predictor: bool = False) -> str:
     """The mode a running cascade model serves, from its config, by CascadeService.for_triton's rule:
-    "false" -> "bls"; "true" -> "in_process"; "auto" or absent (the default) -> "in_process" unless its
-    spec gives the predictor a url (``remote_predictor``)."""
-    cfg = client.get_model_config(model, as_json=True).get("config", {})
-    value = cfg.get("parameters", {}).get(PARAM, {}).get("string_value", "auto")
-    return "in_process" if value == "true" or (value == "auto" and not remote_predictor) else "bls"
+    predictor_in_process "false" -> "bls"; "true" -> in process; "auto" or absent (the default) -> in
+    process unless its spec gives the predictor a url (``remote_predictor``). In process, engine
+    "onnxruntime" -> "in_process_onnxruntime", else (numpy; auto is numpy whenever it matches
+    onnxruntime at load, which the cascade logs) "in_process"."""
+    params = client.get_model_config(model, as_json=True).get("config", {}).get("parameters", {})
+    value = params.get(PARAM, {}).get("string_value", "auto")
+    if not (value == "true" or (value == "auto" and not remote_predictor)):
+        return "bls"
+    engine = params.get(ENGINE, {}).get("string_value", "auto")
+    return "in_process_onnxruntime" if engine == "onnxruntime" else "in_process"
 
 
-def cascade_variant(config: str, name: str, in_process: str) -> str:
-    """The cascade's config.pbtxt renamed ``name``, with predictor_in_process set to ``in_process``
-    whatever it was (the parameter is added when the file has none)."""
+def cascade_variant(config: str, name: str, params: dict[str, str]) -> str:
+    """The cascade's config.pbtxt renamed ``name``, with each of ``params`` set whatever it was (added
+    when the file has none)."""
     out, n = re.subn(r'^name: "[^"]*"', f'name: "{name}"', config, count=1, flags=re.M)
     if n != 1:
         raise ValueError("the cascade's config.pbtxt has no top-level name line")
-    out, n = _PARAM_RE.subn(rf'\1"{in_process}"', out)
-    if n == 0:
-        out = out.rstrip("\n") + f'\nparameters {{ key: "{PARAM}" value: {{ string_value: "{in_process}" }} }}\n'
+    for key, value in params.items():
+        pattern = rf'(key: "{key}" value: \{{ string_value: )"[^"]*"'
+        out, n = re.subn(pattern, rf'\1"{value}"', out)
+        if n == 0:
+            out = out.rstrip("\n") + f'\nparameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
     return out
 
 
 def two_cascade_repository(tmp: Path, source: Path = ROOT / "model_repository") -> Path:
-    """A copy of ``source`` with two more copies of its ``cascade`` model, one per mode (MODES), beside the
+    """A copy of ``source`` with more copies of its ``cascade`` model, one per mode (MODES), beside the
     unchanged ``cascade``. The spec and models its relative paths name are linked from ``source``'s parent."""
     (tmp / "models").symlink_to(source.parent / "models")
     shutil.copy(source.parent / "cascade.toml", tmp / "cascade.toml")
     repo = tmp / "model_repository"
     shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
     config = (repo / "cascade" / "config.pbtxt").read_text(encoding="utf-8")
-    for model, value in MODES.values():
+    for model, params in MODES.values():
         shutil.copytree(repo / "cascade", repo / model)
-        (repo / model / "config.pbtxt").write_text(cascade_variant(config, model, value), encoding="utf-8")
+        (repo / model / "config.pbtxt").write_text(cascade_variant(config, model, params), encoding="utf-8")
     return repo
 
 
@@ -110,9 +122,10 @@ def mode_client(url: str) -> tuple[Any, str | None]:
 
 
 BENCH_METHOD = (
-    "bls / in_process: the models cascade_bls / cascade_local (copies of the cascade with predictor_in_process "
-    '"false" / "true", optistop.perf.controller.two_cascade_repository) in the bench\'s server, requests '
-    "alternating at concurrency 1 after each repeat's perf_analyzer runs; offline: "
+    "bls / in_process_onnxruntime / in_process: the models cascade_bls / cascade_local_ort / cascade_local "
+    '(copies of the cascade with predictor_in_process "false" / "true" / "true" and predictor_engine - / '
+    '"onnxruntime" / "numpy", optistop.perf.controller.two_cascade_repository) in the bench\'s server, '
+    "requests rotating at concurrency 1 after each repeat's perf_analyzer runs; offline: "
     "optistop.perf.controller.offline_overhead, the same loop in the bench's process with instant stage engines, "
     "after the server stopped")
 
@@ -142,8 +155,8 @@ def offline_overhead(prompts: list[str], n: int) -> list[float]:
         async def generate(self, stage: int, input_ids, max_tokens: int) -> StageOutput:
             return StageOutput((5, 6, 7), (-0.1, -0.2, -0.05), False)
 
-        async def score(self, features: np.ndarray) -> np.ndarray:
-            return qp.predict(features, trusted=True)   # as the served cascade calls it
+        async def score(self, features: Sequence[Sequence[float]]) -> list[float]:
+            return qp.score_trusted(features)   # as the served cascade calls it
 
     async def loop() -> list[float]:
         out = []
@@ -179,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     result.update({mode: summarize(xs) for mode, xs in per_decision.items()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    for mode in ("bls", "in_process", "offline"):
+    for mode in (*MODES, "offline"):
         r = result[mode]
-        print(f"{mode:10s} controller overhead per decision: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
+        print(f"{mode:22s} controller overhead per decision: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
     return 0
 
 

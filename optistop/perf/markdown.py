@@ -118,7 +118,9 @@ def _modes_md(res: dict[str, Any]) -> list[str]:
     if not any(m in modes for m in ("bls", "in_process", "offline")):
         return []
     label = {"bls": "bls: predictor through BLS (cascade_bls)",
-             "in_process": "in_process: predictor in the cascade's process (cascade_local)",
+             "in_process_onnxruntime": "in_process_onnxruntime: in the cascade's process, onnxruntime "
+                                       "(cascade_local_ort)",
+             "in_process": "in_process: in the cascade's process, the graph compiled for numpy (cascade_local)",
              "offline": "offline: the same loop, instant stage engines, no server"}
     return ["", f"### Per mode (served: {modes.get('served_mode')}), {modes['requests_per_mode']} requests each", "",
             "| mode | p50 ms | p99 ms | mean ms |", "| --- | --- | --- | --- |",

@@ -312,11 +312,15 @@ def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Pa
     assert (repo.parent / "cascade.toml").exists() and (repo.parent / "models").is_dir()
     original = (src / "model_repository" / "cascade" / "config.pbtxt").read_text()
     assert (repo / "cascade" / "config.pbtxt").read_text() == original      # the served default untouched
-    for model, value in (("cascade_bls", "false"), ("cascade_local", "true")):
+    for model, value, engine in (("cascade_bls", "false", None), ("cascade_local_ort", "true", "onnxruntime"),
+                                 ("cascade_local", "true", "numpy")):
         cfg = (repo / model / "config.pbtxt").read_text()
         assert cfg.startswith(f'name: "{model}"\n') and (repo / model / "1" / "model.py").exists()
         assert cfg.count('key: "predictor_in_process"') == 1
         assert f'key: "predictor_in_process" value: {{ string_value: "{value}" }}' in cfg
+        assert cfg.count('key: "predictor_engine"') == (engine is not None)
+        if engine:
+            assert f'key: "predictor_engine" value: {{ string_value: "{engine}" }}' in cfg
         assert 'string_value: "../../cascade.toml"' in cfg
 
 
@@ -325,7 +329,12 @@ def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Pa
     ({"predictor_in_process": {"string_value": "false"}}, False, "bls"),
     ({"predictor_in_process": {"string_value": "auto"}}, False, "in_process"),
     ({"predictor_in_process": {"string_value": "auto"}}, True, "bls"),
-    ({}, False, "in_process")])
+    ({}, False, "in_process"),
+    ({"predictor_in_process": {"string_value": "auto"}, "predictor_engine": {"string_value": "onnxruntime"}},
+     False, "in_process_onnxruntime"),
+    ({"predictor_engine": {"string_value": "numpy"}}, False, "in_process"),
+    ({"predictor_in_process": {"string_value": "false"}, "predictor_engine": {"string_value": "onnxruntime"}},
+     False, "bls")])
 def test_served_mode_reads_the_model_config(params: dict, remote: bool, mode: str) -> None:
     from optistop.perf.controller import served_mode
 
@@ -363,7 +372,8 @@ def test_report_writes_the_modes_the_ideal_and_the_targets(tmp_path: Path) -> No
             index.append({"config": name, "concurrency": c, "rep": 0, "stem": stem, "stats": {}, "metrics": {}})
     (raw / "runs.json").write_text(json.dumps(index))
     (raw / "controller_modes.json").write_text(json.dumps({
-        "per_decision_ms": {"bls": [3.0, 4.0, 5.0], "in_process": [0.5, 0.6, 0.7], "offline": [0.2, 0.2, 0.2]},
+        "per_decision_ms": {"bls": [3.0, 4.0, 5.0], "in_process_onnxruntime": [0.8, 0.9, 1.0],
+                            "in_process": [0.5, 0.6, 0.7], "offline": [0.2, 0.2, 0.2]},
         "requests_per_mode": 3, "skipped": None}))
     (raw / "meta.json").write_text(json.dumps({
         "date": "today", "command": "python client/bench.py", "machine": {"cpu_model": "test cpu", "cpus": 2},
@@ -392,4 +402,6 @@ def test_report_writes_the_modes_the_ideal_and_the_targets(tmp_path: Path) -> No
     md = (out / "results.md").read_text()
     assert "- Cascade throughput at concurrency 8 >= 0.8 x ideal: met (ratio 0.900: 36.0 vs 40.0 infer/s)." in md
     assert "share the same 2 CPUs" in md
-    assert "| in_process: predictor in the cascade's process (cascade_local) | 0.600 | 0.698 | 0.600 |" in md
+    assert "| in_process: in the cascade's process, the graph compiled for numpy (cascade_local) | 0.600 | 0.698 " \
+           "| 0.600 |" in md
+    assert "| in_process_onnxruntime: in the cascade's process, onnxruntime (cascade_local_ort) | 0.900 |" in md
