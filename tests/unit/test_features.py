@@ -243,3 +243,38 @@ def test_served_rows_are_the_training_vectors(prompt, output, logprobs, hit) -> 
         [list(r[:F.EX_ANTE_SLOT] + r[F.EX_ANTE_SLOT + 1:]) for r in rows]
     with pytest.raises(ValueError, match="stage must be in 0..2, got 3"):
         F.stage_row(rows, prompt, output, logprobs, hit, 3)
+
+
+def _share_per_char(text: str, pred) -> float:
+    return sum(1 for ch in text if pred(ch)) / len(text) if text else 0.0
+
+
+def _run_per_char(text: str, pred) -> int:
+    best = run = 0
+    for ch in text:
+        run = run + 1 if pred(ch) else 0
+        best = max(best, run)
+    return best
+
+
+def test_character_counts_equal_their_per_character_definitions() -> None:
+    """_share and _longest_run work per distinct character and in C (str.translate / split); on random
+    unicode text, including whitespace that str.split splits on but isspace-free classes never contain
+    (U+001C..U+001F, U+0085), digits that are not decimal (superscripts, fractions) and lone surrogates,
+    they must equal the obvious per-character loops."""
+    import random
+    from collections import Counter
+
+    pool = ("abcXYZ 0123456789 \t\n?!.,;:_-+=*/\\'\"()[]{}<>éüßÆΩж中文日本語١٢٣۴५௬²³½ⅷ\u00a0\u2003\u200b\u1680"
+            "\x1c\x1d\x1e\x1f\x85\ud800\udfff\U0001f600\U0001d7d8\ufffd")
+    rng = random.Random(0)
+    preds = (str.isdecimal, str.isalpha, str.isspace, F._is_symbol, str.isupper, lambda ch: ord(ch) > 127)
+    for _ in range(3000):
+        text = "".join(rng.choice(pool) for _ in range(rng.choice([0, 1, 5, 40, 300])))
+        counts = Counter(text)
+        for pred in preds:
+            assert F._share(counts, len(text), pred) == _share_per_char(text, pred)
+        for pred in (str.isdecimal, str.isalpha):
+            assert F._longest_run(text, counts, pred) == _run_per_char(text, pred)
+        bigrams = [text[i:i + 2] for i in range(len(text) - 1)]
+        assert len(set(zip(text, text[1:]))) == len(set(bigrams))
