@@ -124,6 +124,7 @@ OUTPUT_NAMES: tuple[str, ...] = SLOT_NAMES[OUTPUT_SLOTS[0]:OUTPUT_SLOTS[-1] + 1]
 assert len(SLOTS) == N_FEATURES and len(set(SLOT_NAMES)) == N_FEATURES
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
+_DIGIT_RUNS = re.compile(r"\d+")   # \d on str patterns is Unicode category Nd: exactly str.isdecimal
 
 
 def _text(value: object) -> str:
@@ -166,6 +167,7 @@ def _prompt_part(prompt: str) -> tuple[float, ...]:
     n = len(prompt)
     words = prompt.split()
     chars = Counter(prompt)
+    digit_runs = _DIGIT_RUNS.findall(prompt)
     paper = (n / 100, len(words) / 20, prompt.count("?") / 5, prompt.count("!") / 5,
              len(set(map(str.lower, words))) / len(words) if words else 0.0)
     extra = (
@@ -179,9 +181,9 @@ def _prompt_part(prompt: str) -> tuple[float, ...]:
         _share(chars, n, _is_symbol),
         _share(chars, n, str.isupper),
         _share(chars, n, lambda ch: ord(ch) > 127),
-        _longest_run(prompt, chars, str.isdecimal) / 10,
+        max(map(len, digit_runs), default=0) / 10,
         _longest_run(prompt, chars, str.isalpha) / 10,
-        len(re.findall(r"\d+", prompt)) / 5,
+        len(digit_runs) / 5,
         (sum(map(len, words)) / len(words)) / 10 if words else 0.0,
         len(chars) / n if n else 0.0,
         (prompt.count("\n") + 1) / 10 if n else 0.0,

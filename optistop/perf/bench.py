@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
           f"cascade/large mean latency {res.get('cascade_vs_large_latency_ratio')}; controller overhead "
           f"({res.get('controller_overhead_served_mode')}) p50 {res.get('controller_overhead_p50_ms')} ms p99 "
           f"{res.get('controller_overhead_p99_ms')} ms; per mode p99 "
-          f"{ {m: modes[m]['p99_ms'] for m in ('bls', 'in_process', 'offline') if m in modes} }; throughput at "
+          f"{ {m: v['p99_ms'] for m, v in modes.items() if isinstance(v, dict) and 'p99_ms' in v} }; throughput at "
           f"c={ideal.get('concurrency')} {ideal.get('cascade_infer_per_s')} vs ideal {ideal.get('ideal_infer_per_s')} "
           f"(ratio {ideal.get('ratio')})")
     return 0

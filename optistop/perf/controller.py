@@ -140,7 +140,8 @@ def modes_summary(doc: dict[str, Any], served: str | None, command: str | None) 
 
 
 def offline_overhead(prompts: list[str], n: int) -> list[float]:
-    """Per-decision controller time of the cascade loop with instant stage engines (no server)."""
+    """Per-decision controller time of the cascade loop with instant stage engines (no server), scoring as
+    the served default does (in process, engine "auto")."""
     import asyncio
 
     from optistop.cascade import CascadeRequest, StageOutput, run_cascade
@@ -149,7 +150,8 @@ def offline_overhead(prompts: list[str], n: int) -> list[float]:
 
     svc = CascadeService.from_spec_file(ROOT / "cascade.toml")
     svc.check_repository(ROOT / "model_repository")  # loads the policy artifact
-    qp = QualityPredictor(ROOT / "model_repository" / svc.spec.predictor_model / "1" / "model.onnx")
+    # the engine the served cascade uses by default ("auto": the compiled graph when it matches onnxruntime)
+    qp = QualityPredictor(ROOT / "model_repository" / svc.spec.predictor_model / "1" / "model.onnx", engine="auto")
 
     class Instant:
         async def generate(self, stage: int, input_ids, max_tokens: int) -> StageOutput:

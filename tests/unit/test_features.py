@@ -276,5 +276,7 @@ def test_character_counts_equal_their_per_character_definitions() -> None:
             assert F._share(counts, len(text), pred) == _share_per_char(text, pred)
         for pred in (str.isdecimal, str.isalpha):
             assert F._longest_run(text, counts, pred) == _run_per_char(text, pred)
+        # _prompt_part takes the longest decimal run from the \d+ runs it counts anyway
+        assert max(map(len, F._DIGIT_RUNS.findall(text)), default=0) == _run_per_char(text, str.isdecimal)
         bigrams = [text[i:i + 2] for i in range(len(text) - 1)]
         assert len(set(zip(text, text[1:]))) == len(set(bigrams))
