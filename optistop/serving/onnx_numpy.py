@@ -20,6 +20,7 @@ if they disagree.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,8 @@ class MlpGraph:
             return []
         net = [0] * len(rows)
         if self.switch is not None:
-            j, t = self.switch
-            net = [0 if row[j] > t else 1 for row in rows]
+            j, t = self.switch   # the graph compares the float32 input: round the column as it would
+            net = [0 if v > t else 1 for v in array("f", [row[j] for row in rows])]
         if min(net) == max(net):        # the cascade's calls: one mode per call
             x1 = np.array([[*row, 1.0] for row in rows], dtype=np.float32)
             return [_sigmoid(z) for z in self.nets[net[0]].logits(x1)]
@@ -114,7 +115,7 @@ class MlpGraph:
                                    f"Greater(one input column, constant)")
         sl = self._node(node.input[0])
         args = [self._const.get(n) for n in sl.input[1:]]
-        if (sl.op_type != "Slice" or sl.input[0] != self.input or any(a is None for a in args)
+        if (sl.op_type != "Slice" or sl.input[0] != self.input or len(args) < 3 or any(a is None for a in args)
                 or [int(a.size) for a in args[:3]] != [1, 1, 1] or int(args[2][0]) != 1
                 or (len(args) > 3 and int(args[3][0]) != 1) or int(args[1][0]) != int(args[0][0]) + 1):
             raise UnsupportedGraph("Where's condition does not slice one column of the input")
@@ -135,7 +136,10 @@ class MlpGraph:
                 raise UnsupportedGraph("Gemm with transA=1")
             w = self._const[gemm.input[1]].astype(np.float64)
             w = (w.T if int(_attr(gemm, "transB", 0)) else w) * float(_attr(gemm, "alpha", 1.0))
-            b = np.broadcast_to(self._const[gemm.input[2]] * float(_attr(gemm, "beta", 1.0)), (w.shape[1],))
+            c = self._const[gemm.input[2]].astype(np.float64) * float(_attr(gemm, "beta", 1.0))
+            if c.size not in (1, w.shape[1]):
+                raise UnsupportedGraph(f"Gemm bias of shape {list(c.shape)} for {w.shape[1]} outputs")
+            b = np.broadcast_to(c.reshape(-1), (w.shape[1],))
             layers.insert(0, (w, b))
             name = gemm.input[0]
             if name != self.input:

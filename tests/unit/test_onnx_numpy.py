@@ -146,3 +146,32 @@ def test_engine_auto_keeps_onnxruntime_when_the_two_disagree(tmp_path: Path, mon
 def test_unknown_engine_is_refused_in_one_line() -> None:
     with pytest.raises(PredictorLoadError, match="predictor engine 'tensorrt'; valid: onnxruntime, numpy, auto"):
         QualityPredictor(ARTIFACTS[0], engine="tensorrt")
+
+
+def test_the_switch_compares_the_float32_input_as_the_graph_does() -> None:
+    """Rows arrive as Python floats; the graph sees them as float32. 0.5 + 1e-12 rounds to 0.5, which is not
+    > 0.5: the output-aware network, as onnxruntime decides."""
+    path = ARTIFACTS[0]
+    row = random_vectors(1, seed=5)[0].tolist()
+    row[29] = 0.5 + 1e-12
+    ref = ort(path, np.asarray([row], dtype=np.float32))
+    assert abs(MlpGraph.load(path)([row])[0] - ref[0]) < PR.PARITY_TOL
+    row[29] = 0.0
+    assert abs(MlpGraph.load(path)([row])[0] - ref[0]) < PR.PARITY_TOL   # the same branch
+
+
+def test_a_slice_without_axes_or_a_batch_shaped_bias_is_refused() -> None:
+    rng = np.random.default_rng(0)
+    a, ia, oa = _mlp([(64, 1)], rng, "a", FEATURES)
+    b, ib, ob = _mlp([(64, 1)], rng, "b", FEATURES)
+    consts = [numpy_helper.from_array(np.array([29], dtype=np.int64), "s"),
+              numpy_helper.from_array(np.array([30], dtype=np.int64), "e"),
+              numpy_helper.from_array(np.float32(0.5), "t")]
+    cond = [helper.make_node("Slice", [FEATURES, "s", "e"], ["col"]),      # axes omitted: all axes, i.e. rows
+            helper.make_node("Greater", ["col", "t"], ["c"]), helper.make_node("Where", ["c", oa, ob], ["y"])]
+    with pytest.raises(UnsupportedGraph, match="does not slice one column"):
+        MlpGraph(_graph(a + b + cond, ia + ib + consts, "y"))
+    nodes, inits, out = _mlp([(64, 3), (3, 1)], rng, "n", FEATURES)
+    inits[1] = numpy_helper.from_array(np.zeros((2, 3), dtype=np.float32), "n0.b")
+    with pytest.raises(UnsupportedGraph, match=r"Gemm bias of shape \[2, 3\] for 3 outputs"):
+        MlpGraph(_graph(nodes, inits, out))
