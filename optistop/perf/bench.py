@@ -40,10 +40,10 @@ from optistop.perf.controller import (
     MODES,
     alternate,
     mode_client,
+    mode_repository,
     modes_summary,
     offline_overhead,
     served_mode,
-    two_cascade_repository,
 )
 from optistop.perf.markdown import write_markdown, write_plot
 from optistop.perf.parse import parse_pa_csv, parse_profile_export, stats_diff
@@ -123,16 +123,18 @@ def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: 
     cmds: dict[str, list[str]] = {}  # one command line as run: of the cascade, of a stage model
     per_mode: dict[str, list[float]] = {m: [] for m in MODES}
     ideal_c, rounds = ideal_concurrency(args.concurrency), -(-args.overhead_requests // args.repeats)
+    m_last: dict[str, float] | None = None   # the previous run's after-snapshot, when nothing ran since
     for rep in range(args.repeats):
         for ci, c in enumerate(args.concurrency):
             names = list(cfgs) + ([stage_config(k) for k in range(len(stage_models))] if c == ideal_c else [])
             shift = (rep + ci) % len(names)
             for name in names[shift:] + names[:shift]:
                 stem = f"{name.replace(':', '')}_c{c}_r{rep}"
-                before, m_before = triton_stats(url), cascade_metrics(metrics_url)
+                before = triton_stats(url)
+                m_before = m_last if m_last is not None else cascade_metrics(metrics_url)
                 cmd = run(name, c, args.window, stem)
                 cmds["stage" if stage_index(name) is not None else name] = cmd
-                m_after = cascade_metrics(metrics_url)
+                m_after = m_last = cascade_metrics(metrics_url)   # each snapshot waits for the cascade's flush
                 index.append({"config": name, "concurrency": c, "rep": rep, "stem": stem,
                               "stats": stats_diff(before, triton_stats(url)),
                               "metrics": {k: v - m_before.get(k, 0.0) for k, v in m_after.items()}})
@@ -140,6 +142,7 @@ def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: 
         if not skipped:  # the controller modes, alternating at concurrency 1, a share of the requests per repeat
             for mode, xs in alternate(client, prompts, rounds, **ask_kw).items():
                 per_mode[mode] += xs
+            m_last = None
             print(f"[{time.monotonic() - t0:6.0f}s] rep {rep} controller modes x {rounds}", flush=True)
     (raw / "runs.json").write_text(json.dumps(index), encoding="utf-8")
     (raw / "controller_modes.json").write_text(json.dumps(
@@ -304,7 +307,7 @@ def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
         meta["repository"] = f"{source.name} (a copy with cascade_bls and cascade_local added for the modes)"
         try:
             with tempfile.TemporaryDirectory(prefix="bench-repo-") as tmp:
-                cfg.repository = two_cascade_repository(Path(tmp), source)
+                cfg.repository = mode_repository(Path(tmp), source)
                 # own backend directory: another server's running stub cannot be overwritten ("text file busy")
                 with EmbeddedServer(cfg, workdir=args.raw / "server", log_path=args.raw / "server.log"):
                     versions["tritonserver"] = server_version(cfg.grpc_url)

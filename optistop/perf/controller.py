@@ -79,7 +79,7 @@ def cascade_variant(config: str, name: str, params: dict[str, str]) -> str:
     return out
 
 
-def two_cascade_repository(tmp: Path, source: Path = ROOT / "model_repository") -> Path:
+def mode_repository(tmp: Path, source: Path = ROOT / "model_repository") -> Path:
     """A copy of ``source`` with more copies of its ``cascade`` model, one per mode (MODES), beside the
     unchanged ``cascade``. The spec and models its relative paths name are linked from ``source``'s parent."""
     (tmp / "models").symlink_to(source.parent / "models")
@@ -117,14 +117,14 @@ def mode_client(url: str) -> tuple[Any, str | None]:
     missing = [m for m, _ in MODES.values() if not client.is_model_ready(m)]
     if missing:
         return client, (f"the server at {url} has no {' / '.join(missing)}; serve the repository that "
-                        "two_cascade_repository builds (make bench without --url does)")
+                        "mode_repository builds (make bench without --url does)")
     return client, None
 
 
 BENCH_METHOD = (
     "bls / in_process_onnxruntime / in_process: the models cascade_bls / cascade_local_ort / cascade_local "
     '(copies of the cascade with predictor_in_process "false" / "true" / "true" and predictor_engine - / '
-    '"onnxruntime" / "numpy", optistop.perf.controller.two_cascade_repository) in the bench\'s server, '
+    '"onnxruntime" / "numpy", optistop.perf.controller.mode_repository) in the bench\'s server, '
     "requests rotating at concurrency 1 after each repeat's perf_analyzer runs; offline: "
     "optistop.perf.controller.offline_overhead, the same loop in the bench's process with instant stage engines, "
     "after the server stopped")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     prompts = [it.prompt for it in generate_split("test", 8, seed=21)]
     with tempfile.TemporaryDirectory() as tmp:
-        repo = two_cascade_repository(Path(tmp))
+        repo = mode_repository(Path(tmp))
         cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
         with EmbeddedServer(cfg):
             per_decision = alternate(make_client(cfg.grpc_url), prompts, args.requests, warmup=20)

@@ -207,7 +207,7 @@ class QualityPredictor:
         return out.astype(np.float32)
 
     def _calibrate_rows(self, rows: Sequence[Sequence[float]], raw: list[float]) -> list[float]:
-        keys = [list(row[_ONEHOT]).index(1.0) * 2 + (row[EX_ANTE_SLOT] > 0.5) for row in rows]
+        keys = [row[_ONEHOT].index(1.0) * 2 + (row[EX_ANTE_SLOT] > 0.5) for row in rows]
         return [self._cal1[k](r) for k, r in zip(keys, raw)]
 
     def predict(self, features: np.ndarray) -> np.ndarray:

@@ -295,8 +295,8 @@ def test_stage_inputs_tokenise_as_the_cascade_does() -> None:
 
 # --- controller modes (optistop.perf.controller) ---------------------------------------------------------
 @pytest.mark.parametrize("default", ['"false"', '"true"', None])
-def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Path, default: str | None) -> None:
-    from optistop.perf.controller import two_cascade_repository
+def test_mode_repository_sets_each_mode_whatever_the_default(tmp_path: Path, default: str | None) -> None:
+    from optistop.perf.controller import mode_repository
 
     src = tmp_path / "src"
     (src / "models").mkdir(parents=True)
@@ -308,7 +308,7 @@ def test_two_cascade_repository_sets_each_mode_whatever_the_default(tmp_path: Pa
         'name: "cascade"\nbackend: "python"\n'
         'parameters { key: "cascade_spec" value: { string_value: "../../cascade.toml" } }\n' + param)
     (tmp_path / "copy").mkdir()
-    repo = two_cascade_repository(tmp_path / "copy", src / "model_repository")
+    repo = mode_repository(tmp_path / "copy", src / "model_repository")
     assert (repo.parent / "cascade.toml").exists() and (repo.parent / "models").is_dir()
     original = (src / "model_repository" / "cascade" / "config.pbtxt").read_text()
     assert (repo / "cascade" / "config.pbtxt").read_text() == original      # the served default untouched
