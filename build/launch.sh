@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Serve a repository rendered by build/engines.sh (or by render --profile llmapi, whose stages run
-# TensorRT-LLM's llmapi model from the image): one tritonserver in TensorRT-LLM orchestrator mode,
-# so the TP-1, TP-2 and TP-4 engines (each on its own gpu_device_ids) live in one server next to the
-# cascade and quality_predictor Python models.
+# Serve a repository rendered by build/engines.sh (or by render --profile llmapi, whose stages run the
+# project's LLM-API stage model): one tritonserver; for engines in TensorRT-LLM orchestrator mode under
+# mpirun, so the TP-1, TP-2 and TP-4 engines (each on its own gpu_device_ids) live in one server next to
+# the cascade and quality_predictor Python models (once `optistop calibrate` installed them).
 #
 #   build/launch.sh                       serve ./engines/model_repository on HTTP 8000, gRPC 8001, metrics 8002
 #   build/launch.sh --dry-run             print the environment and command only
@@ -46,9 +46,6 @@ compgen -G "$repo/*/config.pbtxt" >/dev/null ||
 # A rendered tensorrt_llm config's parameter value (render writes `key` and `value` on adjacent lines).
 param() { sed -n "/key: \"$2\"/{n;s/.*string_value: \"\\(.*\\)\".*/\\1/p;}" "$1"; }
 
-# llmapi stages (profile llmapi): the model code is TensorRT-LLM's, from the image; we render only
-# config.pbtxt and 1/model.yaml (optistop/serving/render_llmapi.py).
-llmapi_code=${LLMAPI_MODEL_DIR:-/app/all_models/llmapi/tensorrt_llm/1}
 need_gpus=0
 engines=0
 for cfg in "$repo"/*/config.pbtxt; do
@@ -56,12 +53,6 @@ for cfg in "$repo"/*/config.pbtxt; do
   if [ -f "$dir/1/model.yaml" ]; then
     ids=$(param "$cfg" gpu_device_ids)
     for g in ${ids//[,;]/ }; do [ $((g + 1)) -le "$need_gpus" ] || need_gpus=$((g + 1)); done
-    if [ "$dry_run" = 0 ] && [ ! -f "$dir/1/model.py" ]; then
-      if [ ! -f "$llmapi_code/model.py" ] || [ ! -f "$llmapi_code/helpers.py" ]; then
-        die "$dir: no llmapi model code at $llmapi_code (set LLMAPI_MODEL_DIR to TensorRT-LLM's triton_backend/all_models/llmapi/tensorrt_llm/1)"
-      fi
-      cp "$llmapi_code/model.py" "$llmapi_code/helpers.py" "$dir/1/"
-    fi
     continue
   fi
   grep -q '^backend: "tensorrtllm"' "$cfg" || continue
@@ -81,22 +72,26 @@ else
   [ "$ngpu" -ge "$need_gpus" ] || die "$ngpu GPU(s) visible, the repository's gpu_device_ids need $need_gpus"
 fi
 
-cmd=(mpirun --allow-run-as-root -n 1 tritonserver "--model-repository=$repo"
+cmd=(tritonserver "--model-repository=$repo"
   "--http-port=$http" "--grpc-port=$grpc" "--metrics-port=$metrics"
   --disable-auto-complete-config "--backend-config=python,shm-region-prefix-name=prefix0_"
   --pinned-memory-pool-byte-size=0 --enable-peer-access=false)
 for ((j = 0; j < ngpu; j++)); do cmd+=("--cuda-memory-pool-byte-size=$j:0"); done
 [ -z "$log_file" ] || cmd+=(--log-verbose=1 "--log-file=$log_file")
 
-# orchestrator mode is the C++ backend's; llmapi stages start their own TP workers (LLM API)
-if [ "$engines" = 1 ]; then export TRTLLM_ORCHESTRATOR=1 TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1; fi
+# orchestrator mode under mpirun is the C++ backend's (launch_triton_server.py --multi-model); llmapi
+# stages start their own TP workers through the LLM API and must not inherit an MPI job
+if [ "$engines" = 1 ]; then
+  export TRTLLM_ORCHESTRATOR=1 TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1
+  cmd=(mpirun --allow-run-as-root -n 1 "${cmd[@]}")
+fi
 if [ "$dry_run" = 1 ]; then
   [ "$engines" = 0 ] || echo "TRTLLM_ORCHESTRATOR=1 TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1 \\"
   printf '%q ' "${cmd[@]}" | sed 's/ $//'
   printf '\n'
   exit 0
 fi
-for tool in mpirun tritonserver; do
+for tool in "${cmd[0]}" tritonserver; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run inside the trtllm container (docker/)"
 done
 echo "launch.sh: serving $repo on HTTP $http, gRPC $grpc, metrics $metrics ($ngpu GPUs)" >&2

@@ -3,9 +3,9 @@
 $ python -m optistop.serving.render --spec cascade.toml --repo model_repository             # CPU (committed)
 $ python -m optistop.serving.render --check                                                # committed == rendered?
 $ python -m optistop.serving.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
-      --engines-dir engines --out engines/model_repository --with-models model_repository   # GPU
+      --engines-dir engines --out engines/model_repository                                 # GPU stages
 $ python -m optistop.serving.render --profile llmapi --spec build/qwen2.5-llmapi.toml \\
-      --out llmapi_repository --with-models model_repository                               # GPU, PyTorch
+      --out llmapi_repository                                                              # GPU, PyTorch
 
 Profile ``cpu`` renders the embedded stand-ins (Python backend; their model.py reads ``checkpoint_dir``).
 Profile ``trtllm`` renders TensorRT-LLM's C++ ``tensorrtllm`` backend configs for engines that
@@ -13,8 +13,11 @@ build/engines.sh builds (``--plan`` prints its per-stage build plan). Both take 
 from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ.
 Profile ``llmapi`` renders the same stages for TensorRT-LLM's PyTorch backend (HF checkpoints, no
 engines; optistop.serving.render_llmapi).
-``--with-models`` copies the cascade and predictor models next to the GPU stages and points the cascade
-at a resolved copy of the GPU spec, so the GPU repository loads as it is.
+GPU repositories hold the stage models only: the cascade and its predictor join them when
+``optistop calibrate --spec <profile> --out <repository>`` has fitted a calibration for that spec (the
+cascade refuses a predictor calibrated for other stages or another tokenizer, and one failed model stops
+tritonserver at start). ``--streaming`` adds each GPU stage's decoupled ``<model>_stream`` variant, which
+cascade_stream calls; it loads the model a second time on the same GPUs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,8 +234,8 @@ def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo:
                  contract: Contract = STAGE, stream: bool = False) -> Rendered:
     """Render one stage's config.pbtxt: the only function that writes stage configs, for both profiles.
 
-    ``stream``: the decoupled streaming variant ``<triton_model>_stream`` (cpu profile; see
-    optistop.serving.streaming), same checkpoint, contract STAGE_STREAM."""
+    ``stream``: the decoupled streaming variant ``<triton_model>_stream`` (see optistop.serving.streaming),
+    same checkpoint or engine, contract STAGE_STREAM (tensorrt_llm's ``streaming`` input)."""
     if profile not in PROFILES:
         raise SpecError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
     trtllm = profile == "trtllm"
@@ -259,13 +261,13 @@ def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo:
 
 
 def render_all(spec: CascadeSpec, *, profile: str, repo: Path, engines_dir: Path | None = None,
-               trt: TrtllmSettings | None = None, only: Sequence[str] = ()) -> list[Rendered]:
+               trt: TrtllmSettings | None = None, only: Sequence[str] = (), streaming: bool = False) -> list[Rendered]:
     for name in only:
         spec.stage_index(name)  # raises SpecError naming the valid stages
     out = [render_stage(spec, s, profile=profile, repo=repo, engines_dir=engines_dir, trt=trt)
            for s in spec.stages if not only or s.name in only]
-    if profile == "cpu":  # the embedded server also serves each stage's streaming variant
-        out += [render_stage(spec, s, profile=profile, repo=repo, stream=True)
+    if profile == "cpu" or streaming:  # the embedded server always serves each stage's streaming variant
+        out += [render_stage(spec, s, profile=profile, repo=repo, engines_dir=engines_dir, trt=trt, stream=True)
                 for s in spec.stages if not only or s.name in only]
     return out
 
@@ -319,22 +321,6 @@ def spec_toml(spec: CascadeSpec) -> str:
     return "\n".join(out) + "\n"
 
 
-def copy_serving_models(spec: CascadeSpec, src: Path, out: Path) -> list[str]:
-    """Copy the cascade and predictor models from ``src`` into ``out``; point the cascade at the spec."""
-    notes = []
-    for name in (CASCADE_MODEL, spec.predictor_model):
-        if not (src / name / "config.pbtxt").exists():
-            notes.append(f"skipped {name}: {src / name / 'config.pbtxt'} does not exist")
-            continue
-        shutil.copytree(src / name, out / name, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        notes.append(f"copied {src / name} -> {out / name}")
-    cfg = out / CASCADE_MODEL / "config.pbtxt"
-    if cfg.exists():
-        notes.append(point_cascade_at(out / CASCADE_MODEL, spec))
-    return notes
-
-
 def point_cascade_at(model_dir: Path, spec: CascadeSpec) -> str:
     """Write ``spec`` (resolved) into a copied cascade model and set its ``cascade_spec`` parameter to it."""
     cfg = model_dir / "config.pbtxt"
@@ -357,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints-dir", type=Path, help="trtllm --plan: converted checkpoints' root "
                     "(default: <engines-dir>/trtllm_checkpoints)")
     ap.add_argument("--model-dir", type=Path, help="trtllm: the HF checkpoints' parent dir (overrides spec)")
-    ap.add_argument("--with-models", type=Path, metavar="SRC_REPO",
-                    help="trtllm: copy cascade + predictor from SRC_REPO and point the cascade at this spec")
+    ap.add_argument("--with-models", type=Path, metavar="SRC_REPO", help=argparse.SUPPRESS)
+    ap.add_argument("--streaming", action="store_true", help="GPU profiles: also render each stage's "
+                    "decoupled _stream variant (a second copy of the model on the stage's GPUs)")
     ap.add_argument("--stage", action="append", default=[], help="only this stage (repeatable)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the configs, write nothing")
@@ -366,14 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--plan", action="store_true", help="trtllm: print the engine build plan (TSV)")
     args = ap.parse_args(argv)
     try:
+        if args.with_models:
+            raise SpecError("--with-models is gone: a GPU repository gets its cascade and predictor from "
+                            "`optistop calibrate --spec <profile> --out <repository>` (a calibration for this spec)")
+        if args.streaming and args.profile == "cpu":
+            raise SpecError("--streaming goes with a GPU profile; the cpu profile always renders the variants")
         if args.profile == "llmapi":
             return _main_llmapi(args)
         trtllm = args.profile == "trtllm"
         spec = load_spec(args.spec, check_paths=False)  # rendering needs no weights
         if trtllm != (args.engines_dir is not None):
             raise SpecError("--engines-dir goes with --profile trtllm, and only with it")
-        if not trtllm and (args.plan or args.model_dir or args.with_models):
-            raise SpecError("--plan, --model-dir and --with-models need --profile trtllm")
+        if not trtllm and (args.plan or args.model_dir):
+            raise SpecError("--plan and --model-dir need --profile trtllm")
         trt = load_trtllm_settings(args.spec) if trtllm else None
         if args.model_dir:
             spec = rebase_checkpoints(spec, args.model_dir)
@@ -384,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         repo = args.repo or (engines / "model_repository" if engines else REPO_ROOT / "model_repository")
         rendered = render_all(spec, profile=args.profile, repo=repo.absolute() if trtllm else repo,
-                              engines_dir=engines, trt=trt, only=args.stage)
+                              engines_dir=engines, trt=trt, only=args.stage, streaming=args.streaming)
         stale = []
         for r in rendered:
             if args.dry_run:
@@ -398,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
                 if trtllm:
                     (r.path.parent / "1").mkdir(exist_ok=True)   # Triton needs a version dir
                 print(f"wrote {r.path}")
-        if args.with_models and not (args.dry_run or args.check):
-            print("\n".join(copy_serving_models(spec, args.with_models, repo.absolute())))
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -428,7 +418,9 @@ def _main_llmapi(args: argparse.Namespace) -> int:
     files: dict[Path, str] = {}
     for stage in spec.stages:
         if not args.stage or stage.name in args.stage:
-            files.update(L.stage_files(spec, stage, settings, spec_label(spec), _tensor, _parameters, repo))
+            for stream in (False, True) if args.streaming else (False,):
+                files.update(L.stage_files(spec, stage, settings, spec_label(spec), _tensor, _parameters, repo,
+                                           stream=stream))
     stale = []
     for path, text in files.items():
         if args.dry_run:
@@ -440,8 +432,6 @@ def _main_llmapi(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}")
-    if args.with_models and not (args.dry_run or args.check):
-        print("\n".join(copy_serving_models(spec, args.with_models, repo)))
     if stale:
         print(f"error: stale or hand-edited: {', '.join(stale)}", file=sys.stderr)
         return 1

@@ -1,11 +1,11 @@
-"""Stage configs for TensorRT-LLM's PyTorch backend in Triton: the tensorrtllm_backend `llmapi` model.
+"""Stage models for TensorRT-LLM's PyTorch backend in Triton: the project's LLM-API stage.
 
-No engines: each stage directory gets a config.pbtxt with the llmapi model's tensors
-(``optistop.tensors.LLMAPI_STAGE``) and a ``1/model.yaml`` whose keys the llmapi model.py reads:
-``triton_config`` (``decoupled``, ``max_batch_size``, ``cancellation_check_period_ms``) for itself, every
-other key passed to ``tensorrt_llm.LLM(**kwargs)`` (NVIDIA/TensorRT-LLM
-triton_backend/all_models/llmapi/tensorrt_llm/1/{model.py,model.yaml}). The model code itself
-(1/model.py, 1/helpers.py) is not ours: build/launch.sh copies it from the image's /app/all_models/llmapi.
+No engines: each stage directory gets a config.pbtxt with the project's stage contract
+(``optistop.tensors.STAGE``, so bls.py calls it as it calls a TensorRT engine), ``1/model.yaml`` with the
+``tensorrt_llm.LLM(**kwargs)`` arguments, and ``1/model.py``, the thin glue
+optistop/serving/triton_models/llmapi_stage.py over optistop.serving.llmapi_stage (token ids in; output_ids,
+sequence_length and per-token output_log_probs out). The stock tensorrtllm_backend ``llmapi`` model is not
+used: it takes text, returns no per-token log-probs and places one instance on GPU 0.
 Called through ``python -m optistop.serving.render --profile llmapi``.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 
 import tomllib
 
+from optistop.serving.streaming import stream_model
 from optistop.spec import CascadeSpec, SpecError, Stage
-from optistop.tensors import LLMAPI_STAGE
+from optistop.tensors import STAGE, STAGE_STREAM
 
-MODEL_CODE = ("model.py", "helpers.py")      # what launch.sh copies from the image into 1/
-LLMAPI_TEMPLATE_DIR = "/app/all_models/llmapi/tensorrt_llm/1"
+MODEL_PY = Path(__file__).resolve().parent / "triton_models" / "llmapi_stage.py"   # -> 1/model.py
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,6 @@ class LlmapiSettings:
     max_num_tokens: int = 8192
     free_gpu_memory_fraction: float = 0.9       # kv_cache_config
     enable_block_reuse: bool = True             # kv_cache_config: shared prompt prefixes
-    cancellation_check_period_ms: int = 100
 
 
 def load_llmapi_settings(path: Path, spec: CascadeSpec) -> LlmapiSettings:
@@ -66,7 +65,7 @@ def load_llmapi_settings(path: Path, spec: CascadeSpec) -> LlmapiSettings:
 
 
 def model_yaml(stage: Stage, s: LlmapiSettings) -> dict[str, Any]:
-    """The stage's 1/model.yaml as a dict (written as JSON, which YAML loaders read)."""
+    """The stage's 1/model.yaml as a dict (written as JSON, which YAML loaders read): LLM() arguments."""
     return {
         "model": str(stage.checkpoint),           # HF checkpoint directory: no conversion, no build
         "backend": s.backend,
@@ -77,29 +76,29 @@ def model_yaml(stage: Stage, s: LlmapiSettings) -> dict[str, Any]:
         "max_num_tokens": s.max_num_tokens,
         "kv_cache_config": {"free_gpu_memory_fraction": s.free_gpu_memory_fraction,
                             "enable_block_reuse": s.enable_block_reuse},
-        # read by model.py itself; must agree with config.pbtxt because launch.sh disables auto-complete
-        "triton_config": {"max_batch_size": 0, "decoupled": False,
-                          "cancellation_check_period_ms": s.cancellation_check_period_ms},
     }
 
 
-def config_pbtxt(spec_label: str, stage: Stage, tensor: Any, parameters: str) -> str:
-    """config.pbtxt of one llmapi stage; ``tensor`` and ``parameters`` are render.py's writers."""
-    return (f"# Rendered by `python -m optistop.serving.render` from {spec_label} (profile llmapi); "
-            "do not edit by hand.\n"
-            f'name: "{stage.triton_model}"\nbackend: "python"\n'
-            "# the llmapi model does not batch (its model.yaml triton_config); the LLM API batches in flight\n"
-            "max_batch_size: 0\nmodel_transaction_policy {\n  decoupled: false\n}\n"
-            "input [\n" + ",\n".join(tensor(t, False) for t in LLMAPI_STAGE.inputs) + "\n]\n"
-            "output [\n" + ",\n".join(tensor(t, False) for t in LLMAPI_STAGE.outputs) + "\n]\n"
-            "instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]\n" + parameters + "\n")
-
-
 def stage_files(spec: CascadeSpec, stage: Stage, s: LlmapiSettings, label: str, tensor: Any,
-                parameters: Any, repo: Path) -> dict[Path, str]:
-    """{path: text} of one stage: config.pbtxt and 1/model.yaml."""
-    # gpu_device_ids: the placement key docs/llmapi.md documents for this model (one set per instance)
+                parameters: Any, repo: Path, stream: bool = False) -> dict[Path, str]:
+    """{path: text} of one stage (``stream``: its decoupled ``<triton_model>_stream`` variant, a second
+    LLM on the same GPUs): config.pbtxt, 1/model.yaml and 1/model.py."""
+    from optistop.serving.render import STAGE_TEMPLATE
+
+    name = stream_model(stage.triton_model) if stream else stage.triton_model
+    contract = STAGE_STREAM if stream else STAGE
+    # CUDA_VISIBLE_DEVICES of this stage (llmapi_stage.set_visible_gpus, before tensorrt_llm is imported)
     params = parameters({"gpu_device_ids": ",".join(str(g) for g in stage.gpu_ids)})
-    d = repo / stage.triton_model
-    return {d / "config.pbtxt": config_pbtxt(label, stage, tensor, params),
-            d / "1" / "model.yaml": json.dumps(model_yaml(stage, s), indent=2) + "\n"}
+    text = STAGE_TEMPLATE.substitute(
+        source=label, profile="llmapi", name=name, backend="python",
+        # a dynamic batch goes to the LLM at once, which batches in flight; the cascade calls with
+        # exec(decoupled=False), so the plain stage is not decoupled
+        max_batch_size=s.max_batch_size,
+        transaction_policy=f"model_transaction_policy {{\n  decoupled: {str(stream).lower()}\n}}\n",
+        inputs=",\n".join(tensor(t, False) for t in contract.inputs),
+        outputs=",\n".join(tensor(t, False) for t in contract.outputs),
+        queue_delay_us=1000, parameters=params)
+    d = repo / name
+    return {d / "config.pbtxt": text,
+            d / "1" / "model.yaml": json.dumps(model_yaml(stage, s), indent=2) + "\n",
+            d / "1" / "model.py": MODEL_PY.read_text(encoding="utf-8")}

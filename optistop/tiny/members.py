@@ -49,6 +49,17 @@ MEMBERS: dict[str, Member] = {
     "large": Member("large", Shape(96, 6, 4, 2, 288), Recipe(steps=2500)),
 }
 
+# The TensorRT-LLM-compatible tiny family (models/tiny-trt): head size 64 (hidden 128, 2 heads), the
+# smallest size TensorRT-LLM's attention kernels take, so build/gpu-check.sh and build/tiny-trtllm.toml
+# build real engines on any single GPU from weights the project ships. Same tokenizer and task suite;
+# trained briefly (a smoke-test family, not an accurate one): about 4 MB of float32 weights in all.
+TRT_MEMBERS: dict[str, Member] = {
+    "small": Member("small", Shape(128, 1, 2, 2, 256), Recipe(steps=150, batch_size=64)),
+    "medium": Member("medium", Shape(128, 2, 2, 2, 256), Recipe(steps=150, batch_size=64)),
+    "large": Member("large", Shape(128, 3, 2, 2, 256), Recipe(steps=150, batch_size=64)),
+}
+FAMILIES: dict[str, dict[str, Member]] = {"tiny": MEMBERS, "tiny-trt": TRT_MEMBERS}
+
 
 def qwen2_config(shape: Shape, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
     from transformers import Qwen2Config

@@ -2,6 +2,7 @@
 
 $ python -m optistop.tiny.train --out models/tiny            # all three, about 25 min on one core
 $ python -m optistop.tiny.train --out /tmp/t --member small --steps 5   # a smoke run
+$ python -m optistop.tiny.train --family tiny-trt --out models/tiny-trt  # head size 64 (TensorRT-LLM), ~3 min
 
 Loss is on answer tokens (and <eos>) only; the prompt is context. AdamW with linear warm-up and a
 cosine decay. One torch thread: on this 2-core shared machine two threads ran 10-26x slower.
@@ -15,7 +16,7 @@ import math
 import time
 from pathlib import Path
 
-from optistop.tiny.members import MEMBERS, Member, Recipe, qwen2_config
+from optistop.tiny.members import FAMILIES, MEMBERS, Member, Recipe, qwen2_config
 from optistop.tiny.tasks.suite import stream
 
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("models/tiny"))
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="tiny",
+                    help="tiny (the CPU stand-ins) or tiny-trt (head size 64, for TensorRT-LLM engines)")
     ap.add_argument("--member", action="append", choices=sorted(MEMBERS),
                     help="train only these members (default: all)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps (smoke runs)")
@@ -107,9 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer()
     # One record per member (not one shared manifest) so that members can train in parallel
     # processes; `python -m optistop.tiny.evaluate` folds the records, hashes and metrics into manifest.json.
-    for name in args.member or list(MEMBERS):
-        record = train_member(MEMBERS[name], tokenizer, args.out / name, args.steps)
+    members = FAMILIES[args.family]
+    for name in args.member or list(members):
+        record = train_member(members[name], tokenizer, args.out / name, args.steps)
         record.update({"torch": torch.__version__, "transformers": transformers.__version__})
+        if args.family != "tiny":
+            record["family"] = args.family
         text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         (args.out / f"{name}.train.json").write_text(text, encoding="utf-8")
         print(f"[{name}] saved to {args.out / name} in {record['train_seconds']}s", flush=True)

@@ -121,7 +121,7 @@ def test_serving_models_match_their_contracts(model: str, contract: Contract) ->
 def render_gpu(profile: Path, tmp_path: Path, *extra: str) -> tuple[CascadeSpec, Path, Path]:
     engines, out = tmp_path / "engines", tmp_path / "repo"
     args = ["--profile", "trtllm", "--spec", str(profile), "--engines-dir", str(engines), "--out", str(out),
-            "--with-models", str(REPO), *extra]
+            *extra]
     assert render.main(args) == 0
     return load_spec(profile, check_paths=False), engines, out
 
