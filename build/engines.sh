@@ -3,13 +3,18 @@
 #
 #   build/engines.sh --dry-run                          print every command and rendered config; touch nothing
 #   build/engines.sh                                    Qwen2.5 7B/32B/72B at TP 1/2/4 (build/qwen2.5-trtllm.toml)
-#   build/engines.sh --profile build/tiny-trtllm.toml   the tiny family at TP 1, on any single GPU
-#   build/launch.sh                                     then serve it (orchestrator mode, one server)
+#   build/engines.sh --profile build/tiny-trtllm.toml   the tiny-trt family (head size 64) at TP 1, one GPU
+#   build/engines.sh --stage large                      one stage at a time (disk: that stage's share only)
+#   build/launch.sh                                     then serve the stages (orchestrator mode, one server)
 #
 # For each stage: TensorRT-LLM's Qwen convert_checkpoint.py (--dtype, --tp_size, optional weight-only),
 # trtllm-build (--gemm_plugin auto, sizes from the profile's [trtllm] table, paged context FMHA,
-# --workers = TP), then `python -m optistop.serving.render --profile trtllm` writes the stage configs, copies
-# the cascade and predictor models and points the cascade at the profile.
+# --workers = TP), then `python -m optistop.serving.render --profile trtllm` writes the stage configs. The
+# repository holds the stages only: serve them, `optistop collect` + `label`, then `optistop calibrate
+# --spec <profile> --out <repository>` installs the cascade and a predictor calibrated for this spec.
+# Disk preflight: the engines to build + the largest converted checkpoint (one at a time; all of them with
+# --keep-checkpoints) + 10% and 2 GiB margin, each sized as its HF checkpoint (halved for int8, quartered
+# for int4 weight-only).
 # A stage is skipped when its engine's inputs (plan row, TensorRT-LLM version, converter, HF files) are
 # unchanged; optistop-build.json in each engine dir records them and the TensorRT-LLM version.
 #
@@ -144,7 +149,9 @@ up_to_date() {
 }
 
 need_gpus=1
-need_kb=0
+engines_kb=0
+ckpt_max_kb=0
+ckpt_sum_kb=0
 while IFS=$'\t' read -r -a row; do
   name=${row[0]} hf_dir=${row[2]} hf_repo=${row[3]} gpus=${row[5]}
   [ -f "$hf_dir/config.json" ] ||
@@ -159,8 +166,17 @@ print(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])' "$hf_d
     note "stage $name: head_dim $head_dim; TensorRT-LLM's attention kernels start at 32, the build may fail"
   for g in ${gpus//,/ }; do [ $((g + 1)) -le "$need_gpus" ] || need_gpus=$((g + 1)); done
   # disk only for what this run builds: an up-to-date engine is skipped below
-  up_to_date "${row[@]}" || need_kb=$((need_kb + 2 * $(du -skL "$hf_dir" | cut -f1)))   # checkpoint + engine
+  if ! up_to_date "${row[@]}"; then
+    kb=$(du -skL "$hf_dir" | cut -f1)
+    case ${row[9]} in int8) kb=$((kb / 2)) ;; int4) kb=$((kb / 4)) ;; esac
+    engines_kb=$((engines_kb + kb))
+    ckpt_sum_kb=$((ckpt_sum_kb + kb))
+    [ "$kb" -le "$ckpt_max_kb" ] || ckpt_max_kb=$kb
+  fi
 done <<<"$plan"
+# peak: every engine built + the converted checkpoint being built (all of them when they are kept)
+if [ "$keep" = 1 ]; then need_kb=$((engines_kb + ckpt_sum_kb)); else need_kb=$((engines_kb + ckpt_max_kb)); fi
+[ "$need_kb" = 0 ] || need_kb=$((need_kb + need_kb / 10 + 2097152))
 mkdir -p "$engines"
 free_kb=$(df -Pk "$engines" | awk 'NR == 2 { print $4 }')
 [ "$free_kb" -ge "$need_kb" ] ||
@@ -168,7 +184,7 @@ free_kb=$(df -Pk "$engines" | awk 'NR == 2 { print $4 }')
 [ "$ngpu" -ge "$need_gpus" ] ||
   note "$ngpu GPU(s) here: enough to build, but serving this profile needs $need_gpus (GPU ids in $profile)"
 case $trt_version in
-  0.* | 1.0* | 1.1* | 1.2*) ;;
+  0.* | 1.0 | 1.0.* | 1.1 | 1.1.* | 1.2 | 1.2.*) ;;
   *) note "TensorRT-LLM $trt_version: the TensorRT engine path may be gone; 1.2.1 (container 26.07) is known good" ;;
 esac
 
@@ -202,6 +218,9 @@ while IFS=$'\t' read -r -a row; do
   [ "$keep" = 1 ] || rm -rf "$ckpt_dir"
 done <<<"$plan"
 
-render --out "$out" --with-models "$ROOT/model_repository"
-echo "repository ready: $out"
-echo "serve it: build/launch.sh --repo $(printf '%q' "$out")"
+render --out "$out"
+echo "stages ready: $out (the stage models only; the cascade joins them once calibrated for this spec)"
+echo "next: build/launch.sh --repo $(printf '%q' "$out")   # serve the stages"
+echo "      optistop collect ... && optistop label ...    # answers of every stage on your prompts"
+echo "      optistop calibrate LABELLED.jsonl --spec $(printf '%q' "$profile") --out $(printf '%q' "$out")"
+echo "      build/launch.sh --repo $(printf '%q' "$out")   # serve the cascade"

@@ -98,7 +98,7 @@ def test_dry_run_accepts_the_tiny_family_at_tp_1(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     converts = commands(res.stdout, "convert_checkpoint.py")
     assert [flag(c, "--model_dir") for c in converts] == [
-        str(ROOT / "models" / "tiny" / m) for m in ("small", "medium", "large")]
+        str(ROOT / "models" / "tiny-trt" / m) for m in ("small", "medium", "large")]
     assert {flag(c, "--tp_size") for c in converts} == {"1"}
     assert res.stdout.count('backend: "tensorrtllm"') == 3
     assert not (tmp_path / "e").exists()
@@ -157,7 +157,7 @@ def fake_gpu(tmp_path: Path) -> dict[str, object]:
         (hf / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, '
                                         '"num_attention_heads": 2}')
         (hf / "model.safetensors").write_bytes(b"\0" * 1024)
-        text = text.replace(f'"../models/tiny/{member}"', f'"{hf}"')
+        text = text.replace(f"\"../models/tiny-trt/{member}\"", f"\"{hf}\"")
     profile = tmp_path / "tiny-test.toml"
     profile.write_text(text)
     env = {"PATH": f"{bin_dir}{os.pathsep}{clean_path()}", "TRTLLM_PYTHON": str(py),
@@ -181,8 +181,9 @@ def test_full_build_renders_a_loadable_repository_and_is_idempotent(fake_gpu: di
         assert not (engines / "trtllm_checkpoints" / f"{stage.name}-tp1").exists()   # removed after build
         cfg = (repo / stage.triton_model / "config.pbtxt").read_text()
         assert f'string_value: "{edir}"' in cfg and (repo / stage.triton_model / "1").is_dir()
-    if (ROOT / "model_repository" / "cascade").exists():
-        assert (repo / "cascade" / "cascade_spec.toml").exists()
+    # the stages only: a cascade joins them once `optistop calibrate` fitted one for this spec
+    assert not (repo / "cascade").exists() and not (repo / "quality_predictor").exists()
+    assert "optistop calibrate" in res.stdout
 
     res = run(ENGINES_SH, *args, env=env)                      # nothing changed: nothing rebuilt
     assert res.returncode == 0 and res.stdout.count("up to date") == 3
@@ -195,8 +196,13 @@ def test_full_build_renders_a_loadable_repository_and_is_idempotent(fake_gpu: di
     assert len(calls) == 8 and all("large" in c for c in calls[6:]), calls[6:]
 
 
+def kb_of(path: Path) -> int:
+    return int(subprocess.run(["du", "-skL", str(path)], capture_output=True, text=True).stdout.split()[0])
+
+
 def test_disk_preflight_counts_only_the_stages_it_rebuilds(fake_gpu: dict) -> None:
-    """A rerun with every engine up to date needs no disk; one changed stage needs only its own share."""
+    """Engines to build + the largest converted checkpoint (one at a time) + 10% + 2 GiB: a rerun with
+    every engine up to date needs no disk; one changed stage needs only its own share."""
     env, engines = dict(fake_gpu["env"]), fake_gpu["engines"]
     args = ("--profile", str(fake_gpu["profile"]), "--engines-dir", str(engines))
     assert run(ENGINES_SH, *args, env=env).returncode == 0
@@ -205,13 +211,22 @@ def test_disk_preflight_counts_only_the_stages_it_rebuilds(fake_gpu: dict) -> No
                         'fake 100 100 ${FAKE_FREE_KB} 100%% /\\n"\n')
     res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": "0"})
     assert res.returncode == 0 and res.stdout.count("up to date") == 3, res.stderr
+    margin = lambda kb: kb + kb // 10 + 2 * 1024 * 1024
     (fake_gpu["hf"] / "large" / "model.safetensors").write_bytes(b"\1" * 4096)   # only large changes
-    large_kb = int(subprocess.run(["du", "-skL", str(fake_gpu["hf"] / "large")], capture_output=True,
-                                  text=True).stdout.split()[0])
-    res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": str(2 * large_kb - 1)})
+    large_kb = kb_of(fake_gpu["hf"] / "large")
+    res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": str(margin(2 * large_kb) - 1)})
     assert res.returncode != 0 and "not enough disk" in res.stderr
-    res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": str(2 * large_kb)})
+    res = run(ENGINES_SH, *args, env={**env, "FAKE_FREE_KB": str(margin(2 * large_kb))})
     assert res.returncode == 0 and res.stdout.count("up to date") == 2, res.stderr
+    # a full rebuild: every engine, but one converted checkpoint at a time (all of them when kept)
+    sizes = [kb_of(fake_gpu["hf"] / m) for m in ("small", "medium", "large")]
+    full = margin(sum(sizes) + max(sizes))
+    res = run(ENGINES_SH, *args, "--force", env={**env, "FAKE_FREE_KB": str(full - 1)})
+    assert res.returncode != 0 and "not enough disk" in res.stderr
+    res = run(ENGINES_SH, *args, "--force", "--keep-checkpoints", env={**env, "FAKE_FREE_KB": str(full)})
+    assert res.returncode != 0 and "not enough disk" in res.stderr           # kept: all three checkpoints
+    res = run(ENGINES_SH, *args, "--force", env={**env, "FAKE_FREE_KB": str(full)})
+    assert res.returncode == 0, res.stderr
 
 
 def test_missing_checkpoint_is_named_before_any_conversion(fake_gpu: dict) -> None:
