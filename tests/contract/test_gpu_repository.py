@@ -1,0 +1,108 @@
+"""Every GPU profile's rendered repository against the cascade's own load-time check
+(CascadeService.from_spec_file + check_repository, what cascade/1/model.py runs in initialize()).
+
+The GPU repository holds the stage models only until a calibration for that spec exists: served as
+rendered, there is no cascade to fail at load; the embedded tiny family's predictor copied in (what
+engines.sh once did) is refused; after `optistop calibrate --spec <profile> --out <repository>` on a
+collected, labelled file (synthetic here: no GPU) the check passes on the cascade the calibration installed.
+Checkpoints are stand-ins under a temporary directory laid out as the profile's paths expect (the chat
+family's tokenizer, which has a chat template, in place of Qwen2.5's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from optistop.pipeline import calibrate
+from optistop.serving import render
+from optistop.serving.cascade_service import CascadeService
+from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
+from tests.unit.test_predictor_pipeline import synthetic_records
+
+ROOT = DEFAULT_SPEC.parent
+PROFILES = {"qwen2.5-trtllm": "trtllm", "qwen2.5-llmapi": "llmapi", "tiny-trtllm": "trtllm"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json")
+
+
+def lay_out(profile: Path, tmp: Path) -> Path:
+    """The profile copied to tmp/build/, its ../checkpoints/<name> dirs filled with a tokenizer (the Qwen
+    profiles) or the real tiny-trt family (its ../models/ paths made absolute)."""
+    text = profile.read_text().replace('"../models/', f'"{ROOT}/models/')
+    (tmp / "build").mkdir()
+    for name in set(re.findall(r'"\.\./checkpoints/([^"]+)"', text)):
+        d = tmp / "checkpoints" / name
+        d.mkdir(parents=True)
+        for f in TOKENIZER_FILES:
+            shutil.copyfile(ROOT / "models" / "chat" / "small" / f, d / f)
+    out = tmp / "build" / profile.name
+    out.write_text(text)
+    return out
+
+
+def render_repo(profile: Path, kind: str, tmp: Path) -> Path:
+    repo = tmp / "repo"
+    args = ["--profile", kind, "--spec", str(profile), "--out", str(repo)]
+    assert render.main(args + (["--engines-dir", str(tmp / "engines")] if kind == "trtllm" else [])) == 0
+    return repo
+
+
+def cascade_check(spec_path: Path, repo: Path) -> None:
+    service = CascadeService.from_spec_file(spec_path)
+    service.check_repository(repo)
+
+
+def labelled(profile: Path, tmp: Path) -> Path:
+    spec = load_spec(profile)
+    records = synthetic_records({"val": 3, "test": 1}, seed=1)
+    for r in records:
+        for st, stage in zip(r["stages"], spec.stages, strict=True):
+            assert (st["model"], st["cost"]) == (stage.name, stage.cost)
+    path = tmp / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def quick_report(monkeypatch):
+    """Skip only calibrate's cross-fitted report (a 5-fold refit of the policy, printed, not installed):
+    the predictor, its sidecar and the installed policy artifact are fitted exactly as in a real run."""
+    from optistop.offline import replay
+
+    nan = float("nan")
+    monkeypatch.setattr(replay, "kfold", lambda *a, **k: {"per": None})
+    monkeypatch.setattr(replay, "summarise", lambda *a, **k: {"conditions": {
+        "quality_rel": nan, "cost": nan, "cheapest_single_stage": nan, "router_cost": nan}})
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_gpu_repository_loads_only_with_a_calibration_for_its_spec(name: str, tmp_path: Path, quick_report) -> None:
+    profile = lay_out(ROOT / "build" / f"{name}.toml", tmp_path)
+    repo = render_repo(profile, PROFILES[name], tmp_path)
+    spec = load_spec(profile)
+    models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    assert models == sorted(s.triton_model for s in spec.stages)          # stages only: nothing fails at load
+    with pytest.raises(SpecError, match="predictor_model"):
+        cascade_check(profile, repo)                                       # no calibration for this spec
+    if name.startswith("qwen"):
+        # the embedded tiny family's calibration (what --with-models used to copy) is not this spec's.
+        # (tiny-trt shares the tiny family's tokenizer, stages and costs: the check cannot tell them apart)
+        shutil.copytree(ROOT / "model_repository" / "quality_predictor", repo / "quality_predictor")
+        with pytest.raises(SpecError, match="run `optistop calibrate` for this spec"):
+            cascade_check(profile, repo)
+        shutil.rmtree(repo / "quality_predictor")
+
+    rc = calibrate.main([str(labelled(profile, tmp_path)), "--spec", str(profile), "--out", str(repo),
+                         "--max-epochs", "2"])
+    assert rc == 0
+    cfg = (repo / "cascade" / "config.pbtxt").read_text()
+    spec_name = re.search(r'key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*"([^"]+)"', cfg).group(1)
+    installed = repo / "cascade" / spec_name
+    assert load_spec(installed).stage_names == spec.stage_names
+    cascade_check(installed, repo)                                         # what initialize() runs: passes
+    policy = json.loads((repo / spec.predictor_model / "1" / "policy.json").read_text())
+    assert policy["spec"] == spec.name
