@@ -1,10 +1,14 @@
-"""The checks of build/gpu-check.sh: one request to the first stage and one to the cascade on a running
-server; exits non-zero with one line per failed check.
+"""The checks of build/gpu-check.sh on a running server; each exits non-zero with one line per failure.
 
-$ python -m optistop.serving.gpu_check --spec one-stage.toml --kind trtllm --url 127.0.0.1:8000
 $ python -m optistop.serving.gpu_check --cut build/qwen2.5-trtllm.toml --out one-stage.toml
+$ python -m optistop.serving.gpu_check --spec one-stage.toml --stages --url 127.0.0.1:8000     # log-prob self-test
+$ python -m optistop.serving.gpu_check --spec one-stage.toml --prompts prompts.jsonl --n 48     # for optistop collect
+$ python -m optistop.serving.gpu_check --spec one-stage.toml --cascade fixed:0 optimal router --url 127.0.0.1:8000
 
-Stdlib HTTP only (KServe v2 JSON), so it runs in the image without tritonclient.
+``--stages`` sends every stage of the spec one chat request (``messages``, templated as the cascade templates
+them) in the stage contract (both GPU profiles serve it) and checks that output_log_probs are there and not
+all zero and that the answer stopped at an end token before its budget. ``--cascade`` sends the cascade
+one ``messages`` request per policy. Stdlib HTTP only (KServe v2 JSON), so it runs in the image as is.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ import urllib.request
 from pathlib import Path
 
 from optistop import tensors as T
-from optistop.spec import load_spec
+from optistop.spec import CascadeSpec, load_spec
 
-PROMPT = "<|im_start|>user\nWhat is 17 * 23? Answer with the number only.<|im_end|>\n<|im_start|>assistant\n"
+QUESTION = "What is 17 * 23? Answer with the number only."
 MAX_TOKENS = 64
+POLICIES = ("fixed:0", "optimal", "router")
 
 
-def one_stage_profile(text: str, base: Path) -> str:
-    """A GPU profile's TOML cut to its first stage, with ``../`` paths made absolute from ``base``."""
+def one_stage_profile(text: str, base: Path, model_dir: Path | None = None) -> str:
+    """A GPU profile's TOML cut to its first stage, with ``../`` paths made absolute from ``base``
+    (``../checkpoints/<name>`` under ``model_dir`` when given, as engines.sh --model-dir does)."""
     head, *stages = re.split(r"(?m)^\[\[stages\]\]\n", text)
     if not stages:
         raise ValueError("the profile has no [[stages]]")
@@ -35,6 +41,8 @@ def one_stage_profile(text: str, base: Path) -> str:
     # per-stage overrides of the other stages go: their stages are gone
     tables = re.sub(rf"(?ms)^\[\w+\.stages\.(?!{re.escape(name)}\]).*?(?=^\[|\Z)", "", tables)
     out = head + "[[stages]]\n" + first + tables
+    if model_dir is not None:
+        out = re.sub(r'"\.\./checkpoints/', f'"{model_dir.resolve()}/', out)
     return re.sub(r'"\.\./', f'"{base.resolve()}/../', out)
 
 
@@ -47,12 +55,13 @@ def _post(url: str, body: dict) -> dict:
         return {"error": exc.read().decode(errors="replace")}
 
 
-def check_trtllm_stage(url: str, model: str, ids: list[int], end_id: int, stop_ids: tuple[int, ...]) -> list[str]:
+def check_stage(url: str, model: str, ids: list[int], end_id: int, stop_ids: tuple[int, ...],
+                max_tokens: int) -> list[str]:
     def inp(name: str, dtype: str, shape: list[int], data: list) -> dict:
         return {"name": name, "datatype": dtype, "shape": shape, "data": data}
 
     inputs = [inp(T.INPUT_IDS, "INT32", [1, len(ids)], ids), inp(T.INPUT_LENGTHS, "INT32", [1, 1], [len(ids)]),
-              inp(T.REQUEST_OUTPUT_LEN, "INT32", [1, 1], [MAX_TOKENS]), inp(T.END_ID, "INT32", [1, 1], [end_id]),
+              inp(T.REQUEST_OUTPUT_LEN, "INT32", [1, 1], [max_tokens]), inp(T.END_ID, "INT32", [1, 1], [end_id]),
               inp(T.PAD_ID, "INT32", [1, 1], [end_id]), inp(T.RETURN_LOG_PROBS, "BOOL", [1, 1], [True]),
               inp(T.RUNTIME_TOP_K, "INT32", [1, 1], [1])]
     if stop_ids:
@@ -63,60 +72,109 @@ def check_trtllm_stage(url: str, model: str, ids: list[int], end_id: int, stop_i
         return [f"stage {model}: {r['error']}"]
     out = {o["name"]: o["data"] for o in r.get("outputs", [])}
     n = int(out.get(T.SEQUENCE_LENGTH, [0])[0])
-    lps = out.get(T.OUTPUT_LOG_PROBS, [])[:n]
+    lps = out.get(T.OUTPUT_LOG_PROBS, [])
     problems = []
+    if len(lps) != n:
+        problems.append(f"stage {model}: {len(lps)} output_log_probs for sequence_length {n}")
     if not lps or not any(lps):
         problems.append(f"stage {model}: output_log_probs {'missing' if not lps else 'all zero'} for {n} tokens")
-    if not 0 < n < MAX_TOKENS:
-        problems.append(f"stage {model}: {n} tokens for a {MAX_TOKENS}-token budget: it did not stop at an end token")
+    if not 0 < n < max_tokens:
+        problems.append(f"stage {model}: {n} tokens for a {max_tokens}-token budget: it did not stop at an end token")
     return problems
 
 
-def check_cascade(url: str) -> list[str]:
+def probe(spec: CascadeSpec) -> list[dict[str, str]]:
+    """The chat request both checks send: a question for an instruct family (chat_template), else one of
+    the tiny task suite's prompts, which the tiny families were trained on."""
+    if spec.chat_template:
+        return [{"role": "user", "content": QUESTION}]
+    from optistop.tiny.tasks import generate_split
+
+    return [{"role": "user", "content": generate_split("val", 1, families=("add",), levels=(1,))[0].prompt}]
+
+
+def check_stages(url: str, spec: CascadeSpec) -> list[str]:
+    """Every stage, one chat request encoded as the cascade encodes it."""
+    from optistop.serving.tokenizers import PromptEncoder
+
+    enc = PromptEncoder.for_spec(spec)
+    ids = list(enc.encode(messages=probe(spec)).ids)
+    budget = min(MAX_TOKENS, spec.max_context_tokens - len(ids))
+    problems = []
+    for stage in spec.stages:
+        problems += check_stage(url, stage.triton_model, ids, enc.end_id, spec.stop_token_ids or
+                                tuple(enc.end_ids[1:]), budget)
+    return problems
+
+
+def check_cascade(url: str, spec: CascadeSpec, policy: str, max_tokens: int) -> list[str]:
     r = _post(f"http://{url}/v2/models/cascade/generate",
-              {"text_input": PROMPT, "max_tokens": MAX_TOKENS, "policy": "fixed:0"})
+              {"messages": json.dumps(probe(spec)), "max_tokens": max_tokens, "policy": policy})
     if "error" in r:
-        return [f"cascade: {r['error']}"]
+        return [f"cascade ({policy}): {r['error']}"]
     text = str(r.get("text_output", ""))
-    problems = [] if text.strip() else ["cascade: empty text_output"]
+    problems = [] if text.strip() else [f"cascade ({policy}): empty text_output"]
     if "<|im_end|>" in text or "<|endoftext|>" in text:
-        problems.append(f"cascade: the answer carries an end token: {text!r}")
+        problems.append(f"cascade ({policy}): the answer carries an end token: {text!r}")
     if r.get("degraded") in (True, "true", 1):
-        problems.append(f"cascade: degraded answer: {r.get('degraded_reason')}")
-    print(f"cascade answered {text!r} from {r.get('stage_model')}")
+        problems.append(f"cascade ({policy}): degraded answer: {r.get('degraded_reason')}")
+    print(f"cascade ({policy}) answered {text!r} from {r.get('stage_model')} at cost {r.get('cost')}")
     return problems
+
+
+def write_prompts(spec: CascadeSpec, out: Path, n: int) -> None:
+    """``n`` addition prompts with number references (``optistop collect``'s input; grader ``number``):
+    the tiny task suite's own prompts for a family trained on them, a chat question otherwise."""
+    from optistop.tiny.tasks import generate_split
+
+    items = generate_split("val", max(1, -(-n // 4)), seed=7, families=("add",))[:n]
+    lines = []
+    for it in items:
+        if spec.chat_template:
+            a, b = (int(x) for x in re.findall(r"\d+", it.prompt)[:2])
+            rec = {"id": it.id, "messages": [{"role": "user", "content": f"What is {a} + {b}? "
+                                              "Answer with the number only."}], "reference": str(a + b)}
+        else:
+            rec = {"id": it.id, "prompt": it.prompt, "reference": it.answer}
+        lines.append(json.dumps(rec) + "\n")
+    out.write_text("".join(lines), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m optistop.serving.gpu_check", description=__doc__.split("\n")[0])
-    ap.add_argument("--spec", type=Path, help="the one-stage profile the server runs")
-    ap.add_argument("--kind", choices=("trtllm", "llmapi"), default="trtllm")
-    ap.add_argument("--url", default="127.0.0.1:8000")
+    ap.add_argument("--spec", type=Path, help="the profile the server runs")
+    ap.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP host:port")
     ap.add_argument("--cut", type=Path, metavar="PROFILE", help="write PROFILE cut to its first stage to --out")
+    ap.add_argument("--prompts", type=Path, metavar="OUT", help="write --n collection prompts (JSONL) to OUT")
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--stages", action="store_true", help="log-prob self-test of every stage")
+    ap.add_argument("--cascade", nargs="+", metavar="POLICY",
+                    help=f"one cascade request per policy, e.g. {' '.join(POLICIES)}")
+    ap.add_argument("--model-dir", type=Path, help="--cut: the HF checkpoints' parent dir")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if args.cut:
         if not args.out:
             ap.error("--cut needs --out")
-        args.out.write_text(one_stage_profile(args.cut.read_text(), args.cut.parent))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(one_stage_profile(args.cut.read_text(), args.cut.parent, args.model_dir))
         return 0
     if not args.spec:
         ap.error("--spec is required")
-    from transformers import AutoTokenizer
-
+    if not (args.prompts or args.stages or args.cascade):
+        ap.error("give --prompts, --stages or --cascade")
     spec = load_spec(args.spec, check_paths=False)
-    tok = AutoTokenizer.from_pretrained(str(spec.tokenizer))
-    stage = spec.stages[0].triton_model
-    if args.kind == "trtllm":
-        problems = check_trtllm_stage(args.url, stage, tok(PROMPT).input_ids, int(tok.eos_token_id),
-                                      spec.stop_token_ids)
-    else:   # the llmapi model returns no per-token log-probs (README, "Which image serves which profile")
-        problems = [f"stage {stage}: the llmapi model returns no per-token log-probs; cascade adapter not written"]
-    problems += check_cascade(args.url)
+    if args.prompts:
+        write_prompts(spec, args.prompts, args.n)
+    problems: list[str] = []
+    if args.stages:
+        problems += check_stages(args.url, spec)
+    for policy in args.cascade or ():
+        problems += check_cascade(args.url, spec, policy, min(MAX_TOKENS, spec.max_tokens_cap))
     for p in problems:
         print(f"gpu-check: FAIL: {p}", file=sys.stderr)
-    if not problems:
-        print("gpu-check: OK: non-zero log-probs, stopped at an end token, cascade answered")
+    if not problems and (args.stages or args.cascade):
+        print(f"gpu-check: OK: {'stages' if args.stages else 'cascade'}")
     return 1 if problems else 0
 
 
