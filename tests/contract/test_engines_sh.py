@@ -284,6 +284,16 @@ def test_dockerfile_lint() -> None:
     assert not re.search(r"^(ADD|RUN).*https?://", text, re.M | re.I), "the Dockerfile must not download"
     assert re.search(r"^ARG TRTLLM_EXAMPLES=/app/examples$", text, re.M)
     assert "QWEN_CONVERT=${TRTLLM_EXAMPLES}/models/core/qwen/convert_checkpoint.py" in text
+    # the pins are asserted in RUN steps, so a wrong base fails the build, not the first request
+    runs = " ".join(re.findall(r"^RUN (.*?)(?<!\\)$", re.sub(r"\\\n\s*", " ", text), re.M))
+    assert re.search(r"^ARG TRTLLM_VERSION=\d+\.\d+\.\d+$", text, re.M)
+    assert "m.version('tensorrt_llm')" in runs and '"$v" = "$TRTLLM_VERSION"' in runs
+    assert "command -v trtllm-build" in runs and '[ -x "$TRTLLM_WORKER" ]' in runs
+    assert re.search(r"^ARG TRTLLM_WORKER=/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker$", text, re.M)
+    assert re.search(r"pip install \"onnxruntime.*tritonclient.*&&\s+pip check\s+&&", runs), \
+        "pip check after the installs"
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert ignore.index("!models/tiny-trt") > ignore.index("models")       # the gpu-check family is in the context
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for path in src.split():
             assert (ROOT / path).exists(), f"COPY source {path} does not exist"
