@@ -155,16 +155,11 @@ class BlsBackend:
         backend can (see the finally clause)."""
         pb = self.pb
         model = stream_model(self.spec.stages[stage].triton_model)
-        ids = np.asarray([input_ids], dtype=np.int32)                     # (1, L)
-        inputs = [
-            pb.Tensor(T.INPUT_IDS, ids),
-            pb.Tensor(T.INPUT_LENGTHS, np.asarray([[ids.shape[1]]], dtype=np.int32)),
-            pb.Tensor(T.REQUEST_OUTPUT_LEN, np.asarray([[max_tokens]], dtype=np.int32)),
-            pb.Tensor(T.END_ID, np.asarray([[self.end_id]], dtype=np.int32)),
-            pb.Tensor(T.PAD_ID, np.asarray([[self.pad_id]], dtype=np.int32)),
-            pb.Tensor(T.RETURN_LOG_PROBS, np.asarray([[True]], dtype=bool)),
-            pb.Tensor(T.STREAMING, np.asarray([[True]], dtype=bool)),
-        ]
+        # the same request as generate() (runtime_top_k for log-probs, the spec's stop words), streamed
+        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids)
+        arrays[T.STREAMING] = np.asarray([[True]], dtype=bool)
+        inputs = [pb.Tensor(name, arr) for name, arr in arrays.items()]
+        stops = set(self.spec.stop_token_ids)
         request = pb.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=STAGE_OUTPUTS)
         responses = await request.async_exec(decoupled=True)
         loop = asyncio.get_running_loop()
@@ -184,8 +179,10 @@ class BlsBackend:
                     continue
                 out = {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in STAGE_OUTPUTS}
                 n = int(np.asarray(out[T.SEQUENCE_LENGTH]).reshape(-1)[0])
-                yield ([int(t) for t in _first_row(out[T.OUTPUT_IDS])[:n]],
-                       [float(x) for x in _first_row(out[T.OUTPUT_LOG_PROBS])[:n]])
+                pairs = [(int(t), float(x)) for t, x in zip(_first_row(out[T.OUTPUT_IDS])[:n],
+                                                           _first_row(out[T.OUTPUT_LOG_PROBS])[:n])
+                         if int(t) not in stops]       # a stop token ends the answer; it is not part of it
+                yield [t for t, _ in pairs], [x for _, x in pairs]
         finally:
             if not finished:
                 # ResponseIterator.cancel() arrived after python_backend 24.10 (not in the embedded 2.51
