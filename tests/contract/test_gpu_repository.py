@@ -106,3 +106,15 @@ def test_gpu_repository_loads_only_with_a_calibration_for_its_spec(name: str, tm
     cascade_check(installed, repo)                                         # what initialize() runs: passes
     policy = json.loads((repo / spec.predictor_model / "1" / "policy.json").read_text())
     assert policy["spec"] == spec.name
+
+
+def test_the_kubernetes_gpu_cascade_serves_a_calibration_from_the_volume_not_the_images() -> None:
+    """The image's model_repository holds the tiny family's calibration, which the Qwen spec refuses."""
+    yaml = pytest.importorskip("yaml")
+    patch = yaml.safe_load((ROOT / "deploy" / "overlays" / "qwen2.5-gpu" / "cascade.yaml").read_text())
+    cmd = patch["spec"]["template"]["spec"]["containers"][0]["command"]
+    repo = cmd[cmd.index("--repository") + 1]
+    assert repo.startswith("/engines/") and "/opt/optistop/model_repository" not in cmd
+    assert cmd[cmd.index("--spec") + 1] == "/etc/optistop/cascade.toml"
+    spec = load_spec(ROOT / "deploy" / "overlays" / "qwen2.5-gpu" / "cascade.toml", check_paths=False)
+    assert spec.chat_template and spec.tokenizer.is_relative_to("/engines")
