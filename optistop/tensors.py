@@ -86,41 +86,8 @@ STAGE = Contract(
 )
 
 
-# --- stage served by TensorRT-LLM's PyTorch backend: the tensorrtllm_backend `llmapi` model -------------
-# Names and dtypes of NVIDIA/TensorRT-LLM triton_backend/all_models/llmapi/tensorrt_llm/config.pbtxt
-# (the subset the cascade sends or reads). Text in, text out: it takes no token ids and returns no
-# per-token log-probs; `cumulative_logprob` comes back only if SamplingParams.logprobs is set, which its
-# 1/helpers.py never passes (TensorRT-LLM sampling_params.py: return_log_probs = bool(self.logprobs)).
-LLMAPI_STAGE = Contract(
-    inputs=(
-        Tensor("text_input", "BYTES", (-1,)),
-        Tensor("sampling_param_max_tokens", "INT32", (1,), optional=True),
-        Tensor("sampling_param_top_k", "INT32", (1,), optional=True),
-        Tensor("sampling_param_temperature", "FP32", (1,), optional=True),
-        Tensor("sampling_param_stop", "BYTES", (-1,), optional=True),
-        Tensor("sampling_param_exclude_input_from_output", "BOOL", (1,), optional=True),
-        Tensor("return_finish_reason", "BOOL", (1,), optional=True),
-        Tensor("return_cumulative_logprob", "BOOL", (1,), optional=True),
-        Tensor("stop", "BOOL", (1,), optional=True),
-    ),
-    outputs=(
-        Tensor("text_output", "BYTES", (-1,)),
-        Tensor("finish_reason", "BYTES", (-1,)),
-        Tensor("cumulative_logprob", "FP32", (-1,)),
-    ),
-)
-# The one map from the tensorrt_llm stage contract to the llmapi model's names. input_ids have no
-# counterpart (decode them to text_input); stop_words_list becomes sampling_param_stop strings.
-LLMAPI_FROM_STAGE: dict[str, str] = {
-    REQUEST_OUTPUT_LEN: "sampling_param_max_tokens",
-    RUNTIME_TOP_K: "sampling_param_top_k",
-    TEMPERATURE: "sampling_param_temperature",
-    STOP_WORDS_LIST: "sampling_param_stop",
-    RETURN_LOG_PROBS: "return_cumulative_logprob",
-    STOP: "stop",
-    OUTPUT_IDS: "text_output",
-    CUM_LOG_PROBS: "cumulative_logprob",
-}
+# The PyTorch-backend stage (TensorRT-LLM's LLM API, optistop.serving.llmapi_stage) serves STAGE as well:
+# the stock tensorrtllm_backend `llmapi` model (text in, text out, no per-token log-probs) is not used.
 
 
 def stop_words_list(words: Sequence[Sequence[int]]) -> np.ndarray:

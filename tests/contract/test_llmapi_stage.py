@@ -148,7 +148,10 @@ def test_one_request_maps_the_stage_contract_to_sampling_params() -> None:
                   "include_stop_str_in_output": True, "logprobs": 1, "detokenize": False,
                   "exclude_input_from_output": True}
     assert isinstance(out, dict)
-    # the stage contract: names and dtypes of optistop.tensors.STAGE, shapes (1, beams=1, n), end token dropped
+    # the stage contract: names and dtypes of optistop.tensors.STAGE, shapes (1, beams=1, n), end token dropped;
+    # pinned literally too: they are TensorRT-LLM's tensorrt_llm model's, which bls.py reads from every stage
+    assert {k: v.dtype.name for k, v in out.items()} == {"output_ids": "int32", "sequence_length": "int32",
+                                                         "cum_log_probs": "float32", "output_log_probs": "float32"}
     assert set(out) == {t.name for t in T.STAGE.outputs}
     for t in T.STAGE.outputs:
         assert out[t.name].dtype == np.dtype(T.NUMPY_DTYPE[t.dtype]), t.name
