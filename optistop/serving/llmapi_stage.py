@@ -18,6 +18,11 @@ model.py at 044a90d2): ``LLM.generate_async(inputs, sampling_params, streaming=.
 ``list[dict[int, Logprob]]`` (``Logprob(logprob, rank)``, computed after the runtime) or ``list[float]``
 (straight from the executor), ``cumulative_logprob: float | None`` and ``finish_reason`` in
 {'stop', 'length', 'timeout', 'cancelled', None}. Both log-prob shapes are read.
+``logprobs=1`` holds the chosen token in every version read: the 1.x SamplingParams returns the top-K
+per position (under greedy decoding the top-1 is the chosen token), and later examples document
+"sampled token first + top-K" (``logprobs=0`` would return nothing where ``return_log_probs =
+bool(logprobs)``). Sampling (runtime_top_k > 1) on a version of the first kind may leave the chosen token
+out: that request fails naming it rather than returning a wrong log-prob.
 
 Placement: ``CUDA_VISIBLE_DEVICES`` from the stage's GPU ids is set before tensorrt_llm is imported
 (importing it initialises CUDA; the stock llmapi model does this only with more than one instance).
