@@ -19,7 +19,8 @@
 #   --work-dir DIR     engines, repository, collected answers, logs: put it on a volume, not in the container
 #                      layer (default $ENGINES_DIR/gpu-check when ENGINES_DIR is set, else ./gpu-check)
 #   --port N           HTTP port of the servers it starts (gRPC N+1, metrics N+2; default 8000)
-#   --prompts N        collection prompts (default 48)
+#   --prompts N        collection prompts (default 48; Qwen: addition, grader number; tiny-trt: the task
+#                      suite, every cell alike, grader exact)
 #   --timeout-s N      how long to wait for a server to be ready (default 1800)
 #   --dry-run          print what it would run
 set -euo pipefail
@@ -85,13 +86,13 @@ if [ "$kind" = trtllm ]; then
 else
   prepare=("$PYTHON" -m optistop.serving.render --profile llmapi --spec "$spec" --out "$repo")
 fi
-serve() { "$ROOT/build/launch.sh" --repo "$repo" --http-port "$port" --grpc-port $((port + 1)) \
+serve() { exec "$ROOT/build/launch.sh" --repo "$repo" --http-port "$port" --grpc-port $((port + 1)) \
   --metrics-port $((port + 2)) --log-file "$work/$1.log"; }
 url=127.0.0.1:$port
 selftest=("$PYTHON" -m optistop.serving.gpu_check --spec "$spec" --stages --url "$url")
 prompts=("$PYTHON" -m optistop.serving.gpu_check --spec "$spec" --prompts "$work/prompts.jsonl" --n "$n_prompts")
 collect=("$PYTHON" -m optistop.cli collect --prompts "$work/prompts.jsonl" --url "127.0.0.1:$((port + 1))"
-  --spec "$spec" --out "$work/collected.jsonl" --grader number)
+  --spec "$spec" --out "$work/collected.jsonl" --grader)      # + what the prompts step prints (number | exact)
 calibrate=("$PYTHON" -m optistop.cli calibrate "$work/collected.jsonl" --spec "$spec" --out "$repo")
 policies=("$PYTHON" -m optistop.serving.gpu_check --spec "$spec" --url "$url" --cascade fixed:0 optimal router)
 
@@ -108,7 +109,7 @@ if [ "$dry_run" = 1 ]; then
   show "${selftest[@]}"
   echo "# 4. collect and label every stage's answers"
   show "${prompts[@]}"
-  show "${collect[@]}"
+  suffix=" \"\$(the grader it printed)\"" show "${collect[@]}"
   echo "# 5. calibrate the cascade for this spec (installs cascade + quality_predictor into the repository)"
   show "${calibrate[@]}"
   echo "# 6. stop the stage server; serve the cascade"
@@ -142,8 +143,8 @@ rm -rf "$repo/cascade" "$repo/quality_predictor" "$work/collected.jsonl"   # a r
 "${prepare[@]}"
 start stages
 "${selftest[@]}"
-"${prompts[@]}"
-"${collect[@]}"
+grader=$("${prompts[@]}")
+"${collect[@]}" "$grader"
 "${calibrate[@]}"
 stop
 start cascade

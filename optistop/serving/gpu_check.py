@@ -2,7 +2,7 @@
 
 $ python -m optistop.serving.gpu_check --cut build/qwen2.5-trtllm.toml --out one-stage.toml
 $ python -m optistop.serving.gpu_check --spec one-stage.toml --stages --url 127.0.0.1:8000     # log-prob self-test
-$ python -m optistop.serving.gpu_check --spec one-stage.toml --prompts prompts.jsonl --n 48     # for optistop collect
+$ python -m optistop.serving.gpu_check --spec one-stage.toml --prompts prompts.jsonl --n 48     # prints the grader
 $ python -m optistop.serving.gpu_check --spec one-stage.toml --cascade fixed:0 optimal router --url 127.0.0.1:8000
 
 ``--stages`` sends every stage of the spec one chat request (``messages``, templated as the cascade templates
@@ -122,22 +122,27 @@ def check_cascade(url: str, spec: CascadeSpec, policy: str, max_tokens: int) -> 
     return problems
 
 
-def write_prompts(spec: CascadeSpec, out: Path, n: int) -> None:
-    """``n`` addition prompts with number references (``optistop collect``'s input; grader ``number``):
-    the tiny task suite's own prompts for a family trained on them, a chat question otherwise."""
+def write_prompts(spec: CascadeSpec, out: Path, n: int) -> str:
+    """Collection prompts (``optistop collect``'s input) with references; returns the grader that fits them.
+
+    A chat family (chat_template): ``n`` addition questions, grader ``number``. Otherwise the tiny task
+    suite's own prompts, which the tiny families were trained on, every (family, level) cell alike (``n``
+    rounded up to a multiple of 12), grader ``exact``."""
     from optistop.tiny.tasks import generate_split
 
-    items = generate_split("val", max(1, -(-n // 4)), seed=7, families=("add",))[:n]
     lines = []
-    for it in items:
-        if spec.chat_template:
+    if spec.chat_template:
+        for it in generate_split("val", max(1, -(-n // 4)), seed=7, families=("add",))[:n]:
             a, b = (int(x) for x in re.findall(r"\d+", it.prompt)[:2])
-            rec = {"id": it.id, "messages": [{"role": "user", "content": f"What is {a} + {b}? "
-                                              "Answer with the number only."}], "reference": str(a + b)}
-        else:
-            rec = {"id": it.id, "prompt": it.prompt, "reference": it.answer}
-        lines.append(json.dumps(rec) + "\n")
-    out.write_text("".join(lines), encoding="utf-8")
+            lines.append({"id": it.id, "messages": [{"role": "user", "content": f"What is {a} + {b}? "
+                                                     "Answer with the number only."}], "reference": str(a + b)})
+        grader = "number"
+    else:
+        lines = [{"id": it.id, "prompt": it.prompt, "reference": it.answer}
+                 for it in generate_split("val", max(1, -(-n // 12)), seed=7)]
+        grader = "exact"
+    out.write_text("".join(json.dumps(rec) + "\n" for rec in lines), encoding="utf-8")
+    return grader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --prompts, --stages or --cascade")
     spec = load_spec(args.spec, check_paths=False)
     if args.prompts:
-        write_prompts(spec, args.prompts, args.n)
+        print(write_prompts(spec, args.prompts, args.n))     # the grader: gpu-check.sh passes it to collect
     problems: list[str] = []
     if args.stages:
         problems += check_stages(args.url, spec)
