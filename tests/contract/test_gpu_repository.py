@@ -118,3 +118,25 @@ def test_the_kubernetes_gpu_cascade_serves_a_calibration_from_the_volume_not_the
     assert cmd[cmd.index("--spec") + 1] == "/etc/optistop/cascade.toml"
     spec = load_spec(ROOT / "deploy" / "overlays" / "qwen2.5-gpu" / "cascade.toml", check_paths=False)
     assert spec.chat_template and spec.tokenizer.is_relative_to("/engines")
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-trtllm", "qwen2.5-llmapi"])
+def test_streaming_renders_each_gpu_stage_s_decoupled_variant(name: str, tmp_path: Path) -> None:
+    from optistop import tensors as T
+    from tests.contract.test_pbtxt_contracts import assert_contract, parse
+
+    profile, kind = ROOT / "build" / f"{name}.toml", PROFILES[name]
+    repo = tmp_path / "repo"
+    args = ["--profile", kind, "--spec", str(profile), "--out", str(repo), "--streaming"]
+    assert render.main(args + (["--engines-dir", str(tmp_path / "e")] if kind == "trtllm" else [])) == 0
+    spec = load_spec(profile, check_paths=False)
+    for stage in spec.stages:
+        plain, stream = parse(repo / stage.triton_model / "config.pbtxt"), \
+            parse(repo / f"{stage.triton_model}_stream" / "config.pbtxt")
+        assert_contract(stream, T.STAGE_STREAM, stage.triton_model)
+        assert stream.model_transaction_policy.decoupled and not plain.model_transaction_policy.decoupled
+        assert stream.backend == plain.backend and stream.parameters == plain.parameters   # same engine / GPUs
+    assert not (tmp_path / "plain").exists()
+    assert render.main(["--profile", kind, "--spec", str(profile), "--out", str(tmp_path / "plain")]
+                       + (["--engines-dir", str(tmp_path / "e")] if kind == "trtllm" else [])) == 0
+    assert not list((tmp_path / "plain").glob("*_stream"))                  # off by default
