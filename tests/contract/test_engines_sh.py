@@ -145,7 +145,8 @@ def fake_gpu(tmp_path: Path) -> dict[str, object]:
     outdir = 'out=""; while [ $# -gt 0 ]; do [ "$1" = --output_dir ] && out=$2; shift; done\n'
     fake(bin_dir, "trtllm-build", f'echo "build $*" >>{log}\n{outdir}'
          'mkdir -p "$out"; echo "{}" >"$out/config.json"; : >"$out/rank0.engine"\n')
-    py = fake(bin_dir, "trtllm-python", 'if [ "$1" = -c ]; then echo "[TensorRT-LLM] banner"; echo 1.2.1; exit; fi\n'
+    py = fake(bin_dir, "trtllm-python", 'if [ "$1" = -c ]; then echo "[TensorRT-LLM] banner"; '
+              'echo "${FAKE_TRT_VERSION:-1.2.1}"; exit; fi\n'
               f'echo "convert $*" >>{log}\n{outdir}'
               'mkdir -p "$out"; echo "{}" >"$out/config.json"; : >"$out/rank0.safetensors"\n')
     converter = tmp_path / "convert_checkpoint.py"
@@ -227,6 +228,18 @@ def test_disk_preflight_counts_only_the_stages_it_rebuilds(fake_gpu: dict) -> No
     assert res.returncode != 0 and "not enough disk" in res.stderr           # kept: all three checkpoints
     res = run(ENGINES_SH, *args, "--force", env={**env, "FAKE_FREE_KB": str(full)})
     assert res.returncode == 0, res.stderr
+    # --stage: one stage at a time, and the preflight asks only for its share
+    res = run(ENGINES_SH, *args, "--force", "--stage", "large", env={**env, "FAKE_FREE_KB": str(margin(2 * large_kb))})
+    assert res.returncode == 0 and "stage large: building" in res.stdout and "stage small" not in res.stdout
+
+
+@pytest.mark.parametrize(("version", "warned"), [("1.1.0", False), ("1.10.0", True), ("1.20.1", True)])
+def test_version_check_is_exact_not_a_prefix(fake_gpu: dict, version: str, warned: bool) -> None:
+    env = {**fake_gpu["env"], "FAKE_TRT_VERSION": version}
+    res = run(ENGINES_SH, "--profile", str(fake_gpu["profile"]), "--engines-dir", str(fake_gpu["engines"]),
+              "--stage", "small", env=env)
+    assert res.returncode == 0, res.stderr
+    assert ("the TensorRT engine path may be gone" in res.stderr) == warned, res.stderr
 
 
 def test_missing_checkpoint_is_named_before_any_conversion(fake_gpu: dict) -> None:
