@@ -149,6 +149,7 @@ def test_stop_and_sampling_become_cascade_inputs_checked_by_the_cascade() -> Non
     assert T.STOP_WORDS not in call({"model": "cascade", "prompt": "1+1=", "stop": []}).inputs
     for extra, param in (({"stop": ["a"] * 5}, "stop"), ({"stop": [""]}, "stop"), ({"stop": 3}, "stop"),
                          ({"temperature": 2.5}, "temperature"), ({"temperature": -0.1}, "temperature"),
+                         ({"temperature": SPEC.max_temperature + 0.01}, "temperature"),
                          ({"temperature": "hot"}, "temperature"), ({"top_p": 0}, "top_p"),
                          ({"top_p": 1.5}, "top_p"), ({"seed": 1.5}, "seed")):
         err = rejected({"model": "cascade", "prompt": "1+1=", **extra})
@@ -184,3 +185,18 @@ def test_a_list_of_prompts_is_one_cascade_request_each_answered_in_order() -> No
     assert rejected({"model": "cascade", "prompt": ["a=", "b="], "stream": True}).param == "stream"
     assert rejected({"model": "cascade", "prompt": [1, 2, 3]}).param == "prompt"
     assert rejected({"model": "cascade", "prompt": ["a=", "   "]}).param == "prompt"
+
+
+def test_the_cascade_request_carries_stop_ids_and_a_seed_for_every_stage() -> None:
+    from optistop.cascade import GREEDY
+    from optistop.serving.request import parse_request
+
+    c = call({"model": "cascade", "prompt": "1+1=", "stop": ["ab", "c"], "temperature": SPEC.max_temperature})
+    req = parse_request(c.inputs, SPEC, encode, BOOK, token_ids=lambda w: [ord(ch) for ch in w])
+    assert req.stop == ("ab", "c") and req.options.stop_ids == ((97, 98), (99,))
+    assert (req.options.temperature, req.options.top_p) == (pytest.approx(SPEC.max_temperature), 1.0)
+    # no seed: a fresh one per request (repeated requests differ, as OpenAI's); a seed is kept
+    assert len({parse_request(c.inputs, SPEC, encode, BOOK).options.seed for _ in range(4)}) == 4
+    seeded = call({"model": "cascade", "prompt": "1+1=", "temperature": 0.2, "seed": 9})
+    assert parse_request(seeded.inputs, SPEC, encode, BOOK).options.seed == 9
+    assert parse_request(call({"model": "cascade", "prompt": "1+1="}).inputs, SPEC, encode, BOOK).options == GREEDY
