@@ -76,6 +76,7 @@ def test_sampling_is_seeded_per_row_and_reports_the_models_own_log_probs(small: 
     assert g.logprobs == pytest.approx([float(logsm[len(ids) - 1 + j, t]) for j, t in enumerate(g.token_ids)],
                                        abs=1e-4)
     # top_k 1 and a vanishing top_p leave only the argmax: greedy again
-    for s in (Sampling(temperature=1.5, top_k=1, seed=7), Sampling(temperature=1.5, top_p=1e-6, seed=7)):
-        assert [x.token_ids for x in small.generate_ids(prompts, 12, sampling=[s] * len(prompts))] == \
-            [x.token_ids for x in greedy]
+    narrow = [Sampling(temperature=1.5, top_k=1, seed=7)] * len(prompts) + \
+        [Sampling(temperature=1.5, top_p=1e-6, seed=7)] * len(prompts)
+    assert [x.token_ids for x in small.generate_ids(prompts * 2, 12, sampling=narrow)] == \
+        [x.token_ids for x in greedy] * 2
