@@ -178,8 +178,12 @@ class BlsBackend:
                     continue
                 out = {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in STAGE_OUTPUTS}
                 n = int(np.asarray(out[T.SEQUENCE_LENGTH]).reshape(-1)[0])
-                yield ([int(t) for t in _first_row(out[T.OUTPUT_IDS])[:n]],
-                       [float(x) for x in _first_row(out[T.OUTPUT_LOG_PROBS])[:n]])
+                # the family's one-token end words end the stream (stop_words_list) and are no text: drop
+                # them, as parse_stage_outputs does for a whole answer
+                ids = [int(t) for t in _first_row(out[T.OUTPUT_IDS])[:n]]
+                lps = [float(x) for x in _first_row(out[T.OUTPUT_LOG_PROBS])[:n]]
+                keep = [i for i, t in enumerate(ids) if t not in self.spec.stop_token_ids]
+                yield [ids[i] for i in keep], [lps[i] for i in keep if i < len(lps)]
         finally:
             if not finished:
                 # ResponseIterator.cancel() arrived after python_backend 24.10 (not in the embedded 2.51
