@@ -48,8 +48,29 @@ class StageFailure(RuntimeError):
         self.stage = stage
 
 
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How every stage generates for one request (TensorRT-LLM's ``temperature``, ``runtime_top_p``,
+    ``random_seed`` and ``stop_words_list``). The default is greedy with no stop words: what the quality
+    predictor was calibrated on and what a backend that takes no ``options`` argument serves."""
+
+    temperature: float = 0.0   # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop_ids: tuple[tuple[int, ...], ...] = ()   # each stop word's token ids: the engine may end there
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = GenerationOptions()
+
+
 class CascadeBackend(Protocol):
-    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput: ...
+    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
+        """Called with ``options=GenerationOptions(...)`` as well when the request is not greedy-plain."""
+        ...
 
     async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]:
         """N rows of 64 features (Python floats from optistop.features; a backend that sends them on
@@ -65,6 +86,40 @@ class CascadeRequest:
     lam: float
     policy: Policy
     exclude_input_in_output: bool = True
+    stop: tuple[str, ...] = ()                 # stop words: the answer ends before the first one
+    options: GenerationOptions = GREEDY
+
+
+def find_stop(text: str, stop: Sequence[str]) -> int:
+    """Where ``text`` must end for the stop words ``stop``: the start of the earliest occurrence of any of
+    them, or -1. The one rule that cuts answers (cascade loop and streaming alike)."""
+    hits = [i for i in (text.find(w) for w in stop) if i >= 0]
+    return min(hits, default=-1)
+
+
+def held_back(text: str, stop: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` a stream must hold back: the longest suffix that is a
+    proper prefix of a stop word (the next token may complete it)."""
+    best = 0
+    for w in stop:
+        for n in range(min(len(w) - 1, len(text)), best, -1):
+            if text.endswith(w[:n]):
+                best = n
+                break
+    return best
+
+
+def cut_at_stop(out: StageOutput, text: str, stop: Sequence[str],
+                decode: Callable[[Sequence[int]], str]) -> tuple[StageOutput, str, bool]:
+    """(output, text, stopped) of a stage answer cut before its first stop word. The tokens kept are the
+    fewest whose text covers the cut text (a token that straddles the stop word's start stays, so the
+    log-probs still belong to real tokens); a cut answer did not hit max_tokens."""
+    at = find_stop(text, stop)
+    if at < 0:
+        return out, text, False
+    k = next((k for k in range(len(out.token_ids) + 1) if len(decode(out.token_ids[:k])) >= at),
+             len(out.token_ids))
+    return StageOutput(out.token_ids[:k], out.logprobs[:k], False), text[:at], True
 
 
 @dataclass
@@ -86,6 +141,9 @@ class CascadeResult:
     reasons: list[str] = field(default_factory=list)
     controller_ms: float = 0.0  # time spent outside stage engines: features, predictor, policy
     predictor_ms: float = 0.0   # of which in quality-predictor calls
+    token_ids: tuple[int, ...] = ()    # the answering stage's tokens (after a stop word cut)
+    logprobs: tuple[float, ...] = ()   # and their log-probs
+    finish_reason: str = "stop"        # "length" when the answer ran into max_tokens
 
     @property
     def stages_run(self) -> list[int]:
@@ -112,7 +170,9 @@ class _Run:
         self.req, self.spec, self.backend, self.decode = req, spec, backend, decode
         self.n = len(spec.stages)
         self.outputs: dict[int, StageOutput] = {}
-        self.texts: dict[int, str] = {}   # decoded outputs, once per stage
+        self.texts: dict[int, str] = {}   # decoded outputs, once per stage, cut at a stop word
+        # greedy plain requests call generate() as before (backends without ``options`` serve those)
+        self.gen_kw = {} if req.options == GREEDY else {"options": req.options}
         self.scored: list[tuple[int, float]] = []   # (stage, calibrated confidence), in run order
         self.result = CascadeResult(text="", stage=-1, stage_model="")
         self.t0 = time.perf_counter()
@@ -146,7 +206,7 @@ class _Run:
                 if req.policy.name.startswith("fixed"):
                     raise
                 return await self._fallback(exc, after=k)
-            text = self.texts[k] = self.decode(out.token_ids)
+            text = self.texts[k]
             feats = stage_row(rows, req.prompt, text, out.logprobs, out.hit_max_tokens, k)
             try:
                 (c,) = await self._score([feats], stage=k)
@@ -166,8 +226,8 @@ class _Run:
         timeout = stage.timeout_for(self.req.max_tokens)
         t0 = time.perf_counter()
         try:  # on timeout wait_for cancels generate(), which cancels the call at the engine where it can
-            out = await asyncio.wait_for(self.backend.generate(k, self.req.input_ids, self.req.max_tokens),
-                                         timeout=timeout)
+            out = await asyncio.wait_for(self.backend.generate(k, self.req.input_ids, self.req.max_tokens,
+                                                               **self.gen_kw), timeout=timeout)
         except asyncio.TimeoutError:
             raise StageFailure(k, f"stage '{stage.triton_model}' timed out after {timeout:g}s") from None
         finally:  # a stage that ran is paid for, whether or not it answered
@@ -175,6 +235,7 @@ class _Run:
             self.result.cost += stage.cost
         if not out.token_ids:
             raise StageFailure(k, f"stage '{stage.triton_model}' returned an empty output")
+        out, self.texts[k], _ = cut_at_stop(out, self.decode(out.token_ids), self.req.stop, self.decode)
         self.outputs[k] = out
         return out
 
@@ -222,9 +283,10 @@ class _Run:
     def _finish(self, answer: int, reasons: list[str] | None = None,
                 degraded_by: StageFailure | None = None) -> CascadeResult:
         r = self.result
-        text = self.texts.get(answer)
-        if text is None:   # a stage that answered without being scored (fallback)
-            text = self.decode(self.outputs[answer].token_ids)
+        text = self.texts[answer]
+        out = self.outputs[answer]
+        r.token_ids, r.logprobs = out.token_ids, out.logprobs
+        r.finish_reason = "length" if out.hit_max_tokens else "stop"
         r.text = text if self.req.exclude_input_in_output else self.req.prompt + text
         r.stage = answer
         r.stage_model = self.spec.stages[answer].triton_model

@@ -57,6 +57,8 @@ PAD_ID = "pad_id"
 RETURN_LOG_PROBS = "return_log_probs"
 RUNTIME_TOP_K = "runtime_top_k"
 TEMPERATURE = "temperature"
+RUNTIME_TOP_P = "runtime_top_p"
+RANDOM_SEED = "random_seed"  # UINT64, tensorrtllm_backend v0.19.0 (templates after ~2025-05 call it `seed`)
 STOP_WORDS_LIST = "stop_words_list"  # (2, N) per request: see stop_words_list() below
 STOP = "stop"                        # true: cancel the in-flight request with the same request id
 OUTPUT_IDS = "output_ids"
@@ -74,6 +76,8 @@ STAGE = Contract(
         Tensor(RETURN_LOG_PROBS, "BOOL", (1,), optional=True),
         Tensor(RUNTIME_TOP_K, "INT32", (1,), optional=True),
         Tensor(TEMPERATURE, "FP32", (1,), optional=True),
+        Tensor(RUNTIME_TOP_P, "FP32", (1,), optional=True),
+        Tensor(RANDOM_SEED, "UINT64", (1,), optional=True),
         Tensor(STOP_WORDS_LIST, "INT32", (2, -1), optional=True),
         Tensor(STOP, "BOOL", (1,), optional=True),
     ),
@@ -138,10 +142,14 @@ STAGE_STREAM = Contract(inputs=(*STAGE.inputs, Tensor(STREAMING, "BOOL", (1,), o
 TEXT_INPUT = "text_input"
 MESSAGES = "messages"      # extension: OpenAI-style chat messages as JSON (instead of text_input)
 MAX_TOKENS = "max_tokens"
+MAX_STOP_WORDS = 4         # as OpenAI
 LAMBDA = "lambda"
 POLICY = "policy"
 EXCLUDE_INPUT_IN_OUTPUT = "exclude_input_in_output"
+STOP_WORDS = "stop_words"  # the ensemble's name: up to MAX_STOP_WORDS strings; the answer ends before the first
+TOP_P = "top_p"
 TEXT_OUTPUT = "text_output"
+FINISH_REASON = "finish_reason"  # "stop" (end token or a stop word) or "length" (max_tokens reached)
 STAGE_INDEX = "stage"
 STAGE_MODEL = "stage_model"
 CONFIDENCES = "confidences"
@@ -162,9 +170,18 @@ CASCADE = Contract(
         Tensor(LAMBDA, "FP32", (1,), optional=True),
         Tensor(POLICY, "BYTES", (1,), optional=True),
         Tensor(EXCLUDE_INPUT_IN_OUTPUT, "BOOL", (1,), optional=True),
+        # sampling on every stage (absent or temperature 0: greedy, what the predictor was calibrated on)
+        Tensor(STOP_WORDS, "BYTES", (-1,), optional=True),
+        Tensor(TEMPERATURE, "FP32", (1,), optional=True),
+        Tensor(TOP_P, "FP32", (1,), optional=True),
+        Tensor(RANDOM_SEED, "UINT64", (1,), optional=True),
     ),
     outputs=(
         Tensor(TEXT_OUTPUT, "BYTES", (1,)),
+        Tensor(FINISH_REASON, "BYTES", (1,)),
+        # the answering stage's generated tokens (stop word cut off) and their log-probs
+        Tensor(OUTPUT_IDS, "INT32", (-1,)),
+        Tensor(OUTPUT_LOG_PROBS, "FP32", (-1,)),
         Tensor(STAGE_INDEX, "INT32", (1,)),
         Tensor(STAGE_MODEL, "BYTES", (1,)),
         Tensor(CONFIDENCES, "FP32", (-1,)),
@@ -189,4 +206,5 @@ PREDICTOR = Contract(
 )
 
 # numpy dtype per Triton dtype, for code that builds tensors without pb_utils.
-NUMPY_DTYPE: dict[str, str] = {"INT32": "int32", "FP32": "float32", "BOOL": "bool", "BYTES": "object"}
+NUMPY_DTYPE: dict[str, str] = {"INT32": "int32", "UINT64": "uint64", "FP32": "float32", "BOOL": "bool",
+                               "BYTES": "object"}

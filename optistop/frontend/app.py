@@ -13,6 +13,7 @@ Why not Triton's own OpenAI frontend: see README "OpenAI-compatible API".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -142,8 +143,8 @@ def create_app(triton: TritonCascade, spec: CascadeSpec, encoder: Any, policies:
     tokenizer = encoder.tokenizer
     encode = encoder.encode
 
-    def tokens(text: str) -> int:          # completion tokens: the text alone
-        return len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+    def token_text(token_id: int) -> str:   # one answer token as text, for log-probs
+        return tokenizer.decode([token_id])
 
     def error(exc: P.ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -167,11 +168,12 @@ def create_app(triton: TritonCascade, spec: CascadeSpec, encoder: Any, policies:
             call = P.parse_call(P.parse_body(await request.body()), spec, encode, policies, chat=chat)
             if call.stream:
                 return await stream(call)
-            out = await triton.infer(call.inputs)
+            # a completions list: each prompt is its own cascade request, run side by side
+            outs = await asyncio.gather(*(triton.infer(c.inputs) for c in call.batch or [call]))
         except P.ApiError as exc:
             return error(exc)
-        text = bytes(out[T.TEXT_OUTPUT].reshape(-1)[0]).decode("utf-8")
-        return JSONResponse(P.completion(call, text, tokens(text), P.metadata(out)))
+        answers = [P.answer(out, bytes(out[T.TEXT_OUTPUT].reshape(-1)[0]).decode("utf-8")) for out in outs]
+        return JSONResponse(P.completion(call, answers, token_text))
 
     async def stream(call: P.Call) -> Response:
         events = triton.stream(call.inputs)
@@ -189,11 +191,11 @@ def create_app(triton: TritonCascade, spec: CascadeSpec, encoder: Any, policies:
                         yield P.sse(P.chunk(call, piece, first=start))
                         text, start = text + piece, False
                     if T.COST in ev:
-                        n = tokens(text)
-                        yield P.sse(P.chunk(call, None if call.chat else "", reason=P.finish_reason(call, n),
-                                            meta=P.metadata(ev)))
+                        a = P.answer(ev, text)
+                        yield P.sse(P.chunk(call, None if call.chat else "", reason=a.finish_reason, meta=a.meta,
+                                            logprobs=P.logprobs_of(call, a, token_text)))
                         if call.include_usage:
-                            yield P.sse(P.chunk(call, None, usage_=P.usage(call, n)))
+                            yield P.sse(P.chunk(call, None, usage_=P.usage(call, len(a.token_ids))))
                         break
                     ev = await events.__anext__()
             except P.ApiError as exc:   # after the 200 went out, errors travel in the stream

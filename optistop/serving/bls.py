@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from optistop import tensors as T
-from optistop.cascade import StageFailure, StageOutput
+from optistop.cascade import GREEDY, GenerationOptions, StageFailure, StageOutput
 from optistop.serving.streaming import stream_model
 from optistop.spec import CascadeSpec
 
@@ -84,10 +84,11 @@ class BlsBackend:
             return StageFailure(stage, f"{what} is unavailable: {msg}")
         return StageFailure(stage, f"{what} failed: {msg}")
 
-    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
+    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int,
+                       options: GenerationOptions = GREEDY) -> StageOutput:
         pb = self.pb
         model = self.spec.stages[stage].triton_model
-        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids)
+        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids, options)
         inputs = [pb.Tensor(name, arr) for name, arr in arrays.items()]
         self._check_down(model, f"stage '{model}'", stage)
         request_id = uuid.uuid4().hex
@@ -147,19 +148,17 @@ class BlsBackend:
                         f"for {len(out.logprobs)} tokens; set its parameter normalize_log_probs to \"false\"")
         return None
 
-    async def generate_stream(self, stage: int, input_ids: Sequence[int],
-                              max_tokens: int) -> AsyncIterator[tuple[list[int], list[float]]]:
+    async def generate_stream(self, stage: int, input_ids: Sequence[int], max_tokens: int,
+                              options: GenerationOptions = GREEDY) -> AsyncIterator[tuple[list[int], list[float]]]:
         """The stage's decoupled streaming variant with ``streaming`` = true (as on TensorRT-LLM's
         decoupled tensorrt_llm): yields (new token ids, log-probs) per response as the engine sends them.
         Closing the generator early (a cancelled client) cancels the engine's request where the Python
         backend can (see the finally clause)."""
         pb = self.pb
         model = stream_model(self.spec.stages[stage].triton_model)
-        # the same request as generate() (runtime_top_k for log-probs, the spec's stop words), streamed
-        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids)
+        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids, options)
         arrays[T.STREAMING] = np.asarray([[True]], dtype=bool)
         inputs = [pb.Tensor(name, arr) for name, arr in arrays.items()]
-        stops = set(self.spec.stop_token_ids)
         request = pb.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=STAGE_OUTPUTS)
         responses = await request.async_exec(decoupled=True)
         loop = asyncio.get_running_loop()
@@ -179,10 +178,12 @@ class BlsBackend:
                     continue
                 out = {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in STAGE_OUTPUTS}
                 n = int(np.asarray(out[T.SEQUENCE_LENGTH]).reshape(-1)[0])
-                pairs = [(int(t), float(x)) for t, x in zip(_first_row(out[T.OUTPUT_IDS])[:n],
-                                                           _first_row(out[T.OUTPUT_LOG_PROBS])[:n])
-                         if int(t) not in stops]       # a stop token ends the answer; it is not part of it
-                yield [t for t, _ in pairs], [x for _, x in pairs]
+                # the family's one-token end words end the stream (stop_words_list) and are no text: drop
+                # them, as parse_stage_outputs does for a whole answer
+                ids = [int(t) for t in _first_row(out[T.OUTPUT_IDS])[:n]]
+                lps = [float(x) for x in _first_row(out[T.OUTPUT_LOG_PROBS])[:n]]
+                keep = [i for i, t in enumerate(ids) if t not in self.spec.stop_token_ids]
+                yield [ids[i] for i in keep], [lps[i] for i in keep if i < len(lps)]
         finally:
             if not finished:
                 # ResponseIterator.cancel() arrived after python_backend 24.10 (not in the embedded 2.51
@@ -209,9 +210,10 @@ class BlsBackend:
 
 
 def stage_request(input_ids: Sequence[int], max_tokens: int, end_id: int, pad_id: int,
-                  stop_ids: Sequence[int] = ()) -> dict[str, np.ndarray]:
+                  stop_ids: Sequence[int] = (), options: GenerationOptions = GREEDY) -> dict[str, np.ndarray]:
     """A stage engine request for one prompt (batch dimension included): the one place its inputs are
-    built, for the BLS cascade and for collection through tritonclient (optistop.pipeline.collect)."""
+    built, for the BLS cascade and for collection through tritonclient (optistop.pipeline.collect).
+    ``stop_ids``: the family's one-token end words; ``options``: the request's sampling and stop words."""
     ids = np.asarray([input_ids], dtype=np.int32)                         # (1, L)
     arrays = {
         T.INPUT_IDS: ids,
@@ -224,8 +226,14 @@ def stage_request(input_ids: Sequence[int], max_tokens: int, end_id: int, pad_id
         # parameter is set (tensorrtllm_backend docs/model_config.md, PR #798).
         T.RUNTIME_TOP_K: np.asarray([[1]], dtype=np.int32),
     }
-    if stop_ids:
-        arrays[T.STOP_WORDS_LIST] = T.stop_words_list([[t] for t in stop_ids])[None]     # (1, 2, N)
+    if not options.greedy:   # top_k 0 (no limit) with top_p: TensorRT-LLM's sampling, seeded
+        arrays[T.RUNTIME_TOP_K] = np.asarray([[0]], dtype=np.int32)
+        arrays[T.RUNTIME_TOP_P] = np.asarray([[options.top_p]], dtype=np.float32)
+        arrays[T.TEMPERATURE] = np.asarray([[options.temperature]], dtype=np.float32)
+        arrays[T.RANDOM_SEED] = np.asarray([[options.seed]], dtype=np.uint64)
+    words = [[t] for t in stop_ids] + [list(w) for w in options.stop_ids]
+    if words:
+        arrays[T.STOP_WORDS_LIST] = T.stop_words_list(words)[None]     # (1, 2, N)
     return arrays
 
 

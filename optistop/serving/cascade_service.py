@@ -168,7 +168,7 @@ class CascadeService:
                       ) -> dict[str, np.ndarray] | RequestError:
         try:
             assert self.policies is not None, "check_repository() loads the policy artifact"
-            req = parse_request(inputs, self.spec, self.encoder.encode, self.policies)
+            req = parse_request(inputs, self.spec, self.encoder.encode, self.policies, self.encoder.token_ids)
             result = await run_cascade(req, self.spec, wrap(req) if wrap else backend, self.decode)
         except RequestError as exc:
             return exc
@@ -189,6 +189,9 @@ class CascadeService:
         """Output tensors with the batch dimension: shapes (1, 1) or (1, stages run)."""
         return T.CASCADE.cast_outputs({
             T.TEXT_OUTPUT: [[r.text]],
+            T.FINISH_REASON: [[r.finish_reason]],
+            T.OUTPUT_IDS: [r.token_ids],
+            T.OUTPUT_LOG_PROBS: [r.logprobs],
             T.STAGE_INDEX: [[r.stage]],
             T.STAGE_MODEL: [[r.stage_model]],
             T.CONFIDENCES: [r.confidences],

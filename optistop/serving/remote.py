@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from optistop import tensors as T
-from optistop.cascade import StageFailure, StageOutput
+from optistop.cascade import GREEDY, GenerationOptions, StageFailure, StageOutput
 from optistop.serving.bls import STAGE_OUTPUTS, BlsBackend, LocalPredictor, parse_stage_outputs, stage_request
 from optistop.spec import CascadeSpec, SpecError
 
@@ -120,11 +120,12 @@ class RemoteBackend:
         urls = [s.url for s in spec.stages if s.url] + ([spec.predictor_url] if spec.predictor_url else [])
         self.endpoints = {u: RemoteTriton(u, retry) for u in dict.fromkeys(urls)}  # one channel per server
 
-    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
+    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int,
+                       options: GenerationOptions = GREEDY) -> StageOutput:
         s = self.spec.stages[stage]
         if not s.url:
             raise ValueError(f"stage {s.name!r} has no url; it is served by BLS")
-        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids)
+        arrays = stage_request(input_ids, max_tokens, self.end_id, self.pad_id, self.spec.stop_token_ids, options)
         try:
             out = await self.endpoints[s.url].infer(s.triton_model, arrays, STAGE_OUTPUTS, s.timeout_for(max_tokens))
         except RemoteError as exc:
@@ -162,9 +163,10 @@ class RoutedBackend:
         """The BLS startup self-test, over this backend's own (local or remote) stage calls."""
         return await BlsBackend.self_test(self, probe_ids)  # type: ignore[arg-type]
 
-    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
+    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int,
+                       options: GenerationOptions = GREEDY) -> StageOutput:
         backend = self.remote if self.spec.stages[stage].url else self.local
-        return await backend.generate(stage, input_ids, max_tokens)
+        return await backend.generate(stage, input_ids, max_tokens, options)
 
     async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]:
         remote = self.spec.predictor_url and self.local.local is None

@@ -4,13 +4,14 @@ is valid; the BLS turns ``RequestError`` into a per-request Triton error (the ba
 from __future__ import annotations
 
 import math
+import secrets
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from optistop import tensors as T
-from optistop.cascade import CascadeRequest
+from optistop.cascade import CascadeRequest, GenerationOptions
 from optistop.policy_artifact import PolicyBook
 from optistop.serving.tokenizers import Prompt, parse_messages
 from optistop.spec import CascadeSpec
@@ -19,6 +20,7 @@ from optistop.spec import CascadeSpec
 # after it. BPE vocabularies average 3-5 bytes per token and a UTF-8 character is at most 4 bytes, so 16
 # bytes per token of context rejects nothing that could fit.
 MAX_BYTES_PER_TOKEN = 16
+MAX_STOP_BYTES = 256
 
 
 def max_prompt_bytes(spec: CascadeSpec) -> int:
@@ -68,11 +70,14 @@ def _bytes_input(inputs: Mapping[str, np.ndarray | None], name: str, example: st
 
 
 def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
-                  encode: Callable[..., Prompt], policies: PolicyBook) -> CascadeRequest:
+                  encode: Callable[..., Prompt], policies: PolicyBook,
+                  token_ids: Callable[[str], Sequence[int]] | None = None) -> CascadeRequest:
     """Turn raw input arrays (batch dimension included or not) into a checked ``CascadeRequest``.
 
     ``encode(text=...)`` or ``encode(messages=...)`` is the family's PromptEncoder.encode; ``policies``
-    is the loaded policy artifact (the default policy and lambda are its operating point)."""
+    is the loaded policy artifact (the default policy and lambda are its operating point);
+    ``token_ids`` (PromptEncoder.token_ids) turns stop words into the stages' ``stop_words_list``
+    (without it the stages get none, and the cascade still cuts the text: a caller that only checks)."""
     text = _bytes_input(inputs, T.TEXT_INPUT, "a non-empty prompt such as '12+35='", spec)
     raw_messages = _bytes_input(inputs, T.MESSAGES, 'a JSON list such as [{"role": "user", "content": "12+35="}]',
                                 spec)
@@ -117,7 +122,46 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
         raise RequestError(f"input '{which}' is {len(ids)} tokens; with {T.MAX_TOKENS}={max_tokens} "
                            f"it exceeds the context of {spec.max_context_tokens} tokens (at most "
                            f"{spec.max_context_tokens - max_tokens} prompt tokens)")
-    return CascadeRequest(prompt.user_text, ids, max_tokens, lam, policy, exclude)
+    stop = parse_stop_words(inputs.get(T.STOP_WORDS))
+    stop_ids = tuple(tuple(int(t) for t in token_ids(w)) for w in stop) if token_ids else ()
+    options = GenerationOptions(*parse_sampling(inputs, spec), stop_ids=stop_ids)
+    return CascadeRequest(prompt.user_text, ids, max_tokens, lam, policy, exclude, stop, options)
+
+
+def parse_stop_words(arr: np.ndarray | None) -> tuple[str, ...]:
+    """The ``stop_words`` input: 0..MAX_STOP_WORDS non-empty UTF-8 strings of at most MAX_STOP_BYTES each."""
+    if arr is None:
+        return ()
+    values = np.asarray(arr, dtype=object).reshape(-1)
+    if len(values) > T.MAX_STOP_WORDS:
+        raise RequestError(f"input '{T.STOP_WORDS}' holds {len(values)} strings; at most {T.MAX_STOP_WORDS}")
+    words = tuple(_text(v, T.STOP_WORDS) for v in values)
+    for w in words:
+        if not w or len(w.encode()) > MAX_STOP_BYTES:
+            raise RequestError(f"input '{T.STOP_WORDS}' holds {w!r}; each stop word must be 1..{MAX_STOP_BYTES} "
+                               f"bytes of UTF-8")
+    return words
+
+
+def parse_sampling(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec) -> tuple[float, float, int]:
+    """(temperature, top_p, seed) of a request. Absent temperature or 0: greedy. A sampled request without
+    a seed gets a random one (as OpenAI: repeated requests differ); the same seed serves every stage."""
+    raw_t, raw_p, raw_seed = (_scalar(inputs, n) for n in (T.TEMPERATURE, T.TOP_P, T.RANDOM_SEED))
+    temperature = 0.0 if raw_t is None else float(raw_t)  # type: ignore[arg-type]
+    if not 0.0 <= temperature <= spec.max_temperature:
+        raise RequestError(f"input '{T.TEMPERATURE}' is {temperature:g}; valid range is 0..{spec.max_temperature:g} "
+                           f"(cascade.max_temperature: the stopping rule was calibrated on greedy answers; "
+                           f"0 is greedy)")
+    top_p = 1.0 if raw_p is None else float(raw_p)  # type: ignore[arg-type]
+    if not 0.0 < top_p <= 1.0:
+        raise RequestError(f"input '{T.TOP_P}' is {top_p:g}; valid range is (0, 1]")
+    if raw_seed is None:
+        seed = secrets.randbits(63) if temperature > 0 else 0
+    else:
+        seed = int(raw_seed)  # type: ignore[call-overload]
+        if not 0 <= seed < 2**64:
+            raise RequestError(f"input '{T.RANDOM_SEED}' is {seed}; valid range is 0..{2**64 - 1}")
+    return temperature, top_p, seed
 
 
 def _text(value: object, name: str) -> str:

@@ -11,7 +11,7 @@ is not part of the returned tokens; ``hit_max_tokens`` says that no end token ca
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,37 @@ class Generated:
     @property
     def cum_logprob(self) -> float:
         return float(sum(self.logprobs))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One sequence's sampling (TensorRT-LLM's temperature / runtime_top_k / runtime_top_p / random_seed):
+    the next token is drawn from softmax(logits / temperature) cut to the top_k tokens (0: no cut) and to
+    the smallest set holding top_p of the probability, with a generator seeded by ``seed``."""
+
+    temperature: float
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def _draw(logprobs, rows: list[tuple[int, Sampling, object]]):
+    """The sampled next token of each listed row; ``logprobs``: (B, V) log-softmax of the logits."""
+    import torch
+
+    out = {}
+    for i, s, gen in rows:
+        scaled = logprobs[i] / s.temperature
+        if 0 < s.top_k < scaled.numel():
+            kth = torch.topk(scaled, s.top_k).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled, -1)
+        if s.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p >= s.top_p    # keep the smallest prefix reaching top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        out[i] = int(torch.multinomial(probs, 1, generator=gen))
+    return out
 
 
 @dataclass(frozen=True)
@@ -69,8 +100,11 @@ class StageModel:
 
     def generate_ids(self, batch: list[list[int]], max_new_tokens: int, end_id: int | None = None,
                      stop_words: tuple[tuple[int, ...], ...] = (),
-                     on_token: Callable[[int, int, float], bool] | None = None) -> list[Generated]:
-        """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache.
+                     on_token: Callable[[int, int, float], bool] | None = None,
+                     sampling: Sequence[Sampling | None] = ()) -> list[Generated]:
+        """Greedy decoding for a batch of token-id lists (left-padded internally), with KV cache;
+        ``sampling[i]`` (when given and not None) samples row i instead. Log-probs are the model's own
+        (temperature 1, before top-k/top-p), what the quality predictor's features were fitted on.
 
         A sequence also ends once its tokens end with one of ``stop_words``; the stop word stays in
         its output (unlike ``end_id``), as in TensorRT-LLM. ``on_token(row, token_id, logprob)`` is called
@@ -99,6 +133,9 @@ class StageModel:
         tokens: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         done = torch.zeros(n, dtype=torch.bool)
+        # one seeded generator per sampled row: a request's tokens do not depend on its batch mates
+        samplers = [(i, smp, torch.Generator().manual_seed(smp.seed % 2**63))
+                    for i, smp in enumerate(sampling) if smp is not None]
         past = None
         step_ids, step_pos = ids, positions
         with torch.inference_mode():
@@ -108,6 +145,9 @@ class StageModel:
                 past = out.cache
                 logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
                 best = logprobs.argmax(-1)                                           # (B,)
+                if samplers:
+                    for i, token in _draw(logprobs, [r for r in samplers if not done[r[0]]]).items():
+                        best[i] = token
                 best_lp = logprobs.gather(-1, best[:, None])[:, 0]
                 for i in range(n):
                     if done[i]:

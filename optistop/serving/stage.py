@@ -16,7 +16,7 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.serving.request import RequestError
-from optistop.serving.runner import Generated, StageModel
+from optistop.serving.runner import Generated, Sampling, StageModel
 
 FAULTS = ("error", "empty", "delay_ms:<N>", "token_delay_ms:<N>")
 StopWords = tuple[tuple[int, ...], ...]
@@ -34,7 +34,8 @@ class StageEngine:
         self.model = StageModel(checkpoint_dir, threads=threads)
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int, StopWords]:
-        """(input ids, max new tokens, end id, stop words) of one request, or RequestError naming it."""
+        """(input ids, max new tokens, end id, stop words) of one request, or RequestError naming it
+        (its sampling: ``sampling``)."""
         ids = inputs.get(T.INPUT_IDS)
         if ids is None:
             raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
@@ -61,6 +62,22 @@ class StageEngine:
             raise RequestError(f"input {exc}") from None
         return tokens, out_len, end, stop_words
 
+    @staticmethod
+    def sampling(inputs: Mapping[str, np.ndarray | None]) -> Sampling | None:
+        """A request's sampling, or None for greedy. As TensorRT-LLM: greedy when runtime_top_k is 1, when
+        temperature is 0, or when neither runtime_top_k nor runtime_top_p asks for sampling (its
+        defaults: temperature 1, top_k 0, top_p 0, random_seed 0)."""
+        temp = _float(inputs, T.TEMPERATURE, 1.0)
+        top_k = _int(inputs, T.RUNTIME_TOP_K, default=0)
+        top_p = _float(inputs, T.RUNTIME_TOP_P, 0.0)
+        seed = _int(inputs, T.RANDOM_SEED, default=0)
+        if not (temp >= 0 and top_k >= 0 and 0 <= top_p <= 1):
+            raise RequestError(f"inputs '{T.TEMPERATURE}' {temp:g}, '{T.RUNTIME_TOP_K}' {top_k}, "
+                               f"'{T.RUNTIME_TOP_P}' {top_p:g}: valid are temperature >= 0, top_k >= 0, top_p in 0..1")
+        if top_k == 1 or temp == 0 or (top_k == 0 and top_p == 0):
+            return None
+        return Sampling(temp, top_k, top_p if top_p > 0 else 1.0, seed or 0)
+
     def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
         """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
         if self.fault == "error":
@@ -68,7 +85,7 @@ class StageEngine:
         if self.fault.startswith("delay_ms:"):
             time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
         results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
-        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int]]] = {}
+        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
         for i, inputs in enumerate(batch):
             if _int(inputs, T.STOP, default=0):
                 # a cancellation (TensorRT-LLM's `stop`): this engine finishes every batch before it
@@ -77,14 +94,16 @@ class StageEngine:
                 continue
             try:
                 ids, out_len, end, stop_words = self.parse(inputs)
+                sampling = self.sampling(inputs)
             except RequestError as exc:
                 results[i] = exc
                 continue
-            groups.setdefault((end, stop_words), []).append((i, ids, out_len))
+            groups.setdefault((end, stop_words), []).append((i, ids, out_len, sampling))
         for (end, stop_words), members in groups.items():
             longest = max(m[2] for m in members)
-            gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end, stop_words=stop_words)
-            for (i, _, out_len), g in zip(members, gens):
+            gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end, stop_words=stop_words,
+                                           sampling=[m[3] for m in members])
+            for (i, _, out_len, _), g in zip(members, gens):
                 g = Generated((), (), False) if self.fault == "empty" else _truncate(g, out_len)
                 results[i] = to_tensors(g)
         return results
@@ -101,14 +120,15 @@ class StageEngine:
         if self.fault.startswith("delay_ms:"):
             time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
         results: list[RequestError | None] = [None] * len(batch)
-        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int]]] = {}
+        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
         for i, inputs in enumerate(batch):
             try:
                 ids, out_len, end, stop_words = self.parse(inputs)
+                sampling = self.sampling(inputs)
             except RequestError as exc:
                 results[i] = exc
                 continue
-            groups.setdefault((end, stop_words), []).append((i, ids, out_len))
+            groups.setdefault((end, stop_words), []).append((i, ids, out_len, sampling))
         if self.fault == "empty":
             return results
         pause = int(self.fault.split(":", 1)[1]) / 1e3 if self.fault.startswith("token_delay_ms:") else 0.0
@@ -116,7 +136,7 @@ class StageEngine:
             sent = [0] * len(members)
 
             def on_token(row: int, token: int, logprob: float, members=members, sent=sent) -> bool:
-                i, _, out_len = members[row]
+                i, _, out_len, _ = members[row]
                 if sent[row] >= out_len:   # decoded past its own budget (batched with a longer one)
                     return False
                 sent[row] += 1
@@ -124,7 +144,7 @@ class StageEngine:
                 return emit(i, to_tensors(Generated((token,), (logprob,), False)))
 
             self.model.generate_ids([m[1] for m in members], max(m[2] for m in members), end_id=end,
-                                    stop_words=stop_words, on_token=on_token)
+                                    stop_words=stop_words, on_token=on_token, sampling=[m[3] for m in members])
         return results
 
 
@@ -144,6 +164,16 @@ def to_tensors(g: Generated) -> dict[str, np.ndarray]:
         T.CUM_LOG_PROBS: np.asarray([[g.cum_logprob]], dtype=np.float32),
         T.OUTPUT_LOG_PROBS: np.asarray(g.logprobs, dtype=np.float32).reshape(1, 1, n),
     }
+
+
+def _float(inputs: Mapping[str, np.ndarray | None], name: str, default: float) -> float:
+    arr = inputs.get(name)
+    if arr is None:
+        return default
+    arr = np.asarray(arr).reshape(-1)
+    if arr.size != 1:
+        raise RequestError(f"input '{name}' must hold one value per request, got {arr.size}")
+    return float(arr[0])
 
 
 def _int(inputs: Mapping[str, np.ndarray | None], name: str, default: int | None = None) -> int | None:

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from optistop import tensors as T
-from optistop.cascade import CascadeRequest, StageOutput
+from optistop.cascade import GREEDY, CascadeRequest, GenerationOptions, StageOutput, find_stop, held_back
 from optistop.serving.cascade_service import CascadeService
 from optistop.serving.request import RequestError
 
@@ -33,10 +33,11 @@ def stream_model(triton_model: str) -> str:
 
 
 class StreamingStageBackend(Protocol):
-    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput: ...
+    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int,
+                       options: GenerationOptions = GREEDY) -> StageOutput: ...
 
-    def generate_stream(self, stage: int, input_ids: Sequence[int],
-                        max_tokens: int) -> AsyncIterator[tuple[list[int], list[float]]]:
+    def generate_stream(self, stage: int, input_ids: Sequence[int], max_tokens: int,
+                        options: GenerationOptions = GREEDY) -> AsyncIterator[tuple[list[int], list[float]]]:
         """(new token ids, their log-probs) per engine response, as they are generated."""
         ...
 
@@ -68,15 +69,18 @@ class StreamingBackend:
             await self.send(text, stage)
             self.sent += text
 
-    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int) -> StageOutput:
+    async def generate(self, stage: int, input_ids: Sequence[int], max_tokens: int,
+                       options: GenerationOptions = GREEDY) -> StageOutput:
         if self.cancelled():
             raise Cancelled()
+        kw = {} if options == GREEDY else {"options": options}   # as the cascade loop calls it
         if not is_terminal(self.req.policy.name, stage, self.n):
-            return await self.inner.generate(stage, input_ids, max_tokens)
+            return await self.inner.generate(stage, input_ids, max_tokens, **kw)
         tokens: list[int] = []
         lps: list[float] = []
         streamed = ""   # decoded text of this stage sent so far
-        async for new_ids, new_lps in self.inner.generate_stream(stage, input_ids, max_tokens):
+        stop = self.req.stop
+        async for new_ids, new_lps in self.inner.generate_stream(stage, input_ids, max_tokens, **kw):
             if self.cancelled():
                 raise Cancelled()   # leaving the loop closes the generator, which cancels the engine call
             tokens += new_ids
@@ -86,10 +90,17 @@ class StreamingBackend:
             text = self.decode(tokens)
             if text.endswith("\ufffd") or not text.startswith(streamed):
                 continue
+            # A stop word ends the answer before it; text that may be the start of one waits for the next
+            # token. The cascade loop cuts the returned output by the same rule (cascade.cut_at_stop).
+            at = find_stop(text, stop) if stop else -1
+            final = text[:at] if at >= 0 else text[:len(text) - held_back(text, stop)] if stop else text
             if not streamed and not self.req.exclude_input_in_output and not self.sent:
                 await self.emit(self.req.prompt, stage)
-            await self.emit(text[len(streamed):], stage)
-            streamed = text
+            if len(final) > len(streamed):
+                await self.emit(final[len(streamed):], stage)
+                streamed = final
+            if at >= 0:
+                break   # leaving the loop closes the generator: the engine stops where it can
         return StageOutput(tuple(tokens), tuple(lps), hit_max_tokens=len(tokens) >= max_tokens)
 
     async def score(self, features: Sequence[Sequence[float]]) -> Sequence[float]:

@@ -122,6 +122,10 @@ class PromptEncoder:
             return tuple(self._fast.encode(text, add_special_tokens=add_special_tokens).ids)
         return tuple(int(i) for i in self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
 
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        """``text`` alone as token ids (no template, no special tokens): how a stop word is generated."""
+        return self._ids(text, False)
+
     def decode(self, ids: Sequence[int]) -> str:
         if self._fast is None:
             return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -138,3 +138,21 @@ def test_a_timed_out_call_is_cancelled_at_the_engine(stages) -> None:
     first, stop = pb.SENT
     assert first.request_id and stop.request_id == first.request_id and stop.model_name == "stage_small"
     assert stop.input(T.STOP).as_numpy().tolist() == [[True]]
+
+
+def test_a_sampled_request_with_stop_words_sends_trtllms_sampling_inputs(stages) -> None:
+    from optistop.cascade import GenerationOptions
+
+    spec = dataclasses.replace(stages, stop_token_ids=(QWEN_EOT,))
+    pb.HANDLERS["stage_small"] = trtllm_stage(answer=(7, 8))
+    options = GenerationOptions(temperature=0.5, top_p=0.9, seed=2**64 - 1, stop_ids=((3, 4), (5,)))
+    asyncio.run(BlsBackend(pb, spec, end_id=QWEN_END, pad_id=QWEN_END).generate(0, [1, 5], 8, options))
+    sent = pb.SENT[-1]
+    got = {n: sent.input(n).as_numpy() for n in (T.RUNTIME_TOP_K, T.RUNTIME_TOP_P, T.TEMPERATURE, T.RANDOM_SEED)}
+    assert got[T.RUNTIME_TOP_K].tolist() == [[0]] and got[T.RANDOM_SEED].dtype == np.uint64
+    assert got[T.RANDOM_SEED].tolist() == [[2**64 - 1]]
+    assert got[T.RUNTIME_TOP_P].tolist() == [[pytest.approx(0.9)]] and got[T.TEMPERATURE].tolist() == [[0.5]]
+    # the family's end word first, then the request's stop words, in one stop_words_list
+    assert T.parse_stop_words_list(sent.input(T.STOP_WORDS_LIST).as_numpy()) == ((QWEN_EOT,), (3, 4), (5,))
+    for name, arr in got.items():   # as declared in the stage contract (and so in every stage config.pbtxt)
+        assert arr.dtype == np.dtype(T.NUMPY_DTYPE[T.STAGE.input(name).dtype]), name

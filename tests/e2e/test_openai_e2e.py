@@ -1,19 +1,12 @@
-"""The OpenAI-compatible front end with the official ``openai`` client, over a real tritonserver.
-
-The repository is a copy of model_repository where stage_large's streaming engine waits 50 ms per token
-(so that tokens arriving one by one over time can be told from a buffered answer) and stage_medium, in
-both variants, fails (so that "no living stage" has a request that meets it).
-"""
+"""The OpenAI-compatible front end with the official ``openai`` client, over a real tritonserver (the
+session's ``api`` server of tests/e2e/conftest.py, shared with test_openai_conformance_e2e.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx  # what the openai client itself uses
@@ -21,54 +14,11 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port  # noqa: E402
+from optistop.serving.embedded import EmbeddedServer  # noqa: E402
+from tests.e2e.conftest import OPENAI_TOKEN_DELAY_S  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN_DELAY_S = 0.05
+TOKEN_DELAY_S = OPENAI_TOKEN_DELAY_S
 REVERSE = "R:abcdefghijkl="         # 12-letter reversal: every stage answers 'lkjihgfedcba'
-
-
-def make_repo(tmp: Path, faults: dict[str, str]) -> Path:
-    (tmp / "models").symlink_to(ROOT / "models")
-    shutil.copy(ROOT / "cascade.toml", tmp / "cascade.toml")
-    repo = tmp / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    for model, fault in faults.items():
-        with open(repo / model / "config.pbtxt", "a") as fh:
-            fh.write(f'parameters {{ key: "fault_injection" value: {{ string_value: "{fault}" }} }}\n')
-    return repo
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory, tiny_dir) -> Iterator[tuple[str, EmbeddedServer]]:
-    import uvicorn
-
-    from optistop.frontend.app import build_app
-
-    tmp = tmp_path_factory.mktemp("openai")
-    repo = make_repo(tmp, {"stage_large_stream": f"token_delay_ms:{int(TOKEN_DELAY_S * 1e3)}",
-                           "stage_medium": "error", "stage_medium_stream": "error"})
-    cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    with EmbeddedServer(cfg, log_path=tmp / "server.log") as srv:
-        port = free_port()
-        web = uvicorn.Server(uvicorn.Config(build_app(cfg.grpc_url, tmp / "cascade.toml"), host="127.0.0.1",
-                                            port=port, log_level="warning"))
-        thread = threading.Thread(target=web.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not web.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}/v1", srv
-        finally:
-            web.should_exit = True
-            thread.join(10)
-
-
-@pytest.fixture()
-def client(api):
-    return openai.OpenAI(base_url=api[0], api_key="unused", max_retries=0, timeout=30)
 
 
 def test_models_lists_the_cascade_and_each_stage(client) -> None:

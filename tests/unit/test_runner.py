@@ -52,3 +52,31 @@ def test_max_tokens_and_context_limits(small: StageModel) -> None:
         small.generate(["1" * 60 + "+1="], max_new_tokens=16)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         small.generate(["1+1="], max_new_tokens=0)
+
+
+def test_sampling_is_seeded_per_row_and_reports_the_models_own_log_probs(small: StageModel) -> None:
+    """Sampled rows draw from softmax(logits / T) with their own seeded generator: the same seed gives the
+    same tokens whatever the batch mates; another seed or greedy differs somewhere; log-probs stay the
+    model's (temperature 1), checked against one forward pass."""
+    from optistop.serving.runner import Sampling
+
+    prompts = [small.encode(it.prompt) for it in generate_split("test", 8)]
+    hot = Sampling(temperature=1.5, seed=7)
+    a = small.generate_ids(prompts, 12, sampling=[hot] * len(prompts))
+    b = small.generate_ids(prompts[:1] + prompts, 12, sampling=[None] + [hot] * len(prompts))[1:]
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    greedy = small.generate_ids(prompts, 12)
+    other = small.generate_ids(prompts, 12, sampling=[Sampling(temperature=1.5, seed=8)] * len(prompts))
+    assert [g.token_ids for g in a] != [g.token_ids for g in greedy]
+    assert [g.token_ids for g in a] != [g.token_ids for g in other]
+    g, ids = a[0], prompts[0]
+    full = list(ids) + list(g.token_ids)
+    with torch.inference_mode():
+        logsm = torch.log_softmax(small.model(input_ids=torch.tensor([full])).logits[0].float(), dim=-1)
+    assert g.logprobs == pytest.approx([float(logsm[len(ids) - 1 + j, t]) for j, t in enumerate(g.token_ids)],
+                                       abs=1e-4)
+    # top_k 1 and a vanishing top_p leave only the argmax: greedy again
+    narrow = [Sampling(temperature=1.5, top_k=1, seed=7)] * len(prompts) + \
+        [Sampling(temperature=1.5, top_p=1e-6, seed=7)] * len(prompts)
+    assert [x.token_ids for x in small.generate_ids(prompts * 2, 12, sampling=narrow)] == \
+        [x.token_ids for x in greedy] * 2

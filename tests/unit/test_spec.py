@@ -105,3 +105,12 @@ def test_bad_url_names_the_field(tmp_path: Path, url: str) -> None:
     text = SPEC.replace('triton_model = "stage_large"\n', f'triton_model = "stage_large"\nurl = "{url}"\n')
     with pytest.raises(SpecError, match=r"stages\[2\]\.url: expected host:port"):
         load_spec(_write(tmp_path, text))
+
+
+def test_max_temperature_is_checked(tmp_path: Path) -> None:
+    for bad in ("-0.1", "2.5", '"hot"'):
+        text = DEFAULT_SPEC.read_text().replace('[cascade]\n', f'[cascade]\nmax_temperature = {bad}\n', 1)
+        path = tmp_path / "spec.toml"
+        path.write_text(text)
+        with pytest.raises(SpecError, match=r"cascade.max_temperature"):
+            load_spec(path, check_paths=False)
