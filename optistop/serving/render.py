@@ -63,7 +63,7 @@ dynamic_batching {
 }
 instance_group [
   {
-    count: 1
+    count: ${instances}
     kind: KIND_CPU
   }
 ]
@@ -201,7 +201,7 @@ def stage_parameters(stage: Stage, profile: str, repo: Path, engines_dir: Path |
                      s: BuildSettings | None, worker: str = "") -> dict[str, str]:
     if profile == "cpu":
         rel = os.path.relpath(stage.checkpoint, (repo / stage.triton_model).resolve())
-        return {"checkpoint_dir": Path(rel).as_posix(), "torch_threads": "1"}
+        return {"checkpoint_dir": Path(rel).as_posix(), "torch_threads": str(stage.torch_threads)}
     assert engines_dir is not None and s is not None
     params = {
         "gpt_model_type": "inflight_fused_batching",
@@ -252,6 +252,7 @@ def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo:
         inputs=",\n".join(_tensor(t, trtllm) for t in contract.inputs),
         outputs=",\n".join(_tensor(t, False) for t in contract.outputs),
         queue_delay_us=s.max_queue_delay_microseconds if s else 2000,
+        instances=1 if trtllm else stage.instances,   # the C++ backend batches in flight in one instance
         parameters=_parameters(stage_parameters(stage, profile, repo, engines_dir, s,
                                                 trt.executor_worker_path if trt else "")),
     )
