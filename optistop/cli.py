@@ -307,13 +307,16 @@ def client_main(argv: list[str] | None = None) -> int:
             failures += 1
             continue
         failures += ok is False
+        # NaN threshold: the stage's answer stood whatever its confidence (no later stage to escalate to)
+        ths = [None if t != t else t for t in ans.thresholds]
         if args.json:
-            print(json.dumps({**asdict(ans), **({"correct": ok} if ok is not None else {})}))
+            print(json.dumps({**asdict(ans), "thresholds": ths, **({"correct": ok} if ok is not None else {})}))
         else:
             mark = {True: "  [correct]", False: "  [WRONG]", None: ""}[ok]
+            shown = "[" + ", ".join("none" if t is None else f"{t:g}" for t in ths) + "]"
             print(f"{ans.prompt} -> {ans.text!r}{mark}\n  stage {ans.stage} ({ans.stage_model}), stages run "
                   f"{ans.stages_run}, cost {ans.cost:g}, "
-                  f"confidences {ans.confidences}, thresholds {ans.thresholds}, "
+                  f"confidences {ans.confidences}, thresholds {shown}, "
                   f"latency ms {ans.stage_latency_ms}")
     return 1 if failures else 0
 
