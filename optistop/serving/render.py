@@ -259,10 +259,23 @@ def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo:
     return Rendered(stage, repo / name / "config.pbtxt", text)
 
 
+def cpu_only_keys(spec: CascadeSpec, profile: str) -> None:
+    """Refuse the embedded engine's knobs (``instances``, ``torch_threads``) where a GPU profile would
+    silently drop them: there the engine's own settings ([trtllm] / [llmapi]) size it."""
+    if profile == "cpu":
+        return
+    for i, s in enumerate(spec.stages):
+        if s.instances != 1 or s.torch_threads != 1:
+            raise SpecError(f"stages[{i}].instances / torch_threads: only the cpu profile uses them "
+                            f"(got {s.instances} / {s.torch_threads}); profile {profile} sizes its engines "
+                            f"in its own table")
+
+
 def render_all(spec: CascadeSpec, *, profile: str, repo: Path, engines_dir: Path | None = None,
                trt: TrtllmSettings | None = None, only: Sequence[str] = ()) -> list[Rendered]:
     for name in only:
         spec.stage_index(name)  # raises SpecError naming the valid stages
+    cpu_only_keys(spec, profile)
     out = [render_stage(spec, s, profile=profile, repo=repo, engines_dir=engines_dir, trt=trt)
            for s in spec.stages if not only or s.name in only]
     if profile == "cpu":  # the embedded server also serves each stage's streaming variant
@@ -420,6 +433,7 @@ def _main_llmapi(args: argparse.Namespace) -> int:
     if args.repo is None:
         raise SpecError("profile llmapi needs --out DIR (the model repository to write)")
     spec = load_spec(args.spec, check_paths=False)
+    cpu_only_keys(spec, "llmapi")
     settings = L.load_llmapi_settings(args.spec, spec)
     if args.model_dir:
         spec = rebase_checkpoints(spec, args.model_dir)

@@ -108,3 +108,16 @@ def test_openai_app_of_a_byo_repository_serves_its_spec(tmp_path: Path) -> None:
                                                         "max_tokens": spec.max_tokens_cap + 1})
     assert {"chat_small", "chat_medium", "chat_large"} <= set(ids) and "stage_small" not in ids
     assert too_long.status_code == 400 and str(spec.max_tokens_cap) in too_long.text
+
+
+def test_gpu_profiles_refuse_the_embedded_engine_knobs(tmp_path: Path) -> None:
+    import dataclasses
+
+    from optistop.serving.render import render_all
+
+    spec = load_spec(CHAT)
+    threads = dataclasses.replace(spec, stages=(dataclasses.replace(spec.stages[0], torch_threads=4),)
+                                  + spec.stages[1:])
+    with pytest.raises(SpecError, match=r"stages\[0\]\.instances / torch_threads: only the cpu profile"):
+        render_all(threads, profile="trtllm", repo=tmp_path, engines_dir=tmp_path, trt=None)
+    assert render_all(threads, profile="cpu", repo=tmp_path)   # the cpu profile takes them
