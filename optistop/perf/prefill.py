@@ -8,9 +8,10 @@ vocabulary, built at run time. One prefill step is the runner's first forward (o
 ``generate_ids``): the prompt through the model with a KV cache, then the log-softmax of the last
 position. "before" projects every prompt position onto the vocabulary (what the runner did), "after" only
 the last (``logits_to_keep=1``, what it does now). Rounds alternate the two so drift in the machine's
-load falls on both; the median of each is printed with the ratio, plus the runner's whole prefill
-(``generate_ids`` with one new token) and its decode time per token at this batch, for sizing
-``timeout_per_token_s``. The first tokens chosen by both variants are checked to be equal.
+load falls on both; the median of each is printed with the ratio, in wall time and in process CPU time
+(with one torch thread: what an idle core would take, whatever else loads the machine), plus the
+runner's whole prefill (``generate_ids`` with one new token) and its decode time per token at this
+batch, for sizing ``timeout_per_token_s``. The first tokens chosen by both variants are checked to be equal.
 """
 
 from __future__ import annotations
@@ -53,36 +54,39 @@ def main(argv: list[str] | None = None) -> int:
     mask = torch.ones_like(ids)
     pos = torch.arange(args.prompt_tokens)[None].expand(args.batch, -1)
 
-    def prefill(keep: int) -> tuple[float, torch.Tensor]:
-        t = time.perf_counter()
+    def timed(fn):  # (wall s, process CPU s, result): CPU time is what an idle core would take
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        return time.perf_counter() - w, time.process_time() - c, out
+
+    def prefill(keep: int) -> torch.Tensor:
         with torch.inference_mode():
             out = sm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=keep)
-            lp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-        return time.perf_counter() - t, lp.argmax(-1)
+            return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).argmax(-1)
 
     prefill(1)   # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {"before": [], "after": []}
+    times: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
     for _ in range(args.rounds):
-        dt_before, best_before = prefill(0)   # 0: every position's logits
-        dt_after, best_after = prefill(1)
-        times["before"].append(dt_before)
-        times["after"].append(dt_after)
+        w0, c0, best_before = timed(lambda: prefill(0))   # 0: every position's logits
+        w1, c1, best_after = timed(lambda: prefill(1))
+        times["before"].append((w0, c0))
+        times["after"].append((w1, c1))
         if not torch.equal(best_before, best_after):
             print("error: the two variants chose different first tokens", file=sys.stderr)
             return 1
-    before, after = statistics.median(times["before"]), statistics.median(times["after"])
-    print(f"{'prefill step':28s} {'before (all logits)':>20s} {'after (last only)':>18s} {'after/before':>13s}")
-    print(f"{'median of ' + str(args.rounds) + ' rounds, ms':28s} {before * 1e3:20.1f} {after * 1e3:18.1f} "
-          f"{after / before:13.3f}   ({(1 - after / before) * 100:.0f}% faster)")
+    print(f"{'prefill step, median of ' + str(args.rounds):30s} {'before (all logits)':>20s} "
+          f"{'after (last only)':>18s} {'after/before':>13s}")
+    for col, label in ((0, "wall ms"), (1, "CPU ms (idle-core time)")):
+        before = statistics.median(t[col] for t in times["before"])
+        after = statistics.median(t[col] for t in times["after"])
+        print(f"{label:30s} {before * 1e3:20.1f} {after * 1e3:18.1f} {after / before:13.3f}   "
+              f"({(1 - after / before) * 100:.0f}% faster)")
     rows = [[int(x) for x in row] for row in ids]
-    t = time.perf_counter()
-    sm.generate_ids(rows, 1, end_id=-1)
-    whole = time.perf_counter() - t
-    t = time.perf_counter()
-    sm.generate_ids(rows, args.decode_tokens + 1, end_id=-1)
-    per_token = (time.perf_counter() - t - whole) / args.decode_tokens
-    print(f"runner: generate_ids prefill + 1 token {whole * 1e3:.1f} ms; decode {per_token * 1e3:.1f} ms per "
-          f"token at batch {args.batch} ({args.batch / per_token:.1f} tokens/s)")
+    w1, c1, _ = timed(lambda: sm.generate_ids(rows, 1, end_id=-1))
+    wn, cn, _ = timed(lambda: sm.generate_ids(rows, args.decode_tokens + 1, end_id=-1))
+    per_w, per_c = (wn - w1) / args.decode_tokens, (cn - c1) / args.decode_tokens
+    print(f"runner: generate_ids prefill + 1 token {w1 * 1e3:.0f} ms wall / {c1 * 1e3:.0f} ms CPU; decode per "
+          f"token at batch {args.batch}: {per_w * 1e3:.0f} ms wall / {per_c * 1e3:.0f} ms CPU")
     return 0
 
 

@@ -72,10 +72,17 @@ def test_spec_to_calibrated_cascade_with_the_user_commands(tmp_path: Path) -> No
         out = tmp_path / "collected.jsonl"
         assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
                              "--out", str(out)]) == 0
-        # resume: a second run collects nothing new
+        # resume: a record with a stage error (as a timed-out call leaves) is collected again, nothing else
+        lines = out.read_text().splitlines()
+        first = json.loads(lines[0])
+        first["stages"][1] = {"model": "medium", "cost": 4.5, "error": "InferenceServerException: timed out"}
+        out.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
         assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
                              "--out", str(out)]) == 0
-    assert len(out.read_text().splitlines()) == 160
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 160 and len({r["id"] for r in records}) == 160
+    assert not any("error" in st for r in records for st in r["stages"])
+    assert records[-1]["id"] == first["id"] and records[0]["id"] != first["id"]   # re-collected, appended
     labelled = tmp_path / "labelled.jsonl"
     assert label.main([str(out), "--grader", "optistop.tiny.chat:grader", "--out", str(labelled)]) == 0
     assert calibrate.main([str(labelled), "--spec", str(SPEC_FILE), "--out", str(repo), "--max-epochs", "5"]) == 0

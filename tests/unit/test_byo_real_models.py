@@ -47,7 +47,7 @@ def test_default_concurrency_follows_the_fewest_instances() -> None:
 
 def test_timeouts_grow_with_tokens_by_default_but_not_for_the_tiny_family(tmp_path: Path) -> None:
     chat = load_spec(ROOT / "chat.toml")                                   # sets no timeouts: the defaults
-    assert [s.timeout_for(48) for s in chat.stages] == [30.0 + 0.5 * 48] * 3
+    assert [s.timeout_for(48) for s in chat.stages] == [30.0 + 1.0 * 48] * 3
     assert load_spec(DEFAULT_SPEC).stages[2].timeout_for(32) == 30.0       # cascade.toml keeps 30 s flat
 
 
