@@ -29,9 +29,7 @@ def serve(argv: list[str]) -> int:
     ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to bind (default loopback; Triton has no authentication of its own)")
-    ap.add_argument("--http-port", type=int, default=8000)
-    ap.add_argument("--grpc-port", type=int, default=8001)
-    ap.add_argument("--metrics-port", type=int, default=8002)
+    _port_args(ap, "HTTP port (default: gRPC port - 1, so 8000)")
     ap.add_argument("--tritonserver", type=Path, default=None, help="use this tritonserver binary")
     ap.add_argument("--backend-directory", type=Path, default=None,
                     help="with --tritonserver: its backends directory (default: pytriton's Python backend)")
@@ -48,6 +46,7 @@ def serve(argv: list[str]) -> int:
     ap.add_argument("--drain-timeout", type=int, default=30,
                     help="on SIGTERM, seconds in-flight requests may take to finish")
     args = ap.parse_args(argv)
+    _derive_ports(args)
     supervise = not args.no_supervise
     if args.models:
         from optistop.serving.split import subset_repository
@@ -105,6 +104,21 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+def _port_args(ap: argparse.ArgumentParser, http_help: str) -> None:
+    ap.add_argument("--http-port", type=int, default=None, help=http_help)
+    ap.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8001)")
+    ap.add_argument("--metrics-port", type=int, default=None, help="metrics port (default: gRPC port + 1)")
+
+
+def _derive_ports(args: argparse.Namespace) -> None:
+    """Ports not given follow the gRPC port as Triton's defaults do (8000/8001/8002), so a second server
+    started with ``--grpc-port 28101`` gets 28100/28101/28102 instead of colliding with the first."""
+    grpc = args.grpc_port if args.grpc_port is not None else (args.http_port + 1 if args.http_port else 8001)
+    args.grpc_port = grpc
+    args.http_port = args.http_port if args.http_port is not None else grpc - 1
+    args.metrics_port = args.metrics_port if args.metrics_port is not None else grpc + 1
+
+
 def _serve_bare(server: EmbeddedServer, stop: threading.Event) -> int:
     while not stop.is_set():
         if server.proc is not None and server.proc.poll() is not None:
@@ -125,21 +139,33 @@ def openai(argv: list[str]) -> int:
     ap.add_argument("--port", type=int, default=9000)
     ap.add_argument("--attach", metavar="GRPC_URL", default=None,
                     help="use a running tritonserver (e.g. 127.0.0.1:8001) instead of starting one")
-    ap.add_argument("--spec", type=Path, default=None, help="cascade spec of that server (default cascade.toml)")
-    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    ap.add_argument("--http-port", type=int, default=8000, help="the started tritonserver's ports")
-    ap.add_argument("--grpc-port", type=int, default=8001)
-    ap.add_argument("--metrics-port", type=int, default=8002)
+    ap.add_argument("--spec", type=Path, default=None,
+                    help="cascade spec of that server (default: the one the repository's cascade model serves)")
+    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                    help="the served model repository: its cascade's resolved spec and its calibrated policy")
+    _port_args(ap, "the started tritonserver's ports")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every model to be READY")
     args = ap.parse_args(argv)
+    _derive_ports(args)
     import uvicorn
 
     from optistop.frontend.app import build_app
+    from optistop.pipeline.repository import repository_spec
+    from optistop.policy_artifact import PolicyArtifactError
+    from optistop.spec import SpecError
 
+    repo = args.repository.resolve()
+    try:  # the repository's own spec: a bring-your-own cascade's model names and limits, never the bundled
+        spec_path = args.spec or repository_spec(repo)
+        app = build_app(args.attach or "", spec_path, repo)   # checks spec and policy before any server
+    except (SpecError, PolicyArtifactError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"spec {spec_path}; policy from {repo}", flush=True)
     server = None
     url = args.attach
     if url is None:
-        cfg = ServerConfig(repository=args.repository.resolve(), http_port=args.http_port,
+        cfg = ServerConfig(repository=repo, http_port=args.http_port,
                            grpc_port=args.grpc_port, metrics_port=args.metrics_port)
         server = EmbeddedServer(cfg)
         try:
@@ -154,7 +180,9 @@ def openai(argv: list[str]) -> int:
     print(f"ready: OpenAI API on http://{args.host}:{args.port}/v1 (Triton gRPC {url}); Ctrl-C stops both",
           flush=True)
     try:
-        uvicorn.run(build_app(url, args.spec), host=args.host, port=args.port, log_level="warning")
+        if url != args.attach:
+            app = build_app(url, spec_path, repo)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         if server is not None:
             print("stopping tritonserver ...", flush=True)
@@ -213,11 +241,14 @@ Exits non-zero on any error, and with ``--check`` when an answer to a task-suite
 """
 
 
-def _check(prompt: str, text: str) -> bool | None:
+def _check(rec: dict, text: str, grader) -> bool | None:
+    """Grade with ``grader`` against the record's reference, else the bundled task suite."""
+    if grader is not None:
+        return bool(grader(text, rec.get("reference"), rec))
     from optistop.tiny.tasks import grade
 
     try:
-        return grade(prompt, text)
+        return grade(rec["prompt"], text) if "prompt" in rec else None
     except ValueError:  # not a task-suite prompt: nothing to check against
         return None
 
@@ -227,7 +258,8 @@ def client_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="optistop-client", description=_CLIENT_DOC,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompt", nargs="*", help="prompt(s), e.g. '12+35='")
-    ap.add_argument("--file", help="read prompts from this file, one per line")
+    ap.add_argument("--file", help="prompts file: JSON Lines {\"prompt\" | \"messages\", \"reference\"?} (multi-line "
+                    "prompts, chat messages), or plain text with one prompt per line")
     ap.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 gRPC, :8000 HTTP)")
     ap.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     ap.add_argument("--lambda", dest="lam", type=float, default=None, help="price of quality (cost units)")
@@ -235,36 +267,56 @@ def client_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--check", action="store_true", help="grade task-suite prompts; exit 1 on a wrong answer")
+    ap.add_argument("--grader", default=None, help="with --check: grade each answer against its line's reference "
+                    "with this grader, as `optistop collect` does (exact | choice | number | module:function); "
+                    "default: the bundled task suite")
     args = ap.parse_args(argv)
+    if args.grader and not args.check:
+        ap.error("--grader goes with --check")
 
     from tritonclient.utils import InferenceServerException
 
-    from optistop.serving.client import ask, make_client
+    from optistop.pipeline.label import make_grader
+    from optistop.serving.client import ask, make_client, read_prompt_file
 
-    prompts = list(args.prompt)
-    if args.file:
-        with open(args.file, encoding="utf-8") as fh:
-            prompts += [line.rstrip("\n") for line in fh if line.strip()]
-    if not prompts:
+    records = [{"prompt": p} for p in args.prompt]
+    try:
+        records += read_prompt_file(args.file) if args.file else []
+        if args.grader and args.grader.startswith("agree"):
+            raise ValueError(f"grader {args.grader!r} compares stages' answers, which the cascade does not return; "
+                             "use exact, choice, number or module:function")
+        grader = make_grader(args.grader) if args.grader else None
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not records:
         ap.error("give at least one prompt or --file")
     client = make_client(args.url, args.protocol)
     failures = 0
-    for prompt in prompts:
+    for rec in records:
+        prompt = rec.get("prompt", rec.get("messages"))
         try:
             ans = ask(client, args.protocol, prompt, lam=args.lam, policy=args.policy, max_tokens=args.max_tokens)
+            ok = _check(rec, ans.text, grader) if args.check else None
         except InferenceServerException as exc:
             print(f"error: {prompt!r}: {exc.message()}", file=sys.stderr)
             failures += 1
             continue
-        ok = _check(prompt, ans.text) if args.check else None
+        except ValueError as exc:   # a grader that needs a reference the line lacks
+            print(f"error: {prompt!r}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
         failures += ok is False
+        # NaN threshold: the stage's answer stood whatever its confidence (no later stage to escalate to)
+        ths = [None if t != t else t for t in ans.thresholds]
         if args.json:
-            print(json.dumps({**asdict(ans), **({"correct": ok} if ok is not None else {})}))
+            print(json.dumps({**asdict(ans), "thresholds": ths, **({"correct": ok} if ok is not None else {})}))
         else:
             mark = {True: "  [correct]", False: "  [WRONG]", None: ""}[ok]
-            print(f"{prompt} -> {ans.text!r}{mark}\n  stage {ans.stage} ({ans.stage_model}), stages run "
+            shown = "[" + ", ".join("none" if t is None else f"{t:g}" for t in ths) + "]"
+            print(f"{ans.prompt} -> {ans.text!r}{mark}\n  stage {ans.stage} ({ans.stage_model}), stages run "
                   f"{ans.stages_run}, cost {ans.cost:g}, "
-                  f"confidences {ans.confidences}, thresholds {ans.thresholds}, "
+                  f"confidences {ans.confidences}, thresholds {shown}, "
                   f"latency ms {ans.stage_latency_ms}")
     return 1 if failures else 0
 

@@ -242,8 +242,10 @@ class ModelRule:
             d.answer_stage[rows[stop]] = pl.S[np.argmax(p[stop], axis=1)]
             if K:
                 d.next_stage[rows[~stop]] = pl.ks[np.argmin(q[~stop], axis=1)]
-            # stop iff lam (1 - p) <= min Q, i.e. p >= 1 - min Q / lam: the threshold the best answer met
-            d.threshold[rows] = np.clip(1 - qmin / max(self.lam, 1e-12), 0.0, 1.0)
+            # stop iff lam (1 - p) <= min Q, i.e. p >= 1 - min Q / lam: the threshold the best answer met;
+            # NaN when no stage is left to escalate to (the answer stands whatever p: no threshold applied,
+            # where 0.0 read as "a confidence of 0 was enough")
+            d.threshold[rows] = np.clip(1 - qmin / max(self.lam, 1e-12), 0.0, 1.0) if K else np.nan
         return d
 
     def decide_one(self, conf: Sequence[float], ex_ante: Sequence[float] | None,
@@ -276,7 +278,7 @@ class ModelRule:
         p = z[:nS]
         qmin = min(q) if K else math.inf
         best = max(range(nS), key=p.__getitem__)
-        th = min(max(1 - qmin / max(self.lam, 1e-12), 0.0), 1.0)
+        th = min(max(1 - qmin / max(self.lam, 1e-12), 0.0), 1.0) if K else math.nan   # as in decide()
         if self.lam * (1 - p[best]) <= qmin:
             return One(True, -1, S[best], th)
         return One(False, ks[min(range(K), key=q.__getitem__)], -1, th)

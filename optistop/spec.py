@@ -37,7 +37,11 @@ class Stage:
     gpu_ids: tuple[int, ...] = (0,)
     timeout_s: float = 30.0   # a stage call slower than timeout_for(max_tokens) counts as failed
     url: str = ""             # "host:port" of a Triton gRPC endpoint serving it; "" = same server (BLS)
-    timeout_per_token_s: float = 0.0  # added per requested token: a 1,024-token answer of a 72B takes minutes
+    # added per requested token: a 1,024-token answer of a 72B takes minutes; the default fits a real
+    # 0.5B checkpoint decoding a batch of 8 on one CPU thread, 0.68 s a step (README, bring your own)
+    timeout_per_token_s: float = 1.0
+    instances: int = 1        # embedded (cpu profile): instance_group count, each a copy of the model
+    torch_threads: int = 1    # embedded: torch threads per instance (instances x threads <= CPU cores)
 
     def timeout_for(self, max_tokens: int) -> float:
         """Seconds a call asking for ``max_tokens`` new tokens may take (queueing + prefill + decode)."""
@@ -139,10 +143,15 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         timeout = float(_get(raw, "timeout_s", (int, float), w, 30.0))
         if not math.isfinite(timeout) or timeout <= 0:
             raise SpecError(f"{w}.timeout_s: must be a finite number of seconds > 0, got {timeout!r}")
-        per_token = float(_get(raw, "timeout_per_token_s", (int, float), w, 0.0))
+        per_token = float(_get(raw, "timeout_per_token_s", (int, float), w, Stage.timeout_per_token_s))
         if not math.isfinite(per_token) or per_token < 0:
             raise SpecError(f"{w}.timeout_per_token_s: must be a finite number of seconds >= 0, got {per_token!r}")
         url = _url(raw, "url", w)
+        instances = _get(raw, "instances", int, w, 1)
+        threads = _get(raw, "torch_threads", int, w, 1)
+        if not (1 <= instances <= 64 and 1 <= threads <= 256):
+            raise SpecError(f"{w}.instances / torch_threads: must be integers >= 1 (instances <= 64, threads "
+                            f"<= 256), got {instances} / {threads}")
         stages.append(Stage(
             name=_get(raw, "name", str, w),
             triton_model=_get(raw, "triton_model", str, w),
@@ -155,6 +164,8 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
             timeout_s=timeout,
             timeout_per_token_s=per_token,
             url=url,
+            instances=instances,
+            torch_threads=threads,
         ))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):

@@ -127,13 +127,19 @@ def build_app(grpc_url: str, spec_path: Path | None = None, repository: Path | N
     """The app for a Triton server at ``grpc_url`` serving ``repository`` (default: the embedded one), made
     for ``spec_path``; its policy artifact lets the app check policy and lambda as the server does."""
     from optistop import ROOT
-    from optistop.policy_artifact import FILE_NAME, load_policy
+    from optistop.policy_artifact import FILE_NAME, PolicyArtifactError, load_policy
     from optistop.serving.tokenizers import PromptEncoder
     from optistop.spec import load_spec
 
     spec = load_spec(spec_path) if spec_path else load_spec()
     repo = repository or ROOT / "model_repository"
-    policies = load_policy(repo / spec.predictor_model / "1" / FILE_NAME)
+    where = repo / spec.predictor_model / "1" / FILE_NAME
+    policies = load_policy(where)
+    # a policy calibrated for another cascade would check policy and lambda against the wrong stages
+    policies.check_matches(spec.stage_names, spec.costs, str(where))
+    if policies.art.get("spec", spec.name) != spec.name:
+        raise PolicyArtifactError(f"{where}: calibrated for cascade {policies.art['spec']!r}, but the spec "
+                                  f"{spec.source} is cascade {spec.name!r}; pass the repository that serves it")
     return create_app(TritonCascade(grpc_url), spec, PromptEncoder.for_spec(spec), policies)
 
 

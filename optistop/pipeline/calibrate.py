@@ -78,6 +78,7 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
         if rc != 0:
             raise SpecError("predictor training or export failed (see the messages above); nothing installed")
         scored = [json.loads(line) for line in replay_path.read_text(encoding="utf-8").splitlines() if line]
+        report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     held = [r for r in scored if r.get("predictor_role") in ("calibration", "test")]
     a = arrays_from_records(held)
     crit = F.Criterion(target, target - 0.005)
@@ -88,7 +89,8 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
     cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"], replay.hindsight(a, target))
     notes = install_serving_models(spec, out, version_dir) if install else []
     return {"operating": art["operating"], "n_policy_prompts": len(held), "cross_fitted": cv["conditions"],
-            "notes": notes, "version_dir": str(version_dir)}
+            "notes": notes, "version_dir": str(version_dir), "acceptance": report["acceptance"],
+            "too_few_examples": report["training"]["too_few_examples"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     c = res["cross_fitted"]
     print("\n".join(res["notes"]))
+    for line in res["too_few_examples"]:
+        print(f"warning: {line}: its calibration and AUROC are not reliable; collect more prompts", file=sys.stderr)
+    acc = res["acceptance"]
+    if acc:
+        gain = "-" if acc["auroc_gain"] is None else f"{acc['auroc_gain']:+.3f}"
+        print(f"predictor acceptance (stage {acc['stage']}): {acc['verdict']} (AUROC gain over prompt-only {gain}, "
+              f"target {acc['auroc_gain_target']:+.2f}; ECE {acc['ece_output_aware_calibrated']}, target "
+              f"{acc['ece_target']})")
     print(f"operating point: {res['operating']['policy']} (lambda {res['operating'].get('lambda')}); on "
           f"{res['n_policy_prompts']} held-out prompts, cross-fitted: quality {c['quality_rel']:.3f} of the last "
           f"stage's at cost {c['cost']:.3f} (cheapest single stage meeting the target {c['cheapest_single_stage']:g}, "

@@ -12,8 +12,10 @@ Input, one JSON object per line: {"id", "prompt" | "messages", "reference"?}.
 Output, one line per prompt (the replay schema, optistop.offline.replay):
     {"id", "prompt": the user's text, "messages"?, "reference"?, "stages": [{"model", "cost", "response",
      "token_ids", "logprobs", "hit_max_tokens", "latency_ms", "error"?}, ... in spec order]}
-Bounded concurrency (--concurrency prompts in flight), a progress bar, resume (appends; ids already in
-the output are skipped), and a per-prompt error is recorded in that stage's entry, never fatal.
+Bounded concurrency (--concurrency prompts in flight; by default two per instance of the stage with the
+fewest), a progress bar, resume (appends; ids already in the output are skipped, except records with a
+stage error, which are collected again unless --no-retry-errors), and a per-prompt error is recorded in
+that stage's entry, never fatal. Each stage call may take the stage's ``timeout_for(max_tokens)``.
 """
 
 from __future__ import annotations
@@ -66,17 +68,39 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def done_ids(path: Path) -> set[str]:
-    """Ids already in an output file (resume); a torn last line from an interrupted run is ignored."""
+def done_ids(path: Path, retry_errors: bool = False) -> set[str]:
+    """Ids already in an output file (resume); a torn last line from an interrupted run is ignored.
+
+    ``retry_errors``: a record with a stage error is not done: its line is dropped from the file (rewritten
+    whole through a temporary file, so an interruption leaves the old file or the new one) and the prompt
+    is collected again, since ``calibrate`` refuses records with errors."""
     if not path.exists():
         return set()
-    ids = set()
+    ids, keep, dropped = set(), [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            ids.add(str(json.loads(line)["id"]))
+            rec = json.loads(line)
+            key = str(rec["id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
+        if retry_errors and any("error" in st for st in rec.get("stages", []) if isinstance(st, dict)):
+            dropped += 1
+            continue
+        ids.add(key)
+        keep.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        tmp.replace(path)
+        print(f"{dropped} records in {path} had stage errors: collecting them again", file=sys.stderr)
     return ids
+
+
+def default_concurrency(spec: CascadeSpec) -> int:
+    """Prompts in flight by default: two per instance of the stage with the fewest (one batch running,
+    one queued behind it), so no call waits behind more than one batch of work: with 8 in flight against
+    one instance of a real model on a CPU, most calls outlived their timeout."""
+    return 2 * min(s.instances for s in spec.stages)
 
 
 class Collector:
@@ -117,7 +141,7 @@ class Collector:
         t0 = time.perf_counter()
         try:
             res = await self.client.infer(stage.triton_model, inputs, outputs=outputs,
-                                          client_timeout=self.timeout_s or stage.timeout_s)
+                                          client_timeout=self.timeout_s or stage.timeout_for(self.max_tokens))
             out = parse_stage_outputs({n: res.as_numpy(n) for n in STAGE_OUTPUTS}, self.max_tokens,
                                       self.encoder.end_id, stops)
         except Exception as exc:  # recorded for this prompt and stage; the collection goes on
@@ -173,25 +197,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the served cascade's spec")
     ap.add_argument("--out", type=Path, required=True, help="replay JSONL to append to")
     ap.add_argument("--max-tokens", type=int, default=None, help="default: the spec's max_tokens_default")
-    ap.add_argument("--concurrency", type=int, default=8, help="prompts in flight (default 8)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per stage call (default: stage timeout_s)")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="prompts in flight (default: 2 per instance of the stage with the fewest instances)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per stage call (default: the stage's timeout_s + timeout_per_token_s x max tokens)")
+    ap.add_argument("--retry-errors", action=argparse.BooleanOptionalAction, default=True,
+                    help="on resume, collect again the records with a stage error (default; --no-retry-errors "
+                         "keeps them as done)")
     ap.add_argument("--grader", default=None, help=f"label while collecting: {GRADERS_HELP}")
     args = ap.parse_args(argv)
     try:
         spec = load_spec(args.spec)
         max_tokens = args.max_tokens or spec.max_tokens_default
-        if not 1 <= max_tokens <= spec.max_tokens_cap or args.concurrency < 1:
+        concurrency = args.concurrency if args.concurrency is not None else default_concurrency(spec)
+        if not 1 <= max_tokens <= spec.max_tokens_cap or concurrency < 1:
             raise SpecError(f"--max-tokens must be in 1..{spec.max_tokens_cap} and --concurrency >= 1")
         prompts = read_prompts(args.prompts)
         labeler = make_labeler(args.grader) if args.grader else None
-        skip = done_ids(args.out)
+        skip = done_ids(args.out, args.retry_errors)
         todo = [p for p in prompts if str(p["id"]) not in skip]
         print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already in {args.out}, {len(todo)} to "
-              f"collect from {len(spec.stages)} stages at {args.url}", file=sys.stderr)
+              f"collect from {len(spec.stages)} stages at {args.url}, {concurrency} in flight", file=sys.stderr)
 
         async def go() -> dict[str, int]:
             async with Collector(spec, PromptEncoder.for_spec(spec), args.url, max_tokens, args.timeout) as c:
-                return await collect(todo, c, args.out, args.concurrency, labeler)
+                return await collect(todo, c, args.out, concurrency, labeler)
 
         counts = asyncio.run(go())
     except (SpecError, PromptFileError, ValueError) as exc:

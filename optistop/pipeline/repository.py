@@ -4,11 +4,13 @@ $ optistop repo --spec my_cascade.toml --out my_repo                 # CPU: stag
 $ optistop repo --spec my_cascade.toml --out my_repo --predictor DIR # + cascade and a calibrated predictor
 
 Stages are rendered by optistop.serving.render (one template for every profile) and get the project's
-stage model.py. The cascade model and the quality_predictor model join them only with a calibrated
-predictor (model.onnx + model.json + policy.json from ``optistop calibrate``): a cascade without a
-predictor fitted to its own stages would be calibrated to someone else's models, so until then the
-repository serves the stages alone, which is what ``optistop collect`` needs. The GPU profiles build
-their stages with build/engines.sh; ``install_serving_models`` adds the cascade and predictor there too.
+stage model.py. The cascade models (``cascade`` and the streaming ``cascade_stream``), the quality_predictor
+model and each stage's streaming variant (``<stage>_stream``, the decoupled stage model.py) join them only
+with a calibrated predictor (model.onnx + model.json + policy.json from ``optistop calibrate``): a cascade
+without a predictor fitted to its own stages would be calibrated to someone else's models, so until then
+the repository serves the stages alone, which is all ``optistop collect`` needs (a real checkpoint loaded
+once per stage, not twice). The GPU profiles build their stages with build/engines.sh;
+``install_serving_models`` adds the cascade and predictor there too.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from pathlib import Path
 
 from optistop import ROOT
 from optistop.serving.render import CASCADE_MODEL, RESOLVED_SPEC, render_all, spec_toml
+from optistop.serving.streaming import stream_model
 from optistop.spec import CascadeSpec, SpecError, load_spec
 
 TEMPLATES = ROOT / "model_repository"          # the project's model.py files and hand-written configs
 PREDICTOR_FILES = ("model.onnx", "model.json", "policy.json")
+STAGE_TEMPLATE, STREAM_STAGE_TEMPLATE = "stage_small", "stage_small_stream"   # model.py sources
+STREAM_CASCADE_MODEL = "cascade_stream"
 
 
 def _copy_model_py(src: Path, dst: Path) -> None:
@@ -32,19 +37,39 @@ def _copy_model_py(src: Path, dst: Path) -> None:
     shutil.copyfile(src.resolve(), dst)  # resolve: medium/large link to the small stage's model.py
 
 
-def build_stages(spec: CascadeSpec, out: Path) -> list[str]:
-    """CPU stage engines: config.pbtxt rendered from the spec, the project's stage model.py."""
+def build_stages(spec: CascadeSpec, out: Path, streaming: bool = False) -> list[str]:
+    """CPU stage engines: config.pbtxt rendered from the spec, the project's stage model.py; with
+    ``streaming``, each stage's decoupled ``<stage>_stream`` variant with the streaming model.py too."""
     notes = []
     for r in render_all(spec, profile="cpu", repo=out):
+        stream = r.path.parent.name == stream_model(r.stage.triton_model)
+        if stream and not streaming:
+            continue
         r.path.parent.mkdir(parents=True, exist_ok=True)
         r.path.write_text(r.text, encoding="utf-8")
-        _copy_model_py(TEMPLATES / "stage_small" / "1" / "model.py", r.path.parent / "1" / "model.py")
-        notes.append(f"stage {r.stage.name}: {r.path.parent} -> {r.stage.checkpoint}")
+        template = STREAM_STAGE_TEMPLATE if stream else STAGE_TEMPLATE
+        _copy_model_py(TEMPLATES / template / "1" / "model.py", r.path.parent / "1" / "model.py")
+        notes.append(f"stage {r.stage.name}{' (streaming)' if stream else ''}: {r.path.parent} -> {r.stage.checkpoint}")
     return notes
 
 
+def _install_cascade(spec: CascadeSpec, out: Path, name: str, spec_ref: str) -> Path:
+    """Copy the project's ``name`` cascade model (config + model.py) and point its spec at ``spec_ref``."""
+    casc = out / name
+    (casc / "1").mkdir(parents=True, exist_ok=True)
+    _copy_model_py(TEMPLATES / name / "1" / "model.py", casc / "1" / "model.py")
+    text = (TEMPLATES / name / "config.pbtxt").read_text(encoding="utf-8")
+    pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
+    text, n = re.subn(pattern, lambda m: m.group(1) + spec_ref + m.group(2), text)
+    if n != 1:
+        raise SpecError(f"{TEMPLATES / name}/config.pbtxt: expected one 'cascade_spec' parameter, found {n}")
+    (casc / "config.pbtxt").write_text(text, encoding="utf-8")
+    return casc
+
+
 def install_serving_models(spec: CascadeSpec, out: Path, predictor_dir: Path) -> list[str]:
-    """The cascade (pointed at a resolved copy of ``spec``) and the predictor from ``predictor_dir``."""
+    """The cascade and the streaming cascade (both pointed at one resolved copy of ``spec``), the
+    stages' streaming variants, and the predictor from ``predictor_dir``."""
     missing = [f for f in PREDICTOR_FILES if not (predictor_dir / f).is_file()]
     if missing:
         raise SpecError(f"{predictor_dir}: lacks {', '.join(missing)}; run `optistop calibrate` first")
@@ -57,17 +82,29 @@ def install_serving_models(spec: CascadeSpec, out: Path, predictor_dir: Path) ->
     for f in PREDICTOR_FILES:
         if (predictor_dir / f).resolve() != (pred / "1" / f).resolve():
             shutil.copyfile(predictor_dir / f, pred / "1" / f)
-    casc = out / CASCADE_MODEL
-    (casc / "1").mkdir(parents=True, exist_ok=True)
-    _copy_model_py(TEMPLATES / CASCADE_MODEL / "1" / "model.py", casc / "1" / "model.py")
-    text = (TEMPLATES / CASCADE_MODEL / "config.pbtxt").read_text(encoding="utf-8")
-    pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
-    text, n = re.subn(pattern, rf"\g<1>{RESOLVED_SPEC}\g<2>", text)
-    if n != 1:
-        raise SpecError(f"{TEMPLATES / CASCADE_MODEL}/config.pbtxt: expected one 'cascade_spec' parameter, found {n}")
-    (casc / "config.pbtxt").write_text(text, encoding="utf-8")
+    notes = [n for n in build_stages(spec, out, streaming=True) if "(streaming)" in n]
+    casc = _install_cascade(spec, out, CASCADE_MODEL, RESOLVED_SPEC)
     (casc / RESOLVED_SPEC).write_text(spec_toml(spec), encoding="utf-8")
-    return [f"predictor: {pred}", f"cascade: {casc} (spec {casc / RESOLVED_SPEC})"]
+    # one resolved spec for both cascade models: the streaming one reads the cascade's copy
+    stream = _install_cascade(spec, out, STREAM_CASCADE_MODEL, f"../{CASCADE_MODEL}/{RESOLVED_SPEC}")
+    return notes + [f"predictor: {pred}", f"cascade: {casc} (spec {casc / RESOLVED_SPEC})",
+                    f"streaming cascade: {stream} (same spec)"]
+
+
+def repository_spec(repo: Path) -> Path:
+    """The spec a repository's cascade model serves (its ``cascade_spec`` parameter, resolved): what
+    clients of that repository (``optistop openai --repository``) must validate against."""
+    cfg = repo / CASCADE_MODEL / "config.pbtxt"
+    if not cfg.is_file():
+        raise SpecError(f"{repo}: no {CASCADE_MODEL}/config.pbtxt; a repository from `optistop repo` serves "
+                        f"the cascade only after `optistop calibrate` (or `optistop repo --predictor DIR`)")
+    m = re.search(r'key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', cfg.read_text(encoding="utf-8"))
+    if m is None:
+        raise SpecError(f"{cfg}: no 'cascade_spec' parameter naming the spec the cascade serves")
+    path = (cfg.parent / m.group(1)).resolve()
+    if not path.is_file():
+        raise SpecError(f"{cfg}: cascade_spec {m.group(1)!r} does not exist (resolved to {path})")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         spec = load_spec(args.spec)
-        notes = build_stages(spec, args.out.absolute())
+        notes = build_stages(spec, args.out.absolute(), streaming=False)
         if args.predictor:
             notes += install_serving_models(spec, args.out.absolute(), args.predictor)
     except (SpecError, OSError) as exc:

@@ -74,19 +74,39 @@ def metric_table(results: dict[tuple[str, str], dict[str, Any]], stage_names: tu
             "per_stage": per_stage, "pooled_auroc": pooled}
 
 
+MIN_EXAMPLES = 10   # fewer positive or negative examples than this: no AUROC or ECE verdict
+
+
+def too_few(counts: dict[str, dict[str, tuple[int, int]]], minimum: int = MIN_EXAMPLES) -> list[str]:
+    """One line per (role, stage) whose (positives, n) has fewer than ``minimum`` positive or negative
+    examples: an AUROC from one positive is noise and a calibration map from it is a guess."""
+    return [f"stage {stage}: {pos} positive and {n - pos} negative {role} examples (fewer than {minimum})"
+            for role, by_stage in counts.items() for stage, (pos, n) in by_stage.items()
+            if min(pos, n - pos) < minimum]
+
+
 def acceptance(table: dict[str, Any], arch: str = "mlp32", min_gain: float = 0.05,
-               max_ece: float = 0.05) -> dict[str, Any]:
-    """Issue 3's targets on the smallest (first) stage, from measured numbers."""
+               max_ece: float = 0.05, calibration: tuple[int, int] | None = None,
+               minimum: int = MIN_EXAMPLES) -> dict[str, Any]:
+    """Issue 3's targets on the smallest (first) stage, from measured numbers. ``calibration``: that
+    stage's (positives, n) in the calibration role. With fewer than ``minimum`` positive or negative
+    examples in the test cell or the calibration, the verdict is "not enough data" and nothing is met."""
     first = table["stages"][0]
     cell = table["per_stage"][first][arch]
     post, prior = cell["output_aware"]["auroc"], cell["prompt_only"]["auroc"]
     gain = None if post is None or prior is None else round(post - prior, 6)
     ece = cell["output_aware"]["ece"]
+    counts = {"test": {first: (cell["output_aware"]["positives"], cell["output_aware"]["n"])}}
+    if calibration is not None:
+        counts["calibration"] = {first: calibration}
+    few = too_few(counts, minimum)
+    gain_met = not few and gain is not None and gain >= min_gain
+    ece_met = not few and ece is not None and ece <= max_ece
     return {"stage": first, "arch": arch, "auroc_output_aware": post, "auroc_prompt_only": prior,
-            "auroc_gain": gain, "auroc_gain_target": min_gain,
-            "auroc_gain_met": gain is not None and gain >= min_gain,
-            "ece_output_aware_calibrated": ece, "ece_target": max_ece,
-            "ece_met": ece is not None and ece <= max_ece}
+            "auroc_gain": gain, "auroc_gain_target": min_gain, "auroc_gain_met": gain_met,
+            "ece_output_aware_calibrated": ece, "ece_target": max_ece, "ece_met": ece_met,
+            "verdict": "not enough data" if few else ("met" if gain_met and ece_met else "not met"),
+            "too_few_examples": few}
 
 
 def format_table(table: dict[str, Any]) -> str:

@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         fit_rows, stop_rows = rows.where((role == "fit") & ~held[rows.item]), rows.where(held[rows.item])
         positives = {r: {n: int(v.y[v.stage == i].sum()) for i, n in enumerate(stage_names)}
                      for r, v in part.items()}
+        counts = {r: {n: (int(v.y[v.stage == i].sum()), int((v.stage == i).sum())) for i, n in enumerate(stage_names)}
+                  for r, v in part.items() if r != "fit"}
         for arch in archs:
             key = f"{arch}/{mode}"
             model, log = train(arch, fit_rows, stop_rows, cfg)
@@ -123,8 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     table = predictor_eval.metric_table(results, stage_names)
     table_distinct = predictor_eval.metric_table(results_distinct, stage_names)
     can_accept = {"mlp32"} <= set(archs) and {"prompt_only", "output_aware"} <= set(modes)
-    accept = predictor_eval.acceptance(table) if can_accept else None
-    accept_distinct = predictor_eval.acceptance(table_distinct) if can_accept else None
+    first_cal = counts["calibration"][stage_names[0]]
+    accept = predictor_eval.acceptance(table, calibration=first_cal) if can_accept else None
+    accept_distinct = predictor_eval.acceptance(table_distinct, calibration=first_cal) if can_accept else None
+    few = predictor_eval.too_few(counts)
+    for line in few:   # calibrate repeats these; the acceptance above says "not enough data" for stage 0
+        print(f"warning: {line}: its calibration and metrics are not reliable; collect more prompts",
+              file=sys.stderr)
     report = {
         "feature_version": FEATURE_VERSION,
         "stages": list(stage_names),
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_items_early_stopping": int(held.sum()),
             "n_test_distinct_prompts": int(distinct.sum()),
             "positives_by_role": positives, "epochs": epochs, "torch_threads": 1,
+            "too_few_examples": few,   # (role, stage) cells under MIN_EXAMPLES positives or negatives
         },
         "calibration": calibrations,
         "metrics": table,

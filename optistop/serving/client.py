@@ -94,3 +94,25 @@ def ask(client: Any, protocol: str, prompt: str | list[dict[str, str]], model: s
         degraded_reason=get(T.DEGRADED_REASON)[0].decode(),
         controller_ms=round(float(get(T.CONTROLLER_MS)[0]), 3),
     )
+
+
+def read_prompt_file(path: str) -> list[dict[str, Any]]:
+    """Prompts of ``optistop-client --file``: JSON Lines ``{"prompt" | "messages", "reference"?}`` (what
+    ``optistop collect`` reads; prompts may span lines there) when the first non-blank line is a JSON
+    object, else plain text, one prompt per line. ValueError naming the line of a bad record."""
+    with open(path, encoding="utf-8") as fh:
+        lines = [(n, line.rstrip("\n")) for n, line in enumerate(fh, 1) if line.strip()]
+    if not lines or not lines[0][1].lstrip().startswith("{"):
+        return [{"prompt": line} for _, line in lines]
+    out = []
+    for n, line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON ({exc.msg}); a JSONL prompts file has one object a line") from None
+        ok = isinstance(rec, dict) and (("prompt" in rec) != ("messages" in rec))
+        if not ok or not isinstance(rec.get("prompt", rec.get("messages")), str | list):
+            raise ValueError(f"{path}:{n}: give exactly one of 'prompt' (text) and 'messages' (a list of "
+                             "{role, content}), and optionally 'reference'")
+        out.append(rec)
+    return out

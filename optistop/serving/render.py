@@ -65,7 +65,7 @@ dynamic_batching {
 }
 instance_group [
   {
-    count: 1
+    count: ${instances}
     kind: KIND_CPU
   }
 ]
@@ -203,7 +203,7 @@ def stage_parameters(stage: Stage, profile: str, repo: Path, engines_dir: Path |
                      s: BuildSettings | None, worker: str = "") -> dict[str, str]:
     if profile == "cpu":
         rel = os.path.relpath(stage.checkpoint, (repo / stage.triton_model).resolve())
-        return {"checkpoint_dir": Path(rel).as_posix(), "torch_threads": "1"}
+        return {"checkpoint_dir": Path(rel).as_posix(), "torch_threads": str(stage.torch_threads)}
     assert engines_dir is not None and s is not None
     params = {
         "gpt_model_type": "inflight_fused_batching",
@@ -254,16 +254,30 @@ def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo:
         inputs=",\n".join(_tensor(t, trtllm) for t in contract.inputs),
         outputs=",\n".join(_tensor(t, False) for t in contract.outputs),
         queue_delay_us=s.max_queue_delay_microseconds if s else 2000,
+        instances=1 if trtllm else stage.instances,   # the C++ backend batches in flight in one instance
         parameters=_parameters(stage_parameters(stage, profile, repo, engines_dir, s,
                                                 trt.executor_worker_path if trt else "")),
     )
     return Rendered(stage, repo / name / "config.pbtxt", text)
 
 
+def cpu_only_keys(spec: CascadeSpec, profile: str) -> None:
+    """Refuse the embedded engine's knobs (``instances``, ``torch_threads``) where a GPU profile would
+    silently drop them: there the engine's own settings ([trtllm] / [llmapi]) size it."""
+    if profile == "cpu":
+        return
+    for i, s in enumerate(spec.stages):
+        if s.instances != 1 or s.torch_threads != 1:
+            raise SpecError(f"stages[{i}].instances / torch_threads: only the cpu profile uses them "
+                            f"(got {s.instances} / {s.torch_threads}); profile {profile} sizes its engines "
+                            f"in its own table")
+
+
 def render_all(spec: CascadeSpec, *, profile: str, repo: Path, engines_dir: Path | None = None,
                trt: TrtllmSettings | None = None, only: Sequence[str] = (), streaming: bool = False) -> list[Rendered]:
     for name in only:
         spec.stage_index(name)  # raises SpecError naming the valid stages
+    cpu_only_keys(spec, profile)
     out = [render_stage(spec, s, profile=profile, repo=repo, engines_dir=engines_dir, trt=trt)
            for s in spec.stages if not only or s.name in only]
     if profile == "cpu" or streaming:  # the embedded server always serves each stage's streaming variant
@@ -409,6 +423,7 @@ def _main_llmapi(args: argparse.Namespace) -> int:
     if args.repo is None:
         raise SpecError("profile llmapi needs --out DIR (the model repository to write)")
     spec = load_spec(args.spec, check_paths=False)
+    cpu_only_keys(spec, "llmapi")
     settings = L.load_llmapi_settings(args.spec, spec)
     if args.model_dir:
         spec = rebase_checkpoints(spec, args.model_dir)

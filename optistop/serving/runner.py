@@ -140,8 +140,11 @@ class StageModel:
         step_ids, step_pos = ids, positions
         with torch.inference_mode():
             for _ in range(max_new_tokens):
+                # logits_to_keep=1: the prefill projects only the last position onto the vocabulary,
+                # (B, 1, V) instead of (B, T, V): at a real vocabulary (151,936) that projection is most
+                # of a long prompt's prefill, and at 4,096 tokens x batch 8 it would be ~20 GB
                 out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                                 cache=past, use_cache=True)
+                                 cache=past, use_cache=True, logits_to_keep=1)
                 past = out.cache
                 logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
                 best = logprobs.argmax(-1)                                           # (B,)

@@ -72,10 +72,17 @@ def test_spec_to_calibrated_cascade_with_the_user_commands(tmp_path: Path) -> No
         out = tmp_path / "collected.jsonl"
         assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
                              "--out", str(out)]) == 0
-        # resume: a second run collects nothing new
+        # resume: a record with a stage error (as a timed-out call leaves) is collected again, nothing else
+        lines = out.read_text().splitlines()
+        first = json.loads(lines[0])
+        first["stages"][1] = {"model": "medium", "cost": 4.5, "error": "InferenceServerException: timed out"}
+        out.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
         assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
                              "--out", str(out)]) == 0
-    assert len(out.read_text().splitlines()) == 160
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 160 and len({r["id"] for r in records}) == 160
+    assert not any("error" in st for r in records for st in r["stages"])
+    assert records[-1]["id"] == first["id"] and records[0]["id"] != first["id"]   # re-collected, appended
     labelled = tmp_path / "labelled.jsonl"
     assert label.main([str(out), "--grader", "optistop.tiny.chat:grader", "--out", str(labelled)]) == 0
     assert calibrate.main([str(labelled), "--spec", str(SPEC_FILE), "--out", str(repo), "--max-epochs", "5"]) == 0
@@ -83,3 +90,31 @@ def test_spec_to_calibrated_cascade_with_the_user_commands(tmp_path: Path) -> No
     with _serve(repo, tmp_path / "cascade.log") as srv:
         a = ask(make_client(srv.cfg.grpc_url), "grpc", "Write 4071 in words.")
         assert a.stage_model.startswith("chat_") and a.cost > 0 and not a.degraded
+
+
+def test_streaming_chat_from_the_bring_your_own_repository(chat_server) -> None:
+    """What `optistop openai --repository R` serves on a bring-your-own repository: R's spec and policy,
+    streaming through its cascade_stream and the stages' streaming variants, not degraded (the plain
+    stage model.py in a *_stream stage failed every streamed call and fell back)."""
+    from starlette.testclient import TestClient
+
+    from optistop.frontend import protocol as P
+    from optistop.frontend.app import build_app
+
+    repo = chat_server.cfg.repository
+    app = build_app(chat_server.cfg.grpc_url, repository.repository_spec(repo), repo)
+    it = generate_split("test", 1, seed=7)[0]
+    body = {"model": "chat_large", "messages": [{"role": "user", "content": it.prompt}], "stream": True,
+            "max_tokens": 48}
+    with TestClient(app) as client, client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all("error" not in c for c in chunks), chunks
+    pieces = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    text = "".join(p for p in pieces if p)
+    assert sum(1 for p in pieces if p) >= 2            # tokens arrived as several chunks, not one answer
+    meta = [c[P.EXTRA] for c in chunks if P.EXTRA in c]
+    assert len(meta) == 1 and meta[0]["stage_model"] == "chat_large" and not meta[0]["degraded"], meta
+    assert grade(it.prompt, text) and "<|im_end|>" not in text and chunks[-1]["model"] == "chat_large"

@@ -65,7 +65,7 @@ def split(tmp_path_factory, tiny_dir) -> Iterator[Split]:
 
 def _key(a: Answer) -> tuple:
     return (a.text, a.stage, a.stage_model, a.stages_run, a.cost, a.degraded,
-            [round(c, 4) for c in a.confidences], [round(t, 4) for t in a.thresholds])
+            [round(c, 4) for c in a.confidences], [None if t != t else round(t, 4) for t in a.thresholds])
 
 
 def test_layout_puts_stages_and_predictor_on_other_servers(split) -> None:

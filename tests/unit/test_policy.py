@@ -135,7 +135,7 @@ def test_one_prompt_path_decides_as_the_array_path(artifact: str) -> None:
                 two = K.State(np.repeat(conf[None], 2, 0), np.repeat(ex[None], 2, 0), np.repeat(resp[None], 2, 0))
                 a, b = rule.decide_one(conf.tolist(), ex.tolist(), resp.tolist()), rule.decide(two)
                 assert (a.stop, a.next_stage, a.answer_stage) == (b.stop[0], b.next_stage[0], b.answer_stage[0])
-                assert a.threshold == pytest.approx(b.threshold[0], abs=1e-9)
+                assert a.threshold == pytest.approx(b.threshold[0], abs=1e-9, nan_ok=True)
                 assert all(type(v) is t for v, t in zip(a, (bool, int, int, float)))   # Python scalars
 
 
@@ -191,3 +191,18 @@ def test_every_rule_decides_one_prompt_on_python_scalars(rule) -> None:
         a = rule.decide(K.State(np.array([conf]), None, np.full((1, 3), -1)))
         assert d == (a.stop[0], a.next_stage[0], a.answer_stage[0], a.threshold[0])
         assert d.stop == (d.next_stage < 0) and (d.answer_stage >= 0) == d.stop
+
+
+def test_optimal_reports_no_threshold_when_no_stage_is_left() -> None:
+    """With every later stage run (or none in the spec), the answer stands whatever its confidence: the
+    threshold is NaN (shown as none/null), not 0.0; with a stage left it is a probability."""
+    from optistop import ROOT
+    from optistop.policy_artifact import load_policy
+
+    rule, _ = load_policy(ROOT / "model_repository/quality_predictor/1/policy.json").make("optimal", None)
+    last = rule.decide_one([NAN, NAN, 0.3], [0.5, 0.5, 0.5], [-1, -1, 0])
+    assert last.stop and last.answer_stage == 2 and math.isnan(last.threshold)
+    d = rule.decide(K.State(np.array([[NAN, NAN, 0.3]] * 2), np.full((2, 3), 0.5), np.array([[-1, -1, 0]] * 2)))
+    assert np.isnan(d.threshold).all()
+    first = rule.decide_one([0.9, NAN, NAN], [0.5, 0.5, 0.5], [0, -1, -1])
+    assert 0.0 <= first.threshold <= 1.0
