@@ -65,6 +65,7 @@ class CascadeRequest:
     lam: float
     policy: Policy
     exclude_input_in_output: bool = True
+    audit: float | None = None   # this request's audit probability; None: the spec's audit_rate
 
 
 @dataclass
@@ -86,6 +87,8 @@ class CascadeResult:
     reasons: list[str] = field(default_factory=list)
     controller_ms: float = 0.0  # time spent outside stage engines: features, predictor, policy
     predictor_ms: float = 0.0   # of which in quality-predictor calls
+    texts: dict[int, str] = field(default_factory=dict)   # decoded answer per scored stage (audits compare them)
+    ex_ante: list[float] | None = None                    # the prompt-only estimates, when the policy used them
 
     @property
     def stages_run(self) -> list[int]:
@@ -128,6 +131,7 @@ class _Run:
         if req.policy.uses_ex_ante:
             try:
                 ex_ante = await self._score(ex_ante_rows(rows), stage=-1)  # one call for every stage's estimate
+                self.result.ex_ante = ex_ante
             except StageFailure as exc:
                 return await self._fallback(exc, after=-1, predictor_down=True)
         answers: dict[str, int] = {}  # normalised answer text -> id: equal ids are answers that agree
@@ -227,6 +231,7 @@ class _Run:
             text = self.decode(self.outputs[answer].token_ids)
         r.text = text if self.req.exclude_input_in_output else self.req.prompt + text
         r.stage = answer
+        r.texts = self.texts
         r.stage_model = self.spec.stages[answer].triton_model
         r.reasons = list(reasons or []) + ([str(degraded_by)] if degraded_by else [])
         r.degraded = bool(r.reasons)

@@ -110,6 +110,12 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
     excl = _scalar(inputs, T.EXCLUDE_INPUT_IN_OUTPUT)
     exclude = True if excl is None else bool(excl)
 
+    raw_audit = _scalar(inputs, T.AUDIT)
+    audit = None if raw_audit is None else float(raw_audit)  # type: ignore[arg-type]
+    if audit is not None and not 0.0 <= audit <= 1.0:   # NaN fails too
+        raise RequestError(f"input '{T.AUDIT}' is {audit}; it must be a probability in [0, 1] (the chance that "
+                           f"this request is audited; default: the spec's audit_rate, {spec.audit_rate:g})")
+
     prompt = encode(text=text) if messages is None else encode(messages=messages)
     ids = prompt.ids
     if len(ids) + max_tokens > spec.max_context_tokens:
@@ -117,7 +123,7 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
         raise RequestError(f"input '{which}' is {len(ids)} tokens; with {T.MAX_TOKENS}={max_tokens} "
                            f"it exceeds the context of {spec.max_context_tokens} tokens (at most "
                            f"{spec.max_context_tokens - max_tokens} prompt tokens)")
-    return CascadeRequest(prompt.user_text, ids, max_tokens, lam, policy, exclude)
+    return CascadeRequest(prompt.user_text, ids, max_tokens, lam, policy, exclude, audit)
 
 
 def _text(value: object, name: str) -> str:
