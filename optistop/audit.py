@@ -235,3 +235,49 @@ def summarise(records: Iterable[dict[str, Any]], q_ref: float, tolerance: float,
             "served_cost_per_audited_request": round(serve / len(recs), 6) if recs else 0.0,
             "served_stages": {str(s): sum(r["served_stage"] == s for r in recs)
                               for s in sorted({r["served_stage"] for r in recs})}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``optistop audit LOG``: the delivered-quality estimate from an audit log (rotated files included)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="optistop audit", description=main.__doc__)
+    ap.add_argument("log", type=Path, help="the audit log (spec audit_log; default audit.jsonl beside the spec)")
+    ap.add_argument("--policy", type=Path, default=None,
+                    help="policy.json: its reference_accuracy (q_ref) and criterion t_lcb (tolerance)")
+    ap.add_argument("--reference-quality", type=float, default=None, help="q_ref of the label-free bound")
+    ap.add_argument("--tolerance", type=float, default=None, help="alarm below this (default 0.945)")
+    ap.add_argument("--window", type=int, default=WINDOW, help="audits in the recent window")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = ap.parse_args(argv)
+    art: dict[str, Any] = {}
+    try:
+        if args.policy is not None:
+            art = json.loads(args.policy.read_text(encoding="utf-8"))
+        q_ref = args.reference_quality or float(art.get("reference_accuracy", 1.0))
+        tol = args.tolerance if args.tolerance is not None else float(art.get("criterion", {}).get("t_lcb", 0.945))
+        if not (0 < q_ref <= 1 and 0 <= tol <= 1 and args.window >= 1):
+            ap.error("--reference-quality must be in (0, 1], --tolerance in [0, 1], --window >= 1")
+        s = summarise(read_log(args.log), q_ref, tol, args.window)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    print(summary_line(s))
+    return 0
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """One paragraph: what ``optistop audit`` and ``optistop health --audit-log`` print."""
+    if not s["audits"]:
+        return "audits: none yet"
+    w, a = s["window"], s["all"]
+    return (f"audits: {s['audits']} (policy versions {', '.join(s['policy_versions'])}); delivered quality "
+            f"relative to the reference ({w['mode']}): last {w['n']}: {w['estimate']:.3f} "
+            f"[{w['lower']:.3f}, {w['upper']:.3f}], all: {a['estimate']:.3f} [{a['lower']:.3f}, {a['upper']:.3f}]; "
+            f"disagreement {a['disagree']:.1%}; q_ref {s['q_ref']:g}, tolerance {s['tolerance']:g}: "
+            f"{'DRIFT ALARM' if s['alarm'] else 'no alarm'}; audit cost {s['audit_cost_per_audit']:g} per audit, "
+            f"served cost {s['served_cost_per_audited_request']:g} per audited request; served by stage "
+            f"{s['served_stages']}")
