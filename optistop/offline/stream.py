@@ -62,9 +62,9 @@ def concat(a: F.Arrays, b: F.Arrays) -> F.Arrays:
 
 
 def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed: int = 0, window: int = 100,
-               on_drift: str = "safer", label_free: bool = False, recal_audits: int = 60,
-               monitor_window: int = A.WINDOW, min_audits: int = A.MIN_AUDITS, z: float = A.Z,
-               q_ref: float | None = None) -> dict[str, Any]:
+               on_drift: str = "safer", label_free: bool = False, recal_audits: int = 150,
+               monitor_window: int = 60, min_audits: int = 20, z: float = A.Z,
+               q_ref: float | None = None, recal_with: str = "balanced") -> dict[str, Any]:
     """Play ``tr`` in order; returns {"windows": [...], "events": [...], "summary": {...}}."""
     if label_free and tr.resp is None:
         raise ValueError("--label-free needs the stages' response texts in TRAFFIC (agreement)")
@@ -117,9 +117,9 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
                     mon.reset()
                     changed = True
             if pending_recal and len(since) >= recal_audits:
-                new = _recal_set(tr, since, label_free)
-                rule, choice, ch = fit_operating(concat(cal, new), crit, seed)
-                ladder, step = safer_ladder(concat(cal, new), choice, ch), -1
+                fit_on = _recal_set(cal, _audited_rows(tr, since, label_free), recal_with, seed)
+                rule, choice, ch = fit_operating(fit_on, crit, seed)
+                ladder, step = safer_ladder(fit_on, choice, ch), -1
                 name = "recal:" + "/".join(map(str, choice))
                 events.append({"request": i, "event": "recalibrated", "policy": name, "audits": len(since)})
                 mon.reset()
@@ -159,7 +159,22 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
     return {"windows": wins, "events": events, "summary": summary}
 
 
-def _recal_set(tr: F.Arrays, idx: Sequence[int], label_free: bool) -> F.Arrays:
+RECAL_WITH = ("balanced", "all", "audits")
+
+
+def _recal_set(cal: F.Arrays, audits: F.Arrays, how: str, seed: int) -> F.Arrays:
+    """What the recalibration fits on: the audits with as many calibration rows drawn at random
+    ("balanced": the traffic weighs half, however few the audits), with the whole calibration set ("all":
+    what ``calibrate --from-audit --prompts CAL`` does), or the audits alone."""
+    if how == "audits":
+        return audits
+    if how == "all":
+        return concat(cal, audits)
+    pick = np.random.default_rng(seed).permutation(len(cal.conf))[:len(audits.conf)]
+    return concat(cal.take(pick), audits)
+
+
+def _audited_rows(tr: F.Arrays, idx: Sequence[int], label_free: bool) -> F.Arrays:
     """Audited rows as calibration rows. Label-free: "correct" = agrees with the reference's answer."""
     sub = tr.take(np.asarray(idx))
     if label_free and sub.resp is not None:
@@ -188,8 +203,9 @@ def build_shift(records: list[dict[str, Any]], easy_share: float = 0.5, pre: int
         by.setdefault(subject(r), []).append(r)
     acc = {s: float(np.mean([bool(r["stages"][0]["correct"]) for r in rs])) for s, rs in by.items()}
     easy, hard, count = [], [], 0
-    for s in sorted(by, key=lambda s: -acc[s]):
-        (easy if count < easy_share * len(records) else hard).append(s)
+    for s in sorted(by, key=lambda s: -acc[s]):   # the easiest subjects while they fit in the share
+        fits = not hard and (not easy or count + len(by[s]) <= easy_share * len(records))
+        (easy if fits else hard).append(s)
         count += len(by[s])
     rng = np.random.default_rng(seed)
     e = [r for s in easy for r in by[s]]
@@ -274,3 +290,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def hedge_baseline(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed: int = 0,
+                   window: int = 100, grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11))) -> dict[str, Any]:
+    """The paper's online threshold learning (section 4.2; the retired optistop/offline/online.py) on the
+    same stream with the same audits: exponential weights over stage-order threshold rules, loss (cost +
+    lambda (1 - q)) / (sum(costs) + lambda), warm-started with full information on CAL, then updated only on
+    audited requests, importance-weighted by 1 / rate. lambda: the smallest of the grid whose best rule on
+    CAL reaches the target. Quality and cost are the learner's expectation over its weights."""
+    import itertools
+
+    n = cal.conf.shape[1]
+    rules = [K.ThresholdRule(0, np.asarray(th, float)) for th in itertools.product(grid, repeat=n - 1)]
+    qc, cc = map(np.stack, zip(*(F.outcome(r, cal) for r in rules), strict=True))
+    qt, ct = map(np.stack, zip(*(F.outcome(r, tr) for r in rules), strict=True))
+    last = cal.correct[:, -1].mean()
+    lam = next((lm for lm in F.LAMBDAS if qc[int(np.argmin((cc + lm * (1 - qc)).mean(1)))].mean()
+                >= crit.target * last), F.LAMBDAS[-1])
+    scale = float(tr.costs.sum()) + lam
+    est = ((cc + lam * (1 - qc)) / scale).sum(axis=1)
+    N = len(tr.conf)
+    audited = np.random.default_rng(seed).random(N) < rate    # the twin's audits (same seed, same draw)
+    q, c = np.zeros(N), np.zeros(N)
+    logk = np.log(len(rules))
+    for t in range(N):
+        eta = np.sqrt(8 * logk / (len(cal.conf) + t + 1))
+        w = np.exp(-eta * (est - est.min()))
+        w /= w.sum()
+        q[t], c[t] = w @ qt[:, t], w @ ct[:, t]
+        if audited[t]:
+            c[t] += float(tr.costs.sum()) - c[t]     # the audit runs what the request did not
+            est += (ct[:, t] + lam * (1 - qt[:, t])) / scale / rate
+    ref = tr.correct[:, -1].astype(float)
+    wins = [{"start": s, "quality_rel": round(float(q[s:s + window].mean() / max(ref[s:s + window].mean(), 1e-9)), 6),
+             "cost": round(float(c[s:s + window].mean()), 6)} for s in range(0, N, window)]
+    return {"lambda": lam, "rules": len(rules), "windows": wins,
+            "quality_rel": round(float(q.mean() / ref.mean()), 6), "cost": round(float(c.mean()), 6)}
