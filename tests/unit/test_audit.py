@@ -178,3 +178,15 @@ def test_policy_file_swap_is_picked_up_and_a_bad_one_refused(tmp_path: Path) -> 
     assert svc.policies.default_policy == "fixed:1" and svc.policies.art["version"] == 2
     path.write_text("{not json")
     assert not svc.reload_policy(force=True) and svc.policies.default_policy == "fixed:1"
+
+
+def test_bench_runs_the_cascade_with_auditing_on_beside_off() -> None:
+    from optistop.perf.bench import AUDITED, audit_on_vs_off, configurations, input_data
+
+    assert configurations(SPEC, 0.05)[AUDITED] == configurations(SPEC, 0.05)["cascade"]
+    assert AUDITED not in configurations(SPEC, 0.0)
+    assert input_data(["1+1="], None, None, 8, 0.05)["data"][0]["audit"] == [0.05]
+    table = {"cascade": {"1": {"latency_p50_ms": 10.0, "latency_p99_ms": 20.0}},
+             AUDITED: {"1": {"latency_p50_ms": 11.0, "latency_p99_ms": 30.0}}}
+    assert audit_on_vs_off(table)["1"] == {"p50_on": 11.0, "p99_on": 30.0, "p50_off": 10.0, "p99_off": 20.0,
+                                           "p50_ratio": 1.1, "p99_ratio": 1.5}
