@@ -190,3 +190,52 @@ def test_bench_runs_the_cascade_with_auditing_on_beside_off() -> None:
              AUDITED: {"1": {"latency_p50_ms": 11.0, "latency_p99_ms": 30.0}}}
     assert audit_on_vs_off(table)["1"] == {"p50_on": 11.0, "p99_on": 30.0, "p50_off": 10.0, "p99_off": 20.0,
                                            "p50_ratio": 1.1, "p99_ratio": 1.5}
+
+
+@pytest.mark.parametrize("line, field", [
+    ("audit_rate = 1.5", "cascade.audit_rate"), ("audit_rate = -0.1", "cascade.audit_rate"),
+    ('on_drift = "panic"', "cascade.on_drift"), ('audit_grader = "gpt"', "cascade.audit_grader"),
+    ("audit_window = 0", "cascade.audit_window"), ("audit_keep_prompts = 1", "cascade.audit_keep_prompts"),
+    ("policy_watch_s = -1", "cascade.policy_watch_s"),
+    ("audit_reference_quality = 0", "cascade.audit_reference_quality"),
+])
+def test_audit_spec_keys_are_checked_and_named(tmp_path: Path, line: str, field: str) -> None:
+    from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
+
+    (tmp_path / "models").symlink_to(DEFAULT_SPEC.parent / "models")
+    text = DEFAULT_SPEC.read_text().replace("[cascade]\n", f"[cascade]\n{line}\n", 1)
+    (tmp_path / "spec.toml").write_text(text)
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        load_spec(tmp_path / "spec.toml")
+    ok = DEFAULT_SPEC.read_text().replace(
+        "[cascade]\n", '[cascade]\naudit_rate = 0.5\non_drift = "safer"\naudit_log = "logs/a.jsonl"\n', 1)
+    (tmp_path / "ok.toml").write_text(ok)
+    spec = load_spec(tmp_path / "ok.toml")
+    assert (spec.audit_rate, spec.on_drift, spec.audit_log) == (0.5, "safer", (tmp_path / "logs/a.jsonl").resolve())
+
+
+@pytest.mark.parametrize("value", [1.5, -0.5, float("nan")])
+def test_bad_audit_input_is_refused_with_its_name(value: float) -> None:
+    import numpy as np
+
+    from optistop.serving.request import RequestError, parse_request
+    from tests.unit.test_request import BOOK, words
+
+    inputs = {"text_input": np.array([[b"1+1="]], dtype=object), "audit": np.array([[value]], np.float32)}
+    with pytest.raises(RequestError, match="input 'audit' is"):
+        parse_request(inputs, SPEC, words, BOOK)
+    inputs["audit"] = np.array([[0.25]], np.float32)
+    assert parse_request(inputs, SPEC, words, BOOK).audit == 0.25
+
+
+def test_audit_cli_summarises_and_names_a_corrupt_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rec = {"served_stage": 0, "answers": ["a", "a"], "confidences": [0.9, 0.9], "reference_stage": 1,
+           "agree": True, "cost_served": 1.0, "cost_audit": 10.0, "policy_version": 3}
+    log = tmp_path / "audit.jsonl"
+    log.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "agree": False}) + "\n{broken\n")
+    assert A.main([str(log), "--reference-quality", "0.8", "--json"]) == 0
+    out, err = capsys.readouterr()
+    s = json.loads(out)
+    assert s["audits"] == 2 and s["all"]["estimate"] == pytest.approx(1 - 0.5 / 0.8) and s["policy_versions"] == ["3"]
+    assert f"{log}:3: skipped" in err
+    assert A.main([str(tmp_path / "none.jsonl")]) == 2
