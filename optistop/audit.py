@@ -16,9 +16,12 @@ Two estimates of the delivered quality relative to the reference stage, each wit
   over the audits, with a delta-method interval (the same standard error the operating-point choice uses).
 
 The alarm: over the last ``window`` audits (at least ``min_audits``), the interval's *upper* end below the
-tolerance, i.e. the audits show with confidence that quality is below the tolerance. The lower end is what
-is exported and certified against; an alarm on it would fire on healthy traffic, because the operating
-point is chosen to sit at the target (measured in the twin: README, "Knowing the quality you deliver").
+tolerance, i.e. the audits show with confidence that quality is below the tolerance. The label-free bound is
+pessimistic (answers that differ from a wrong reference count against it), so without a grader the alarm
+compares it with what the same bound read on the calibration set (``agreement_tolerance``: that baseline less
+the target's margin; ``agreement_baseline``), not with the quality tolerance: a drift, not the bound's bias.
+The lower end is what is exported and certified against; an alarm on it would fire on healthy traffic,
+because the operating point is chosen to sit at the target (README, "Knowing the quality you deliver").
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ class Monitor:
     serve_cost: float = 0.0
     audit_cost: float = 0.0
     alarm: bool = False
+    agreement_tolerance: float | None = None   # the label-free estimate's tolerance; None: ``tolerance``
 
     def served(self, cost: float) -> None:
         self.requests += 1
@@ -134,7 +138,12 @@ class Monitor:
         return agreement_estimate(dis, len(win), self.q_ref, self.z)
 
     def drifted(self) -> bool:
-        return len(self.audits) >= self.min_audits and self.estimate().upper < self.tolerance
+        if len(self.audits) < self.min_audits:
+            return False
+        est = self.estimate()
+        tol = self.agreement_tolerance if est.mode == "agreement" and self.agreement_tolerance is not None \
+            else self.tolerance
+        return est.upper < tol
 
     def cost_share(self) -> float:
         total = self.serve_cost + self.audit_cost
@@ -144,6 +153,13 @@ class Monitor:
         """After a recalibration: the old audits describe the old policy."""
         self.audits.clear()
         self.alarm = False
+
+
+def agreement_baseline(served: list[int], reference: list[int], q_ref: float) -> float:
+    """The label-free estimate on calibration rows: 1 - P(served answer id != reference's) / q_ref
+    (answer ids as the kernel's: equal ids agree; -1, no answer, agrees with nothing)."""
+    dis = sum(s != r or s < 0 for s, r in zip(served, reference, strict=True))
+    return 1 - dis / max(len(served), 1) / min(max(q_ref, 1e-6), 1.0)
 
 
 def normalise(text: str) -> str:

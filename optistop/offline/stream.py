@@ -76,6 +76,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
     name = first_choice = "/".join(map(str, choice))
     q_cal_ref = float(cal.correct[:, -1].mean())
     mon = A.Monitor(q_ref if q_ref is not None else q_cal_ref, crit.t_lcb, monitor_window, min_audits, z)
+    mon.agreement_tolerance = _agreement_tolerance(cal, rule, mon.q_ref, crit)
     served = np.zeros(N, bool)
     cost = np.zeros(N)
     audit_cost = np.zeros(N)
@@ -120,6 +121,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
                 fit_on = _recal_set(cal, _audited_rows(tr, since, label_free), recal_with, seed)
                 rule, choice, ch = fit_operating(fit_on, crit, seed)
                 ladder, step = safer_ladder(fit_on, choice, ch), -1
+                mon.agreement_tolerance = _agreement_tolerance(fit_on, rule, mon.q_ref, crit)
                 name = "recal:" + "/".join(map(str, choice))
                 events.append({"request": i, "event": "recalibrated", "policy": name, "audits": len(since)})
                 mon.reset()
@@ -157,6 +159,16 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
                "cost": round(float(total.mean()), 6), "audit_cost": round(float(audit_cost.mean()), 6),
                "cheapest_adequate_stage_cost": float(tr.costs[adequate[0]]), "stage_accuracy": acc.round(4).tolist()}
     return {"windows": wins, "events": events, "summary": summary}
+
+
+def _agreement_tolerance(cal: F.Arrays, rule: K.Policy, q_ref: float, crit: F.Criterion) -> float | None:
+    """The label-free alarm's tolerance: the label-free estimate of ``rule`` on its calibration rows, less
+    the target's margin (target - t_lcb). None without answer texts (no agreement to read)."""
+    if cal.resp is None:
+        return None
+    _, ans = K.simulate(rule, cal.conf, cal.ex_ante, cal.resp)
+    served = cal.resp[np.arange(len(ans)), ans].tolist()
+    return A.agreement_baseline(served, cal.resp[:, -1].tolist(), q_ref) - (crit.target - crit.t_lcb)
 
 
 RECAL_WITH = ("balanced", "all", "audits")

@@ -31,6 +31,21 @@ from optistop.offline import policy_fit as F
 from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
 
 
+def agreement_baseline_of(a: Any, rule: Any) -> float | None:
+    """The label-free quality estimate of ``rule`` on calibration arrays ``a`` (optistop.audit.agreement_baseline),
+    stored in policy.json so the server's label-free alarm compares like with like. None without answers."""
+    import numpy as np
+
+    from optistop import policy as K
+    from optistop.audit import agreement_baseline
+
+    if a.resp is None:
+        return None
+    _, ans = K.simulate(rule, a.conf, a.ex_ante, a.resp)
+    served = a.resp[np.arange(len(ans)), ans].tolist()
+    return round(agreement_baseline(served, a.resp[:, -1].tolist(), float(a.correct[:, -1].mean())), 6)
+
+
 def records_from_audit(path: Path, warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
     """(replay records, audits skipped). Audits without a confidence for every stage (a predictor that
     failed) cannot be calibration rows and are skipped."""
@@ -81,10 +96,11 @@ def recalibrate(log: Path, policy: Path, target: float, prompts: Path | None = N
     crit = F.Criterion(target, target - 0.005)
     version = int(old.get("version", 1)) + 1
     keep = {k: old[k] for k in ("spec", "tokenizer_sha256", "predictor", "data_sha256") if k in old}
-    art, _ = build_artifact(a, names, crit, seed, version=version, reference_accuracy=float(a.correct[:, -1].mean()),
+    art, ch = build_artifact(a, names, crit, seed, version=version, reference_accuracy=float(a.correct[:, -1].mean()),
                             recalibrated_from={"audit_log": str(log), "audits": n_audit, "skipped": skipped,
                                                "prompts": str(prompts) if prompts else None,
                                                "previous_version": version - 1}, **keep)
+    art["agreement_baseline"] = agreement_baseline_of(a, ch["rule"])
     backup = policy.with_name(f"policy.v{version - 1}.json")
     shutil.copyfile(policy, backup)
     tmp = policy.with_name(f".{policy.name}.tmp")

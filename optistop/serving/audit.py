@@ -67,6 +67,10 @@ class Auditor:
                                   else float(crit.get("t_lcb", DEFAULT_TOLERANCE)))
         self.monitor.q_ref = (self.spec.audit_reference_quality if self.spec.audit_reference_quality is not None
                               else float(book.art.get("reference_accuracy", 1.0)))
+        base = book.art.get("agreement_baseline")
+        margin = float(crit.get("target", 0.95)) - float(crit.get("t_lcb", DEFAULT_TOLERANCE))
+        self.monitor.agreement_tolerance = None if base is None or self.spec.audit_tolerance is not None \
+            else float(base) - margin   # label-free: a drift from what the bound read at calibration
         self.monitor.reset()
         self.ladder, self.step = safer_points(book), 0
         self._gauge("policy_version", self.version)

@@ -239,3 +239,14 @@ def test_audit_cli_summarises_and_names_a_corrupt_line(tmp_path: Path, capsys: p
     assert s["audits"] == 2 and s["all"]["estimate"] == pytest.approx(1 - 0.5 / 0.8) and s["policy_versions"] == ["3"]
     assert f"{log}:3: skipped" in err
     assert A.main([str(tmp_path / "none.jsonl")]) == 2
+
+
+def test_label_free_alarm_compares_with_the_calibration_baseline() -> None:
+    # served ids vs reference ids: 1 of 4 differ, one has no answer (-1): P(disagree) = 2/4, q_ref 0.8
+    assert A.agreement_baseline([1, 2, -1, 3], [1, 2, 3, 4], 0.8) == pytest.approx(1 - 0.5 / 0.8)
+    m = A.Monitor(q_ref=0.8, tolerance=0.945, window=100, min_audits=10)
+    for i in range(40):            # 20% disagreement: label-free 0.75, far below the quality tolerance
+        m.add(A.Audit(i % 5 != 0, 0.0))
+    assert m.drifted()
+    m.agreement_tolerance = 0.75 - 0.005 - 0.1   # the calibration set read 0.75 too: no drift
+    assert not m.drifted()
