@@ -233,11 +233,11 @@ def audit_of(rec: dict[str, Any]) -> Audit:
 
 
 def summarise(records: Iterable[dict[str, Any]], q_ref: float, tolerance: float, window: int = WINDOW,
-              z: float = Z) -> dict[str, Any]:
+              z: float = Z, agreement_tolerance: float | None = None) -> dict[str, Any]:
     """What ``optistop audit LOG`` prints: the estimate over the whole log and over its last window."""
     recs = list(records)
     whole = Monitor(q_ref, tolerance, window=max(len(recs), 1), z=z)
-    last = Monitor(q_ref, tolerance, window=window, z=z)
+    last = Monitor(q_ref, tolerance, window=window, z=z, agreement_tolerance=agreement_tolerance)
     for r in recs:
         a = audit_of(r)
         whole.add(a)
@@ -274,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         tol = args.tolerance if args.tolerance is not None else float(art.get("criterion", {}).get("t_lcb", 0.945))
         if not (0 < q_ref <= 1 and 0 <= tol <= 1 and args.window >= 1):
             ap.error("--reference-quality must be in (0, 1], --tolerance in [0, 1], --window >= 1")
-        s = summarise(read_log(args.log), q_ref, tol, args.window)
+        crit = art.get("criterion", {})
+        base = art.get("agreement_baseline") if args.tolerance is None else None
+        agree_tol = None if base is None else float(base) - (float(crit.get("target", 0.95)) - tol)
+        s = summarise(read_log(args.log), q_ref, tol, args.window, agreement_tolerance=agree_tol)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
