@@ -50,8 +50,8 @@ def safer_points(book: PolicyBook) -> list[tuple[str, float | None]]:
 
 class Auditor:
     def __init__(self, spec: CascadeSpec, book: PolicyBook, log_path: Path, metrics: Any = None,
-                 rng: random.Random | None = None) -> None:
-        self.spec, self.metrics = spec, metrics
+                 rng: random.Random | None = None, model: str = "cascade") -> None:
+        self.spec, self.metrics, self.model = spec, metrics, model
         self.log = A.AuditLog(log_path, int(spec.audit_log_max_mb * (1 << 20)))
         self.rng = rng or random.Random()
         self._tasks: set[asyncio.Task] = set()
@@ -121,7 +121,7 @@ class Auditor:
         record: dict[str, Any] = {
             "v": 1, "time": round(time.time(), 3), "request_id": uuid.uuid4().hex,
             "prompt_sha256": hashlib.sha256(req.prompt.encode()).hexdigest(),
-            "policy": req.policy.name, "lambda": req.lam, "policy_version": self.version,
+            "model": self.model, "policy": req.policy.name, "lambda": req.lam, "policy_version": self.version,
             "stages": list(spec.stage_names), "costs": list(spec.costs),
             "stages_run": result.stages_run, "served_stage": result.stage, "audit_stages": missing,
             "answers": [texts.get(k) for k in range(n)], "confidences": conf, "ex_ante": result.ex_ante,
@@ -181,7 +181,7 @@ class Auditor:
 
     def _gauge(self, key: str, value: float) -> None:
         if self.metrics is not None:
-            self.metrics.gauge(key, value)
+            self.metrics.gauge(key, value, self.model)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait for audits in flight (tests, shutdown)."""

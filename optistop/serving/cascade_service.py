@@ -80,7 +80,7 @@ class CascadeService:
         service = cls.from_spec_file(model_dir / params["cascade_spec"])
         service.check_repository(model_dir.parent)
         service.metrics = TritonMetrics(pb_utils)
-        service.start_audits(model_dir)
+        service.start_audits(model_dir, args.get("model_name", "cascade"))
         mode = params.get("predictor_in_process", "auto")
         if mode not in PREDICTOR_MODES:
             raise SpecError(f"parameter predictor_in_process is {mode!r}; valid: {', '.join(PREDICTOR_MODES)}")
@@ -160,14 +160,14 @@ class CascadeService:
             book.default_lambda = self.spec.default_lambda
         return book
 
-    def start_audits(self, model_dir: Path) -> None:
+    def start_audits(self, model_dir: Path, model: str = "cascade") -> None:
         """Audit sampling (optistop.serving.audit), logging to the spec's audit_log (default: audit.jsonl
         beside the spec file)."""
         from optistop.serving.audit import Auditor
 
         assert self.policies is not None, "check_repository() loads the policy artifact"
         where = self.spec.audit_log or (self.spec.source.parent if self.spec.source else model_dir) / "audit.jsonl"
-        self.auditor = Auditor(self.spec, self.policies, where, self.metrics)
+        self.auditor = Auditor(self.spec, self.policies, where, self.metrics, model=model)
 
     def reload_policy(self, force: bool = False) -> bool:
         """Swap in a new policy.json when the file changed (checked at most every ``policy_watch_s``).

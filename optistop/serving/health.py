@@ -215,7 +215,8 @@ def quality_line(metrics_url: str, timeout_s: float = 3.0) -> str:
             text = resp.read().decode()
     except OSError as exc:
         return f"quality: metrics at {metrics_url} not answering ({exc})"
-    vals = {m.group(1): float(m.group(2)) for m in re.finditer(rf"^{PREFIX}_([a-z_]+)(?:{{[^}}]*}})? (\S+)$",
+    # the plain cascade's gauges (the streaming cascade keeps its own, labelled model="cascade_stream")
+    vals = {m.group(1): float(m.group(2)) for m in re.finditer(rf'^{PREFIX}_([a-z_]+){{model="cascade"}} (\S+)$',
                                                                   text, re.MULTILINE) if m.group(1) in GAUGES}
     if not vals.get("audits_in_window"):
         return "quality: no audits yet (spec audit_rate; see README, 'Knowing the quality you deliver')"

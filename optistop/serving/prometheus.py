@@ -60,7 +60,7 @@ class TritonMetrics:
             key: pb_utils.MetricFamily(name=f"{PREFIX}_{key}", description=desc, kind=pb_utils.MetricFamily.GAUGE)
             for key, desc in GAUGES.items()
         }
-        self._gauge_metrics: dict[str, Any] = {}
+        self._gauge_metrics: dict[tuple[str, str], Any] = {}
         self.flush_s = flush_s
         self._metrics: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -112,9 +112,10 @@ class TritonMetrics:
         """An increment of a label-less counter (the audit counters)."""
         self._inc(family, value)
 
-    def gauge(self, key: str, value: float) -> None:
-        """Set a gauge now (a round trip; called once per audit, a few per cent of requests)."""
-        m = self._gauge_metrics.get(key)
+    def gauge(self, key: str, value: float, model: str = "cascade") -> None:
+        """Set a gauge now (a round trip; called once per audit, a few per cent of requests). ``model``
+        labels it: the plain and the streaming cascade each keep their own estimate."""
+        m = self._gauge_metrics.get((key, model))
         if m is None:
-            m = self._gauge_metrics[key] = self.gauges[key].Metric(labels={})
+            m = self._gauge_metrics[(key, model)] = self.gauges[key].Metric(labels={"model": model})
         m.set(float(value))

@@ -29,7 +29,7 @@ HARD = [f"{a}+{b}=" for a, b in ((4821, 3779), (9057, 1988), (6644, 7389), (1299
 
 
 def gauge(metrics: dict, name: str) -> float:
-    return metrics[(f"optistop_cascade_{name}", frozenset())]
+    return metrics[(f"optistop_cascade_{name}", frozenset({("model", "cascade")}))]
 
 
 def counter(metrics: dict, name: str) -> float:
@@ -84,6 +84,10 @@ def test_audits_land_in_the_log_and_the_gauges_move(server) -> None:
     assert gauge(after, "audits_in_window") >= 10 and gauge(after, "audit_cost_share") > 0
     assert gauge(after, "drift_alarm") == 1.0   # 12 wrong-or-not of 18: far below any tolerance
     assert counter(after, "drift_alarms_total") >= 1
+    from optistop.serving.health import quality_line  # what `optistop health --metrics-url` prints
+
+    line = quality_line(f"{server.cfg.host}:{server.cfg.metrics_port}")
+    assert f"over {gauge(after, 'audits_in_window'):g} audits" in line and "DRIFT ALARM" in line, line
 
 
 def test_recalibrated_policy_is_picked_up_under_load_without_failures(server) -> None:
