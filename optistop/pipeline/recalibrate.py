@@ -46,6 +46,16 @@ def agreement_baseline_of(a: Any, rule: Any) -> float | None:
     return round(agreement_baseline(served, a.resp[:, -1].tolist(), float(a.correct[:, -1].mean())), 6)
 
 
+def with_safer_points(art: dict[str, Any]) -> dict[str, Any]:
+    """Store the next safer certified operating points in the artifact (``safer``: what ``on_drift =
+    "safer"`` steps through; optistop.serving.audit.safer_points derives the same when it is absent)."""
+    from optistop.policy_artifact import PolicyBook
+    from optistop.serving.audit import safer_points
+
+    art["safer"] = [{"policy": p, "lambda": lam} for p, lam in safer_points(PolicyBook(art))]
+    return art
+
+
 def records_from_audit(path: Path, warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
     """(replay records, audits skipped). Audits without a confidence for every stage (a predictor that
     failed) cannot be calibration rows and are skipped."""
@@ -101,6 +111,7 @@ def recalibrate(log: Path, policy: Path, target: float, prompts: Path | None = N
                                                "prompts": str(prompts) if prompts else None,
                                                "previous_version": version - 1}, **keep)
     art["agreement_baseline"] = agreement_baseline_of(a, ch["rule"])
+    with_safer_points(art)
     backup = policy.with_name(f"policy.v{version - 1}.json")
     shutil.copyfile(policy, backup)
     tmp = policy.with_name(f".{policy.name}.tmp")

@@ -250,3 +250,15 @@ def test_label_free_alarm_compares_with_the_calibration_baseline() -> None:
     assert m.drifted()
     m.agreement_tolerance = 0.75 - 0.005 - 0.1   # the calibration set read 0.75 too: no drift
     assert not m.drifted()
+
+
+def test_safer_points_are_stored_and_read_back() -> None:
+    from optistop.pipeline.recalibrate import with_safer_points
+    from optistop.policy_artifact import PolicyBook
+
+    art = json.loads(POLICY.read_text())
+    derived = safer_points(PolicyBook(art))
+    stored = with_safer_points(dict(art))["safer"]
+    assert [(p["policy"], p["lambda"]) for p in stored] == derived
+    art["safer"] = [{"policy": "fixed:1", "lambda": None}, {"policy": "fixed:2", "lambda": None}]
+    assert safer_points(PolicyBook(art)) == [("fixed:1", None), ("fixed:2", None)]
