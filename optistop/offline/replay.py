@@ -199,14 +199,14 @@ def _stream(args: argparse.Namespace, crit: F.Criterion) -> int:
     if cal.conf.shape[1] != tr.conf.shape[1] or not np.allclose(cal.costs, tr.costs):
         raise ReplayInputError("--fit and --stream files must have the same stages and costs")
     try:
-        res = stream.run_stream(cal, tr, rate, crit, on_drift=args.on_drift, label_free=args.label_free,
+        res = stream.run_stream(cal, tr, rate, crit, seed=args.seed, on_drift=args.on_drift, label_free=args.label_free,
                                 recal_audits=args.recal_audits, monitor_window=args.alarm_window,
                                 min_audits=args.min_audits, z=args.alarm_z, recal_with=args.recal_with)
     except ValueError as exc:
         raise ReplayInputError(str(exc)) from None
     stream.print_run(res, args.shift)
     if args.online:
-        res["online"] = stream.hedge_baseline(cal, tr, rate, crit)
+        res["online"] = stream.hedge_baseline(cal, tr, rate, crit, seed=args.seed)
         o, s = res["online"], res["summary"]
         print(f"online threshold learner (Hedge over {o['rules']} rules, lambda {o['lambda']:g}, audits as feedback): "
               f"quality {o['quality_rel']:.3f}, cost {o['cost']:.3f} | batch recalibration: quality "
@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--recal-audits", type=int, default=150, help="with --stream: audits a recalibration needs")
     ap.add_argument("--recal-with", choices=["balanced", "all", "audits"], default="balanced",
                     help="with --stream: what the recalibration fits on besides the audits (optistop.offline.stream)")
+    ap.add_argument("--seed", type=int, default=0, help="with --stream: the audit draws and the fits' folds")
     ap.add_argument("--online", action="store_true",
                     help="with --stream: also replay the paper's online threshold learner on the same audits")
     args = ap.parse_args(argv)
