@@ -88,6 +88,7 @@ class CascadeRequest:
     exclude_input_in_output: bool = True
     stop: tuple[str, ...] = ()                 # stop words: the answer ends before the first one
     options: GenerationOptions = GREEDY
+    audit: float | None = None   # this request's audit probability; None: the spec's audit_rate
 
 
 def find_stop(text: str, stop: Sequence[str]) -> int:
@@ -144,6 +145,8 @@ class CascadeResult:
     token_ids: tuple[int, ...] = ()    # the answering stage's tokens (after a stop word cut)
     logprobs: tuple[float, ...] = ()   # and their log-probs
     finish_reason: str = "stop"        # "length" when the answer ran into max_tokens
+    texts: dict[int, str] = field(default_factory=dict)   # decoded answer per scored stage (audits compare them)
+    ex_ante: list[float] | None = None                    # the prompt-only estimates, when the policy used them
 
     @property
     def stages_run(self) -> list[int]:
@@ -188,6 +191,7 @@ class _Run:
         if req.policy.uses_ex_ante:
             try:
                 ex_ante = await self._score(ex_ante_rows(rows), stage=-1)  # one call for every stage's estimate
+                self.result.ex_ante = ex_ante
             except StageFailure as exc:
                 return await self._fallback(exc, after=-1, predictor_down=True)
         answers: dict[str, int] = {}  # normalised answer text -> id: equal ids are answers that agree
@@ -289,6 +293,7 @@ class _Run:
         r.finish_reason = "length" if out.hit_max_tokens else "stop"
         r.text = text if self.req.exclude_input_in_output else self.req.prompt + text
         r.stage = answer
+        r.texts = self.texts
         r.stage_model = self.spec.stages[answer].triton_model
         r.reasons = list(reasons or []) + ([str(degraded_by)] if degraded_by else [])
         r.degraded = bool(r.reasons)

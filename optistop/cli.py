@@ -6,6 +6,7 @@ $ optistop serve-split                 # the same cascade with its stages on two
 $ optistop plan --rate 200             # replicas per stage for a request rate (see optistop.perf.plan)
 $ optistop openai                      # the same + an OpenAI-compatible API on http://127.0.0.1:9000/v1
 $ optistop spec cascade.toml           # validate and print a cascade spec
+$ optistop audit audit.jsonl           # delivered quality estimated from the audit log (optistop.audit)
 $ optistop replay --help               # offline replay of stopping policies (see optistop.offline.replay)
 $ optistop repo | collect | label | calibrate --help   # bring your own cascade (see optistop.pipeline)
 $ optistop-client "12+35="             # ask the served cascade (client_main below)
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 "calibrate": _lazy("optistop.pipeline.calibrate"), "serve-split": _lazy("optistop.serving.split"),
                 "plan": _lazy("optistop.perf.plan"),
                 "openai": openai,
-                "health": _health}
+                "health": _health, "audit": _lazy("optistop.audit")}
     if not argv or argv[0] not in commands:
         print(f"usage: optistop {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

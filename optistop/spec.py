@@ -69,6 +69,19 @@ class CascadeSpec:
     # rule were calibrated on greedy answers; up to 0.5 the cascade stays within ~2 points of its greedy
     # accuracy, at 0.7 it loses 12 (README "OpenAI-compatible API", make bench-sampling)
     max_temperature: float = 0.5
+    # Knowing the quality delivered (optistop.audit; README "Knowing the quality you deliver"): the share of
+    # requests audited off the critical path, where their records go, and what an alarm does.
+    audit_rate: float = 0.02
+    audit_keep_prompts: bool = False   # the prompt text in each audit record (else its SHA-256 only)
+    audit_log: Path | None = None      # JSONL, rotated by size; None: audit.jsonl beside the spec file
+    audit_log_max_mb: float = 64.0
+    audit_window: int = 200            # audits the estimate and the alarm look at
+    audit_min: int = 10                # audits before an alarm may fire
+    audit_tolerance: float | None = None          # None: the policy artifact's criterion t_lcb
+    audit_reference_quality: float | None = None  # q_ref of the label-free bound; None: the artifact's
+    audit_grader: str = "none"         # "tiny_tasks": grade both answers (graded estimate)
+    on_drift: str = "none"             # "safer": step to the next safer certified operating point
+    policy_watch_s: float = 2.0        # seconds between checks of policy.json for a new version; 0: never
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -191,7 +204,9 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     if not 0.0 <= max_t <= 2.0:
         raise SpecError(f"cascade.max_temperature: must be in 0..2 (OpenAI's range; 0 allows greedy only), "
                         f"got {max_t!r}")
+    audit = _audit_fields(top, base)
     return CascadeSpec(
+        **audit,
         name=_get(top, "name", str, "cascade"),
         tokenizer=_path(base, _get(top, "tokenizer", str, "cascade"), "cascade.tokenizer", check_paths),
         stages=tuple(stages),
@@ -208,6 +223,47 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         max_temperature=max_t,
         source=source,
     )
+
+
+def _audit_fields(top: dict[str, Any], base: Path) -> dict[str, Any]:
+    from optistop.audit import DRIFT_ACTIONS, GRADERS
+
+    def number(key: str, default: float | None, lo: float, hi: float, what: str) -> float | None:
+        raw = _get(top, key, (int, float), "cascade", default)
+        if raw is None:
+            return None
+        v = float(raw)
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise SpecError(f"cascade.{key}: must be {what}, got {raw!r}")
+        return v
+
+    def choice(key: str, valid: tuple[str, ...]) -> str:
+        v = _get(top, key, str, "cascade", valid[0])
+        if v not in valid:
+            raise SpecError(f"cascade.{key}: {v!r} is not one of {', '.join(valid)}")
+        return v
+
+    def count(key: str, default: int) -> int:
+        v = int(_get(top, key, int, "cascade", default))
+        if v < 1:
+            raise SpecError(f"cascade.{key}: must be an integer >= 1, got {v}")
+        return v
+
+    raw_log = _get(top, "audit_log", str, "cascade", "")
+    return {
+        "audit_rate": number("audit_rate", 0.02, 0.0, 1.0, "a share of requests in [0, 1]"),
+        "audit_keep_prompts": bool(_get(top, "audit_keep_prompts", bool, "cascade", False)),
+        "audit_log": (base / raw_log).resolve() if raw_log else None,
+        "audit_log_max_mb": number("audit_log_max_mb", 64.0, 0.001, 1e6, "a size in MB > 0"),
+        "audit_window": count("audit_window", 200),
+        "audit_min": count("audit_min", 10),
+        "audit_tolerance": number("audit_tolerance", None, 0.0, 1.0, "a quality share in [0, 1]"),
+        "audit_reference_quality": number("audit_reference_quality", None, 0.01, 1.0,
+                                          "the reference stage's accuracy in (0, 1]"),
+        "audit_grader": choice("audit_grader", GRADERS),
+        "on_drift": choice("on_drift", DRIFT_ACTIONS),
+        "policy_watch_s": number("policy_watch_s", 2.0, 0.0, 86400.0, "seconds >= 0 (0: never)"),
+    }
 
 
 def tokenizer_sha256(tokenizer_dir: Path) -> str:

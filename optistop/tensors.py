@@ -159,6 +159,7 @@ STAGE_LATENCY_MS = "stage_latency_ms"
 DEGRADED = "degraded"            # extension: True when a fault forced a fallback (see cascade.py)
 DEGRADED_REASON = "degraded_reason"  # extension: why, empty when not degraded
 CONTROLLER_MS = "controller_ms"  # extension: time outside stage engines (features, predictor, policy)
+AUDIT = "audit"  # extension, input: this request's audit probability (overrides spec audit_rate)
 STAGES_RUN = "stages_run"  # extension: indices of the stages run, in order (cost = sum of their costs)
 
 CASCADE = Contract(
@@ -175,6 +176,7 @@ CASCADE = Contract(
         Tensor(TEMPERATURE, "FP32", (1,), optional=True),
         Tensor(TOP_P, "FP32", (1,), optional=True),
         Tensor(RANDOM_SEED, "UINT64", (1,), optional=True),
+        Tensor(AUDIT, "FP32", (1,), optional=True),
     ),
     outputs=(
         Tensor(TEXT_OUTPUT, "BYTES", (1,)),

@@ -132,6 +132,9 @@ class Metric:
             raise ValueError("a counter cannot decrease")
         self._value += value
 
+    def set(self, value: float) -> None:  # gauges
+        self._value = value
+
     def value(self) -> float:
         return self._value
 

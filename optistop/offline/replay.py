@@ -4,6 +4,8 @@ $ optistop replay FILE.jsonl                                   # 5-fold cross-fi
 $ optistop replay FILE.jsonl --seeds 10 --small 30,100,300,1000 --out replay.json
 $ optistop replay --fit CAL.jsonl --eval TEST.jsonl            # calibrate on one set, evaluate on another
 $ optistop replay FILE.jsonl --artifact policy.json            # fit on all of FILE, write what a server loads
+$ optistop replay --fit CAL.jsonl --stream TRAFFIC.jsonl --audit 0.05   # traffic in order: audits, alarm,
+                                                               # recalibration (optistop.offline.stream)
 
 Input: JSONL, one line per prompt: {"id", "prompt"?, "stages": [{"model", "cost", "correct",
 "confidence"?, "ex_ante"?, "response"?}, ...]} (other fields are ignored). ``confidence`` is the probability
@@ -180,6 +182,40 @@ def _print(label: str, cond: dict[str, Any]) -> None:
           f"{1.1 * cond['hindsight_cost']:.3f} ({ok(cond['le_1.1_hindsight'])})")
 
 
+def _stream(args: argparse.Namespace, crit: F.Criterion) -> int:
+    from optistop.offline import stream
+
+    if args.stream is None or args.fit is None or args.eval is not None or args.file is not None:
+        raise ReplayInputError("--stream goes with --fit CAL.jsonl only (and --audit RATE)")
+    rate = 0.02 if args.audit is None else args.audit
+    if not 0.0 <= rate <= 1.0:
+        raise ReplayInputError(f"--audit is {rate}; a share of requests in [0, 1]")
+    for flag in ("alarm_window", "min_audits", "recal_audits"):
+        if getattr(args, flag) < 1:
+            raise ReplayInputError(f"--{flag.replace('_', '-')} is {getattr(args, flag)}; it must be >= 1")
+    if not args.alarm_z > 0:
+        raise ReplayInputError(f"--alarm-z is {args.alarm_z}; it must be > 0")
+    cal, tr = load(args.fit), load(args.stream)
+    if cal.conf.shape[1] != tr.conf.shape[1] or not np.allclose(cal.costs, tr.costs):
+        raise ReplayInputError("--fit and --stream files must have the same stages and costs")
+    try:
+        res = stream.run_stream(cal, tr, rate, crit, seed=args.seed, on_drift=args.on_drift, label_free=args.label_free,
+                                recal_audits=args.recal_audits, monitor_window=args.alarm_window,
+                                min_audits=args.min_audits, z=args.alarm_z, recal_with=args.recal_with)
+    except ValueError as exc:
+        raise ReplayInputError(str(exc)) from None
+    stream.print_run(res, args.shift)
+    if args.online:
+        res["online"] = stream.hedge_baseline(cal, tr, rate, crit, seed=args.seed)
+        o, s = res["online"], res["summary"]
+        print(f"online threshold learner (Hedge over {o['rules']} rules, lambda {o['lambda']:g}, audits as feedback): "
+              f"quality {o['quality_rel']:.3f}, cost {o['cost']:.3f} | batch recalibration: quality "
+              f"{s['quality_rel']:.3f}, cost {s['cost']:.3f}")
+    if args.out:
+        args.out.write_text(json.dumps(res, default=float) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="optistop replay", description=__doc__.split("\n")[0])
     ap.add_argument("file", nargs="?", type=Path, help="replay JSONL (K-fold cross-fitting)")
@@ -192,9 +228,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--z", type=float, default=F.Criterion.z, help="standard errors of margin (one-sided)")
     ap.add_argument("--artifact", type=Path, help="fit on the whole FILE and write the policy artifact here")
     ap.add_argument("--out", type=Path, help="write the full results as JSON")
+    ap.add_argument("--stream", type=Path, help="with --fit: play this traffic in order (the server's twin)")
+    ap.add_argument("--audit", type=float, default=None, help="with --stream: share of requests audited")
+    ap.add_argument("--on-drift", choices=["none", "safer"], default="safer", help="with --stream: on an alarm")
+    ap.add_argument("--label-free", action="store_true", help="with --stream: audits see agreement only")
+    ap.add_argument("--shift", type=int, default=None, help="with --stream: the request where the shift starts")
+    ap.add_argument("--alarm-window", type=int, default=60, help="with --stream: audits the alarm looks at")
+    ap.add_argument("--alarm-z", type=float, default=1.645, help="with --stream: one-sided z of the alarm's bound")
+    ap.add_argument("--min-audits", type=int, default=20, help="with --stream: audits before an alarm may fire")
+    ap.add_argument("--recal-audits", type=int, default=150, help="with --stream: audits a recalibration needs")
+    ap.add_argument("--recal-with", choices=["balanced", "all", "audits"], default="balanced",
+                    help="with --stream: what the recalibration fits on besides the audits (optistop.offline.stream)")
+    ap.add_argument("--seed", type=int, default=0, help="with --stream: the audit draws and the fits' folds")
+    ap.add_argument("--online", action="store_true",
+                    help="with --stream: also replay the paper's online threshold learner on the same audits")
     args = ap.parse_args(argv)
     crit = F.Criterion(args.target, args.target - 0.005, args.z)
     try:
+        if args.stream is not None or args.audit is not None:
+            return _stream(args, crit)
         if (args.file is None) == (args.fit is None or args.eval is None):
             raise ReplayInputError("give FILE (cross-fitting) or both --fit and --eval")
         if args.file is None:

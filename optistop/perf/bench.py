@@ -72,16 +72,23 @@ def held_out_prompts(per_cell: int, seed: int) -> list[str]:
     return prompts
 
 
-def input_data(prompts: list[str], policy: str | None, lam: float | None, max_tokens: int) -> dict[str, Any]:
+def input_data(prompts: list[str], policy: str | None, lam: float | None, max_tokens: int,
+               audit: float | None = None) -> dict[str, Any]:
     """perf_analyzer --input-data: one batch-1 request per entry, sent round-robin. Without a policy (and
-    lambda) the cascade serves its calibrated operating point."""
-    extra = ({"policy": [policy]} if policy else {}) | ({"lambda": [lam]} if lam is not None else {})
+    lambda) the cascade serves its calibrated operating point; ``audit``: each request's audit probability."""
+    extra = (({"policy": [policy]} if policy else {}) | ({"lambda": [lam]} if lam is not None else {})
+             | ({"audit": [audit]} if audit is not None else {}))
     return {"data": [{"text_input": [p], "max_tokens": [max_tokens], **extra} for p in prompts]}
 
 
-def configurations(spec: CascadeSpec) -> dict[str, str | None]:
-    """Configuration name -> policy input. The cascade runs its default (the calibrated operating point)."""
-    return {CASCADE: spec.default_policy, **{f"fixed:{k}": f"fixed:{k}" for k in range(len(spec.stages))}}
+AUDITED = "cascade+audit"   # the cascade with audit sampling on; every other configuration sends audit = 0
+
+
+def configurations(spec: CascadeSpec, audit_rate: float = 0.0) -> dict[str, str | None]:
+    """Configuration name -> policy input. The cascade runs its default (the calibrated operating point),
+    with auditing off and, when ``audit_rate`` > 0, on (AUDITED): the latency audits add, side by side."""
+    audited = {AUDITED: spec.default_policy} if audit_rate > 0 else {}
+    return {CASCADE: spec.default_policy, **audited, **{f"fixed:{k}": f"fixed:{k}" for k in range(len(spec.stages))}}
 
 
 def ideal_concurrency(concurrency: list[int]) -> int:
@@ -97,11 +104,13 @@ def measure(args: argparse.Namespace, spec: CascadeSpec, url: str, metrics_url: 
     prompts = held_out_prompts(args.per_cell, args.seed)
     stage_models = [s.triton_model for s in spec.stages]
     composing = model_versions(url, stage_models + [spec.predictor_model])
-    cfgs = configurations(spec)
+    cfgs = configurations(spec, args.audit_rate)
     target: dict[str, tuple[str, Path, list[str] | None]] = {}  # configuration -> model, input data, composing
     for name, policy in cfgs.items():
         target[name] = (args.model, raw / f"inputs_{name.replace(':', '')}.json", composing)
-        target[name][1].write_text(json.dumps(input_data(prompts, policy, args.lam, args.max_tokens)), encoding="utf-8")
+        audit = args.audit_rate if name == AUDITED else 0.0
+        target[name][1].write_text(json.dumps(input_data(prompts, policy, args.lam, args.max_tokens, audit)),
+                                   encoding="utf-8")
     stage_data = raw / "inputs_stage.json"
     stage_data.write_text(json.dumps(stage_inputs(spec.source, prompts, args.max_tokens)), encoding="utf-8")
     target |= {stage_config(k): (m, stage_data, None) for k, m in enumerate(stage_models)}
@@ -209,6 +218,7 @@ def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[st
     if ideal:
         ideal["command"] = meta.get("stage_direct_command")  # one of the stage-direct perf_analyzer calls
     res["meta"] = meta
+    res["audit_on_vs_off"] = audit_on_vs_off(res["configurations"])
     ratio = res.get("cascade_vs_large_latency_ratio", {})
     res["targets"] = {
         "controller_overhead_p99_le_1ms": (res.get("controller_overhead_p99_ms") or 1e9) <= 1.0,
@@ -220,6 +230,19 @@ def report(args: argparse.Namespace, spec: CascadeSpec, raw: Path, meta: dict[st
     write_markdown(res, args.out / "results.md")
     write_plot(res, args.out / "latency_throughput.png")
     return res
+
+
+def audit_on_vs_off(table: dict[str, Any]) -> dict[str, Any]:
+    """p50 / p99 latency of the cascade with auditing on over off, per concurrency (medians over repeats)."""
+    on, off = table.get(AUDITED, {}), table.get(CASCADE, {})
+    out = {}
+    for c in on:
+        if c in off:
+            out[c] = {f"{k}_on": on[c].get(f"latency_{k}_ms") for k in ("p50", "p99")}
+            out[c] |= {f"{k}_off": off[c].get(f"latency_{k}_ms") for k in ("p50", "p99")}
+            out[c] |= {f"{k}_ratio": round(on[c][f"latency_{k}_ms"] / off[c][f"latency_{k}_ms"], 3)
+                       for k in ("p50", "p99") if on[c].get(f"latency_{k}_ms") and off[c].get(f"latency_{k}_ms")}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,12 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="1 repeat, concurrency 1, 4 and 8, small windows, 60 requests per controller mode")
     ap.add_argument("--report-only", action="store_true", help="re-aggregate the raw files in --raw")
+    ap.add_argument("--audit-rate", type=float, default=0.05,
+                    help="also run the cascade with this audit rate beside it at 0 (latency with auditing on vs "
+                    "off); 0: skip")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = load_spec(args.spec, check_paths=False)  # the benchmark reads names, costs, defaults
     except SpecError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if not 0.0 <= args.audit_rate <= 1.0:
+        raise SystemExit(f"error: --audit-rate is {args.audit_rate}; a probability in [0, 1]")
     args.lam = spec.default_lambda if args.lam is None else args.lam
     args.max_tokens = args.max_tokens or spec.max_tokens_default
     if args.quick:
@@ -276,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{res.get('controller_overhead_p99_ms')} ms; per mode p99 "
           f"{ {m: v['p99_ms'] for m, v in modes.items() if isinstance(v, dict) and 'p99_ms' in v} }; throughput at "
           f"c={ideal.get('concurrency')} {ideal.get('cascade_infer_per_s')} vs ideal {ideal.get('ideal_infer_per_s')} "
-          f"(ratio {ideal.get('ratio')})")
+          f"(ratio {ideal.get('ratio')}); latency with auditing on / off {res.get('audit_on_vs_off')}")
     return 0
 
 
@@ -293,7 +321,9 @@ def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
         "nominal_costs": list(spec.costs), "stage_models": [s.triton_model for s in spec.stages],
         "config_labels": {CASCADE: f"cascade ({spec.default_policy}, lambda {args.lam})" if spec.default_policy
                           else "cascade (calibrated operating point)",
+                          AUDITED: f"cascade, {args.audit_rate:.0%} of requests audited",
                           **{f"fixed:{k}": f"fixed:{k} ({s.name})" for k, s in enumerate(spec.stages)}},
+        "audit_rate": args.audit_rate,
     }
     exe, env = perf_analyzer_env()
     versions = {"perf_analyzer": perf_analyzer_version(exe, env), "optistop": __version__,

@@ -2,6 +2,8 @@
 
 $ optistop calibrate labelled.jsonl --spec my_cascade.toml --target 0.95 --out my_repo
 $ optistop serve --repository my_repo                      # then the cascade serves the calibrated rule
+$ optistop calibrate --from-audit audit.jsonl --policy my_repo/quality_predictor/1/policy.json   # from traffic
+  (optistop.pipeline.recalibrate: refit on audited traffic, write policy.json version N+1, hot-swapped)
 
 Steps (each an existing, tested piece):
 1. Splits by prompt hash when the records carry none: ``--test-share`` of the prompts are ``test``, the
@@ -83,8 +85,13 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
     a = arrays_from_records(held)
     crit = F.Criterion(target, target - 0.005)
     art, choice = build_artifact(a, names, crit, seed, data_sha256=data_sha256(records),
-                                 predictor={"sidecar": "model.json"}, spec=spec.name,
+                                 predictor={"sidecar": "model.json"}, spec=spec.name, version=1,
+                                 reference_accuracy=float(a.correct[:, -1].mean()),   # q_ref of the audits' bound
                                  tokenizer_sha256=tokenizer_sha256(spec.tokenizer))
+    from optistop.pipeline.recalibrate import agreement_baseline_of, with_safer_points
+
+    art["agreement_baseline"] = agreement_baseline_of(a, choice["rule"])   # the label-free alarm's reference
+    with_safer_points(art)   # what on_drift = "safer" steps through
     (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
     cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"], replay.hindsight(a, target))
     notes = install_serving_models(spec, out, version_dir) if install else []
@@ -95,10 +102,15 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="optistop calibrate", description=__doc__.split("\n")[0])
-    ap.add_argument("replay", type=Path, help="labelled JSONL (optistop collect + optistop label)")
-    ap.add_argument("--spec", type=Path, required=True, help="the cascade spec the replay was collected with")
+    ap.add_argument("replay", type=Path, nargs="?", help="labelled JSONL (optistop collect + optistop label)")
+    ap.add_argument("--spec", type=Path, help="the cascade spec the replay was collected with")
+    ap.add_argument("--from-audit", type=Path, default=None, metavar="LOG",
+                    help="instead: refit the policy on this audit log (optistop.pipeline.recalibrate)")
+    ap.add_argument("--policy", type=Path, default=None, help="with --from-audit: the policy.json to replace")
+    ap.add_argument("--prompts", type=Path, default=None,
+                    help="with --from-audit: the original calibration set (scored replay JSONL) to fit with")
     ap.add_argument("--target", type=float, default=0.95, help="share of the last stage's quality to keep")
-    ap.add_argument("--out", type=Path, required=True, help="model repository (optistop repo) to install into")
+    ap.add_argument("--out", type=Path, help="model repository (optistop repo) to install into")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-share", type=float, default=0.2)
     ap.add_argument("--max-epochs", type=int, default=50)
@@ -106,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-install", action="store_true",
                     help="write the predictor and policy files only (the committed embedded repository)")
     args = ap.parse_args(argv)
+    if args.from_audit is not None:
+        return _from_audit(ap, args)
+    if args.replay is None or args.spec is None or args.out is None:
+        ap.error("give REPLAY, --spec and --out (or --from-audit LOG --policy policy.json)")
+    if args.policy or args.prompts:
+        ap.error("--policy and --prompts go with --from-audit")
     try:
         res = calibrate(read_labelled(args.replay), args.spec, args.out.absolute(), args.target, args.seed,
                         args.test_share, not args.no_install, args.replay_out, args.max_epochs)
@@ -126,4 +144,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{res['n_policy_prompts']} held-out prompts, cross-fitted: quality {c['quality_rel']:.3f} of the last "
           f"stage's at cost {c['cost']:.3f} (cheapest single stage meeting the target {c['cheapest_single_stage']:g}, "
           f"router {c['router_cost']:.3f}); wrote {res['version_dir']}")
+    return 0
+
+
+def _from_audit(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from optistop.pipeline.recalibrate import recalibrate
+
+    if args.policy is None:
+        ap.error("--from-audit needs --policy PATH (the served policy.json to replace)")
+    if args.replay is not None or args.out is not None or args.spec is not None:
+        ap.error("--from-audit takes --policy, --prompts, --target and --seed, not REPLAY, --spec or --out")
+    try:
+        res = recalibrate(args.from_audit, args.policy, args.target, args.prompts, args.seed)
+    except (ReplayInputError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"recalibrated on {res['audits']} audits ({res['skipped']} skipped; {res['rows']} rows in all): "
+          f"operating point {res['operating']['policy']} (lambda {res['operating'].get('lambda')}); wrote "
+          f"{res['policy']} version {res['version']} (previous kept as {res['backup']})")
     return 0

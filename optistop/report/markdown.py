@@ -200,7 +200,8 @@ def render(summary: dict[str, Any], figs: dict[str, str]) -> str:
                                             "(`--mmlupro-limit`) to fit the time budget." if lim else "."),
           "- The paper's rule is its section 5.3 rule verbatim; ERRATA item 5: its thresholds fall as lambda rises "
           "(inverted), so it is shown at the in-sample lambda that reaches 95% on the training folds.",
-          "- Dropped from the previous report: the online-regret section (Hedge over threshold rules, "
-          "`optistop.offline.online`) measures a different policy class than the served rule and is not part of "
-          "the acceptance; the lambda-sweep Pareto plots and CPT tables of the old replay API.", ""]
+          "- Dropped from the previous report: the online-regret section (Hedge over threshold rules; the module "
+          "was retired, measured against batch recalibration from audits in `optistop replay --stream ... --online`, "
+          "README \"Knowing the quality you deliver\"); the lambda-sweep Pareto plots and CPT tables of the old "
+          "replay API.", ""]
     return "\n".join(L)

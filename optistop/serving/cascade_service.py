@@ -10,6 +10,8 @@ import dataclasses
 import gc
 import json
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +48,10 @@ class CascadeService:
         self.spec = spec
         self.encoder = encoder
         self.end_id, self.pad_id = encoder.end_id, encoder.pad_id
+        self.auditor: Any = None          # optistop.serving.audit.Auditor, from start_audits()
+        self.policy_path: Path | None = None   # policy.json, watched for a new version (reload_policy)
+        self._policy_stamp: tuple[int, int] | None = None
+        self._policy_checked = 0.0
 
     @classmethod
     def from_spec_file(cls, path: str | Path) -> CascadeService:
@@ -74,6 +80,7 @@ class CascadeService:
         service = cls.from_spec_file(model_dir / params["cascade_spec"])
         service.check_repository(model_dir.parent)
         service.metrics = TritonMetrics(pb_utils)
+        service.start_audits(model_dir, args.get("model_name", "cascade"))
         mode = params.get("predictor_in_process", "auto")
         if mode not in PREDICTOR_MODES:
             raise SpecError(f"parameter predictor_in_process is {mode!r}; valid: {', '.join(PREDICTOR_MODES)}")
@@ -117,6 +124,7 @@ class CascadeService:
             path = local if local.exists() else repo / "cascade" / "1" / POLICY_FILE
             try:
                 self.policies = load_policy(path)
+                self.policy_path, self._policy_stamp = path, _stamp(path)
                 self.policies.check_matches(self.spec.stage_names, self.spec.costs, str(path))
             except PolicyArtifactError as exc:
                 raise SpecError(f"cascade.predictor_url: {exc}") from None
@@ -129,21 +137,62 @@ class CascadeService:
                     f"{version_dir / 'model.json'}: the predictor was calibrated for stages {side['stages']} with "
                     f"costs {side['costs']}, but this cascade's spec has stages {list(self.spec.stage_names)} "
                     f"with costs {list(self.spec.costs)}; run `optistop calibrate` for this spec")
-            self.policies = load_policy(version_dir / POLICY_FILE)
-            self.policies.check_matches(self.spec.stage_names, self.spec.costs, str(version_dir / POLICY_FILE))
-            theirs = self.policies.art.get("tokenizer_sha256")
-            if theirs and theirs != tokenizer_sha256(self.spec.tokenizer):
-                raise PolicyArtifactError(
-                    f"{version_dir}: calibrated for cascade '{self.policies.art.get('spec', '?')}' whose tokenizer "
-                    f"differs from this spec's ('{self.spec.name}', {self.spec.tokenizer}); its confidences mean "
-                    f"nothing for these models: run `optistop calibrate` for this spec")
-            if self.spec.default_policy is not None:   # an operator's explicit choice beats the calibrated one
-                self.policies.make(self.spec.default_policy, self.spec.default_lambda)   # valid name?
-                self.policies.default_policy = self.spec.default_policy
-            if self.spec.default_lambda is not None:
-                self.policies.default_lambda = self.spec.default_lambda
+            self.policy_path = version_dir / POLICY_FILE
+            self._policy_stamp = _stamp(self.policy_path)
+            self.policies = self._checked_policy(self.policy_path)
         except (PredictorLoadError, PolicyArtifactError, OSError, ValueError) as exc:
             raise SpecError(f"cascade.predictor_model: {exc}") from None
+
+    def _checked_policy(self, path: Path) -> PolicyBook:
+        """A policy artifact checked against this spec, with the spec's explicit defaults applied."""
+        book = load_policy(path)
+        book.check_matches(self.spec.stage_names, self.spec.costs, str(path))
+        theirs = book.art.get("tokenizer_sha256")
+        if theirs and theirs != tokenizer_sha256(self.spec.tokenizer):
+            raise PolicyArtifactError(
+                f"{path.parent}: calibrated for cascade '{book.art.get('spec', '?')}' whose tokenizer "
+                f"differs from this spec's ('{self.spec.name}', {self.spec.tokenizer}); its confidences mean "
+                f"nothing for these models: run `optistop calibrate` for this spec")
+        if self.spec.default_policy is not None:   # an operator's explicit choice beats the calibrated one
+            book.make(self.spec.default_policy, self.spec.default_lambda)   # valid name?
+            book.default_policy = self.spec.default_policy
+        if self.spec.default_lambda is not None:
+            book.default_lambda = self.spec.default_lambda
+        return book
+
+    def start_audits(self, model_dir: Path, model: str = "cascade") -> None:
+        """Audit sampling (optistop.serving.audit), logging to the spec's audit_log (default: audit.jsonl
+        beside the spec file)."""
+        from optistop.serving.audit import Auditor
+
+        assert self.policies is not None, "check_repository() loads the policy artifact"
+        where = self.spec.audit_log or (self.spec.source.parent if self.spec.source else model_dir) / "audit.jsonl"
+        self.auditor = Auditor(self.spec, self.policies, where, self.metrics, model=model)
+
+    def reload_policy(self, force: bool = False) -> bool:
+        """Swap in a new policy.json when the file changed (checked at most every ``policy_watch_s``).
+        Requests already parsed keep the rule they were given, so in-flight requests finish on the old
+        policy; a file that fails its checks is logged and the old policy serves on. True when swapped."""
+        now = time.monotonic()
+        if self.policy_path is None or (not force and (self.spec.policy_watch_s <= 0
+                                                       or now - self._policy_checked < self.spec.policy_watch_s)):
+            return False
+        self._policy_checked = now
+        stamp = _stamp(self.policy_path)
+        if stamp == self._policy_stamp or stamp is None:
+            return False
+        self._policy_stamp = stamp
+        try:
+            book = self._checked_policy(self.policy_path)
+        except (PolicyArtifactError, SpecError, OSError, ValueError) as exc:
+            log.error("new policy artifact not used, the old one serves on: %s", exc)
+            return False
+        self.policies = book
+        if self.auditor is not None:
+            self.auditor.use(book)
+        log.warning("policy artifact %s version %s now serving (%s, lambda %g)", self.policy_path,
+                    book.art.get("version", 1), book.default_policy, book.default_lambda)
+        return True
 
     def close(self) -> None:
         """From the model's finalize(): send the metric increments not yet flushed."""
@@ -167,6 +216,7 @@ class CascadeService:
                       wrap: Callable[[CascadeRequest], CascadeBackend] | None = None,
                       ) -> dict[str, np.ndarray] | RequestError:
         try:
+            self.reload_policy()
             assert self.policies is not None, "check_repository() loads the policy artifact"
             req = parse_request(inputs, self.spec, self.encoder.encode, self.policies, self.encoder.token_ids)
             result = await run_cascade(req, self.spec, wrap(req) if wrap else backend, self.decode)
@@ -182,6 +232,8 @@ class CascadeService:
             log.warning("degraded answer from stage %s: %s", result.stage_model, "; ".join(result.reasons))
         if self.metrics is not None:
             self.metrics.record(result, req.policy.name)
+        if self.auditor is not None:
+            self.auditor.after(req, result, backend, self.decode)   # never the streaming wrap: not the client's
         return self.outputs(result)
 
     @staticmethod
@@ -203,6 +255,14 @@ class CascadeService:
             T.DEGRADED_REASON: [["; ".join(r.reasons)]],
             T.CONTROLLER_MS: [[r.controller_ms]],
         })
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _models(repo: Path) -> list[str]:

@@ -48,7 +48,7 @@ def make_client(url: str | None = None, protocol: str = "grpc") -> Any:
 
 
 def build_inputs(protocol: str, prompt: str | bytes | list[dict[str, str]], *, lam: float | None = None,
-                 policy: str | None = None, max_tokens: int | None = None) -> list[Any]:
+                 policy: str | None = None, max_tokens: int | None = None, audit: float | None = None) -> list[Any]:
     """Cascade inputs with the batch dimension ([1, 1] each); optional ones only when given.
 
     ``prompt`` is raw text, or OpenAI-style chat messages (a list of {"role", "content"}) sent as JSON
@@ -65,6 +65,8 @@ def build_inputs(protocol: str, prompt: str | bytes | list[dict[str, str]], *, l
         values.append((T.LAMBDA, "FP32", np.array([[lam]], dtype=np.float32)))
     if policy is not None:
         values.append((T.POLICY, "BYTES", np.array([[policy.encode()]], dtype=object)))
+    if audit is not None:   # this request's audit probability (README, "Knowing the quality you deliver")
+        values.append((T.AUDIT, "FP32", np.array([[audit]], dtype=np.float32)))
     inputs = []
     for name, dtype, arr in values:
         inp = mod.InferInput(name, list(arr.shape), dtype)

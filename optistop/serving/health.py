@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="check the models of this cascade spec (default: every model the server serves)")
     ap.add_argument("--model", action="append", default=None, help="check only this model (repeatable)")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds each model has to answer")
+    ap.add_argument("--metrics-url", default=None,
+                    help="host:port of the server's metrics: also show the delivered-quality estimate (audits)")
+    ap.add_argument("--audit-log", type=Path, default=None, help="also summarise this audit log (optistop audit)")
     args = ap.parse_args(argv)
     try:
         models = models_from_spec(args.spec) if args.spec else models_from_server(args.url)
@@ -189,7 +192,38 @@ def main(argv: list[str] | None = None) -> int:
     results = check(args.url, models, args.timeout)
     for r in results:
         print(r.line())
+    if args.metrics_url:
+        print(quality_line(args.metrics_url, args.timeout))
+    if args.audit_log:
+        from optistop.audit import read_log, summarise, summary_line
+
+        try:
+            print(summary_line(summarise(read_log(args.audit_log), 1.0, 0.945)) + " (q_ref 1: see optistop audit)")
+        except OSError as exc:
+            print(f"audit log: {exc}")
     return 0 if all(r.ok for r in results) else 1
+
+
+def quality_line(metrics_url: str, timeout_s: float = 3.0) -> str:
+    """The cascade's delivered-quality gauges (optistop.serving.audit) from Triton's metrics endpoint."""
+    import urllib.request
+
+    from optistop.serving.prometheus import GAUGES, PREFIX
+
+    try:
+        with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=timeout_s) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        return f"quality: metrics at {metrics_url} not answering ({exc})"
+    # the plain cascade's gauges (the streaming cascade keeps its own, labelled model="cascade_stream")
+    vals = {m.group(1): float(m.group(2)) for m in re.finditer(rf'^{PREFIX}_([a-z_]+){{model="cascade"}} (\S+)$',
+                                                                  text, re.MULTILINE) if m.group(1) in GAUGES}
+    if not vals.get("audits_in_window"):
+        return "quality: no audits yet (spec audit_rate; see README, 'Knowing the quality you deliver')"
+    return (f"quality: {vals.get('quality_estimate', math.nan):.3f} of the reference "
+            f"[{vals.get('quality_lower_bound', math.nan):.3f}, {vals.get('quality_upper_bound', math.nan):.3f}] over "
+            f"{vals['audits_in_window']:g} audits; audit cost share {vals.get('audit_cost_share', 0.0):.1%}; policy "
+            f"version {vals.get('policy_version', 1):g}; {'DRIFT ALARM' if vals.get('drift_alarm') else 'no alarm'}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,21 @@ FAMILIES: dict[str, str] = {
     "confidence_total": "Calibrated confidences by stage, in 0.1-wide buckets (label: lower edge)",
     "predictor_seconds_total": "Time spent in quality-predictor calls",
     "controller_seconds_total": "Time spent outside stage engines: features, predictor, policy",
+    "audits_total": "Audited requests (every stage not run was run off the critical path; optistop.audit)",
+    "audit_cost_total": "Cost paid by audits (stages run only for the audit), apart from cost_total",
+    "audit_failures_total": "Audits that could not complete (a stage or the predictor failed)",
+    "drift_alarms_total": "Drift alarms: the audited quality's upper bound fell below the tolerance",
+}
+# Gauges of the delivered-quality estimate (set after each audit; optistop.serving.audit)
+GAUGES: dict[str, str] = {
+    "quality_estimate": "Delivered quality relative to the reference stage, over the audit window",
+    "quality_lower_bound": "Lower confidence bound of the delivered quality relative to the reference",
+    "quality_upper_bound": "Upper confidence bound of the delivered quality relative to the reference",
+    "audits_in_window": "Audits the quality estimate rests on",
+    "audit_cost_share": "Audit cost / (served cost + audit cost) since start or recalibration",
+    "drift_alarm": "1 while the drift alarm is raised",
+    "policy_version": "Version of the policy artifact serving (policy.json 'version')",
+    "safer_step": "Steps taken towards safer operating points since the last recalibration (on_drift)",
 }
 
 
@@ -41,6 +56,11 @@ class TritonMetrics:
             key: pb_utils.MetricFamily(name=f"{PREFIX}_{key}", description=desc, kind=pb_utils.MetricFamily.COUNTER)
             for key, desc in FAMILIES.items()
         }
+        self.gauges = {
+            key: pb_utils.MetricFamily(name=f"{PREFIX}_{key}", description=desc, kind=pb_utils.MetricFamily.GAUGE)
+            for key, desc in GAUGES.items()
+        }
+        self._gauge_metrics: dict[tuple[str, str], Any] = {}
         self.flush_s = flush_s
         self._metrics: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -87,3 +107,15 @@ class TritonMetrics:
 
     def error(self, code: str) -> None:
         self._inc("errors_total", code=code)
+
+    def count(self, family: str, value: float = 1.0) -> None:
+        """An increment of a label-less counter (the audit counters)."""
+        self._inc(family, value)
+
+    def gauge(self, key: str, value: float, model: str = "cascade") -> None:
+        """Set a gauge now (a round trip; called once per audit, a few per cent of requests). ``model``
+        labels it: the plain and the streaming cascade each keep their own estimate."""
+        m = self._gauge_metrics.get((key, model))
+        if m is None:
+            m = self._gauge_metrics[(key, model)] = self.gauges[key].Metric(labels={"model": model})
+        m.set(float(value))

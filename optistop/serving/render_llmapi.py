@@ -97,7 +97,8 @@ def stage_files(spec: CascadeSpec, stage: Stage, s: LlmapiSettings, label: str, 
         transaction_policy=f"model_transaction_policy {{\n  decoupled: {str(stream).lower()}\n}}\n",
         inputs=",\n".join(tensor(t, False) for t in contract.inputs),
         outputs=",\n".join(tensor(t, False) for t in contract.outputs),
-        queue_delay_us=1000, parameters=params)
+        queue_delay_us=1000, parameters=params,
+        instances=1)   # one LLM per stage: it batches in flight across the stage's GPUs
     d = repo / name
     return {d / "config.pbtxt": text,
             d / "1" / "model.yaml": json.dumps(model_yaml(stage, s), indent=2) + "\n",

@@ -115,6 +115,12 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
     excl = _scalar(inputs, T.EXCLUDE_INPUT_IN_OUTPUT)
     exclude = True if excl is None else bool(excl)
 
+    raw_audit = _scalar(inputs, T.AUDIT)
+    audit = None if raw_audit is None else float(raw_audit)  # type: ignore[arg-type]
+    if audit is not None and not 0.0 <= audit <= 1.0:   # NaN fails too
+        raise RequestError(f"input '{T.AUDIT}' is {audit}; it must be a probability in [0, 1] (the chance that "
+                           f"this request is audited; default: the spec's audit_rate, {spec.audit_rate:g})")
+
     prompt = encode(text=text) if messages is None else encode(messages=messages)
     ids = prompt.ids
     if len(ids) + max_tokens > spec.max_context_tokens:
@@ -125,7 +131,8 @@ def parse_request(inputs: Mapping[str, np.ndarray | None], spec: CascadeSpec,
     stop = parse_stop_words(inputs.get(T.STOP_WORDS))
     stop_ids = tuple(tuple(int(t) for t in token_ids(w)) for w in stop) if token_ids else ()
     options = GenerationOptions(*parse_sampling(inputs, spec), stop_ids=stop_ids)
-    return CascadeRequest(prompt.user_text, ids, max_tokens, lam, policy, exclude, stop, options)
+    return CascadeRequest(prompt.user_text, ids, max_tokens, lam, policy, exclude, audit=audit, stop=stop,
+                          options=options)
 
 
 def parse_stop_words(arr: np.ndarray | None) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ exactly its spec model on TP-size GPUs, the cascade reads that spec, every stage
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -68,14 +69,18 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered, tmp_pat
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
     for i, doc in enumerate(crds):  # CRDs: kubernetes-validate has no schema for them; ours is in deploy/schemas
-        assert doc["kind"] == "ServiceMonitor", f"no schema for CRD kind {doc['kind']}; add one to deploy/schemas"
+        assert doc["kind"] in CRD_SCHEMAS, f"no schema for CRD kind {doc['kind']}; add one to deploy/schemas"
         assert check_servicemonitor(doc, tmp_path / f"sm{i}.yaml") == "", doc
 
 
+CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.json", "PrometheusRule": "prometheusrule.json"}
+
+
 def check_servicemonitor(doc: dict, path: Path) -> str:
+    """check-jsonschema of a Prometheus Operator object (ServiceMonitor, PrometheusRule) against deploy/schemas."""
     path.write_text(yaml.safe_dump(doc))
     proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--schemafile",
-                           str(DEPLOY / "schemas" / "servicemonitor.json"), str(path)],
+                           str(DEPLOY / "schemas" / CRD_SCHEMAS[doc["kind"]]), str(path)],
                           capture_output=True, text=True, check=False)
     return "" if proc.returncode == 0 else proc.stdout + proc.stderr
 
@@ -158,6 +163,18 @@ def test_every_pod_probes_with_the_health_command() -> None:
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["exec"]["command"] == HEALTH, f"{dep['metadata']['name']} {probe}"
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+
+
+def test_quality_alerts_read_gauges_the_cascade_exports(tmp_path: Path) -> None:
+    from optistop.serving.prometheus import FAMILIES, GAUGES, PREFIX
+
+    docs = [d for d in yaml.safe_load_all(kustomize(DEPLOY / "monitoring")) if d]
+    rule = by_kind(docs, "PrometheusRule")["optistop-quality"]
+    exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+    used = set(re.findall(rf"{PREFIX}_([a-z_]+)", exprs))
+    assert "drift_alarm" in used and used <= set(GAUGES) | set(FAMILIES), used - set(GAUGES) - set(FAMILIES)
+    bad = {**rule, "spec": {"groups": [{"name": "x", "rules": [{"alert": "A", "expr": "1", "fro": "5m"}]}]}}
+    assert "fro" in check_servicemonitor(bad, tmp_path / "bad.yaml")
 
 
 def test_adapter_rule_makes_the_metric_the_hpas_use() -> None:

@@ -1,0 +1,341 @@
+"""The served cascade's offline twin: traffic in order, with audit sampling, the drift alarm, the safe
+response and recalibration from audited traffic.
+
+$ optistop replay --fit CAL.jsonl --stream TRAFFIC.jsonl --audit 0.05 [--on-drift safer] [--out F]
+$ python -m optistop.offline.stream build artifacts/mmlupro/llama.jsonl --out artifacts/shift   # shifted streams
+
+Each request of TRAFFIC runs through the policy kernel (optistop.policy.simulate, the code the server
+runs). A uniform share ``--audit`` of requests is audited: every stage the request did not run is run (its
+cost is counted as audit cost) and the audit goes to the monitor of optistop.audit, the same estimator and
+alarm the server uses. Labels: the records' ``correct`` act as the grader (``--label-free``: agreement with
+the reference's answer only, which needs ``response`` texts). On an alarm the twin moves to the next
+safer certified operating point (``--on-drift safer``) and, once ``--recal-audits`` audits were made since
+the alarm window began, refits the operating point on those audits together with the calibration set
+(what ``optistop calibrate --from-audit LOG --prompts CAL`` does) and swaps the policy.
+
+Printed per window of ``--window`` requests: delivered quality relative to the reference stage (true labels
+of every request, which the monitor never sees), cost per request with audits included, the monitor's
+estimate and bounds, the alarm and the policy. ``--out`` writes {"windows": [...], "summary": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optistop import audit as A
+from optistop import policy as K
+from optistop.offline import policy_fit as F
+
+
+def fit_operating(cal: F.Arrays, crit: F.Criterion, seed: int) -> tuple[K.Policy, tuple, dict[str, Any]]:
+    """The ONE adapter to the operating-point choice (issue 28 rewrites policy_fit.choose): (rule, choice,
+    everything choose returned). Re-point here when choose's return value changes."""
+    ch = F.choose(cal, crit, seed)
+    return ch["rule"], tuple(ch["choice"]), ch
+
+
+def safer_ladder(cal: F.Arrays, choice: tuple, ch: dict[str, Any], steps: int = 3) -> list[tuple[str, K.Policy]]:
+    """The next safer certified operating points, safest last: the chosen family at higher lambdas (the
+    fixed-sequence test certified every lambda above the chosen one), then always the reference stage."""
+    n = cal.conf.shape[1]
+    out: list[tuple[str, K.Policy]] = []
+    name, param = choice[0], choice[1] if len(choice) > 1 else None
+    if name in ("optimal", "router") and param is not None:
+        above = [lam for lam in F.LAMBDAS if lam > float(param)]
+        for lam in above[3::4][:steps]:      # about x2.4 in lambda per step (the grid is x1.25)
+            fit = F.fit_optimal if name == "optimal" else F.fit_router
+            out.append((f"{name}@{lam:g}", fit(cal, lam, ch["answer"])))
+    return out + [(f"fixed:{n - 1}", K.FixedRule(n - 1))]
+
+
+def concat(a: F.Arrays, b: F.Arrays) -> F.Arrays:
+    cat = lambda x, y: None if x is None or y is None else np.concatenate([x, y])
+    return F.Arrays(np.concatenate([a.conf, b.conf]), np.concatenate([a.correct, b.correct]), a.costs,
+                    cat(a.ex_ante, b.ex_ante), cat(a.resp, b.resp))
+
+
+def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed: int = 0, window: int = 100,
+               on_drift: str = "safer", label_free: bool = False, recal_audits: int = 150,
+               monitor_window: int = 60, min_audits: int = 20, z: float = A.Z,
+               q_ref: float | None = None, recal_with: str = "balanced") -> dict[str, Any]:
+    """Play ``tr`` in order; returns {"windows": [...], "events": [...], "summary": {...}}."""
+    if label_free and tr.resp is None:
+        raise ValueError("--label-free needs the stages' response texts in TRAFFIC (agreement)")
+    N, n = tr.conf.shape
+    rng = np.random.default_rng(seed)
+    audited = rng.random(N) < rate
+    rule, choice, ch = fit_operating(cal, crit, seed)
+    ladder, step = safer_ladder(cal, choice, ch), -1
+    name = first_choice = "/".join(map(str, choice))
+    q_cal_ref = float(cal.correct[:, -1].mean())
+    mon = A.Monitor(q_ref if q_ref is not None else q_cal_ref, crit.t_lcb, monitor_window, min_audits, z)
+    mon.agreement_tolerance = _agreement_tolerance(cal, rule, mon.q_ref, crit)
+    served = np.zeros(N, bool)
+    cost = np.zeros(N)
+    audit_cost = np.zeros(N)
+    policy_at = [""] * N
+    alarm_at: list[int] = []
+    events: list[dict[str, Any]] = []
+    since: list[int] = []            # rows audited since the alarm window began (the recalibration set)
+    pending_recal = False
+    t = 0
+    ran, ans = K.simulate(rule, tr.conf, tr.ex_ante, tr.resp)
+    while t < N:
+        changed = False
+        for i in range(t, N):
+            served[i] = tr.correct[i, ans[i]]
+            cost[i] = float(ran[i] @ tr.costs)
+            policy_at[i] = name
+            mon.served(cost[i])
+            if not audited[i]:
+                continue
+            audit_cost[i] = float((~ran[i]) @ tr.costs)
+            agree = (ans[i] == n - 1 or (tr.resp is not None and tr.resp[i, ans[i]] >= 0
+                                         and tr.resp[i, ans[i]] == tr.resp[i, n - 1]))
+            if tr.resp is None:   # no answer texts: agreement only where the same stage answered
+                agree = ans[i] == n - 1
+            graded = None if label_free else (bool(tr.correct[i, ans[i]]), bool(tr.correct[i, n - 1]))
+            a = A.Audit(bool(agree), audit_cost[i], *(graded or (None, None)))
+            since.append(i)
+            raised = mon.add(a)
+            if raised:
+                alarm_at.append(i)
+                first = len(since) - len(mon.audits)
+                since = since[max(first, 0):]
+                events.append({"request": i, "event": "alarm", "estimate": mon.estimate().as_dict()})
+                pending_recal = True
+                if on_drift == "safer" and step + 1 < len(ladder):
+                    step += 1
+                    name, rule = ladder[step]
+                    events.append({"request": i, "event": "safer", "policy": name})
+                    mon.reset()
+                    changed = True
+            if pending_recal and len(since) >= recal_audits:
+                fit_on = _recal_set(cal, _audited_rows(tr, since, label_free), recal_with, seed)
+                rule, choice, ch = fit_operating(fit_on, crit, seed)
+                ladder, step = safer_ladder(fit_on, choice, ch), -1
+                mon.agreement_tolerance = _agreement_tolerance(fit_on, rule, mon.q_ref, crit)
+                name = "recal:" + "/".join(map(str, choice))
+                events.append({"request": i, "event": "recalibrated", "policy": name, "audits": len(since)})
+                mon.reset()
+                since, pending_recal, changed = [], False, True
+            if changed:
+                t = i + 1
+                if t < N:
+                    r2, a2 = K.simulate(rule, tr.conf[t:], None if tr.ex_ante is None else tr.ex_ante[t:],
+                                        None if tr.resp is None else tr.resp[t:])
+                    ran[t:], ans[t:] = r2, a2
+                break
+        else:
+            t = N
+        if not changed:
+            break
+    ref = tr.correct[:, -1].astype(float)
+    total = cost + audit_cost
+    wins = []
+    for s in range(0, N, window):
+        e = min(s + window, N)
+        q_rel = float(served[s:e].mean() / max(ref[s:e].mean(), 1e-9))
+        wins.append({"start": s, "end": e, "quality_rel": round(q_rel, 6),
+                     "cost": round(float(total[s:e].mean()), 6), "serve_cost": round(float(cost[s:e].mean()), 6),
+                     "audits": int(audited[s:e].sum()), "alarm": any(s <= x < e for x in alarm_at),
+                     "policy": policy_at[e - 1]})
+    recal = [ev["request"] for ev in events if ev["event"] == "recalibrated"]
+    after = recal[0] + 1 if recal else N
+    acc = tr.correct.mean(axis=0)
+    adequate = [k for k in range(n) if acc[k] >= crit.target * acc[-1]]
+    summary = {"n": N, "audit_rate": rate, "audits": int(audited.sum()), "initial_choice": first_choice,
+               "alarms": alarm_at, "recalibrated_at": recal,
+               "quality_rel": round(float(served.mean() / ref.mean()), 6),
+               "quality_rel_after_recal": round(float(served[after:].mean() / max(ref[after:].mean(), 1e-9)), 6)
+               if after < N else None,
+               "cost": round(float(total.mean()), 6), "audit_cost": round(float(audit_cost.mean()), 6),
+               "cheapest_adequate_stage_cost": float(tr.costs[adequate[0]]), "stage_accuracy": acc.round(4).tolist()}
+    return {"windows": wins, "events": events, "summary": summary}
+
+
+def _agreement_tolerance(cal: F.Arrays, rule: K.Policy, q_ref: float, crit: F.Criterion) -> float | None:
+    """The label-free alarm's tolerance: the label-free estimate of ``rule`` on its calibration rows, less
+    the target's margin (target - t_lcb). None without answer texts (no agreement to read)."""
+    if cal.resp is None:
+        return None
+    _, ans = K.simulate(rule, cal.conf, cal.ex_ante, cal.resp)
+    served = cal.resp[np.arange(len(ans)), ans].tolist()
+    return A.agreement_baseline(served, cal.resp[:, -1].tolist(), q_ref) - (crit.target - crit.t_lcb)
+
+
+RECAL_WITH = ("balanced", "all", "audits")
+
+
+def _recal_set(cal: F.Arrays, audits: F.Arrays, how: str, seed: int) -> F.Arrays:
+    """What the recalibration fits on: the audits with as many calibration rows drawn at random
+    ("balanced": the traffic weighs half, however few the audits), with the whole calibration set ("all":
+    what ``calibrate --from-audit --prompts CAL`` does), or the audits alone."""
+    if how == "audits":
+        return audits
+    if how == "all":
+        return concat(cal, audits)
+    pick = np.random.default_rng(seed).permutation(len(cal.conf))[:len(audits.conf)]
+    return concat(cal.take(pick), audits)
+
+
+def _audited_rows(tr: F.Arrays, idx: Sequence[int], label_free: bool) -> F.Arrays:
+    """Audited rows as calibration rows. Label-free: "correct" = agrees with the reference's answer."""
+    sub = tr.take(np.asarray(idx))
+    if label_free and sub.resp is not None:
+        ref = sub.resp[:, -1:]
+        sub.correct = (sub.resp == ref) & (sub.resp >= 0)
+        sub.correct[:, -1] = True
+    return sub
+
+
+def subject(rec: dict[str, Any]) -> str:
+    """A record's subject: its meta "subject=..." (RouteLLM) or "category=..." (MMLU-Pro), else its id's folder."""
+    for m in rec.get("meta", []) or []:
+        key, _, val = str(m).partition("=")
+        if key in ("subject", "category") and val:
+            return val
+    return str(rec.get("id", "")).rsplit("/", 1)[0]
+
+
+def build_shift(records: list[dict[str, Any]], easy_share: float = 0.5, pre: int = 1000, seed: int = 0
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(calibration, stream, how): subjects ranked by the first stage's accuracy; the top ``easy_share`` of
+    records (whole subjects) are easy. Calibration: half the easy records. Stream: ``pre`` other easy
+    records, then every hard record, each part shuffled: the shift sits at request ``pre``."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault(subject(r), []).append(r)
+    acc = {s: float(np.mean([bool(r["stages"][0]["correct"]) for r in rs])) for s, rs in by.items()}
+    easy, hard, count = [], [], 0
+    for s in sorted(by, key=lambda s: -acc[s]):   # the easiest subjects while they fit in the share
+        fits = not hard and (not easy or count + len(by[s]) <= easy_share * len(records))
+        (easy if fits else hard).append(s)
+        count += len(by[s])
+    rng = np.random.default_rng(seed)
+    e = [r for s in easy for r in by[s]]
+    h = [r for s in hard for r in by[s]]
+    e = [e[i] for i in rng.permutation(len(e))]
+    h = [h[i] for i in rng.permutation(len(h))]
+    half = len(e) // 2
+    cal, stream = e[:half], e[half:half + pre] + h
+    how = {"easy_subjects": easy, "hard_subjects": hard, "calibration": len(cal), "stream": len(stream),
+           "shift_at": min(pre, len(e) - half), "first_stage_accuracy": {s: round(acc[s], 4) for s in by}}
+    return cal, stream, how
+
+
+def score_from_cal(cal: list[dict[str, Any]], stream: list[dict[str, Any]], seed: int = 0) -> None:
+    """Confidences as a deployment has them: a text verifier (optistop.offline.fit, prompt-only where the
+    records carry no answers) fitted on the calibration records only, out-of-fold on them, applied to the
+    stream, which it never saw. Written into the records' stages as ``confidence`` and ``ex_ante``."""
+    from optistop.offline.fit import fit_predict_cv, hashed_tokens, prompt_stats, response_stats
+
+    recs = cal + stream
+    tr, te = np.arange(len(cal)), np.arange(len(cal), len(recs))
+    prompts = [str(r.get("prompt", "")) for r in recs]
+    pd = np.array([prompt_stats(p) for p in prompts])
+    ph = [hashed_tokens(p, [str(t) for t in r.get("meta", [])]) for p, r in zip(prompts, recs, strict=True)]
+    for k in range(len(recs[0]["stages"])):
+        y = np.array([bool(r["stages"][k]["correct"]) for r in recs])
+        ex = np.zeros(len(recs))
+        ex[tr], ex[te], _ = fit_predict_cv(pd, ph, y, tr, te, seed + k)
+        conf = ex.copy()
+        resp = [r["stages"][k].get("response") for r in recs]
+        if all(isinstance(x, str) for x in resp):
+            rd = np.array([response_stats(p, x, None) for p, x in zip(prompts, resp, strict=True)])
+            rh = [sorted(set(h) | set(hashed_tokens("r " + x))) for h, x in zip(ph, resp, strict=True)]
+            conf[tr], conf[te], _ = fit_predict_cv(np.hstack([pd, rd]), rh, y, tr, te, seed + 100 + k)
+        for i, r in enumerate(recs):
+            r["stages"][k]["confidence"] = float(np.clip(conf[i], 0, 1))
+            r["stages"][k]["ex_ante"] = float(np.clip(ex[i], 0, 1))
+
+
+def print_run(res: dict[str, Any], shift: int | None = None) -> None:
+    for w in res["windows"]:
+        print(f"{w['start']:6d}-{w['end']:<6d} quality {w['quality_rel']:.3f}  cost {w['cost']:6.3f} "
+              f"(audits {w['audits']:2d})  {'ALARM ' if w['alarm'] else '      '}{w['policy']}")
+    for ev in res["events"]:
+        print(f"request {ev['request']}: {ev['event']} {ev.get('policy', '')} {ev.get('estimate', '')}")
+    s = res["summary"]
+    delay = f" ({s['alarms'][0] - shift} after the shift at {shift})" if shift is not None and s["alarms"] else ""
+    print(f"{s['n']} requests, {s['audits']} audits ({s['audits'] / max(s['n'], 1):.1%}); first alarm at "
+          f"{s['alarms'][0] if s['alarms'] else 'never'}{delay}; quality {s['quality_rel']:.3f} of the reference "
+          f"over the stream, {s['quality_rel_after_recal'] if s['quality_rel_after_recal'] is not None else 'n/a'}"
+          f" after the recalibration; cost {s['cost']:.3f} per request ({s['audit_cost']:.3f} of it audits), "
+          f"cheapest adequate single stage {s['cheapest_adequate_stage_cost']:g}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m optistop.offline.stream build FILE --out DIR``: write cal.jsonl, stream.jsonl, how.json."""
+    ap = argparse.ArgumentParser(prog="python -m optistop.offline.stream", description=main.__doc__)
+    ap.add_argument("command", choices=["build"])
+    ap.add_argument("file", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--easy-share", type=float, default=0.5)
+    ap.add_argument("--pre", type=int, default=1000, help="easy requests before the shift")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rescore", action="store_true",
+                    help="replace the records' confidences by a verifier fitted on the calibration part only")
+    args = ap.parse_args(argv)
+    from optistop.offline.replay import read_records
+
+    records = read_records(args.file)[0]
+    cal, stream, how = build_shift(records, args.easy_share, args.pre, args.seed)
+    if args.rescore or any(st.get("confidence") is None for r in records for st in r["stages"]):
+        score_from_cal(cal, stream, args.seed)
+        how["verifier"] = "fitted on the calibration records only (out-of-fold there), applied to the stream"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, recs in (("cal.jsonl", cal), ("stream.jsonl", stream)):
+        (args.out / name).write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    (args.out / "how.json").write_text(json.dumps(how, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}/cal.jsonl ({how['calibration']}), stream.jsonl ({how['stream']}, shift at "
+          f"{how['shift_at']}); easy subjects: {', '.join(how['easy_subjects'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def hedge_baseline(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed: int = 0,
+                   window: int = 100, grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11))) -> dict[str, Any]:
+    """The paper's online threshold learning (section 4.2; the retired optistop/offline/online.py) on the
+    same stream with the same audits: exponential weights over stage-order threshold rules, loss (cost +
+    lambda (1 - q)) / (sum(costs) + lambda), warm-started with full information on CAL, then updated only on
+    audited requests, importance-weighted by 1 / rate. lambda: the smallest of the grid whose best rule on
+    CAL reaches the target. Quality and cost are the learner's expectation over its weights."""
+    import itertools
+
+    n = cal.conf.shape[1]
+    rules = [K.ThresholdRule(0, np.asarray(th, float)) for th in itertools.product(grid, repeat=n - 1)]
+    qc, cc = map(np.stack, zip(*(F.outcome(r, cal) for r in rules), strict=True))
+    qt, ct = map(np.stack, zip(*(F.outcome(r, tr) for r in rules), strict=True))
+    last = cal.correct[:, -1].mean()
+    lam = next((lm for lm in F.LAMBDAS if qc[int(np.argmin((cc + lm * (1 - qc)).mean(1)))].mean()
+                >= crit.target * last), F.LAMBDAS[-1])
+    scale = float(tr.costs.sum()) + lam
+    est = ((cc + lam * (1 - qc)) / scale).sum(axis=1)
+    N = len(tr.conf)
+    audited = np.random.default_rng(seed).random(N) < rate    # the twin's audits (same seed, same draw)
+    q, c = np.zeros(N), np.zeros(N)
+    logk = np.log(len(rules))
+    for t in range(N):
+        eta = np.sqrt(8 * logk / (len(cal.conf) + t + 1))
+        w = np.exp(-eta * (est - est.min()))
+        w /= w.sum()
+        q[t], c[t] = w @ qt[:, t], w @ ct[:, t]
+        if audited[t]:
+            c[t] += float(tr.costs.sum()) - c[t]     # the audit runs what the request did not
+            est += (ct[:, t] + lam * (1 - qt[:, t])) / scale / rate
+    ref = tr.correct[:, -1].astype(float)
+    wins = [{"start": s, "quality_rel": round(float(q[s:s + window].mean() / max(ref[s:s + window].mean(), 1e-9)), 6),
+             "cost": round(float(c[s:s + window].mean()), 6)} for s in range(0, N, window)]
+    return {"lambda": lam, "rules": len(rules), "windows": wins,
+            "quality_rel": round(float(q.mean() / ref.mean()), 6), "cost": round(float(c.mean()), 6)}
