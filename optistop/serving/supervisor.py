@@ -46,6 +46,7 @@ from optistop.spec import SupervisorSpec
 
 log = logging.getLogger("optistop.supervisor")
 STALE_PROBES = 3   # /healthz answers 503 once no probe round finished for this many probe periods
+SLOW_LOG_EVERY_S = 60.0
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Supervisor:
         self._pool = ThreadPoolExecutor(max_workers=2 * len(models) + 1, thread_name_prefix="supervisor-probe")
         self._lock = threading.Lock()                            # watches and probes: probe thread vs recovery
         self._http: Any = None
+        self._slow_told: dict[str, float] = {}
 
     @property
     def last(self) -> list[ModelHealth]:
@@ -114,8 +116,11 @@ class Supervisor:
                 if t_seen <= self._recovered_at[v.model]:
                     continue  # about an instance replaced since
                 self.verdicts[(v.model, v.kind)] += 1
-                if v.kind == "slow":
-                    log.warning("model '%s' slow but progressing: not killed (%s)", v.model, v.text)
+                if v.kind == "slow":  # counted every time, logged at most once a minute per model
+                    told = self._slow_told.get(v.model)
+                    if told is None or time.monotonic() - told >= SLOW_LOG_EVERY_S:
+                        self._slow_told[v.model] = time.monotonic()
+                        log.warning("model '%s' slow but progressing: not killed (%s)", v.model, v.text)
                 else:
                     found.setdefault(v.model, v)
             for v in found.values():
@@ -276,58 +281,14 @@ class Supervisor:
         log.warning("tritonserver restarted in %.1fs", time.monotonic() - t0)
 
     def drain(self) -> int | None:
-        """SIGTERM: /healthz turns 503 at once and the entry model (cascade) is unloaded, which refuses
-        new requests while Triton lets its in-flight ones finish; the stage models stay loaded meanwhile.
-        (SIGTERM to tritonserver alone is not enough: it refuses new BLS sub-requests too, so an
-        in-flight cascade request that still needs a stage failed with "Server not ready"; measured.)
-        Then tritonserver gets SIGTERM, within the same ``exit_timeout_s`` budget."""
-        self.draining = True
-        budget = self.server.cfg.exit_timeout_s
-        log.warning("draining: in-flight requests have %ss to finish", budget)
-        deadline = time.monotonic() + budget
-        entry = [m for m, role in self.models.items() if role == "cascade"]
-        proc = self.server.proc
-        if proc is not None and proc.poll() is None:
-            for model in entry:
-                try:
-                    self._control(model, "unload", timeout=budget)
-                except (OSError, urllib.error.URLError, ServerError) as exc:
-                    log.error("unload of '%s' for the drain failed: %s", model, exc)
-            while time.monotonic() < deadline and any(
-                    s.model in entry for s in stub_processes(proc.pid).values()):
-                time.sleep(0.1)  # its stub exits once its in-flight requests are answered
-        code = self._stop_server(deadline)
+        """SIGTERM: refuse new requests, let in-flight ones finish, stop (optistop/serving/drain.py)."""
+        from optistop.serving.drain import drain
+
+        code = drain(self)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._http is not None:
             self._http.shutdown()
         return code
-
-    def _stop_server(self, deadline: float) -> int | None:
-        """SIGTERM to tritonserver: it waits for in-flight requests, unloads every model and exits. After a
-        reload of a killed backend, tritonserver 2.51 still counts the dead instance as a live model and
-        waits out its whole exit timeout for it, then exits 1 (measured). So once every backend process
-        has exited for 2 s (it checks once a second), nothing real is left: the server is ended, cleanly."""
-        proc = self.server.proc
-        if proc is None or proc.poll() is not None:
-            return self.server.stop(timeout=0)
-        phantoms = sum(n for (_, action), n in self.recoveries.items() if action == "reload")
-        if not phantoms or not all(self._want[m] for m in self.models):
-            # nothing left behind, or a backend that is no Python stub (TensorRT-LLM): Triton's own exit
-            return self.server.stop(timeout=max(deadline - time.monotonic(), 0) + 10)
-        proc.send_signal(signal.SIGTERM)
-        quiet_since: float | None = None
-        while proc.poll() is None and time.monotonic() < deadline + 10:
-            if stub_processes(proc.pid):
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > 2.0:
-                log.warning("every backend has stopped; tritonserver still waits for models it never releases "
-                            "(%d reloaded after a kill): ending it", phantoms)
-                self.server.stop(timeout=0)
-                return 0
-            time.sleep(0.1)
-        return self.server.stop(timeout=max(deadline - time.monotonic(), 0) + 10)
 
     def healthy(self, now: float | None = None) -> bool:
         """Readiness: every model answered its last probe, probe rounds are fresh, not recovering or draining."""
