@@ -136,7 +136,7 @@ chaos: venv sysdeps
 # Supervision at real-model speed (issue 23): the tiny family slowed to seconds per request by a test-only
 # stage model, `optistop serve` supervised: collect of 100 prompts (0 errors), the cascade under 2 clients
 # x 50 requests (all answered), kill -9 of a stage healed, a wedged model killed, SIGTERM exits 0. Prints
-# its figures. A short version (12 prompts, 2 x 3 requests) runs in `make test`.
+# its figures. A short version (8 prompts, 2 x 2 requests) runs in `make test`.
 real-speed: venv sysdeps $(MODELS) $(PREDICTOR)
 	OPTISTOP_REAL_SPEED=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/e2e/test_real_speed_e2e.py
 

@@ -50,7 +50,8 @@ def serve(argv: list[str]) -> int:
                     help="on SIGTERM, seconds in-flight requests may take to finish")
     sup_flags = ap.add_argument_group("supervision (default: the served spec's [supervisor] table, else built in)")
     for flag, (key, what) in SUPERVISOR_FLAGS.items():
-        sup_flags.add_argument(flag, type=float, default=None, dest=key, help=f"{what} ([supervisor] {key})")
+        sup_flags.add_argument(flag, type=float, default=None, dest=key, metavar="X" if key == "wedge_factor" else "S",
+                               help=f"{what} ([supervisor] {key})")
     args = ap.parse_args(argv)
     supervise = not args.no_supervise
     given = [flag for flag, (key, _) in SUPERVISOR_FLAGS.items() if getattr(args, key) is not None]

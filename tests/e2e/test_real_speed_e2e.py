@@ -12,7 +12,7 @@ One server for the module; in order:
    in flight"; no paced stage was ever judged wedged (slow ones are logged "slow but progressing");
 5. SIGTERM after those recoveries: exit 0 within the drain time.
 
-Short by default (12 prompts, 2 x 3 requests); ``make real-speed`` runs the full version
+Short by default (8 prompts: one batch per stage; 2 x 2 requests); ``make real-speed`` runs the full version
 (OPTISTOP_REAL_SPEED=full: 100 prompts, 2 x 50 requests) and prints its figures.
 """
 
@@ -42,7 +42,7 @@ from tests.repos.paced_stage import install
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("OPTISTOP_REAL_SPEED") == "full"
-PROMPTS, REQUESTS_PER_CLIENT = (100, 50) if FULL else (12, 3)
+PROMPTS, REQUESTS_PER_CLIENT = (100, 50) if FULL else (8, 2)
 # (prefill ms per batch, ms per decode step): a 0.5B-7B model on a few CPU cores; every request takes seconds
 PACE = {"stage_small": (1000, 100), "stage_medium": (1500, 150), "stage_large": (2000, 200)}
 WEDGE_AFTER_S, DRAIN_S, HANG_TOKEN = 4, 20, 0   # <pad>: in no encoded prompt, nor in the probe (1, 2, 3)

@@ -47,7 +47,7 @@ class TritonPythonModel:
         self.engine = PacedEngine(engine, {k: v for k, v in params.items() if k in PARAMETERS})
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
         self.inputs = [t.name for t in (T.STAGE_STREAM if self.decoupled else T.STAGE).inputs]
-        self.pb = pb_utils
+        self.pb, self.name = pb_utils, args["model_name"]
         pb_utils.Logger.log_info(f"{args['model_name']}: paced test stage over {checkpoint} "
                                  f"({', '.join(f'{k}={params[k]}' for k in PARAMETERS if k in params)})")
 
@@ -68,7 +68,8 @@ class TritonPythonModel:
         senders = [r.get_response_sender() for r in requests]
 
         def emit(i, tensors):
-            if senders[i].is_cancelled():
+            if senders[i].is_cancelled():  # the caller went away: stop decoding for it (as the real one)
+                pb.Logger.log_info(f"{self.name}: request cancelled; decoding stopped")
                 return False
             senders[i].send(response(pb, tensors))
             return True
