@@ -195,3 +195,10 @@ def test_health_check_builds_one_client_per_model_and_reuses_it(monkeypatch) -> 
         results = health.check(url, models, timeout_s=2.0, clients=clients)
         assert [r.ok for r in results] == [False, False]
     assert built == [url, url]
+
+
+def test_the_served_spec_is_found_from_the_repository(tmp_path: Path) -> None:
+    from optistop.serving.health import spec_of_repository
+
+    assert spec_of_repository(DEFAULT_SPEC.parent / "model_repository") == DEFAULT_SPEC
+    assert spec_of_repository(tmp_path) is None  # a stage-only repository: built-in timing, no floors
