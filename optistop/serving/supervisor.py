@@ -74,6 +74,8 @@ class Supervisor:
         self.last_round: float | None = None                     # monotonic time the last round finished
         self.watches = liveness.Watches.of(models, self.cfg.floors)
         self.recovering = self.draining = False
+        self.recovering_since = 0.0                              # monotonic start of the recovery under way
+        self.started = time.monotonic()
         self._stubs: dict[int, Stub] = {}
         self._want: Counter[str] = Counter()                     # model -> stubs it has when healthy
         self._gone: list[Stub] = []                               # stubs that vanished, for their regions
@@ -210,7 +212,7 @@ class Supervisor:
     def _recover(self, v: Verdict) -> None:
         t0 = time.monotonic()
         model = v.model
-        self.recovering = True
+        self.recovering, self.recovering_since = True, time.monotonic()
         old = [s for s in [*self._gone, *self._stubs.values()] if s.model == model]
         if v.kind == "wedged":
             log.warning("model '%s' wedged: %s; killing its backend and reloading it", model, v.text)
@@ -265,7 +267,7 @@ class Supervisor:
 
     def _restart(self, reason: str) -> None:
         t0 = time.monotonic()
-        self.recovering = True
+        self.recovering, self.recovering_since = True, time.monotonic()
         log.error("%s; restarting tritonserver", reason)
         try:
             self.server.stop(timeout=5)
@@ -294,6 +296,15 @@ class Supervisor:
         """Readiness: every model answered its last probe, probe rounds are fresh, not recovering or draining."""
         return not self.stale(now) and bool(self.last) and len(self.last) == len(self.models) and \
             all(r.ok for r in self.last) and not (self.recovering or self.draining)
+
+    def alive(self, now: float | None = None) -> bool:
+        """Liveness of the whole pod (/livez): the supervisor can still heal it. False once probe rounds
+        stopped (not for a recovery) or a recovery has run past its reload timeout + 30 s."""
+        now = time.monotonic() if now is None else now
+        if self.recovering:
+            return now - self.recovering_since <= self.t.reload_timeout_s + 30
+        last = self.last_round if self.last_round is not None else self.started
+        return self.draining or now - last <= STALE_PROBES * self.t.probe_s
 
     def stale(self, now: float | None = None) -> bool:
         """No probe round finished for STALE_PROBES periods (a stuck or dead probe thread, a hung server)."""

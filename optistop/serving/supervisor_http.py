@@ -3,6 +3,8 @@
 - ``/healthz``: 200 only while every model answered its last readiness probe, a probe round finished within
   the last 3 probe periods (a stuck probe thread or a hung server turns it 503), no recovery is under way
   and the server is not draining: a Kubernetes readiness probe. The body has one line per model.
+- ``/livez``: 200 while the supervisor can heal the server (probe rounds finishing, no recovery stuck past its
+  reload timeout): a Kubernetes liveness probe that never waits behind real work, unlike a real inference;
 - ``/metrics``: recoveries, verdicts (dead / wedged / slow), probe rounds and probe-round errors.
 """
 
@@ -69,8 +71,11 @@ def serve_http(sup: Supervisor, host: str, port: int) -> ThreadingHTTPServer:
                 code, body = 200, metrics_text(sup)
             elif self.path == "/healthz":
                 code, body = healthz(sup)
+            elif self.path == "/livez":
+                code = 200 if sup.alive() else 503
+                body = "alive\n" if code == 200 else "the supervisor cannot heal this server: restart it\n"
             else:
-                code, body = 404, "try /metrics or /healthz\n"
+                code, body = 404, "try /metrics, /healthz or /livez\n"
             data = body.encode()
             self.send_response(code)
             self.send_header("Content-Type", "text/plain; version=0.0.4")

@@ -202,3 +202,16 @@ def test_the_served_spec_is_found_from_the_repository(tmp_path: Path) -> None:
 
     assert spec_of_repository(DEFAULT_SPEC.parent / "model_repository") == DEFAULT_SPEC
     assert spec_of_repository(tmp_path) is None  # a stage-only repository: built-in timing, no floors
+
+
+def test_livez_fails_only_when_the_supervisor_cannot_heal() -> None:
+    sup = _supervisor()
+    now = time.monotonic()
+    sup.last_round = now - 1.0
+    assert sup.alive(now)                                   # rounds finishing: alive, whatever models say
+    sup.last_round = now - 3.5 * T.probe_s
+    assert not sup.alive(now)                               # the probe thread stopped
+    sup.recovering, sup.recovering_since = True, now - 60.0
+    assert sup.alive(now)                                   # a reload under way blocks rounds legitimately
+    sup.recovering_since = now - T.reload_timeout_s - 31
+    assert not sup.alive(now)                               # ... but not past its timeout
