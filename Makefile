@@ -8,14 +8,14 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split serve-openai bench-openai bench-sampling models-train models-eval collect predictor models-chat chat-calibrate report bench soak chaos \
+.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split serve-openai bench-openai bench-sampling models-train models-eval collect predictor models-chat chat-calibrate report bench soak chaos real-speed \
 	gpu-dry-run routellm lock clean
 
 help:
 	@echo "make serve   - set up everything and serve the embedded cascade on 127.0.0.1 (HTTP 8000, gRPC 8001)"
 	@echo "make test    - set up everything and run lint + the whole test suite"
 	@echo "make serve-openai - the same server + an OpenAI-compatible API on http://127.0.0.1:9000/v1"
-	@echo "make models-train | models-eval | collect | predictor | report | bench | soak | chaos"
+	@echo "make models-train | models-eval | collect | predictor | report | bench | soak | chaos | real-speed"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -138,6 +138,13 @@ soak: venv sysdeps
 # and failed/degraded requests per kill (about 4-5 min on 2 cores). A 1-round version runs in `make test`.
 chaos: venv sysdeps
 	$(BIN)/python -m optistop.perf.chaos --rounds 3 --concurrency 6
+
+# Supervision at real-model speed (issue 23): the tiny family slowed to seconds per request by a test-only
+# stage model, `optistop serve` supervised: collect of 100 prompts (0 errors), the cascade under 2 clients
+# x 50 requests (all answered), kill -9 of a stage healed, a wedged model killed, SIGTERM exits 0. Prints
+# its figures. A short version (8 prompts, 2 x 2 requests) runs in `make test`.
+real-speed: venv sysdeps $(MODELS) $(PREDICTOR)
+	OPTISTOP_REAL_SPEED=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/e2e/test_real_speed_e2e.py
 
 # The TensorRT-LLM path without a GPU: every convert/build command and rendered config, nothing touched.
 gpu-dry-run: venv

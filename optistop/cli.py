@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from optistop.serving.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
+from optistop.spec import SpecError, SupervisorSpec, load_spec, parse_supervisor
 
 
 def serve(argv: list[str]) -> int:
@@ -46,12 +47,18 @@ def serve(argv: list[str]) -> int:
                     help="the supervisor's /metrics and /healthz (default: metrics port + 1)")
     ap.add_argument("--drain-timeout", type=int, default=30,
                     help="on SIGTERM, seconds in-flight requests may take to finish")
+    sup_flags = ap.add_argument_group("supervision (default: the served spec's [supervisor] table, else built in)")
+    for flag, (key, what) in SUPERVISOR_FLAGS.items():
+        sup_flags.add_argument(flag, type=float, default=None, dest=key, metavar="X" if key == "wedge_factor" else "S",
+                               help=f"{what} ([supervisor] {key})")
     args = ap.parse_args(argv)
     _derive_ports(args)
     supervise = not args.no_supervise
+    given = [flag for flag, (key, _) in SUPERVISOR_FLAGS.items() if getattr(args, key) is not None]
+    if given and not supervise:
+        ap.error(f"{given[0]} sets up supervision; it does nothing with --no-supervise")
     if args.models:
         from optistop.serving.split import subset_repository
-        from optistop.spec import SpecError, load_spec
 
         try:
             spec = load_spec(args.spec) if args.spec else None
@@ -63,6 +70,11 @@ def serve(argv: list[str]) -> int:
             return 2
     elif args.spec:
         ap.error("--spec goes with --models (it replaces the spec of a copied cascade model)")
+    try:
+        timing, floors = _supervision(args, args.repository.resolve())
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg = ServerConfig(repository=args.repository.resolve(), host=args.host, http_port=args.http_port,
                        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                        tritonserver=args.tritonserver, backend_directory=args.backend_directory,
@@ -89,7 +101,10 @@ def serve(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     port = args.supervisor_port if args.supervisor_port is not None else cfg.metrics_port + 1
-    sup = Supervisor(server, models_from_repository(cfg.repository), SupervisorConfig(metrics_port=port))
+    models = models_from_repository(cfg.repository)
+    sup = Supervisor(server, models, SupervisorConfig(timing, port, floors))
+    log_timing = ", ".join(f"{k}={v:g}" for k, v in asdict(timing).items())
+    print(f"supervisor: {log_timing}; wedge window floors {floors or 'none'}", flush=True)
     print(f"supervised: health and recovery metrics on http://{cfg.host}:{port}/metrics, readiness on /healthz")
     print(f"try:   .venv/bin/optistop-client --url {cfg.grpc_url} 'R:hello=' '12+35='   (Ctrl-C stops the server)",
           flush=True)
@@ -101,8 +116,36 @@ def serve(argv: list[str]) -> int:
         return 1
     print("draining: new requests are refused, in-flight ones finish ...", flush=True)
     code = sup.drain()
-    print(f"stopped (exit code {code})")
-    return 0
+    print(f"stopped (tritonserver exit code {code})")
+    return 0 if code == 0 else 1
+
+
+SUPERVISOR_FLAGS = {
+    "--scan-interval": ("scan_s", "seconds between scans for backend processes that are gone"),
+    "--probe-interval": ("probe_s", "seconds between readiness probes / statistics readings"),
+    "--slow-after": ("slow_s", "a probe waiting this long while the model progresses is logged as slow"),
+    "--wedge-after": ("wedge_s", "no progress this long with requests in flight: wedged, killed and reloaded"),
+    "--wedge-factor": ("wedge_factor", "the wedge window is also at least this many times the longest batch"),
+    "--reload-timeout": ("reload_timeout_s", "seconds a model reload may take before tritonserver restarts"),
+}
+
+
+def _supervision(args: argparse.Namespace, repository: Path) -> tuple[SupervisorSpec, dict[str, float]]:
+    """The supervisor's timing (spec's [supervisor] table, then the flags) and each model's wedge-window
+    floor: the longest call the spec allows a stage (timeout at max_tokens_cap), their sum for the cascade."""
+    from optistop.serving.health import CASCADE, spec_of_repository
+
+    path = args.spec or spec_of_repository(repository)
+    spec = load_spec(path, check_paths=False) if path else None
+    table = asdict(spec.supervisor) if spec else {}
+    table.update({key: getattr(args, key) for key, _ in SUPERVISOR_FLAGS.values() if getattr(args, key) is not None})
+    timing = parse_supervisor(table, "supervisor (spec + flags)")
+    floors: dict[str, float] = {}
+    if spec is not None:
+        for st in spec.stages:
+            floors[st.triton_model] = st.timeout_for(spec.max_tokens_cap)
+        floors[CASCADE] = sum(floors.values())
+    return timing, floors
 
 
 def _port_args(ap: argparse.ArgumentParser, http_help: str) -> None:

@@ -49,6 +49,44 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class SupervisorSpec:
+    """``[supervisor]``: how ``optistop serve`` tells a dead or wedged backend from a slow one
+    (optistop/serving/liveness.py). Seconds throughout; ``optistop serve`` flags override each."""
+
+    scan_s: float = 0.5           # /proc scan for backend processes that are gone
+    probe_s: float = 2.0          # readiness probe + statistics period; /healthz is stale after 3 missed
+    slow_s: float = 5.0           # a probe waiting this long while the model progresses is logged "slow"
+    wedge_s: float = 60.0         # no progress this long with work in flight: wedged (killed, reloaded)
+    wedge_factor: float = 4.0     # ... or this many times the longest batch the model was seen to take
+    reload_timeout_s: float = 120.0
+
+
+SUPERVISOR_KEYS = tuple(SupervisorSpec.__dataclass_fields__)
+
+
+def parse_supervisor(table: dict[str, Any], where: str = "supervisor") -> SupervisorSpec:
+    """Validate a ``[supervisor]`` table (or the flags of ``optistop serve``, as the same dict)."""
+    unknown = sorted(set(table) - set(SUPERVISOR_KEYS))
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}: unknown key; valid keys are {', '.join(SUPERVISOR_KEYS)}")
+    values: dict[str, float] = {}
+    for key in SUPERVISOR_KEYS:
+        if key in table:
+            v = float(_get(table, key, (int, float), where))
+            if not math.isfinite(v) or v <= 0:
+                raise SpecError(f"{where}.{key}: must be a finite number > 0, got {table[key]!r}")
+            values[key] = v
+    spec = SupervisorSpec(**values)
+    if spec.wedge_factor < 1:
+        raise SpecError(f"{where}.wedge_factor: must be >= 1 (a multiple of the longest batch seen), "
+                        f"got {spec.wedge_factor!r}")
+    if spec.wedge_s < 2 * spec.probe_s:
+        raise SpecError(f"{where}.wedge_s: must be at least 2 x probe_s = {2 * spec.probe_s:g} (two statistics "
+                        f"readings in a window), got {spec.wedge_s:g}")
+    return spec
+
+
+@dataclass(frozen=True)
 class CascadeSpec:
     name: str
     tokenizer: Path
@@ -82,6 +120,7 @@ class CascadeSpec:
     audit_grader: str = "none"         # "tiny_tasks": grade both answers (graded estimate)
     on_drift: str = "none"             # "safer": step to the next safer certified operating point
     policy_watch_s: float = 2.0        # seconds between checks of policy.json for a new version; 0: never
+    supervisor: SupervisorSpec = SupervisorSpec()
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -197,6 +236,9 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     context = int(_get(top, "max_context_tokens", int, "cascade", 64))
     if context <= cap:
         raise SpecError(f"cascade.max_context_tokens: must exceed max_tokens_cap={cap}, got {context}")
+    sup = data.get("supervisor", {})
+    if not isinstance(sup, dict):
+        raise SpecError(f"supervisor: expected a table ([supervisor] with {', '.join(SUPERVISOR_KEYS)}), got {sup!r}")
     stop_ids = _get(top, "stop_token_ids", list, "cascade", [])
     if not all(type(t) is int and t >= 0 for t in stop_ids):
         raise SpecError(f"cascade.stop_token_ids: must be a list of token ids (integers >= 0), got {stop_ids!r}")
@@ -221,6 +263,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         system_prompt=_get(top, "system_prompt", str, "cascade", ""),
         stop_token_ids=tuple(stop_ids),
         max_temperature=max_t,
+        supervisor=parse_supervisor(sup),
         source=source,
     )
 

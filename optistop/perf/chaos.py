@@ -152,7 +152,7 @@ def run_chaos(rounds: int = 1, concurrency: int = 3, timeout_s: float = 20.0, ta
     http, grpc, metrics, sup = (free_port() for _ in range(4))
     log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
     cmd = [sys.executable, "-m", "optistop.cli", "serve", f"--http-port={http}", f"--grpc-port={grpc}",
-           f"--metrics-port={metrics}", f"--supervisor-port={sup}", "--drain-timeout=10"]
+           f"--metrics-port={metrics}", f"--supervisor-port={sup}", "--drain-timeout=20"]
     serve = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{sup}"
     try:

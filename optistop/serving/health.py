@@ -8,7 +8,9 @@ model whose stub process died keeps answering ready while every request to it fa
 '<model>_0_0' is not healthy". Only an inference tells. Each probe is the smallest request the model's
 contract allows: one generated token for a stage, a zero feature vector for the predictor, a two-token
 answer for the cascade (default policy, so a cascade that degrades to its living stages is healthy; the
-degraded flag is shown). The supervisor (optistop/serving/supervisor.py) runs the same check.
+degraded flag is shown). The supervisor (optistop/serving/supervisor.py) sends the same probe as its
+readiness check, but lets it wait behind real work: it judges liveness from Triton's statistics
+(optistop/serving/liveness.py), since a real model busy with a batch answers any probe late.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def models_from_repository(repo: str | Path) -> dict[str, str]:
         elif T.TEXT_INPUT in names:
             roles[cfg.parent.name] = "cascade"
     return roles
+
+
+def spec_of_repository(repo: str | Path) -> Path | None:
+    """The cascade spec a repository's cascade model serves (its ``cascade_spec`` parameter, relative to the
+    model's directory as the cascade resolves it), or None for a repository without a cascade."""
+    cfg = Path(repo) / CASCADE / "config.pbtxt"
+    if not cfg.exists():
+        return None
+    m = re.search(r'key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', cfg.read_text(encoding="utf-8"))
+    return (cfg.parent / m.group(1)).resolve() if m else None
 
 
 def models_from_server(url: str) -> dict[str, str]:
@@ -156,17 +168,18 @@ def probe(client: Any, model: str, role: str, timeout_s: float, n_stages: int = 
 
 
 def check(url: str, models: dict[str, str], timeout_s: float = 3.0,
-          clients: dict[str, Any] | None = None) -> list[ModelHealth]:
+          clients: dict[tuple[str, str], Any] | None = None) -> list[ModelHealth]:
     """Probe every model concurrently (so one slow model does not hide the others); in ``models`` order.
-    ``clients`` (model -> gRPC client) lets a caller that checks often reuse its connections."""
+    ``clients`` ((url, model) -> gRPC client) lets a caller that checks often reuse one client per model."""
     import tritonclient.grpc as grpc
 
     clients = clients if clients is not None else {}
     for m in models:
-        clients.setdefault(m, grpc.InferenceServerClient(url))
+        if (url, m) not in clients:  # not setdefault: its argument (a new client and channel) is always built
+            clients[(url, m)] = grpc.InferenceServerClient(url)
     with ThreadPoolExecutor(max_workers=len(models)) as pool:
         n = sum(role == "stage" for role in models.values()) or 3
-        futures = [pool.submit(probe, clients[m], m, role, timeout_s, n) for m, role in models.items()]
+        futures = [pool.submit(probe, clients[(url, m)], m, role, timeout_s, n) for m, role in models.items()]
         return [f.result() for f in futures]
 
 

@@ -328,10 +328,12 @@ def spec_toml(spec: CascadeSpec) -> str:
     out = [f"# Resolved by `python -m optistop.serving.render` from {spec_label(spec)}; do not edit by hand.",
            "[cascade]"]
     out += [f"{f.name} = {_toml_value(getattr(spec, f.name))}" for f in dataclasses.fields(spec)
-            if f.name not in ("stages", "source") and getattr(spec, f.name) is not None]  # None: not set
+            if f.name not in ("stages", "source", "supervisor") and getattr(spec, f.name) is not None]
     for stage in spec.stages:
         out += ["", "[[stages]]"] + [f"{f.name} = {_toml_value(getattr(stage, f.name))}"
                                      for f in dataclasses.fields(stage)]
+    out += ["", "[supervisor]"] + [f"{f.name} = {_toml_value(getattr(spec.supervisor, f.name))}"
+                                   for f in dataclasses.fields(spec.supervisor)]
     return "\n".join(out) + "\n"
 
 

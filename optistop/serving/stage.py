@@ -8,7 +8,6 @@ log-prob per generated token. Shapes carry Triton's batch dimension and one beam
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -18,19 +17,14 @@ from optistop import tensors as T
 from optistop.serving.request import RequestError
 from optistop.serving.runner import Generated, Sampling, StageModel
 
-FAULTS = ("error", "empty", "delay_ms:<N>", "token_delay_ms:<N>")
 StopWords = tuple[tuple[int, ...], ...]
 
 
 class StageEngine:
-    """``fault`` injects a failure for reliability tests (config parameter ``fault_injection``):
-    ``error`` fails every batch, ``empty`` returns no tokens, ``delay_ms:N`` sleeps N ms per batch,
-    ``token_delay_ms:N`` sleeps N ms per streamed token (a slow engine, to see tokens arrive over time)."""
+    """Faults and a real model's latency for tests are injected by a test-only wrapper
+    (tests/repos/paced_engine.py), never here."""
 
-    def __init__(self, checkpoint_dir: str | Path, threads: int = 1, fault: str = "") -> None:
-        if fault and fault not in FAULTS[:2] and not fault.startswith(("delay_ms:", "token_delay_ms:")):
-            raise ValueError(f"fault_injection {fault!r} is not one of {', '.join(FAULTS)}")
-        self.fault = fault
+    def __init__(self, checkpoint_dir: str | Path, threads: int = 1) -> None:
         self.model = StageModel(checkpoint_dir, threads=threads)
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int, StopWords]:
@@ -80,10 +74,6 @@ class StageEngine:
 
     def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
         """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
-        if self.fault == "error":
-            raise RuntimeError("injected fault: error")
-        if self.fault.startswith("delay_ms:"):
-            time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
         results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
         groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
         for i, inputs in enumerate(batch):
@@ -104,8 +94,7 @@ class StageEngine:
             gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end, stop_words=stop_words,
                                            sampling=[m[3] for m in members])
             for (i, _, out_len, _), g in zip(members, gens):
-                g = Generated((), (), False) if self.fault == "empty" else _truncate(g, out_len)
-                results[i] = to_tensors(g)
+                results[i] = to_tensors(_truncate(g, out_len))
         return results
 
 
@@ -115,10 +104,6 @@ class StageEngine:
         (the tensorrt_llm streaming shape, one token per response) and returns False when that request
         was cancelled, which stops its decoding. Returns per request None (done) or its RequestError;
         the caller sends each request's final flag."""
-        if self.fault == "error":
-            raise RuntimeError("injected fault: error")
-        if self.fault.startswith("delay_ms:"):
-            time.sleep(int(self.fault.split(":", 1)[1]) / 1e3)
         results: list[RequestError | None] = [None] * len(batch)
         groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
         for i, inputs in enumerate(batch):
@@ -129,9 +114,6 @@ class StageEngine:
                 results[i] = exc
                 continue
             groups.setdefault((end, stop_words), []).append((i, ids, out_len, sampling))
-        if self.fault == "empty":
-            return results
-        pause = int(self.fault.split(":", 1)[1]) / 1e3 if self.fault.startswith("token_delay_ms:") else 0.0
         for (end, stop_words), members in groups.items():
             sent = [0] * len(members)
 
@@ -140,7 +122,6 @@ class StageEngine:
                 if sent[row] >= out_len:   # decoded past its own budget (batched with a longer one)
                     return False
                 sent[row] += 1
-                time.sleep(pause)
                 return emit(i, to_tensors(Generated((token,), (logprob,), False)))
 
             self.model.generate_ids([m[1] for m in members], max(m[2] for m in members), end_id=end,

@@ -16,19 +16,19 @@ from pathlib import Path
 import pytest
 
 from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+from tests.repos.paced_stage import install
 
 OPENAI_TOKEN_DELAY_S = 0.05
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_repo(tmp: Path, faults: dict[str, str]) -> Path:
+def make_repo(tmp: Path, faults: dict[str, dict[str, object]]) -> Path:
     (tmp / "models").symlink_to(ROOT / "models")
     shutil.copy(ROOT / "cascade.toml", tmp / "cascade.toml")
     repo = tmp / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    for model, fault in faults.items():
-        with open(repo / model / "config.pbtxt", "a") as fh:
-            fh.write(f'parameters {{ key: "fault_injection" value: {{ string_value: "{fault}" }} }}\n')
+    for model, params in faults.items():  # the test-only stage model: a real model's pace, faults
+        install(repo / model, **params)
     return repo
 
 
@@ -39,8 +39,8 @@ def api(tmp_path_factory, tiny_dir) -> Iterator[tuple[str, EmbeddedServer]]:
     from optistop.frontend.app import build_app
 
     tmp = tmp_path_factory.mktemp("openai")
-    repo = make_repo(tmp, {"stage_large_stream": f"token_delay_ms:{int(OPENAI_TOKEN_DELAY_S * 1e3)}",
-                           "stage_medium": "error", "stage_medium_stream": "error"})
+    repo = make_repo(tmp, {"stage_large_stream": {"token_ms": int(OPENAI_TOKEN_DELAY_S * 1e3)},
+                           "stage_medium": {"fault": "error"}, "stage_medium_stream": {"fault": "error"}})
     cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with EmbeddedServer(cfg, log_path=tmp / "server.log") as srv:
         port = free_port()

@@ -1,6 +1,7 @@
 """Faults with a real tritonserver: each test repository is a copy of model_repository with one fault
-injected (a stage's ``fault_injection`` parameter, a stage timeout, a scripted predictor, a stage that
-cannot load). Asserts the documented behaviour: escalation, the degraded flag, or a clear error."""
+injected (the test-only stage model tests/repos/paced_stage.py with its ``fault`` or ``prefill_ms``,
+a stage timeout, a scripted predictor, a stage that cannot load). Asserts the documented behaviour:
+escalation, the degraded flag, or a clear error."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from tritonclient.utils import InferenceServerException
 
 from optistop.serving.client import ask, make_client
 from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+from tests.repos.paced_stage import install
 
 ROOT = Path(__file__).resolve().parents[2]
 HARD = "4821+3777="
 
 
-def make_repo(tmp: Path, faults: dict[str, str] | None = None, timeouts: dict[str, float] | None = None,
+def make_repo(tmp: Path, faults: dict[str, dict[str, object]] | None = None, timeouts: dict[str, float] | None = None,
               predictor_constant: str | None = None, broken_stage: str | None = None) -> Path:
     (tmp / "models").symlink_to(ROOT / "models")
     spec = (ROOT / "cascade.toml").read_text()
@@ -29,9 +31,8 @@ def make_repo(tmp: Path, faults: dict[str, str] | None = None, timeouts: dict[st
     (tmp / "cascade.toml").write_text(spec)
     repo = tmp / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    for model, fault in (faults or {}).items():
-        with open(repo / model / "config.pbtxt", "a") as fh:
-            fh.write(f'parameters {{ key: "fault_injection" value: {{ string_value: "{fault}" }} }}\n')
+    for model, params in (faults or {}).items():
+        install(repo / model, **params)
     if predictor_constant is not None:   # a scripted quality_predictor model: the cascade must call it
         cfg = repo / "cascade" / "config.pbtxt"
         cfg.write_text(cfg.read_text().replace('string_value: "auto"', 'string_value: "false"'))
@@ -53,7 +54,8 @@ def start(repo: Path, tmp: Path, **kw) -> EmbeddedServer:
 def failing_stages(tmp_path_factory, tiny_dir) -> Iterator[EmbeddedServer]:
     """stage_small answers nothing, stage_medium errors."""
     tmp = tmp_path_factory.mktemp("faults_a")
-    with start(make_repo(tmp, faults={"stage_small": "empty", "stage_medium": "error"}), tmp) as srv:
+    faults = {"stage_small": {"fault": "empty"}, "stage_medium": {"fault": "error"}}
+    with start(make_repo(tmp, faults=faults), tmp) as srv:
         yield srv
 
 
@@ -79,7 +81,7 @@ def test_fixed_policy_on_a_failed_stage_is_unavailable(failing_stages, k: int, n
 def slow_large(tmp_path_factory, tiny_dir) -> Iterator[EmbeddedServer]:
     """stage_large takes 3 s, its timeout is 1 s; the predictor is never confident (0.05)."""
     tmp = tmp_path_factory.mktemp("faults_b")
-    repo = make_repo(tmp, faults={"stage_large": "delay_ms:3000"}, timeouts={"stage_large": 1.0},
+    repo = make_repo(tmp, faults={"stage_large": {"prefill_ms": 3000}}, timeouts={"stage_large": 1.0},
                      predictor_constant="0.05")
     with start(repo, tmp) as srv:
         yield srv

@@ -15,7 +15,7 @@ from optistop.serving.embedded import EmbeddedServer, ServerConfig, check_port_f
 from optistop.serving.supervisor import stub_processes
 
 
-def start_serve(log: Path, drain_s: int = 10) -> tuple[subprocess.Popen, dict[str, int]]:
+def start_serve(log: Path, drain_s: int = 20) -> tuple[subprocess.Popen, dict[str, int]]:
     ports = {k: free_port() for k in ("http", "grpc", "metrics", "supervisor")}
     cmd = [sys.executable, "-m", "optistop.cli", "serve", *(f"--{k}-port={v}" for k, v in ports.items()),
            f"--drain-timeout={drain_s}"]
@@ -59,7 +59,7 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
             time.sleep(1.5)
             t_term = time.monotonic()
             serve.send_signal(signal.SIGTERM)
-            assert serve.wait(40) == 0
+            assert serve.wait(60) == 0
             time.sleep(0.5)
         done = load.done
         assert done and all(r.ok or r.error for r in done)

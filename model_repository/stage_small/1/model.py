@@ -26,8 +26,7 @@ class TritonPythonModel:
     def initialize(self, args):
         _, params, model_dir = model_parameters(args)
         checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")),
-                                  fault=params.get("fault_injection", ""))
+        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
         self.logger = pb_utils.Logger
         self.logger.log_info(f"{args['model_name']}: serving {checkpoint} "
                              f"({self.engine.model.n_params} parameters)")

@@ -28,8 +28,7 @@ class TritonPythonModel:
     def initialize(self, args):
         _, params, model_dir = model_parameters(args)
         checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")),
-                                  fault=params.get("fault_injection", ""))
+        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
         self.name = args["model_name"]
         pb_utils.Logger.log_info(f"{self.name}: streaming {checkpoint}")
 

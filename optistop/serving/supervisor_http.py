@@ -1,0 +1,91 @@
+"""The supervisor's own HTTP endpoint (optistop/serving/supervisor.py), on ``--supervisor-port``:
+
+- ``/healthz``: 200 only while every model answered its last readiness probe, a probe round finished within
+  the last 3 probe periods (a stuck probe thread or a hung server turns it 503), no recovery is under way
+  and the server is not draining: a Kubernetes readiness probe. The body has one line per model.
+- ``/livez``: 200 while the supervisor can heal the server (probe rounds finishing, no recovery stuck past its
+  reload timeout): a Kubernetes liveness probe that never waits behind real work, unlike a real inference;
+- ``/metrics``: recoveries, verdicts (dead / wedged / slow), probe rounds and probe-round errors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optistop.serving.supervisor import Supervisor
+
+
+def metrics_text(sup: Supervisor) -> str:
+    last = sup.last
+    lines = [
+        "# HELP optistop_supervisor_recoveries_total Dead or wedged backends recovered, by model and action",
+        "# TYPE optistop_supervisor_recoveries_total counter",
+        *(f'optistop_supervisor_recoveries_total{{model="{m}",action="{a}"}} {n}'
+          for (m, a), n in sorted(sup.recoveries.items())),
+        "# HELP optistop_supervisor_recovery_seconds_total Time from detection to recovered, by model",
+        "# TYPE optistop_supervisor_recovery_seconds_total counter",
+        *(f'optistop_supervisor_recovery_seconds_total{{model="{m}"}} {s:.3f}'
+          for m, s in sorted(sup.recovery_seconds.items())),
+        "# HELP optistop_supervisor_verdicts_total What the supervisor found, by model and verdict "
+        "(dead, wedged: recovered; slow: progressing, left alone)",
+        "# TYPE optistop_supervisor_verdicts_total counter",
+        *(f'optistop_supervisor_verdicts_total{{model="{m}",verdict="{k}"}} {n}'
+          for (m, k), n in sorted(sup.verdicts.items())),
+        "# HELP optistop_supervisor_health_checks_total Probe rounds (statistics + readiness), by result",
+        "# TYPE optistop_supervisor_health_checks_total counter",
+        *(f'optistop_supervisor_health_checks_total{{result="{k}"}} {n}' for k, n in sorted(sup.checks.items())),
+        "# HELP optistop_supervisor_probe_errors_total Probe rounds that raised (logged with a traceback)",
+        "# TYPE optistop_supervisor_probe_errors_total counter",
+        f"optistop_supervisor_probe_errors_total {sup.probe_errors}",
+        "# HELP optistop_supervisor_model_up Whether the model answered its last readiness probe",
+        "# TYPE optistop_supervisor_model_up gauge",
+        *(f'optistop_supervisor_model_up{{model="{r.model}"}} {int(r.ok)}' for r in last),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def healthz(sup: Supervisor) -> tuple[int, str]:
+    now = time.monotonic()
+    last = sup.last
+    code = 200 if sup.healthy(now) else 503
+    if sup.draining or sup.recovering:
+        state = "draining" if sup.draining else "recovering"
+    elif sup.last_round is None or not last:
+        state = "not checked yet"
+    elif sup.stale(now):
+        state = (f"stale: no probe round finished for {now - sup.last_round:.0f} s "
+                 f"({sup.probe_errors} probe round(s) raised; see the log)")
+    else:
+        state = "ok" if code == 200 else "failing"
+    return code, "\n".join([*(r.line() for r in last), state]) + "\n"
+
+
+def serve_http(sup: Supervisor, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+            if self.path == "/metrics":
+                code, body = 200, metrics_text(sup)
+            elif self.path == "/healthz":
+                code, body = healthz(sup)
+            elif self.path == "/livez":
+                code = 200 if sup.alive() else 503
+                body = "alive\n" if code == 200 else "the supervisor cannot heal this server: restart it\n"
+            else:
+                code, body = 404, "try /metrics, /healthz or /livez\n"
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:  # probes every few seconds: keep the log quiet
+            pass
+
+    http = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=http.serve_forever, name="supervisor-http", daemon=True).start()
+    return http

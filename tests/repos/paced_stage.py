@@ -1,0 +1,88 @@
+"""Test-only stage model.py: the production StageEngine wrapped by tests/repos/paced_engine.PacedEngine
+(a real model's latency, injected faults). Serves both variants: plain (``execute`` returns responses)
+and decoupled ``*_stream`` (one response per token, then the final flag), chosen by the model config.
+
+``install(model_dir, **params)`` puts it over a test repository's ``<model>/1/model.py`` and appends the
+parameters (``prefill_ms``, ``token_ms``, ``fault``) to its config.pbtxt. Never part of model_repository/.
+"""
+
+# ruff: noqa: E402
+import os
+import sys
+
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import shutil
+from pathlib import Path
+
+
+def install(model_dir: Path, **params: object) -> None:
+    """Replace ``model_dir``'s model.py (a copy or a link into model_repository/: unlinked, never written
+    through) with this file, and add ``params`` to its config.pbtxt."""
+    target = Path(model_dir) / "1" / "model.py"
+    target.unlink(missing_ok=True)
+    shutil.copy(__file__, target)
+    engine = target.with_name("paced_engine.py")  # beside it: the stub imports it from there
+    engine.unlink(missing_ok=True)
+    shutil.copy(Path(__file__).with_name("paced_engine.py"), engine)
+    with open(Path(model_dir) / "config.pbtxt", "a") as fh:
+        for key, value in params.items():
+            fh.write(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import triton_python_backend_utils as pb_utils
+
+        from optistop import tensors as T
+        from optistop.serving.stage import StageEngine
+        from optistop.serving.triton_glue import model_parameters
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from paced_engine import PARAMETERS, PacedEngine
+
+        config, params, model_dir = model_parameters(args)
+        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
+        engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        self.engine = PacedEngine(engine, {k: v for k, v in params.items() if k in PARAMETERS})
+        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
+        self.inputs = [t.name for t in (T.STAGE_STREAM if self.decoupled else T.STAGE).inputs]
+        self.pb, self.name = pb_utils, args["model_name"]
+        pb_utils.Logger.log_info(f"{args['model_name']}: paced test stage over {checkpoint} "
+                                 f"({', '.join(f'{k}={params[k]}' for k in PARAMETERS if k in params)})")
+
+    def execute(self, requests):
+        from optistop.serving.request import RequestError
+        from optistop.serving.triton_glue import error_response, read_inputs, response
+
+        pb = self.pb
+        batch = [read_inputs(pb, r, self.inputs) for r in requests]
+        failed = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
+        if not self.decoupled:
+            try:
+                results = self.engine.run(batch)
+            except Exception as exc:
+                pb.Logger.log_error(f"stage batch failed: {exc!r}")
+                results = [failed] * len(requests)
+            return [error_response(pb, r) if isinstance(r, RequestError) else response(pb, r) for r in results]
+        senders = [r.get_response_sender() for r in requests]
+
+        def emit(i, tensors):
+            if senders[i].is_cancelled():  # the caller went away: stop decoding for it (as the real one)
+                pb.Logger.log_info(f"{self.name}: request cancelled; decoding stopped")
+                return False
+            senders[i].send(response(pb, tensors))
+            return True
+
+        try:
+            results = self.engine.run_streaming(batch, emit)
+        except Exception as exc:
+            pb.Logger.log_error(f"stage batch failed: {exc!r}")
+            results = [failed] * len(requests)
+        final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for sender, res in zip(senders, results):
+            if isinstance(res, RequestError):
+                sender.send(error_response(pb, res), flags=final)
+            else:
+                sender.send(flags=final)
+        return None
