@@ -68,6 +68,8 @@ class StageRequest:
     temperature: float | None
     stop_token_ids: list[int]
     log_probs: bool
+    top_p: float | None = None
+    seed: int | None = None
 
 
 def parse(inputs: Mapping[str, np.ndarray | None], *, end_id: int, pad_id: int, max_seq_len: int,
@@ -100,18 +102,34 @@ def parse(inputs: Mapping[str, np.ndarray | None], *, end_id: int, pad_id: int, 
     temperature = None if temp is None else float(np.asarray(temp).reshape(-1)[0])
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise RequestError(f"input '{T.TEMPERATURE}' is {temperature}; valid: a finite value >= 0")
+    top_p = _float(inputs, T.RUNTIME_TOP_P)
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise RequestError(f"input '{T.RUNTIME_TOP_P}' is {top_p}; valid range is (0, 1]")
+    seed = _int(inputs, T.RANDOM_SEED)
+    if seed is not None and seed < 0:
+        raise RequestError(f"input '{T.RANDOM_SEED}' is {seed}; valid range is 0..2**64-1")
     try:
         words = T.parse_stop_words_list(inputs.get(T.STOP_WORDS_LIST))
     except ValueError as exc:
         raise RequestError(f"input {exc}") from None
-    long = [w for w in words if len(w) != 1]
-    if long:
-        raise RequestError(f"input '{T.STOP_WORDS_LIST}' holds a {len(long[0])}-token word {list(long[0])}; "
-                           "this stage (TensorRT-LLM LLM API, stop_token_ids) takes one-token stop words")
+    # SamplingParams.stop_token_ids ends at single tokens; with detokenize=False it has no stop on token
+    # sequences. A longer stop word (a user's stop string) is cut by the cascade from the decoded text
+    # (optistop.cascade.cut_at_stop), so here it only costs the tokens generated past it.
     lp = inputs.get(T.RETURN_LOG_PROBS)
     return StageRequest(tokens, out_len, _int(inputs, T.END_ID, default=end_id) or 0,
                         _int(inputs, T.PAD_ID, default=pad_id) or 0, top_k, temperature,
-                        [w[0] for w in words], True if lp is None else bool(np.asarray(lp).reshape(-1)[0]))
+                        [w[0] for w in words if len(w) == 1],
+                        True if lp is None else bool(np.asarray(lp).reshape(-1)[0]), top_p, seed)
+
+
+def _float(inputs: Mapping[str, np.ndarray | None], name: str) -> float | None:
+    arr = inputs.get(name)
+    if arr is None:
+        return None
+    value = float(np.asarray(arr).reshape(-1)[0])
+    if not math.isfinite(value):
+        raise RequestError(f"input '{name}' is {value}; it must be a finite number")
+    return value
 
 
 def sampling_kwargs(req: StageRequest) -> dict[str, Any]:
@@ -125,6 +143,10 @@ def sampling_kwargs(req: StageRequest) -> dict[str, Any]:
     }
     if req.temperature is not None:
         kw["temperature"] = req.temperature
+    if req.top_p is not None:
+        kw["top_p"] = req.top_p
+    if req.seed is not None:
+        kw["seed"] = req.seed
     return kw
 
 

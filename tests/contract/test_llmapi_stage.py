@@ -180,7 +180,7 @@ def test_bad_input_is_one_clear_error_and_nothing_reaches_the_llm() -> None:
     s = stage(llm)
     cases = [({T.INPUT_IDS: np.asarray([[3, 99]], dtype=np.int32)}, "outside 0..49"),
              ({T.REQUEST_OUTPUT_LEN: np.asarray([[62]], dtype=np.int32)}, "valid range is 1..61"),
-             ({T.STOP_WORDS_LIST: T.stop_words_list([[7, 8]])[None]}, "one-token stop words"),
+             ({T.RUNTIME_TOP_P: np.asarray([[1.5]], dtype=np.float32)}, "runtime_top_p"),
              ({T.RUNTIME_TOP_K: np.asarray([[-1]], dtype=np.int32)}, "runtime_top_k")]
     for extra, needle in cases:
         arrays = request(**extra)
@@ -196,6 +196,20 @@ def test_temperature_and_top_k_pass_through() -> None:
                                                T.TEMPERATURE: np.asarray([[0.7]], dtype=np.float32)})))
     kw = llm.calls[0][1]
     assert kw["top_k"] == 4 and kw["temperature"] == pytest.approx(0.7)
+    assert "top_p" not in kw and "seed" not in kw          # absent inputs leave the LLM's defaults
+
+
+def test_top_p_and_seed_pass_through_and_long_stop_words_are_left_to_the_cascade() -> None:
+    """The cascade's sampled request (runtime_top_p, random_seed) reaches SamplingParams; a multi-token
+    stop word (a user's stop string) is not an LLM-API stop token: the cascade cuts the text, the one-token
+    end words still stop generation."""
+    llm = FakeLLM()
+    asyncio.run(stage(llm).generate(request(**{
+        T.RUNTIME_TOP_P: np.asarray([[0.5]], dtype=np.float32),
+        T.RANDOM_SEED: np.asarray([[7]], dtype=np.uint64),
+        T.STOP_WORDS_LIST: T.stop_words_list([[9], [7, 8]])[None]})))
+    kw = llm.calls[0][1]
+    assert kw["top_p"] == pytest.approx(0.5) and kw["seed"] == 7 and kw["stop_token_ids"] == [9]
 
 
 def test_streaming_sends_only_new_tokens_never_the_end_token_and_stops_when_cancelled() -> None:
