@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from optistop.spec import CascadeSpec, SpecError, Stage
+from optistop.compat import tomllib
+from optistop.spec import CascadeSpec, SpecError, Stage, check_keys
 from optistop.tensors import LLMAPI_STAGE
 
 MODEL_CODE = ("model.py", "helpers.py")      # what launch.sh copies from the image into 1/
@@ -45,10 +44,8 @@ def load_llmapi_settings(path: Path, spec: CascadeSpec) -> LlmapiSettings:
     if not table:
         raise SpecError(f"{where}: missing table (the PyTorch-backend profile's LLM() settings)")
     base, values = LlmapiSettings(), {}
+    check_keys(table, LlmapiSettings, where)
     for key, value in table.items():
-        if not hasattr(base, key):
-            known = ", ".join(f.name for f in dataclasses.fields(LlmapiSettings))
-            raise SpecError(f"{where}.{key}: unknown key; known keys are {known}")
         want = type(getattr(base, key))
         value = float(value) if want is float and type(value) is int else value
         if type(value) is not want:

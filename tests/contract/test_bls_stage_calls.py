@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,19 @@ def test_a_timed_out_call_is_cancelled_at_the_engine(stages) -> None:
     first, stop = pb.SENT
     assert first.request_id and stop.request_id == first.request_id and stop.model_name == "stage_small"
     assert stop.input(T.STOP).as_numpy().tolist() == [[True]]
+
+
+def test_predictor_call_has_the_spec_deadline(stages) -> None:
+    """A predictor that hangs costs the request the spec's predictor_timeout_s, not forever; Triton gets
+    the same deadline (in microseconds) to drop the call while it is queued."""
+    async def hang(inputs: dict[str, np.ndarray]) -> pb.InferenceResponse:
+        await asyncio.sleep(30)
+        raise AssertionError("the deadline did not cut the call")
+
+    pb.HANDLERS["quality_predictor"] = hang
+    backend = BlsBackend(pb, dataclasses.replace(stages, predictor_timeout_s=0.2), 0, 0)
+    t0 = time.monotonic()
+    with pytest.raises(StageFailure, match=r"quality predictor timed out after 0\.2s"):
+        asyncio.run(backend.score([[0.0] * 64]))
+    assert time.monotonic() - t0 < 5.0
+    assert [r.timeout for r in pb.SENT if r.model_name == "quality_predictor"] == [200_000]

@@ -65,8 +65,10 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
         assert done and all(r.ok or r.error for r in done)
         assert all(r.t1 - r.t0 < 20.0 for r in done), "a request hung through the drain"
         inflight = [r for r in done if r.t0 < t_term < r.t1]
+        assert inflight, "no request was in flight at SIGTERM: the drain was not exercised"
         assert all(r.ok for r in inflight), [r.error for r in inflight if not r.ok]  # drained, not dropped
         refused = [r for r in done if r.t0 > t_term + 0.5]
+        assert refused, "no request was sent after SIGTERM: the refusal was not exercised"
         assert all(not r.ok for r in refused), "after SIGTERM new requests are refused"
         assert not Path(f"/proc/{tritonserver}").exists()
     finally:
