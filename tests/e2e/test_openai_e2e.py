@@ -1,15 +1,14 @@
 """The OpenAI-compatible front end with the official ``openai`` client, over a real tritonserver.
 
-The repository is a copy of model_repository where stage_large's streaming engine waits 50 ms per token
-(so that tokens arriving one by one over time can be told from a buffered answer) and stage_medium, in
-both variants, fails (so that "no living stage" has a request that meets it).
+The server is the session ``fault_server`` (tests/conftest.py): there stage_large's streaming engine waits
+50 ms per token (so that tokens arriving one by one over time can be told from a buffered answer) and
+stage_medium, in both variants, fails (so that "no living stage" has a request that meets it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import threading
 import time
 import urllib.request
@@ -21,49 +20,36 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port  # noqa: E402
+from optistop.serving.embedded import EmbeddedServer, free_port  # noqa: E402
+from tests.conftest import TOKEN_DELAY_S  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN_DELAY_S = 0.05
 REVERSE = "R:abcdefghijkl="         # 12-letter reversal: every stage answers 'lkjihgfedcba'
 
 
-def make_repo(tmp: Path, faults: dict[str, str]) -> Path:
-    (tmp / "models").symlink_to(ROOT / "models")
-    shutil.copy(ROOT / "cascade.toml", tmp / "cascade.toml")
-    repo = tmp / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    for model, fault in faults.items():
-        with open(repo / model / "config.pbtxt", "a") as fh:
-            fh.write(f'parameters {{ key: "fault_injection" value: {{ string_value: "{fault}" }} }}\n')
-    return repo
-
-
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, tiny_dir) -> Iterator[tuple[str, EmbeddedServer]]:
+def api(fault_server) -> Iterator[tuple[str, EmbeddedServer]]:
+    """The front end in this process over the session ``fault_server`` (tests/conftest.py), whose plain
+    models are this module's world: stage_large_stream waits TOKEN_DELAY_S per token, stage_medium and
+    stage_medium_stream fail."""
     import uvicorn
 
     from optistop.frontend.app import build_app
 
-    tmp = tmp_path_factory.mktemp("openai")
-    repo = make_repo(tmp, {"stage_large_stream": f"token_delay_ms:{int(TOKEN_DELAY_S * 1e3)}",
-                           "stage_medium": "error", "stage_medium_stream": "error"})
-    cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    with EmbeddedServer(cfg, log_path=tmp / "server.log") as srv:
-        port = free_port()
-        web = uvicorn.Server(uvicorn.Config(build_app(cfg.grpc_url, tmp / "cascade.toml"), host="127.0.0.1",
-                                            port=port, log_level="warning"))
-        thread = threading.Thread(target=web.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not web.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}/v1", srv
-        finally:
-            web.should_exit = True
-            thread.join(10)
+    port = free_port()
+    spec = fault_server.cfg.repository.parent / "cascade.toml"
+    web = uvicorn.Server(uvicorn.Config(build_app(fault_server.cfg.grpc_url, spec), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not web.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", fault_server
+    finally:
+        web.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture()
