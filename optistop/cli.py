@@ -41,6 +41,8 @@ def serve(argv: list[str]) -> int:
                     "the repository: one stage server of a split layout or one Kubernetes pod (deploy/)")
     ap.add_argument("--spec", type=Path, default=None, help="with --models cascade: the cascade spec to serve "
                     "(e.g. one whose stages have a url) instead of the repository's")
+    ap.add_argument("--load-models", default="", help="load only these models of the repository (comma-"
+                    "separated; explicit model control, no copy), e.g. without the *_stream variants")
     ap.add_argument("--no-supervise", action="store_true",
                     help="run tritonserver bare: no health checks, no recovery of dead backends")
     ap.add_argument("--supervisor-port", type=int, default=None,
@@ -66,7 +68,12 @@ def serve(argv: list[str]) -> int:
     cfg = ServerConfig(repository=args.repository.resolve(), host=args.host, http_port=args.http_port,
                        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                        tritonserver=args.tritonserver, backend_directory=args.backend_directory,
-                       log_verbose=args.log_verbose, model_control=supervise, exit_timeout_s=args.drain_timeout)
+                       log_verbose=args.log_verbose, model_control=supervise, exit_timeout_s=args.drain_timeout,
+                       load_models=tuple(m for m in args.load_models.split(",") if m))
+    missing = [m for m in cfg.load_models if not (cfg.repository / m / "config.pbtxt").exists()]
+    if missing:
+        print(f"error: --load-models: {', '.join(missing)} not in {cfg.repository}", file=sys.stderr)
+        return 2
     server = EmbeddedServer(cfg)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,7 +96,9 @@ def serve(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     port = args.supervisor_port if args.supervisor_port is not None else cfg.metrics_port + 1
-    sup = Supervisor(server, models_from_repository(cfg.repository), SupervisorConfig(metrics_port=port))
+    models = {m: role for m, role in models_from_repository(cfg.repository).items()
+              if not cfg.load_models or m in cfg.load_models}   # what this server loaded
+    sup = Supervisor(server, models, SupervisorConfig(metrics_port=port))
     print(f"supervised: health and recovery metrics on http://{cfg.host}:{port}/metrics, readiness on /healthz")
     print(f"try:   .venv/bin/optistop-client --url {cfg.grpc_url} 'R:hello=' '12+35='   (Ctrl-C stops the server)",
           flush=True)

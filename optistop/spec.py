@@ -247,9 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="optistop spec", description="Validate and print a cascade spec.")
     ap.add_argument("spec", nargs="?", type=Path, default=DEFAULT_SPEC, help="the spec file (default cascade.toml)")
-    args = ap.parse_args(argv)
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(ap.parse_args(argv).spec)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,12 +13,13 @@ from pathlib import Path
 from optistop.perf.chaos import Load, _children, _get
 from optistop.serving.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
 from optistop.serving.supervisor import stub_processes
+from tests.conftest import CORE_MODELS
 
 
 def start_serve(log: Path, drain_s: int = 10) -> tuple[subprocess.Popen, dict[str, int]]:
     ports = {k: free_port() for k in ("http", "grpc", "metrics", "supervisor")}
     cmd = [sys.executable, "-m", "optistop.cli", "serve", *(f"--{k}-port={v}" for k, v in ports.items()),
-           f"--drain-timeout={drain_s}"]
+           f"--drain-timeout={drain_s}", f"--load-models={','.join(CORE_MODELS)}"]
     proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     deadline = time.monotonic() + 240
     while _get(f"http://127.0.0.1:{ports['supervisor']}/healthz")[0] != 200:

@@ -13,20 +13,15 @@ from optistop import policy as K
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import build_artifact
 from optistop.policy_artifact import PolicyArtifactError, PolicyBook
+from tests.synthetic import latent
 
 COSTS = np.array([1.0, 4.5, 10.0])
 NAN = float("nan")
 
 
 def synthetic_arrays(n: int = 600, seed: int = 0) -> F.Arrays:
-    """Latent difficulty shared by every stage (so stages' outcomes correlate); informative confidences."""
-    rng = np.random.default_rng(seed)
-    d = rng.normal(0, 1.5, n)
-    skill = np.array([-0.5, 0.8, 1.8])
-    pr = 1 / (1 + np.exp(-(skill[None, :] - d[:, None])))
-    y = rng.random(pr.shape) < pr
-    conf = np.clip(0.6 * pr + 0.4 * y + rng.normal(0, 0.1, pr.shape), 0.01, 0.99)
-    ex = np.clip(pr + rng.normal(0, 0.1, pr.shape), 0.01, 0.99)
+    """tests.synthetic.latent as the fitter's arrays."""
+    _, _, y, conf, ex = latent(n, seed)
     return F.Arrays(conf, y, COSTS.copy(), ex, None)
 
 
