@@ -8,6 +8,7 @@ recovers when that server comes back; and the remote client's retry rule (UNAVAI
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,8 @@ CASES = [(None, None), ("fixed:0", None), ("fixed:1", None), ("fixed:2", None), 
 
 class Split:
     def __init__(self, servers: list[SplitServer], workdir: Path) -> None:
+        # stopping waits 5 s for the models to unload, then kills (as tests/conftest.py start_server)
+        servers = [dataclasses.replace(s, config=dataclasses.replace(s.config, exit_timeout_s=5)) for s in servers]
         self.layout = {s.name: s for s in servers}
         self.running = {s.name: EmbeddedServer(s.config, log_path=workdir / f"{s.name}.log") for s in servers}
 
