@@ -53,3 +53,10 @@ def test_every_command_has_its_own_help(command: cli.Command, capsys: pytest.Cap
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: optistop {command.name} "), out[:80]
+
+
+def test_serve_load_models_names_a_model_the_repository_lacks(capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked before anything starts: one line naming the model and the repository."""
+    assert cli.main(["serve", "--load-models", "cascade,stage_huge", "--http-port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--load-models: stage_huge not in" in err and "model_repository" in err
