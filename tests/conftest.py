@@ -196,7 +196,7 @@ def fault_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> It
     try:
         for m in models:
             if m != "stage_large_broken":
-                srv.wait_ready(model=m)
+                srv.wait_ready(timeout=300, model=m)   # 18 models load together
         yield srv
     finally:
         srv.stop()
