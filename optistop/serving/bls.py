@@ -201,8 +201,8 @@ class BlsBackend:
                 raise StageFailure(-1, f"quality predictor failed: {exc}") from exc
         pb, model, deadline = self.pb, self.spec.predictor_model, self.spec.predictor_timeout_s
         self._check_down(model, "quality predictor", -1)
-        # the spec's deadline twice: Triton drops the request if it is still queued then (timeout in us),
-        # and the cascade stops waiting for a predictor that hangs while it runs
+        # the spec's deadline: the cascade stops waiting then (asyncio), and Triton gets it as the request's
+        # timeout (us), which its scheduler honours where the model's queue policy lets requests set one
         request = pb.InferenceRequest(
             model_name=model, inputs=[pb.Tensor(T.FEATURES, np.ascontiguousarray(features, dtype=np.float32))],
             requested_output_names=[T.CONFIDENCE], timeout=int(deadline * 1e6))

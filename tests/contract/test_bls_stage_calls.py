@@ -143,7 +143,7 @@ def test_a_timed_out_call_is_cancelled_at_the_engine(stages) -> None:
 
 def test_predictor_call_has_the_spec_deadline(stages) -> None:
     """A predictor that hangs costs the request the spec's predictor_timeout_s, not forever; Triton gets
-    the same deadline (in microseconds) to drop the call while it is queued."""
+    the same deadline as the request's timeout (in microseconds)."""
     async def hang(inputs: dict[str, np.ndarray]) -> pb.InferenceResponse:
         await asyncio.sleep(30)
         raise AssertionError("the deadline did not cut the call")
