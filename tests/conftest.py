@@ -74,7 +74,13 @@ def start_server(repo: Path, log: Path, load_models: tuple[str, ...] = CORE_MODE
     and its /dev/shm regions removed after); the drain itself is tested on `optistop serve`."""
     from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
 
-    config = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+    ports: list[int] = []
+    while len(ports) < 3:   # the OS may hand the same free port out twice in a row
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    http, grpc, metrics = ports
+    config = ServerConfig(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
                           load_models=tuple(load_models), **{"exit_timeout_s": 5, **cfg})
     return EmbeddedServer(config, log_path=log)
 
