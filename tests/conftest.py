@@ -67,19 +67,26 @@ def _need_predictor() -> None:
         pytest.fail("model_repository/quality_predictor/1/model.onnx missing; run `make predictor`")
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (the OS may hand the same free port out twice in a row)."""
+    from optistop.serving.embedded import free_port
+
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def start_server(repo: Path, log: Path, load_models: tuple[str, ...] = CORE_MODELS, **cfg: object):
     """An EmbeddedServer (not started: use ``with``) on free loopback ports serving ``load_models`` of
     ``repo`` (explicit model control; empty: every model). Stopping waits 5 s for the models to unload,
     not the production 30 (unloading a dozen models on two busy cores takes longer; the group is killed
     and its /dev/shm regions removed after); the drain itself is tested on `optistop serve`."""
-    from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+    from optistop.serving.embedded import EmbeddedServer, ServerConfig
 
-    ports: list[int] = []
-    while len(ports) < 3:   # the OS may hand the same free port out twice in a row
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    http, grpc, metrics = ports
+    http, grpc, metrics = free_ports(3)
     config = ServerConfig(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
                           load_models=tuple(load_models), **{"exit_timeout_s": 5, **cfg})
     return EmbeddedServer(config, log_path=log)

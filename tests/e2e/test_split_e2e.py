@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from optistop.serving.remote import RemoteError, RemoteTriton, RetryPolicy
 from optistop.serving.split import CASCADE_SERVER, SplitServer, build_split, default_layout
 from optistop.spec import load_spec
 from optistop.tiny.tasks import generate_split
+from tests.conftest import free_ports
 
 SPEC = load_spec()
 HARD = "4821+3777="
@@ -52,7 +54,9 @@ class Split:
 def split(tmp_path_factory, tiny_dir) -> Iterator[Split]:
     workdir = tmp_path_factory.mktemp("split")
     layout = default_layout(SPEC)
-    ports = {n: (free_port(), free_port(), free_port()) for n in [*layout, CASCADE_SERVER]}
+    names = [*layout, CASCADE_SERVER]
+    free = iter(free_ports(3 * len(names)))
+    ports = {n: (next(free), next(free), next(free)) for n in names}
     sp = Split(build_split(SPEC, workdir, ports, layout), workdir)
     try:
         for name in sp.layout:  # all three load at once; the cascade does not wait for its stages
@@ -61,8 +65,8 @@ def split(tmp_path_factory, tiny_dir) -> Iterator[Split]:
             srv.wait_ready()
         yield sp
     finally:
-        for srv in sp.running.values():
-            srv.stop()  # by process group of each server this test started
+        with ThreadPoolExecutor(len(sp.running)) as pool:   # all at once: each waits for its models to unload
+            list(pool.map(lambda srv: srv.stop(), sp.running.values()))  # by process group of each server
         print(f"split logs: {workdir}")
 
 
