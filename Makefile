@@ -34,8 +34,9 @@ sysdeps:
 lint: venv
 	$(BIN)/ruff check .
 
+# --durations=15: the slowest tests and fixtures (server starts) at the end of every run
 test: venv sysdeps lint
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 # One tier alone (markers set by folder in tests/conftest.py): make test-unit | test-contract | test-parity | test-e2e
 test-unit test-contract test-parity test-e2e: test-%: venv sysdeps

@@ -1,4 +1,4 @@
-"""The ``optistop`` command.
+"""The ``optistop`` command: ``optistop --help`` lists every command (COMMANDS below), grouped.
 
 $ optistop serve                       # embedded tritonserver on 127.0.0.1:8000/8001/8002, supervised
 $ optistop health --url 127.0.0.1:8001 # a real inference to every model; exit 1 if any fails
@@ -19,7 +19,7 @@ import json
 import signal
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from optistop.serving.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
@@ -41,6 +41,8 @@ def serve(argv: list[str]) -> int:
                     "the repository: one stage server of a split layout or one Kubernetes pod (deploy/)")
     ap.add_argument("--spec", type=Path, default=None, help="with --models cascade: the cascade spec to serve "
                     "(e.g. one whose stages have a url) instead of the repository's")
+    ap.add_argument("--load-models", default="", help="load only these models of the repository (comma-"
+                    "separated; explicit model control, no copy), e.g. without the *_stream variants")
     ap.add_argument("--no-supervise", action="store_true",
                     help="run tritonserver bare: no health checks, no recovery of dead backends")
     ap.add_argument("--supervisor-port", type=int, default=None,
@@ -78,7 +80,12 @@ def serve(argv: list[str]) -> int:
     cfg = ServerConfig(repository=args.repository.resolve(), host=args.host, http_port=args.http_port,
                        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                        tritonserver=args.tritonserver, backend_directory=args.backend_directory,
-                       log_verbose=args.log_verbose, model_control=supervise, exit_timeout_s=args.drain_timeout)
+                       log_verbose=args.log_verbose, model_control=supervise, exit_timeout_s=args.drain_timeout,
+                       load_models=tuple(m for m in args.load_models.split(",") if m))
+    missing = [m for m in cfg.load_models if not (cfg.repository / m / "config.pbtxt").exists()]
+    if missing:
+        print(f"error: --load-models: {', '.join(missing)} not in {cfg.repository}", file=sys.stderr)
+        return 2
     server = EmbeddedServer(cfg)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,7 +108,8 @@ def serve(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     port = args.supervisor_port if args.supervisor_port is not None else cfg.metrics_port + 1
-    models = models_from_repository(cfg.repository)
+    models = {m: role for m, role in models_from_repository(cfg.repository).items()
+              if not cfg.load_models or m in cfg.load_models}   # what this server loaded
     sup = Supervisor(server, models, SupervisorConfig(timing, port, floors))
     log_timing = ", ".join(f"{k}={v:g}" for k, v in asdict(timing).items())
     print(f"supervisor: {log_timing}; wedge window floors {floors or 'none'}", flush=True)
@@ -234,45 +242,67 @@ def openai(argv: list[str]) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Command:
+    """One ``optistop`` command: ``target`` is "module:function" taking argv (imported only when it runs,
+    so ``optistop --help`` loads nothing heavy). Adding a command is one line in COMMANDS."""
+
+    name: str
+    group: str
+    target: str
+    help: str
+
+
+GROUPS = ("serve", "bring your own", "evaluate", "operate")
+COMMANDS = (
+    Command("serve", "serve", "optistop.cli:serve", "serve the cascade with a supervised tritonserver"),
+    Command("serve-split", "serve", "optistop.serving.split:main",
+            "the cascade with its stages on two other tritonservers (gRPC)"),
+    Command("openai", "serve", "optistop.cli:openai", "an OpenAI-compatible API (/v1) over the cascade"),
+    Command("spec", "bring your own", "optistop.spec:main", "validate and print a cascade spec"),
+    Command("repo", "bring your own", "optistop.pipeline.repository:main",
+            "render a model repository from a cascade spec"),
+    Command("collect", "bring your own", "optistop.pipeline.collect:main",
+            "run prompts through every stage of a served repository"),
+    Command("label", "bring your own", "optistop.pipeline.label:main", "grade collected answers"),
+    Command("calibrate", "bring your own", "optistop.pipeline.calibrate:main",
+            "fit the quality predictor and stopping policy from labelled records"),
+    Command("replay", "evaluate", "optistop.offline.replay:main", "offline replay of stopping policies on records"),
+    Command("health", "operate", "optistop.serving.health:main",
+            "a real inference to every model of a server; exit 1 if any fails"),
+    Command("plan", "operate", "optistop.perf.plan:main", "replicas per stage for a request rate"),
+    Command("audit", "operate", "optistop.audit:main",
+            "summarise an audit log: delivered quality against the reference, drift alarms"),
+)
+
+
+def usage() -> str:
+    width = max(len(c.name) for c in COMMANDS) + 2
+    lines = ["usage: optistop <command> [options]     (optistop <command> --help for its options)", ""]
+    for group in GROUPS:
+        lines.append(f"{group}:")
+        lines += [f"  {c.name:<{width}}{c.help}" for c in COMMANDS if c.group == group]
+    lines += ["", "ask a served cascade: optistop-client PROMPT ... (optistop-client --help)"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "spec": _spec, "replay": _replay, "repo": _lazy("optistop.pipeline.repository"),
-                "collect": _lazy("optistop.pipeline.collect"), "label": _lazy("optistop.pipeline.label"),
-                "calibrate": _lazy("optistop.pipeline.calibrate"), "serve-split": _lazy("optistop.serving.split"),
-                "plan": _lazy("optistop.perf.plan"),
-                "openai": openai,
-                "health": _health, "audit": _lazy("optistop.audit")}
-    if not argv or argv[0] not in commands:
-        print(f"usage: optistop {{{','.join(commands)}}} ...", file=sys.stderr)
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(usage())
+        return 0
+    commands = {c.name: c for c in COMMANDS}
+    if not argv:
+        print(usage(), file=sys.stderr)
         return 2
-    return commands[argv[0]](argv[1:])
+    if argv[0] not in commands:
+        print(f"optistop: unknown command {argv[0]!r}; valid: {', '.join(commands)} (optistop --help says what "
+              f"each does)", file=sys.stderr)
+        return 2
+    import importlib
 
-
-def _lazy(module: str):
-    """A subcommand whose implementation (and its heavy imports) loads only when it runs."""
-    def run(argv: list[str]) -> int:
-        import importlib
-
-        return int(importlib.import_module(module).main(argv) or 0)
-    return run
-
-
-def _health(argv: list[str]) -> int:
-    from optistop.serving.health import main as health_main
-
-    return health_main(argv)
-
-
-def _spec(argv: list[str]) -> int:
-    from optistop.spec import main as spec_main
-
-    return spec_main(argv)
-
-
-def _replay(argv: list[str]) -> int:
-    from optistop.offline.replay import main as replay_main
-
-    return int(replay_main(argv) or 0)
+    module, _, func = commands[argv[0]].target.partition(":")
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
 
 
 _CLIENT_DOC = """Command-line client for the cascade over tritonclient gRPC or HTTP.

@@ -8,6 +8,7 @@ names the offending field, e.g. ``cascade.toml: stages[1].cost: costs must stric
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -15,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from optistop import ROOT
+from optistop.compat import tomllib
 
 DEFAULT_SPEC = ROOT / "cascade.toml"
 
@@ -95,6 +95,7 @@ class CascadeSpec:
     predictor_url: str = ""       # "host:port" of the Triton gRPC endpoint serving it; "" = same server
     default_lambda: float | None = None   # None: the policy artifact's calibrated operating point
     default_policy: str | None = None     # None: the policy artifact's operating policy
+    predictor_timeout_s: float = 5.0      # deadline of one quality-predictor call (BLS or remote)
     max_tokens_default: int = 16
     max_tokens_cap: int = 32
     max_context_tokens: int = 64  # prompt tokens + max_tokens must fit the smallest stage's context
@@ -142,6 +143,21 @@ class CascadeSpec:
         return self.stage_names.index(name)
 
 
+# Top-level tables read by other loaders of the same file (optistop.serving.render, render_llmapi).
+OTHER_TABLES = ("trtllm", "llmapi")
+NOT_KEYS = ("stages", "source", "supervisor")   # CascadeSpec fields that are not keys of [cascade]
+
+
+def check_keys(table: dict[str, Any], known: Any, where: str) -> None:
+    """Refuse a key that nothing reads (``timout_s = 0.5`` would otherwise keep the default silently).
+    ``known``: a dataclass (its fields are the keys, so a new field is a new key) or names."""
+    names = [f.name for f in dataclasses.fields(known) if f.name not in NOT_KEYS] \
+        if dataclasses.is_dataclass(known) else list(known)
+    for key in table:
+        if key not in names:
+            raise SpecError(f"{where}.{key}: unknown key; known keys are {', '.join(names)}")
+
+
 def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
          default: Any = ...) -> Any:
     if key not in table:
@@ -177,11 +193,19 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     """Validate a parsed TOML document. ``check_paths=False`` skips existence checks (GPU profiles)."""
     top = _get(data, "cascade", dict, "cascade")
     raw_stages = _get(data, "stages", list, "stages")
+    tables = ("cascade", "stages", "supervisor", *OTHER_TABLES)
+    unknown = [k for k in data if k not in tables]
+    if unknown:
+        raise SpecError(f"{unknown[0]}: unknown table; known tables are {', '.join(tables)}")
+    check_keys(top, CascadeSpec, "cascade")
     if not raw_stages:
         raise SpecError("stages: at least one stage is required")
     stages: list[Stage] = []
     for i, raw in enumerate(raw_stages):
         w = f"stages[{i}]"
+        if not isinstance(raw, dict):
+            raise SpecError(f"{w}: expected a table ([[stages]]), got {raw!r}")
+        check_keys(raw, Stage, w)
         cost = float(_get(raw, "cost", (int, float), w))
         if not math.isfinite(cost) or cost <= 0:
             raise SpecError(f"{w}.cost: must be a finite number > 0, got {cost!r}")
@@ -229,6 +253,10 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
     lam = None if raw_lam is None else float(raw_lam)
     if lam is not None and (not math.isfinite(lam) or lam < 0):
         raise SpecError(f"cascade.default_lambda: must be finite and >= 0, got {lam!r}")
+    predictor_timeout = float(_get(top, "predictor_timeout_s", (int, float), "cascade", 5.0))
+    if not math.isfinite(predictor_timeout) or predictor_timeout <= 0:
+        raise SpecError(f"cascade.predictor_timeout_s: must be a finite number of seconds > 0, "
+                        f"got {predictor_timeout!r}")
     default_max = int(_get(top, "max_tokens_default", int, "cascade", 16))
     cap = int(_get(top, "max_tokens_cap", int, "cascade", 32))
     if not 1 <= default_max <= cap:
@@ -256,6 +284,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
         predictor_url=_url(top, "predictor_url", "cascade"),
         default_lambda=lam,
         default_policy=_get(top, "default_policy", str, "cascade", None),
+        predictor_timeout_s=predictor_timeout,
         max_tokens_default=default_max,
         max_tokens_cap=cap,
         max_context_tokens=context,
@@ -333,9 +362,12 @@ def load_spec(path: str | Path = DEFAULT_SPEC, check_paths: bool = True) -> Casc
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="optistop spec", description="Validate and print a cascade spec.")
+    ap.add_argument("spec", nargs="?", type=Path, default=DEFAULT_SPEC, help="the spec file (default cascade.toml)")
     try:
-        spec = load_spec(args[0] if args else DEFAULT_SPEC)
+        spec = load_spec(ap.parse_args(argv).spec)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

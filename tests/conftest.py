@@ -3,10 +3,27 @@
 Tiers are folders; each test gets its folder's marker, so one tier runs alone with ``-m <tier>``
 (``make test-unit`` ...): unit (package code, no server), contract (config.pbtxt / tensors / sidecar /
 model.py against fake pb_utils / shell scripts), parity (ONNX vs torch), e2e (a real tritonserver).
+
+Servers (every start costs ~20-40 s of the two cores: reuse one before starting another)
+-------------------------------------------------------------------------------------
+``server``        session: the project's model_repository as committed, fault-free; loads CORE_MODELS only
+                  (no ``*_stream`` variants). For any check of normal serving (answers, metrics, bad input).
+``fault_server``  session: ONE repository shaped for every fault test. Its plain models are the OpenAI front
+                  end's world (``cascade`` + ``*_stream``; stage_medium and stage_medium_stream answer with
+                  errors, stage_large_stream waits 50 ms per token); beside them, variant models, each a
+                  cascade of its own with its own spec (FAULT_CASCADES: failing stages, a slow stage with a
+                  1 s timeout, a NaN predictor, a stage that cannot load). A new fault: add a variant model
+                  in ``_fault_repository`` (``variant_model`` / ``variant_cascade``), not a new server.
+``start_server(repo, log, load_models=...)``  an EmbeddedServer (not started) on free loopback ports, loading
+                  only ``load_models``: for a repository of its own shape (chat family, split layout).
+Fault injection goes through ``inject_fault`` alone, so changing how faults are injected is one edit here.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +32,10 @@ TIERS = ("unit", "contract", "parity", "e2e")
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "tiny"
+CORE_MODELS = ("cascade", "quality_predictor", "stage_small", "stage_medium", "stage_large")
+TOKEN_DELAY_S = 0.05   # fault_server: stage_large_stream's pause per token
+# fault_server's variant cascades: name -> what it is made of (see _fault_repository)
+FAULT_CASCADES = ("cascade_failing", "cascade_slow", "cascade_nan", "cascade_broken")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -41,18 +62,158 @@ def tiny_dir() -> Path:
     return TINY
 
 
+def _need_predictor() -> None:
+    if not (ROOT / "model_repository" / "quality_predictor" / "1" / "model.onnx").exists():
+        pytest.fail("model_repository/quality_predictor/1/model.onnx missing; run `make predictor`")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (the OS may hand the same free port out twice in a row)."""
+    from optistop.serving.embedded import free_port
+
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def start_server(repo: Path, log: Path, load_models: tuple[str, ...] = CORE_MODELS, **cfg: object):
+    """An EmbeddedServer (not started: use ``with``) on free loopback ports serving ``load_models`` of
+    ``repo`` (explicit model control; empty: every model). Stopping waits 5 s for the models to unload,
+    not the production 30 (unloading a dozen models on two busy cores takes longer; the group is killed
+    and its /dev/shm regions removed after); the drain itself is tested on `optistop serve`."""
+    from optistop.serving.embedded import EmbeddedServer, ServerConfig
+
+    http, grpc, metrics = free_ports(3)
+    config = ServerConfig(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                          load_models=tuple(load_models), **{"exit_timeout_s": 5, **cfg})
+    return EmbeddedServer(config, log_path=log)
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
     """A real tritonserver on the project's model_repository, on free loopback ports."""
-    from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
-
-    if not (ROOT / "model_repository" / "quality_predictor" / "1" / "model.onnx").exists():
-        pytest.fail("model_repository/quality_predictor/1/model.onnx missing; run `make predictor`")
-    cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    _need_predictor()
     log = tmp_path_factory.mktemp("triton") / "server.log"
-    srv = EmbeddedServer(cfg, log_path=log)
-    with srv:
+    with start_server(ROOT / "model_repository", log) as srv:
         yield srv
     # the whole log is kept in the tmp dir for post-mortems; print its path when a test fails
     print(f"tritonserver log: {log}")
+
+
+# --- building variant repositories -----------------------------------------------------------------
+
+def copy_repository(tmp: Path) -> Path:
+    """A copy of model_repository at ``tmp/model_repository`` with cascade.toml and models/ beside it, so the
+    relative paths in the configs and the spec resolve as in the checkout."""
+    (tmp / "models").symlink_to(ROOT / "models")
+    shutil.copy(ROOT / "cascade.toml", tmp / "cascade.toml")
+    repo = tmp / "model_repository"
+    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    return repo
+
+
+def add_parameter(repo: Path, model: str, key: str, value: str) -> None:
+    with open(repo / model / "config.pbtxt", "a") as fh:
+        fh.write(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
+
+
+def inject_fault(repo: Path, model: str, **params: object) -> None:
+    """Make ``model`` the test-only paced stage (tests/repos/paced_stage.py: the production engine wrapped,
+    never part of model_repository/): ``fault`` = ``empty`` | ``error`` | ``hang_on_token:<id>``,
+    ``prefill_ms`` (per batch), ``token_ms`` (per token)."""
+    from tests.repos.paced_stage import install
+
+    install(repo / model, **params)
+
+
+def variant_model(repo: Path, src: str, name: str) -> Path:
+    """A copy of model ``src`` named ``name`` (directory and config name); model.py links are followed."""
+    shutil.copytree(repo / src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = repo / name / "config.pbtxt"
+    cfg.write_text(re.sub(r'^name: "[^"]*"', f'name: "{name}"', cfg.read_text(), count=1, flags=re.M))
+    return repo / name
+
+
+def scripted_predictor(repo: Path, name: str, constant: str) -> None:
+    """A quality predictor answering ``constant`` (``nan`` allowed) for every row; keeps the real one's
+    sidecar and policy, which the cascade checks at load."""
+    variant_model(repo, "quality_predictor", name)
+    shutil.copy(ROOT / "tests" / "repos" / "scripted_predictor.py", repo / name / "1" / "model.py")
+    add_parameter(repo, name, "constant", constant)
+
+
+def variant_cascade(repo: Path, name: str, stages: dict[str, str] | None = None,
+                    timeouts: dict[str, float] | None = None, predictor: str | None = None) -> None:
+    """A cascade model ``name`` whose spec (``<name>.toml`` beside the repository) swaps stage models
+    (``stages``: original triton_model -> variant), sets stage timeouts (by variant name) or a predictor
+    model, which it then calls through BLS instead of scoring in its own process."""
+    spec = (ROOT / "cascade.toml").read_text()
+    for old, new in (stages or {}).items():
+        spec = spec.replace(f'triton_model = "{old}"\n', f'triton_model = "{new}"\n')
+    for model, seconds in (timeouts or {}).items():
+        spec = spec.replace(f'triton_model = "{model}"\n', f'triton_model = "{model}"\ntimeout_s = {seconds}\n')
+    if predictor:
+        spec = spec.replace('predictor_model = "quality_predictor"', f'predictor_model = "{predictor}"')
+    (repo.parent / f"{name}.toml").write_text(spec)
+    model_dir = variant_model(repo, "cascade", name)
+    cfg = model_dir / "config.pbtxt"
+    text = cfg.read_text().replace('string_value: "../../cascade.toml"', f'string_value: "../../{name}.toml"')
+    if predictor:
+        text = text.replace('key: "predictor_in_process" value: { string_value: "auto" }',
+                            'key: "predictor_in_process" value: { string_value: "false" }')
+    cfg.write_text(text)
+
+
+def _fault_repository(tmp: Path) -> tuple[Path, tuple[str, ...]]:
+    repo = copy_repository(tmp)
+    # the OpenAI front end's world: the plain names
+    inject_fault(repo, "stage_large_stream", token_ms=int(TOKEN_DELAY_S * 1e3))
+    inject_fault(repo, "stage_medium", fault="error")
+    inject_fault(repo, "stage_medium_stream", fault="error")
+    # variants for tests/e2e/test_faults_e2e.py
+    variant_model(repo, "stage_small", "stage_small_empty")
+    inject_fault(repo, "stage_small_empty", fault="empty")
+    variant_model(repo, "stage_large", "stage_large_slow")
+    inject_fault(repo, "stage_large_slow", prefill_ms=3000)
+    cfg = variant_model(repo, "stage_large", "stage_large_broken") / "config.pbtxt"
+    cfg.write_text(re.sub(r'"\.\./\.\./models/tiny/\w+"', '"../../models/tiny/missing"', cfg.read_text()))
+    shutil.rmtree(repo / "stage_medium_ok", ignore_errors=True)
+    shutil.copytree(ROOT / "model_repository" / "stage_medium", repo / "stage_medium_ok")   # without the fault
+    cfg = repo / "stage_medium_ok" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('name: "stage_medium"', 'name: "stage_medium_ok"', 1))
+    scripted_predictor(repo, "quality_predictor_low", "0.05")
+    scripted_predictor(repo, "quality_predictor_nan", "nan")
+    # stage_small answers nothing, stage_medium errors
+    variant_cascade(repo, "cascade_failing", stages={"stage_small": "stage_small_empty"})
+    # stage_large takes 3 s against a 1 s timeout; the predictor is never confident (0.05)
+    variant_cascade(repo, "cascade_slow", stages={"stage_medium": "stage_medium_ok", "stage_large": "stage_large_slow"},
+                    timeouts={"stage_large_slow": 1.0}, predictor="quality_predictor_low")
+    variant_cascade(repo, "cascade_nan", stages={"stage_medium": "stage_medium_ok"}, predictor="quality_predictor_nan")
+    # stage_large_broken cannot load (its checkpoint is missing)
+    variant_cascade(repo, "cascade_broken", stages={"stage_medium": "stage_medium_ok",
+                                                    "stage_large": "stage_large_broken"})
+    models = tuple(sorted(p.parent.name for p in repo.glob("*/config.pbtxt")))
+    assert set(FAULT_CASCADES) <= set(models)
+    return repo, models
+
+
+@pytest.fixture(scope="session")
+def fault_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator:
+    """One server for every fault test and the OpenAI front end (see the module docstring). A model that
+    fails to load (stage_large_broken) does not stop the others: readiness is checked per model."""
+    _need_predictor()
+    tmp = tmp_path_factory.mktemp("faults")
+    repo, models = _fault_repository(tmp)
+    srv = start_server(repo, tmp / "server.log", load_models=models, exit_on_error=False)
+    srv.start()
+    try:
+        for m in models:
+            if m != "stage_large_broken":
+                srv.wait_ready(timeout=300, model=m)   # 18 models load together
+        yield srv
+    finally:
+        srv.stop()
+        print(f"fault server log: {tmp / 'server.log'}")

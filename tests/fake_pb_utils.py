@@ -53,6 +53,20 @@ class InferenceResponse:
         return self._error
 
 
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+
+class ResponseSender:
+    def __init__(self) -> None:
+        self.sent: list[tuple[InferenceResponse | None, int]] = []
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        self.sent.append((response, flags))
+
+
 Handler = Callable[[dict[str, np.ndarray]], Awaitable[InferenceResponse]]
 HANDLERS: dict[str, Handler] = {}
 READY: dict[str, bool] = {}
@@ -61,9 +75,16 @@ SENT: list[InferenceRequest] = []   # every BLS request, in the order async_exec
 
 class InferenceRequest:
     def __init__(self, model_name: str, inputs: list[Tensor], requested_output_names: list[str],
-                 request_id: str = "", **kwargs: object) -> None:
+                 request_id: str = "", timeout: int = 0) -> None:
         self.model_name, self.inputs, self.requested_output_names = model_name, inputs, requested_output_names
         self.request_id = request_id
+        self.timeout = timeout   # microseconds, 0 = none (python_backend README, BLS)
+
+    def get_response_sender(self) -> ResponseSender:
+        """A decoupled model's sender for this request (one per request, as in the backend)."""
+        if not hasattr(self, "_sender"):
+            self._sender = ResponseSender()
+        return self._sender
 
     def input(self, name: str) -> Tensor | None:
         return next((t for t in self.inputs if t.name() == name), None)

@@ -147,12 +147,15 @@ class Load:
 
 
 def run_chaos(rounds: int = 1, concurrency: int = 3, timeout_s: float = 20.0, targets: tuple[str, ...] = TARGETS,
-              recover_wait_s: float = 30.0, settle_s: float = 1.5, log_path: Path | None = None) -> ChaosReport:
+              recover_wait_s: float = 30.0, settle_s: float = 1.5, log_path: Path | None = None,
+              load_models: tuple[str, ...] = ()) -> ChaosReport:
+    """``load_models``: serve only these models (the test suite's short run: none of the streaming variants)."""
     report = ChaosReport()
     http, grpc, metrics, sup = (free_port() for _ in range(4))
     log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
     cmd = [sys.executable, "-m", "optistop.cli", "serve", f"--http-port={http}", f"--grpc-port={grpc}",
-           f"--metrics-port={metrics}", f"--supervisor-port={sup}", "--drain-timeout=20"]
+           f"--metrics-port={metrics}", f"--supervisor-port={sup}", "--drain-timeout=20",
+           *([f"--load-models={','.join(load_models)}"] if load_models else [])]
     serve = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{sup}"
     try:

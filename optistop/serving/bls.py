@@ -197,12 +197,17 @@ class BlsBackend:
                 return self.local.score_trusted(features)
             except Exception as exc:  # a broken predictor is a fault the cascade handles, not a crash
                 raise StageFailure(-1, f"quality predictor failed: {exc}") from exc
-        pb, model = self.pb, self.spec.predictor_model
+        pb, model, deadline = self.pb, self.spec.predictor_model, self.spec.predictor_timeout_s
         self._check_down(model, "quality predictor", -1)
+        # the spec's deadline: the cascade stops waiting then (asyncio), and Triton gets it as the request's
+        # timeout (us), which its scheduler honours where the model's queue policy lets requests set one
         request = pb.InferenceRequest(
             model_name=model, inputs=[pb.Tensor(T.FEATURES, np.ascontiguousarray(features, dtype=np.float32))],
-            requested_output_names=[T.CONFIDENCE])
-        resp = await request.async_exec()
+            requested_output_names=[T.CONFIDENCE], timeout=int(deadline * 1e6))
+        try:
+            resp = await asyncio.wait_for(request.async_exec(), deadline)
+        except asyncio.TimeoutError:
+            raise StageFailure(-1, f"quality predictor timed out after {deadline:g}s") from None
         if resp.has_error():
             raise self._failed(model, "quality predictor", -1, resp.error().message())
         self._down.pop(model, None)

@@ -57,6 +57,9 @@ class ServerConfig:
     shm_prefix: str | None = None         # Python-backend shared-memory region prefix (leak checks)
     exit_on_error: bool = True            # False: serve what loaded (readiness then per model)
     model_control: bool = False           # explicit mode, so a supervisor can reload a dead model
+    # Load only these models of the repository (explicit mode; the others stay unloaded): e.g. a test
+    # that needs no streaming variant spares their backend processes. Empty: every model.
+    load_models: tuple[str, ...] = ()
     control_token: str = field(default_factory=lambda: secrets.token_hex(16))
     exit_timeout_s: int = 30              # SIGTERM: how long in-flight requests may take to finish
     extra_args: list[str] = field(default_factory=list)
@@ -149,11 +152,12 @@ def build_command(cfg: ServerConfig, backend_dir: Path) -> list[str]:
         str(binary),
         f"--model-repository={cfg.repository}",
         f"--backend-directory={backend_dir}",
-        *(["--model-control-mode=explicit", "--load-model=*",
+        *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in cfg.load_models or ["*"]),
            # the load/unload API answers only requests that carry the supervisor's random token
            f"--http-restricted-api=model-repository:{CONTROL_HEADER}={cfg.control_token}",
            f"--grpc-restricted-protocol=model-repository:{CONTROL_HEADER}={cfg.control_token}"]
-          if cfg.model_control else ["--model-control-mode=none"]),  # none: the repository is fixed
+          if cfg.model_control or cfg.load_models
+          else ["--model-control-mode=none"]),  # none: the repository is fixed
         f"--exit-timeout-secs={cfg.exit_timeout_s}",
         "--disable-auto-complete-config",     # every config.pbtxt declares its I/O, as in production
         "--strict-readiness=true",
@@ -295,6 +299,9 @@ class EmbeddedServer:
             pass
         self.proc.wait()
         self.pidfile.unlink(missing_ok=True)
+        if self.cfg.shm_prefix:   # every process of the group is gone: what they left in /dev/shm is garbage
+            for region in Path("/dev/shm").glob(self.cfg.shm_prefix + "*"):
+                region.unlink(missing_ok=True)
         if self._log:
             self._log.close()
             self._log = None

@@ -8,7 +8,7 @@ so the cascade loop escalates past it or degrades exactly as for a local stage (
 Per endpoint, one ``tritonclient.grpc.aio`` client (one gRPC channel) is made on first use and reused by
 every later call; it is made lazily because a grpc.aio channel belongs to the event loop it was created
 on, and the Python backend only has a running loop inside ``execute``. Each call has a deadline (the
-stage's ``timeout_s``; ``RetryPolicy.predictor_deadline_s`` for the predictor) that covers its retries;
+stage's ``timeout_s``; the spec's ``predictor_timeout_s`` for the predictor) that covers its retries;
 only UNAVAILABLE (server down, connection refused, restarting) is retried, with exponential backoff,
 because any other status (bad input, model missing, deadline) would fail the same way again.
 """
@@ -45,7 +45,6 @@ CHANNEL_ARGS: list[tuple[str, Any]] = [
 class RetryPolicy:
     attempts: int = 3                   # tries per call, first one included (UNAVAILABLE only)
     backoff_s: float = 0.05             # pause before the first retry; doubles after each
-    predictor_deadline_s: float = 5.0   # the spec gives stages a timeout_s; the predictor has none
 
 
 class RemoteError(RuntimeError):
@@ -140,7 +139,7 @@ class RemoteBackend:
         arrays = {T.FEATURES: np.ascontiguousarray(features, dtype=np.float32)}
         try:
             out = await self.endpoints[url].infer(self.spec.predictor_model, arrays, [T.CONFIDENCE],
-                                                  self.retry.predictor_deadline_s)
+                                                  self.spec.predictor_timeout_s)
         except RemoteError as exc:
             raise StageFailure(-1, f"quality predictor at {url} failed: {exc}") from None
         return out[T.CONFIDENCE].reshape(-1)

@@ -34,10 +34,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import tomllib
-
+from optistop.compat import tomllib
 from optistop.serving.streaming import stream_model
-from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, Stage, load_spec
+from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, Stage, check_keys, load_spec
 from optistop.tensors import STAGE, STAGE_STREAM, Contract, Tensor
 
 REPO_ROOT = DEFAULT_SPEC.parent
@@ -108,11 +107,9 @@ _CHOICES = {"dtype": ("bfloat16", "float16", "float32"), "weight_only": ("", "in
 
 
 def _build_settings(table: dict[str, Any], base: BuildSettings, where: str) -> BuildSettings:
-    known = [f.name for f in dataclasses.fields(BuildSettings)]
+    check_keys(table, BuildSettings, where)
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key not in known:
-            raise SpecError(f"{where}.{key}: unknown key; known keys are {', '.join(known)}")
         want = type(getattr(base, key))
         if want is float and type(value) is int:
             value = float(value)

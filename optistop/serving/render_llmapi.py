@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from optistop.compat import tomllib
 from optistop.serving.streaming import stream_model
-from optistop.spec import CascadeSpec, SpecError, Stage
+from optistop.spec import CascadeSpec, SpecError, Stage, check_keys
 from optistop.tensors import STAGE, STAGE_STREAM
 
 MODEL_PY = Path(__file__).resolve().parent / "triton_models" / "llmapi_stage.py"   # -> 1/model.py
@@ -44,10 +43,8 @@ def load_llmapi_settings(path: Path, spec: CascadeSpec) -> LlmapiSettings:
     if not table:
         raise SpecError(f"{where}: missing table (the PyTorch-backend profile's LLM() settings)")
     base, values = LlmapiSettings(), {}
+    check_keys(table, LlmapiSettings, where)
     for key, value in table.items():
-        if not hasattr(base, key):
-            known = ", ".join(f.name for f in dataclasses.fields(LlmapiSettings))
-            raise SpecError(f"{where}.{key}: unknown key; known keys are {known}")
         want = type(getattr(base, key))
         value = float(value) if want is float and type(value) is int else value
         if type(value) is not want:

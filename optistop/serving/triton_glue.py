@@ -7,6 +7,7 @@ the package stays importable without Triton.
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,9 @@ def error_response(pb_utils: Any, exc: RequestError) -> Any:
 
 def response(pb_utils: Any, tensors: dict[str, np.ndarray]) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
+
+
+def log_failure(pb_utils: Any, what: str) -> None:
+    """From an ``except`` block: ``what`` and the traceback into the server log. Clients get a plain
+    RequestError instead (STYLE.md: log tracebacks, never send them)."""
+    pb_utils.Logger.log_error(f"{what}\n{traceback.format_exc()}")

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,19 @@ def test_a_sampled_request_with_stop_words_sends_trtllms_sampling_inputs(stages)
     assert T.parse_stop_words_list(sent.input(T.STOP_WORDS_LIST).as_numpy()) == ((QWEN_EOT,), (3, 4), (5,))
     for name, arr in got.items():   # as declared in the stage contract (and so in every stage config.pbtxt)
         assert arr.dtype == np.dtype(T.NUMPY_DTYPE[T.STAGE.input(name).dtype]), name
+
+
+def test_predictor_call_has_the_spec_deadline(stages) -> None:
+    """A predictor that hangs costs the request the spec's predictor_timeout_s, not forever; Triton gets
+    the same deadline as the request's timeout (in microseconds)."""
+    async def hang(inputs: dict[str, np.ndarray]) -> pb.InferenceResponse:
+        await asyncio.sleep(30)
+        raise AssertionError("the deadline did not cut the call")
+
+    pb.HANDLERS["quality_predictor"] = hang
+    backend = BlsBackend(pb, dataclasses.replace(stages, predictor_timeout_s=0.2), 0, 0)
+    t0 = time.monotonic()
+    with pytest.raises(StageFailure, match=r"quality predictor timed out after 0\.2s"):
+        asyncio.run(backend.score([[0.0] * 64]))
+    assert time.monotonic() - t0 < 5.0
+    assert [r.timeout for r in pb.SENT if r.model_name == "quality_predictor"] == [200_000]

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
+from optistop.compat import tomllib
 from optistop.spec import CascadeSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,12 +156,26 @@ def test_rendered_names_ports_and_urls_agree_with_the_spec(overlay: str) -> None
     assert cm["data"][spec_path.name] == (DEPLOY / "overlays" / overlay / "cascade.toml").read_text()
 
 
-def test_every_pod_probes_with_the_health_command() -> None:
+def test_pods_are_ready_on_the_supervisors_healthz_and_live_on_real_inference() -> None:
+    """Startup and readiness: httpGet /healthz on the port `optistop serve` gives its supervisor (metrics
+    port + 1 unless --supervisor-port); liveness: the health command (a real inference per model)."""
     docs = [d for d in yaml.safe_load_all(kustomize(DEPLOY / "overlays" / "tiny-cpu")) if d]
-    for dep in by_kind(docs, "Deployment").values():
+    deployments = by_kind(docs, "Deployment")
+    assert deployments
+    for name, dep in deployments.items():
         (c,) = dep["spec"]["template"]["spec"]["containers"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["exec"]["command"] == HEALTH, f"{dep['metadata']['name']} {probe}"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        cmd = c["command"]
+        assert cmd[:2] == ["optistop", "serve"] and "--no-supervise" not in cmd, name
+        metrics = int(cmd[cmd.index("--metrics-port") + 1]) if "--metrics-port" in cmd else 8002
+        supervisor = int(cmd[cmd.index("--supervisor-port") + 1]) if "--supervisor-port" in cmd else metrics + 1
+        assert ports["supervisor"] == supervisor, name
+        for probe in ("startupProbe", "readinessProbe"):
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "supervisor"}, f"{name} {probe}"
+            assert "exec" not in c[probe]
+        live = c["livenessProbe"]["exec"]["command"]
+        assert live[: len(HEALTH)] == HEALTH, name
+        assert c["livenessProbe"]["timeoutSeconds"] > float(live[live.index("--timeout") + 1]), name
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
 
 

@@ -101,6 +101,28 @@ def test_stage_model_honours_stop_words_list_and_stop(stages) -> None:
     assert bad.error().code() == pb.TritonError.INVALID_ARG and "stop_words_list" in bad.error().message()
 
 
+@pytest.mark.parametrize("name", ["stage_small", "stage_small_stream"])
+def test_stage_failure_logs_the_traceback_and_answers_plainly(tiny_dir, name: str) -> None:
+    """A batch the engine fails on: the server log gets the traceback (where it failed), each client a
+    plain error without it."""
+    m = load_model_py(name)   # its own instance: the engine is broken below
+
+    def engine_fails(*args, **kwargs):
+        raise ValueError("kv cache exhausted")
+
+    m.engine.run = m.engine.run_streaming = engine_fails
+    pb.Logger.lines.clear()
+    req = pb.request(input_ids=np.array([[1, 5, 6]], np.int32), input_lengths=np.array([[3]], np.int32),
+                     request_output_len=np.array([[4]], np.int32))
+    out = m.execute([req])
+    resp = out[0] if out else req.get_response_sender().sent[-1][0]
+    logged = "\n".join(pb.Logger.lines)
+    assert "Traceback (most recent call last)" in logged and "in engine_fails" in logged
+    assert f"{name}: stage batch failed" in logged and "ValueError: kv cache exhausted" in logged
+    assert resp.error().code() == pb.TritonError.INTERNAL
+    assert "Traceback" not in resp.error().message() and "kv cache" not in resp.error().message()
+
+
 def test_cascade_model_glue(stages) -> None:
     cascade = load_model_py("cascade", predictor_in_process="false")   # the scripted predictor: 0.7
     reqs = [

@@ -6,25 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from optistop.pipeline import calibrate, collect, label, repository
 from optistop.serving.client import ask, make_client
-from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+from optistop.serving.embedded import EmbeddedServer
+from optistop.serving.streaming import stream_model
 from optistop.serving.tokenizers import PromptEncoder
 from optistop.spec import load_spec
 from optistop.tiny.chat import generate_split, grade
+from tests.conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = ROOT / "chat.toml"
 PREDICTOR = ROOT / "models" / "chat" / "predictor"    # calibrated by `make chat-calibrate`
 
 
-def _serve(repo: Path, log: Path) -> EmbeddedServer:
-    cfg = ServerConfig(repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    return EmbeddedServer(cfg, log_path=log)
+def _load(srv: EmbeddedServer, model: str) -> None:
+    """Load ``model`` into a running server through the model-repository API (explicit model control)."""
+    url = f"http://{srv.cfg.http_url}/v2/repository/models/{model}/load"
+    req = urllib.request.Request(url, data=b"{}", method="POST", headers=srv.cfg.control_header)
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        assert resp.status == 200, model
+    srv.wait_ready(model=model)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,9 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory):
     repo = tmp_path_factory.mktemp("chat") / "repo"
     repository.build_stages(spec, repo)
     repository.install_serving_models(spec, repo, PREDICTOR)
-    with _serve(repo, repo.parent / "server.log") as srv:
+    plain = (*(st.triton_model for st in spec.stages), spec.predictor_model, "cascade")
+    models = (*plain, *(stream_model(m) for m in plain if m != spec.predictor_model))   # streaming variants too
+    with start_server(repo, repo.parent / "server.log", load_models=models) as srv:
         yield srv
 
 
@@ -68,7 +77,9 @@ def test_spec_to_calibrated_cascade_with_the_user_commands(tmp_path: Path) -> No
     prompts.write_text("".join(json.dumps(it.to_prompt_record()) + "\n"
                                for it in generate_split("val", 40, seed=1)))
     assert repository.main(["--spec", str(SPEC_FILE), "--out", str(repo)]) == 0
-    with _serve(repo, tmp_path / "stages.log") as srv:
+    # one server: the stages-only repository first, the calibrated cascade loaded into it afterwards
+    stages = tuple(st.triton_model for st in spec.stages)
+    with start_server(repo, tmp_path / "server.log", load_models=stages) as srv:
         out = tmp_path / "collected.jsonl"
         assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
                              "--out", str(out)]) == 0
@@ -79,15 +90,19 @@ def test_spec_to_calibrated_cascade_with_the_user_commands(tmp_path: Path) -> No
         out.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
         assert collect.main(["--prompts", str(prompts), "--url", srv.cfg.grpc_url, "--spec", str(SPEC_FILE),
                              "--out", str(out)]) == 0
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 160 and len({r["id"] for r in records}) == 160
-    assert not any("error" in st for r in records for st in r["stages"])
-    assert records[-1]["id"] == first["id"] and records[0]["id"] != first["id"]   # re-collected, appended
-    labelled = tmp_path / "labelled.jsonl"
-    assert label.main([str(out), "--grader", "optistop.tiny.chat:grader", "--out", str(labelled)]) == 0
-    assert calibrate.main([str(labelled), "--spec", str(SPEC_FILE), "--out", str(repo), "--max-epochs", "5"]) == 0
-    assert (repo / "cascade" / "config.pbtxt").exists() and (repo / spec.predictor_model / "1" / "policy.json").exists()
-    with _serve(repo, tmp_path / "cascade.log") as srv:
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == 160 and len({r["id"] for r in records}) == 160
+        assert not any("error" in st for r in records for st in r["stages"])
+        assert records[-1]["id"] == first["id"] and records[0]["id"] != first["id"]   # re-collected, appended
+        labelled = tmp_path / "labelled.jsonl"
+        assert label.main([str(out), "--grader", "optistop.tiny.chat:grader", "--out", str(labelled)]) == 0
+        assert calibrate.main([str(labelled), "--spec", str(SPEC_FILE), "--out", str(repo),
+                               "--max-epochs", "5"]) == 0
+        assert (repo / "cascade" / "config.pbtxt").exists()
+        assert (repo / spec.predictor_model / "1" / "policy.json").exists()
+        assert not srv.ready("cascade")
+        for model in (spec.predictor_model, "cascade"):
+            _load(srv, model)
         a = ask(make_client(srv.cfg.grpc_url), "grpc", "Write 4071 in words.")
         assert a.stage_model.startswith("chat_") and a.cost > 0 and not a.degraded
 

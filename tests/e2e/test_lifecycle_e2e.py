@@ -13,12 +13,13 @@ from pathlib import Path
 from optistop.perf.chaos import Load, _children, _get
 from optistop.serving.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
 from optistop.serving.supervisor import stub_processes
+from tests.conftest import CORE_MODELS
 
 
 def start_serve(log: Path, drain_s: int = 20) -> tuple[subprocess.Popen, dict[str, int]]:
     ports = {k: free_port() for k in ("http", "grpc", "metrics", "supervisor")}
     cmd = [sys.executable, "-m", "optistop.cli", "serve", *(f"--{k}-port={v}" for k, v in ports.items()),
-           f"--drain-timeout={drain_s}"]
+           f"--drain-timeout={drain_s}", f"--load-models={','.join(CORE_MODELS)}"]
     proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     deadline = time.monotonic() + 240
     while _get(f"http://127.0.0.1:{ports['supervisor']}/healthz")[0] != 200:
@@ -65,8 +66,10 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
         assert done and all(r.ok or r.error for r in done)
         assert all(r.t1 - r.t0 < 20.0 for r in done), "a request hung through the drain"
         inflight = [r for r in done if r.t0 < t_term < r.t1]
+        assert inflight, "no request was in flight at SIGTERM: the drain was not exercised"
         assert all(r.ok for r in inflight), [r.error for r in inflight if not r.ok]  # drained, not dropped
         refused = [r for r in done if r.t0 > t_term + 0.5]
+        assert refused, "no request was sent after SIGTERM: the refusal was not exercised"
         assert all(not r.ok for r in refused), "after SIGTERM new requests are refused"
         assert not Path(f"/proc/{tritonserver}").exists()
     finally:

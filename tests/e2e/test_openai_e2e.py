@@ -1,5 +1,8 @@
-"""The OpenAI-compatible front end with the official ``openai`` client, over a real tritonserver (the
-session's ``api`` server of tests/e2e/conftest.py, shared with test_openai_conformance_e2e.py)."""
+"""The OpenAI-compatible front end with the official ``openai`` client, over a real tritonserver: the
+session ``api`` of tests/e2e/conftest.py (shared with test_openai_conformance_e2e.py) over the session
+``fault_server`` (tests/conftest.py), where stage_large's streaming engine waits 50 ms per token (so that
+tokens arriving one by one can be told from a buffered answer) and stage_medium, in both variants, fails
+(so that "no living stage" has a request that meets it)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,10 @@ recovers when that server comes back; and the remote client's retry rule (UNAVAI
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from optistop.serving.remote import RemoteError, RemoteTriton, RetryPolicy
 from optistop.serving.split import CASCADE_SERVER, SplitServer, build_split, default_layout
 from optistop.spec import load_spec
 from optistop.tiny.tasks import generate_split
+from tests.conftest import free_ports
 
 SPEC = load_spec()
 HARD = "4821+3777="
@@ -32,6 +35,8 @@ CASES = [(None, None), ("fixed:0", None), ("fixed:1", None), ("fixed:2", None), 
 
 class Split:
     def __init__(self, servers: list[SplitServer], workdir: Path) -> None:
+        # stopping waits 5 s for the models to unload, then kills (as tests/conftest.py start_server)
+        servers = [dataclasses.replace(s, config=dataclasses.replace(s.config, exit_timeout_s=5)) for s in servers]
         self.layout = {s.name: s for s in servers}
         self.running = {s.name: EmbeddedServer(s.config, log_path=workdir / f"{s.name}.log") for s in servers}
 
@@ -49,7 +54,9 @@ class Split:
 def split(tmp_path_factory, tiny_dir) -> Iterator[Split]:
     workdir = tmp_path_factory.mktemp("split")
     layout = default_layout(SPEC)
-    ports = {n: (free_port(), free_port(), free_port()) for n in [*layout, CASCADE_SERVER]}
+    names = [*layout, CASCADE_SERVER]
+    free = iter(free_ports(3 * len(names)))
+    ports = {n: (next(free), next(free), next(free)) for n in names}
     sp = Split(build_split(SPEC, workdir, ports, layout), workdir)
     try:
         for name in sp.layout:  # all three load at once; the cascade does not wait for its stages
@@ -58,8 +65,8 @@ def split(tmp_path_factory, tiny_dir) -> Iterator[Split]:
             srv.wait_ready()
         yield sp
     finally:
-        for srv in sp.running.values():
-            srv.stop()  # by process group of each server this test started
+        with ThreadPoolExecutor(len(sp.running)) as pool:   # all at once: each waits for its models to unload
+            list(pool.map(lambda srv: srv.stop(), sp.running.values()))  # by process group of each server
         print(f"split logs: {workdir}")
 
 
@@ -77,13 +84,16 @@ def test_layout_puts_stages_and_predictor_on_other_servers(split) -> None:
 
 def test_split_answers_exactly_as_the_single_server(split, server) -> None:
     single, remote = make_client(server.cfg.grpc_url), make_client(split.cascade_url)
-    compared = 0
+    answers = []
     for policy, lam in CASES:
         for p in PROMPTS:
             a, b = ask(single, "grpc", p, policy=policy, lam=lam), ask(remote, "grpc", p, policy=policy, lam=lam)
             assert _key(a) == _key(b), (p, policy)
-            compared += 1
-    assert compared == len(CASES) * len(PROMPTS)
+            answers.append(b)
+    # the comparison went through every remote stage and the remote predictor, and escalated
+    assert {a.stage for a in answers} == {0, 1, 2}
+    assert any(a.stages_run == [0, 1, 2] for a in answers) and not any(a.degraded for a in answers)
+    assert any(c > 0 for a in answers for c in a.confidences)
 
 
 def test_stopped_stage_server_degrades_then_recovers(split, server) -> None:

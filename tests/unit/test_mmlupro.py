@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optistop.offline import mmlupro, stats
+from optistop.offline import mmlupro
 from optistop.offline.fit import fold_ids
 from optistop.offline.operating import arrays_from_records
 
 DATA = mmlupro.find_dir(os.environ.get("OPTISTOP_MMLUPRO_DIR"))
-needs_data = pytest.mark.skipif(DATA is None, reason=mmlupro.WHERE)
+# Skipped only when the folder is truly absent (CI has it: ../shared/data beside the clone, found from
+# the package's own location); a folder that is there but incomplete fails instead.
+ABSENT = not Path(os.environ.get("OPTISTOP_MMLUPRO_DIR") or mmlupro.DEFAULT_DIR).exists()
+needs_data = pytest.mark.skipif(ABSENT, reason=mmlupro.WHERE)
 README_ACC = {"qwen": (0.264, 0.419, 0.492), "llama": (0.433, 0.626, 0.720)}   # the data README's table
 
 
@@ -119,7 +122,7 @@ def test_scores_are_out_of_fold() -> None:
 @pytest.mark.parametrize("ladder", ["qwen", "llama"])
 def test_accuracy_matches_the_readme(ladder: str) -> None:
     """All questions (extraction only, no fitting): the README's accuracy per stage."""
-    assert DATA is not None
+    assert DATA is not None, f"the MMLU-Pro folder exists but lacks files: {mmlupro.WHERE}"
     per = [mmlupro.load(DATA, m) for m in mmlupro.LADDERS[ladder]]
     for rows, want in zip(per, README_ACC[ladder], strict=True):
         acc = np.mean([mmlupro.extract(mmlupro.answer_text(r)) == r["answer"] for r in rows.values()])
@@ -129,12 +132,16 @@ def test_accuracy_matches_the_readme(ladder: str) -> None:
 @needs_data
 def test_real_ladder_first_600() -> None:
     """The first 600 by question_id are all one subject (business), so accuracy is checked loosely (0.1)."""
-    assert DATA is not None
+    assert DATA is not None, f"the MMLU-Pro folder exists but lacks files: {mmlupro.WHERE}"
     recs = mmlupro.ladder_records(DATA, "qwen", limit=600)
     assert len(recs) == 600
     s = mmlupro.summary(recs)
     for st, want in zip(s, README_ACC["qwen"], strict=True):
         assert abs(st["accuracy"] - want) < 0.1
     assert s[0]["auroc_confidence"] > 0.55
-    y = np.array([r["stages"][0]["correct"] for r in recs])
-    assert stats.auroc(y, np.array([r["stages"][0]["confidence"] for r in recs])) == s[0]["auroc_confidence"]
+    # AUROC by its definition: the share of (correct, wrong) pairs ranked right, ties counting half
+    y = np.array([r["stages"][0]["correct"] for r in recs], bool)
+    conf = np.array([r["stages"][0]["confidence"] for r in recs])
+    pos, neg = conf[y][:, None], conf[~y][None, :]
+    pairs = (pos > neg).mean() + 0.5 * (pos == neg).mean()
+    assert s[0]["auroc_confidence"] == pytest.approx(pairs, abs=1e-9)

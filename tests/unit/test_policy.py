@@ -13,26 +13,27 @@ from optistop import policy as K
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import build_artifact
 from optistop.policy_artifact import PolicyArtifactError, PolicyBook
+from tests.synthetic import latent
 
 COSTS = np.array([1.0, 4.5, 10.0])
 NAN = float("nan")
 
 
 def synthetic_arrays(n: int = 600, seed: int = 0) -> F.Arrays:
-    """Latent difficulty shared by every stage (so stages' outcomes correlate); informative confidences."""
-    rng = np.random.default_rng(seed)
-    d = rng.normal(0, 1.5, n)
-    skill = np.array([-0.5, 0.8, 1.8])
-    pr = 1 / (1 + np.exp(-(skill[None, :] - d[:, None])))
-    y = rng.random(pr.shape) < pr
-    conf = np.clip(0.6 * pr + 0.4 * y + rng.normal(0, 0.1, pr.shape), 0.01, 0.99)
-    ex = np.clip(pr + rng.normal(0, 0.1, pr.shape), 0.01, 0.99)
+    """tests.synthetic.latent as the fitter's arrays."""
+    _, _, y, conf, ex = latent(n, seed)
     return F.Arrays(conf, y, COSTS.copy(), ex, None)
 
 
 @functools.cache
+def synthetic_built(lambdas: tuple[float, ...] = (0.5, 20.0, 1000.0)) -> tuple[dict, dict]:
+    """(artifact, the choice that picked its operating point)."""
+    return build_artifact(synthetic_arrays(), ["small", "medium", "large"], F.Criterion(), 0, lambdas)
+
+
+@functools.cache
 def synthetic_book(lambdas: tuple[float, ...] = (0.5, 20.0, 1000.0)) -> PolicyBook:
-    art, _ = build_artifact(synthetic_arrays(), ["small", "medium", "large"], F.Criterion(), 0, lambdas)
+    art, _ = synthetic_built(lambdas)
     return PolicyBook(json.loads(json.dumps(art)))   # through JSON, as the server reads it
 
 
@@ -169,8 +170,14 @@ def test_operating_point_never_dearer_than_a_stage_that_meets_the_target() -> No
 def test_book_names_defaults_and_errors() -> None:
     book = synthetic_book()
     assert book.make("optimal", 700.0)[1] == 1000.0        # nearest grid lambda on a log scale
-    assert book.make(None, None)[0].name in ("optimal", "router", "threshold", f"fixed:{book.n - 1}") or \
-        book.make(None, None)[0].name.startswith("fixed")
+    # no policy named: the operating point the calibration chose, deciding exactly as the chosen rule
+    _, ch = synthetic_built()
+    name, param = ch["choice"]
+    served, lam = book.make(None, None)
+    assert served.name == name and (name not in ("optimal", "router") or lam == param)
+    a = synthetic_arrays()
+    (q1, c1), (q2, c2) = F.outcome(served, a), F.outcome(ch["rule"], a)
+    assert q1.tolist() == q2.tolist() and c1.tolist() == c2.tolist()
     with pytest.raises(ValueError, match="valid: optimal, router, paper, fixed:0..2, random"):
         book.make("greedy", None)
     with pytest.raises(ValueError):
@@ -181,16 +188,27 @@ def test_book_names_defaults_and_errors() -> None:
         PolicyBook({"format": "other"})
 
 
+# Worked out by hand. Paper at lambda 4 with identity Platt maps: thresholds 1/5 (1 - 0.5 / 4.5) = 0.17778
+# after stage 0 and 1/5 (1 - 0.5 / (10 / 4.5)) = 0.155 after stage 1; the last stage always answers. Nothing
+# run yet: threshold 1.0 (no decision taken).
+HISTORIES = ([NAN] * 3, [0.9, NAN, NAN], [0.1, NAN, NAN], [0.1, 0.12, NAN], [0.1, 0.2, 0.3])
+T0, T1 = 0.2 * (1 - 0.5 / 4.5), 0.2 * (1 - 0.5 / (10 / 4.5))
+EXPECTED = {   # (stop, next_stage, answer_stage, threshold) per history
+    "paper": [(False, 0, -1, 1.0), (True, -1, 0, T0), (False, 1, -1, T0), (False, 2, -1, T1), (True, -1, 2, 0.0)],
+    "fixed": [(False, 1, -1, 1.0)] + [(True, -1, 1, 0.0)] * 4,
+    "threshold": [(False, 0, -1, 1.0), (True, -1, 0, 0.8), (False, 1, -1, 0.8), (False, 2, -1, 0.6),
+                  (True, -1, 2, 0.0)],
+}
+
+
 @pytest.mark.parametrize("rule", [K.PaperRule(COSTS, 4.0, np.tile([1.0, 0.0], (3, 1))), K.FixedRule(1),
                                   K.ThresholdRule(0, np.array([0.8, 0.6, 0.0]))], ids=lambda r: r.name)
 def test_every_rule_decides_one_prompt_on_python_scalars(rule) -> None:
     """The served loop keeps its state in lists and reads ``One`` fields as plain bool / int / float."""
-    for conf in ([NAN] * 3, [0.9, NAN, NAN], [0.5, NAN, NAN], [0.5, 0.7, NAN], [0.1, 0.2, 0.3]):
+    for conf, want in zip(HISTORIES, EXPECTED[rule.name], strict=True):
         d = rule.decide_one(conf, None, [-1] * 3)
         assert [type(v) for v in d] == [bool, int, int, float]
-        a = rule.decide(K.State(np.array([conf]), None, np.full((1, 3), -1)))
-        assert d == (a.stop[0], a.next_stage[0], a.answer_stage[0], a.threshold[0])
-        assert d.stop == (d.next_stage < 0) and (d.answer_stage >= 0) == d.stop
+        assert d[:3] == want[:3] and d.threshold == pytest.approx(want[3], abs=1e-12), conf
 
 
 def test_optimal_reports_no_threshold_when_no_stage_is_left() -> None:

@@ -12,19 +12,14 @@ from optistop.offline import policy_fit as F
 from optistop.offline.operating import ReplayInputError, arrays_from_records
 from optistop.offline.replay import load, main, run
 from optistop.policy_artifact import load_policy
+from tests.synthetic import latent
 
 COSTS = (1.0, 4.5, 10.0)
 
 
 def synthetic(n: int = 400, seed: int = 0, with_conf: bool = True) -> list[dict]:
-    """Latent difficulty; stage k is right with prob sigmoid(skill_k - d); noisy but informative scores."""
-    rng = np.random.default_rng(seed)
-    d = rng.normal(0, 1.5, n)
-    skill = np.array([-0.5, 0.8, 1.8])
-    pr = 1 / (1 + np.exp(-(skill[None, :] - d[:, None])))
-    y = rng.random(pr.shape) < pr
-    post = np.clip(0.6 * pr + 0.4 * y + rng.normal(0, 0.1, pr.shape), 0.01, 0.99)
-    ex = np.clip(pr + rng.normal(0, 0.1, pr.shape), 0.01, 0.99)
+    """Replay records of tests.synthetic.latent (with confidences, or answer texts that carry the label)."""
+    d, _, y, post, ex = latent(n, seed)
     recs = []
     for i in range(n):
         stages = []
@@ -90,8 +85,9 @@ def test_text_verifier_when_no_confidences(tmp_path: Path) -> None:
 
 
 def test_cli_fit_eval_and_artifact(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    fit = _write(tmp_path, synthetic(800, seed=2), "fit.jsonl")
-    ev = _write(tmp_path, synthetic(800, seed=3), "ev.jsonl")
+    # the command's plumbing, not the fit's quality (test above): small files keep it quick
+    fit = _write(tmp_path, synthetic(240, seed=2), "fit.jsonl")
+    ev = _write(tmp_path, synthetic(240, seed=3), "ev.jsonl")
     assert main(["--fit", str(fit), "--eval", str(ev)]) == 0
     assert "fit fit.jsonl -> eval ev.jsonl" in capsys.readouterr().out
     art = tmp_path / "policy.json"

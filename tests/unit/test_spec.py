@@ -114,3 +114,64 @@ def test_max_temperature_is_checked(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(SpecError, match=r"cascade.max_temperature"):
             load_spec(path, check_paths=False)
+
+
+@pytest.mark.parametrize(("old", "new", "where"), [
+    ('triton_model = "stage_large"\n', 'triton_model = "stage_large"\ntimout_s = 0.5\n', r"stages\[2\]\.timout_s"),
+    ("max_tokens_cap = 32", "max_tokens_cap = 32\nmax_token_cap = 8", r"cascade\.max_token_cap"),
+    ("[cascade]", "[cascde]\nname = 'x'\n\n[cascade]", r"cascde: unknown table"),
+])
+def test_unknown_keys_are_refused_naming_the_valid_ones(tmp_path: Path, old: str, new: str, where: str) -> None:
+    """A typo would otherwise load and keep the default (a 30 s timeout where 0.5 s was meant)."""
+    assert old in SPEC
+    with pytest.raises(SpecError, match=where) as info:
+        load_spec(_write(tmp_path, SPEC.replace(old, new, 1)))
+    msg = str(info.value)
+    assert "\n" not in msg
+    if "stages" in where:
+        assert "unknown key; known keys are name, triton_model, checkpoint, cost" in msg and "timeout_s" in msg
+    elif "cascade" in where:
+        assert "max_tokens_cap" in msg and "predictor_timeout_s" in msg and "source" not in msg
+    else:
+        assert "known tables are cascade, stages, supervisor, trtllm, llmapi" in msg
+
+
+def test_every_field_is_a_key_the_loader_reads(tmp_path: Path) -> None:
+    """Keys are the dataclass fields: every field of the default spec, written out, loads back equal."""
+    from optistop.serving.render import spec_toml
+
+    spec = load_spec()
+    path = tmp_path / "resolved.toml"
+    path.write_text(spec_toml(spec))
+    assert load_spec(path) == spec
+
+
+def test_predictor_timeout(tmp_path: Path) -> None:
+    assert load_spec().predictor_timeout_s == 5.0
+    spec = load_spec(_write(tmp_path, SPEC.replace("[cascade]\n", "[cascade]\npredictor_timeout_s = 0.25\n")))
+    assert spec.predictor_timeout_s == 0.25
+    for bad in ("0", "-1", "nan", '"1"'):
+        path = tmp_path / f"bad{len(bad)}.toml"
+        path.write_text(SPEC.replace("[cascade]\n", f"[cascade]\npredictor_timeout_s = {bad}\n"))
+        with pytest.raises(SpecError, match="cascade.predictor_timeout_s"):
+            load_spec(path, check_paths=False)
+
+
+def test_toml_without_tomllib(tmp_path: Path) -> None:
+    """Python 3.10 has no tomllib: every loader of TOML files falls back to tomli (pinned for < 3.11).
+    Run with tomllib unimportable, in a fresh interpreter."""
+    code = (
+        "import sys; sys.modules['tomllib'] = None\n"
+        "from optistop.spec import load_spec\n"
+        "from optistop.serving import render, render_llmapi\n"
+        "from optistop.compat import tomllib\n"
+        "assert tomllib.__name__ == 'tomli', tomllib\n"
+        "spec = load_spec()\n"
+        "trt = render.load_trtllm_settings(render.REPO_ROOT / 'build' / 'qwen2.5-trtllm.toml')\n"
+        "llm = render.REPO_ROOT / 'build' / 'qwen2.5-llmapi.toml'\n"
+        "render_llmapi.load_llmapi_settings(llm, load_spec(llm, check_paths=False))\n"
+        "print(spec.name, len(spec.stages), len(trt.stages))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["tiny", "3", "3"]

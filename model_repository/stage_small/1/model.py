@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 from optistop import tensors as T
 from optistop.serving.request import RequestError
 from optistop.serving.stage import StageEngine
-from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+from optistop.serving.triton_glue import error_response, log_failure, model_parameters, read_inputs, response
 
 INPUTS = [t.name for t in T.STAGE.inputs]
 
@@ -27,16 +27,16 @@ class TritonPythonModel:
         _, params, model_dir = model_parameters(args)
         checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
         self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
-        self.logger = pb_utils.Logger
-        self.logger.log_info(f"{args['model_name']}: serving {checkpoint} "
+        self.name = args["model_name"]
+        pb_utils.Logger.log_info(f"{self.name}: serving {checkpoint} "
                              f"({self.engine.model.n_params} parameters)")
 
     def execute(self, requests):
         batch = [read_inputs(pb_utils, r, INPUTS) for r in requests]
         try:
             results = self.engine.run(batch)
-        except Exception as exc:  # the whole batch failed: log detail, answer each request plainly
-            self.logger.log_error(f"stage batch failed: {exc!r}")
+        except Exception:  # the whole batch failed: traceback to the log, a plain error to each request
+            log_failure(pb_utils, f"{self.name}: stage batch failed")
             err = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
             return [error_response(pb_utils, err) for _ in requests]
         return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, r)

@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 from optistop import tensors as T
 from optistop.serving.request import RequestError
 from optistop.serving.stage import StageEngine
-from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+from optistop.serving.triton_glue import error_response, log_failure, model_parameters, read_inputs, response
 
 INPUTS = [t.name for t in T.STAGE_STREAM.inputs]
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -44,8 +44,8 @@ class TritonPythonModel:
 
         try:
             results = self.engine.run_streaming([read_inputs(pb_utils, r, INPUTS) for r in requests], emit)
-        except Exception as exc:  # the whole batch failed: log detail, answer each request plainly
-            pb_utils.Logger.log_error(f"stage batch failed: {exc!r}")
+        except Exception:  # the whole batch failed: traceback to the log, a plain error to each request
+            log_failure(pb_utils, f"{self.name}: stage batch failed")
             err = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
             results = [err] * len(requests)
         for sender, res in zip(senders, results):
