@@ -55,10 +55,11 @@ def assign_splits(records: list[dict[str, Any]], test_share: float, seed: int) -
 
 def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target: float, seed: int = 0,
               test_share: float = 0.2, install: bool = True, replay_out: Path | None = None,
-              max_epochs: int = 50) -> dict[str, Any]:
+              max_epochs: int = 50, confidence: float = 0.9, reference: str = "best") -> dict[str, Any]:
     from optistop.predictor import export, train
 
     spec = load_spec(spec_path)
+    crit = F.Criterion.at(target, confidence, reference)     # refused here, before minutes of training
     names = [st["model"] for st in records[0]["stages"]]
     costs = [float(st["cost"]) for st in records[0]["stages"]]
     if names != list(spec.stage_names) or costs != list(spec.costs):
@@ -80,14 +81,16 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
         scored = [json.loads(line) for line in replay_path.read_text(encoding="utf-8").splitlines() if line]
     held = [r for r in scored if r.get("predictor_role") in ("calibration", "test")]
     a = arrays_from_records(held)
-    crit = F.Criterion(target, target - 0.005)
+    crit = replay.resolve(a, crit, names)
     art, choice = build_artifact(a, names, crit, seed, data_sha256=data_sha256(records),
                                  predictor={"sidecar": "model.json"}, spec=spec.name,
                                  tokenizer_sha256=tokenizer_sha256(spec.tokenizer))
     (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
-    cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"], replay.hindsight(a, target))
+    cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"],
+                          replay.hindsight(a, target, ref=int(crit.reference)), crit=crit)
     notes = install_serving_models(spec, out, version_dir) if install else []
     return {"operating": art["operating"], "n_policy_prompts": len(held), "cross_fitted": cv["conditions"],
+            "reference": names[int(crit.reference)], "confidence": crit.confidence,
             "notes": notes, "version_dir": str(version_dir)}
 
 
@@ -95,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="optistop calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("replay", type=Path, help="labelled JSONL (optistop collect + optistop label)")
     ap.add_argument("--spec", type=Path, required=True, help="the cascade spec the replay was collected with")
-    ap.add_argument("--target", type=float, default=0.95, help="share of the last stage's quality to keep")
+    ap.add_argument("--target", type=float, default=0.95, help="share of the reference stage's quality to keep")
+    ap.add_argument("--confidence", type=float, default=0.9,
+                    help="probability that the served quality reaches the tolerance (target - 0.5 points)")
+    ap.add_argument("--reference", default="best",
+                    help="best (the best stage on the calibration data), last, a stage index or a stage model name")
     ap.add_argument("--out", type=Path, required=True, help="model repository (optistop repo) to install into")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-share", type=float, default=0.2)
@@ -106,14 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         res = calibrate(read_labelled(args.replay), args.spec, args.out.absolute(), args.target, args.seed,
-                        args.test_share, not args.no_install, args.replay_out, args.max_epochs)
+                        args.test_share, not args.no_install, args.replay_out, args.max_epochs,
+                        args.confidence, args.reference)
     except (ReplayInputError, SpecError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     c = res["cross_fitted"]
     print("\n".join(res["notes"]))
     print(f"operating point: {res['operating']['policy']} (lambda {res['operating'].get('lambda')}); on "
-          f"{res['n_policy_prompts']} held-out prompts, cross-fitted: quality {c['quality_rel']:.3f} of the last "
-          f"stage's at cost {c['cost']:.3f} (cheapest single stage meeting the target {c['cheapest_single_stage']:g}, "
+          f"{res['n_policy_prompts']} held-out prompts, cross-fitted: quality {c['quality_rel']:.3f} of "
+          f"{res['reference']}'s (promise: >= {args.target - 0.005:.3f} with confidence "
+          f"{res['confidence']:g}) at cost {c['cost']:.3f} (cheapest single stage meeting the target "
+          f"{c['cheapest_single_stage']:g}, "
           f"router {c['router_cost']:.3f}); wrote {res['version_dir']}")
     return 0

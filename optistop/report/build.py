@@ -14,6 +14,7 @@ absent is reported with where to get it, never filled in. Seeded throughout: rer
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from optistop import ROOT
-from optistop.offline import mmlupro, replay, routellm, stats
+from optistop.offline import cascades, mmlupro, replay, routellm, stats
 from optistop.offline import policy_fit as F
 from optistop.report import markdown, plots
 
@@ -113,17 +114,18 @@ def convert(name: str, kind: str, arg: str, key: str, limit: int | None, seed: i
     return path
 
 
-def hindsight_curve(a: F.Arrays, levels: Sequence[float] = tuple(np.linspace(0.85, 1.0, 16))) -> list[list[float]]:
-    """[level, quality_rel, cost] of the cheapest hindsight threshold cascade per level (the reference line).
-    Every grid rule is replayed once and reused across levels (fit_thresholds would redo it per level)."""
-    last = max(a.correct[:, -1].mean(), 1e-12)
-    pts = [tuple(float(x.mean()) for x in F.outcome(r, a)) for r in F.threshold_grid(a, 24)]
+def hindsight_curve(a: F.Arrays, ref: int, levels: Sequence[float] = tuple(np.linspace(0.85, 1.0, 16)),
+                    agree: bool = False) -> list[list[float]]:
+    """[level, quality_rel, cost] of the cheapest threshold cascade over stage subsets per level, tuned on
+    ``a`` itself (the hindsight frontier; ``agree``: the served family's, answer agreement included).
+    One vectorised pass over the grid serves every level."""
+    last = max(a.correct[:, ref].mean(), 1e-12)
+    gr = cascades.grid(a, agree=None if agree else False, grid=24 if not agree else cascades.GRID)
     out = []
     for lev in levels:
-        ok = [(c, q) for q, c in pts if q >= lev * last - 1e-12]
-        if ok:
-            c, q = min(ok)
-            out.append([round(float(lev), 4), round(q / last, 6), round(c, 6)])
+        i = gr.cheapest(lev * last)
+        if i is not None:
+            out.append([round(float(lev), 4), round(float(gr.quality[i]) / last, 6), round(float(gr.cost[i]), 6)])
     return out
 
 
@@ -179,8 +181,9 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     kind, arg = spec["convert"]
     path = convert(name, kind, arg, spec["key"], spec["limit"], spec["seed"], Path(spec["cache"]))
     a = replay.load(path, spec["seed"])
-    crit = F.Criterion(**spec["criterion"])
+    crit = replay.resolve(a, F.Criterion(**spec["criterion"]))
     res = replay.run(a, spec["seeds"], crit, 5, spec["small"])
+    ref = int(crit.reference)
     acc = acceptance(res)
     recs, _ = replay.read_records(path)
     return {"label": spec["label"], "cache": path.name, "n": res["n"], "costs": res["costs"],
@@ -191,7 +194,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
             "choices": dict(sorted(Counter(c[0] + ("" if c[1] == "None" else f" {float(c[1]):.4g}")
                                            for r in res["kfold"] for c in r["choices"]).items())),
             "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"]),
-            "hindsight_curve": hindsight_curve(a)}
+            "reference": ref, "hindsight_curve": hindsight_curve(a, ref)}
 
 
 def served() -> dict[str, Any] | None:
@@ -251,7 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.render_only:
         return write(out, json.loads((out / "summary.json").read_text(encoding="utf-8")))
     srv = served()
-    crit = (srv or {}).get("criterion") or vars(F.Criterion())   # measure at the server's own criterion
+    # measure at the server's own target and confidence; the reference is each data set's best stage (the
+    # artifact's reference is a stage of its own ladder), and a format-1 artifact's z is no longer used
+    fields = {f.name for f in dataclasses.fields(F.Criterion)} - {"reference"}
+    crit = vars(F.Criterion(**{k: v for k, v in ((srv or {}).get("criterion") or {}).items() if k in fields}))
     src = {k: v for k, v in sources(a).items() if not a.only or k in a.only}
     specs = [{"name": k, **v, "limit": a.mmlupro_limit, "seed": a.seed, "seeds": a.seeds, "criterion": crit,
               "cache": a.cache, "small": tuple(int(x) for x in a.small.split(",") if x)}

@@ -32,16 +32,20 @@ def served_section(s: dict[str, Any]) -> list[str]:
     if not srv:
         return L + ["No policy artifact (model_repository/quality_predictor/1/policy.json) was present: build it "
                     "with `make predictor`. The numbers below use the default criterion "
-                    f"(target {crit['target']}, lower bound {crit['t_lcb']}, z = {crit['z']}).", ""]
+                    f"(target {crit['target']}, tolerance {crit['t_lcb']}, confidence {crit.get('confidence')}).", ""]
     op, cal = srv.get("operating") or {}, srv.get("calibration") or {}
     lam = "" if op.get("lambda") is None else f" at lambda = {op['lambda']:.4g}"
     L += [f"**`{op.get('policy')}`{lam}**, read from `{srv['file']}` ({srv.get('format')}, spec "
           f"`{srv.get('spec')}`, stages {' -> '.join(srv.get('stages') or [])}, costs "
           f"{' / '.join(_f(c, 1) for c in srv.get('costs') or [])}).", "",
-          f"- Criterion: mean quality >= {crit['target']:.1%} of always-last, and its one-sided lower confidence "
-          f"bound (z = {crit['z']}) >= {crit['t_lcb']:.1%}; the operating point is the cheapest candidate "
-          "(fixed stage, router, fitted-Q `optimal` at each lambda, threshold cascade) certified on calibration "
-          "data (`optistop.offline.policy_fit.choose`).",
+          f"- Criterion of the held-out numbers below: with probability >= {crit.get('confidence')} over the "
+          f"fitting data, mean quality >= {crit['t_lcb']:.1%} of the reference stage (each data set's best "
+          "single stage on its fitting data) on new traffic. Learn-then-Test (`optistop.offline.ltt`): the "
+          "fitting data is split; every candidate (fixed stage, router and fitted-Q `optimal` at each lambda, "
+          "threshold cascade over every stage subset, with and without answer agreement) is fitted on one part "
+          f"and ordered by cost; the other part certifies them in that order ({crit.get('test')} test) and the "
+          "last certified one is served. The served artifact's own criterion: "
+          f"{srv.get('criterion')}.",
           f"- Fitted on {cal.get('n', 'n/a')} calibration prompts of the tiny family; in-sample quality "
           f"{_pct(cal.get('quality_rel_in_sample'))} at cost {_f(cal.get('cost_in_sample'))} (in-sample, not "
           "evidence).",

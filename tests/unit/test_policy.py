@@ -13,6 +13,7 @@ from optistop import policy as K
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import build_artifact
 from optistop.policy_artifact import PolicyArtifactError, PolicyBook
+from optistop.policy_cascade import CascadeRule
 
 COSTS = np.array([1.0, 4.5, 10.0])
 NAN = float("nan")
@@ -169,8 +170,9 @@ def test_operating_point_never_dearer_than_a_stage_that_meets_the_target() -> No
 def test_book_names_defaults_and_errors() -> None:
     book = synthetic_book()
     assert book.make("optimal", 700.0)[1] == 1000.0        # nearest grid lambda on a log scale
-    assert book.make(None, None)[0].name in ("optimal", "router", "threshold", f"fixed:{book.n - 1}") or \
-        book.make(None, None)[0].name.startswith("fixed")
+    default = book.make(None, None)[0]
+    assert default.name in ("optimal", "router", "cascade") or default.name.startswith("fixed")
+    assert book.make(book.default_policy, None)[0] is default
     with pytest.raises(ValueError, match="valid: optimal, router, paper, fixed:0..2, random"):
         book.make("greedy", None)
     with pytest.raises(ValueError):
@@ -182,7 +184,8 @@ def test_book_names_defaults_and_errors() -> None:
 
 
 @pytest.mark.parametrize("rule", [K.PaperRule(COSTS, 4.0, np.tile([1.0, 0.0], (3, 1))), K.FixedRule(1),
-                                  K.ThresholdRule(0, np.array([0.8, 0.6, 0.0]))], ids=lambda r: r.name)
+                                  K.ThresholdRule(0, np.array([0.8, 0.6, 0.0])),
+                                  CascadeRule((0, 1, 2), np.array([0.6, 0.5]), agree=True)], ids=lambda r: r.name)
 def test_every_rule_decides_one_prompt_on_python_scalars(rule) -> None:
     """The served loop keeps its state in lists and reads ``One`` fields as plain bool / int / float."""
     for conf in ([NAN] * 3, [0.9, NAN, NAN], [0.5, NAN, NAN], [0.5, 0.7, NAN], [0.1, 0.2, 0.3]):
