@@ -155,8 +155,10 @@ def resolve(a: F.Arrays, crit: F.Criterion, names: Sequence[str] | None = None) 
     return dataclasses.replace(crit, reference=str(F.reference_stage(a, crit.reference, names)))
 
 
-def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Sequence[int] = ()) -> dict[str, Any]:
-    """Every protocol over ``seeds``; what ``optistop replay`` prints and the report reads."""
+def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Sequence[int] = (),
+        draws: int | None = None) -> dict[str, Any]:
+    """Every protocol over ``seeds`` (``draws`` random fitting sets per size in ``small``, default ``seeds``);
+    what ``optistop replay`` prints and the report reads."""
     crit = resolve(a, crit)
     ref = int(crit.reference)
     last = a.correct[:, ref].mean()
@@ -172,7 +174,7 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
         res["kfold"].append(row)
     for m in small:
         rows = []
-        for s in range(seeds):
+        for s in range(seeds if draws is None else draws):
             perm = np.random.default_rng(2000 + s).permutation(len(a.conf))
             if m >= len(a.conf) - 50:
                 break
@@ -216,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=1, help="fold assignments to repeat (miss rate over them)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--small", default="", help="also fit on m random prompts and evaluate on the rest, e.g. 30,300")
+    ap.add_argument("--draws", type=int, default=None, help="random fitting sets per --small size (default --seeds)")
     ap.add_argument("--target", type=float, default=TARGET)
     ap.add_argument("--confidence", type=float, default=F.Criterion.confidence,
                     help="probability that the served rule's quality reaches the tolerance (target - 0.5 points)")
@@ -236,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             a = load(args.file)
             crit = resolve(a, crit, stage_names(args.file))
-            res = run(a, args.seeds, crit, args.folds, [int(x) for x in args.small.split(",") if x])
+            res = run(a, args.seeds, crit, args.folds, [int(x) for x in args.small.split(",") if x], args.draws)
             for row in res["kfold"]:
                 _print(f"{args.file.name} seed {row['seed']} [{', '.join(c[0] for c in row['choices'])}]",
                        row["conditions"])

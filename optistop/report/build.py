@@ -40,6 +40,7 @@ TINY_MISSING = ("tiny family replay not found: build artifacts/tiny_replay.jsonl
                 "(or pass --tiny FILE)")
 ORDER = ("tiny", "routellm_mmlu", "routellm_gsm8k", "mmlupro_qwen", "mmlupro_llama")
 SMALL = (30, 100, 300, 1000)
+SERVED_TARGETS = (0.85, 0.9, 0.95, 0.98)
 
 
 def _digest(parts: Sequence[str | Path]) -> str:
@@ -129,6 +130,19 @@ def hindsight_curve(a: F.Arrays, ref: int, levels: Sequence[float] = tuple(np.li
     return out
 
 
+def served_curve(a: F.Arrays, crit: F.Criterion, targets: Sequence[float] = SERVED_TARGETS) -> list[list[float]]:
+    """[target, quality_rel, cost] of the served procedure (Learn-then-Test at ``crit.confidence``), 5-fold
+    held-out, seed 0, at each target: the served family's frontier, to lay against the hindsight one."""
+    out = []
+    for t in targets:
+        c = dataclasses.replace(crit, target=t, t_lcb=t - 0.005)
+        k = replay.kfold(a, 0, c, 5, extras=False)
+        q, cost = k["per"]["served"]
+        out.append([t, round(float(q.mean() / max(a.correct[:, int(crit.reference)].mean(), 1e-12)), 6),
+                    round(float(cost.mean()), 6)])
+    return out
+
+
 def candidates(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Seed 0's rules with paired tests of each against the served rule over the same held-out prompts."""
     pp = res["per_prompt"]
@@ -169,7 +183,10 @@ def small_curve(res: dict[str, Any], kfold_cost: float) -> dict[str, dict[str, A
     for m, rows in res["small"].items():
         if rows:
             cost = float(np.mean([r["cost"] for r in rows]))
+            hind = float(np.mean([r["hindsight_cost"] for r in rows]))
             out[m] = {"seeds": len(rows), "cost": cost, "ratio_to_kfold": cost / kfold_cost,
+                      "hindsight_cost": hind, "ratio_to_hindsight": cost / max(hind, 1e-12),
+                      "router_cost": float(np.mean([r["router_cost"] for r in rows])),
                       "quality_mean": float(np.mean([r["quality_rel"] for r in rows])),
                       "miss_rate": float(np.mean([not r["meets_quality"] for r in rows]))}
     return out
@@ -182,7 +199,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     path = convert(name, kind, arg, spec["key"], spec["limit"], spec["seed"], Path(spec["cache"]))
     a = replay.load(path, spec["seed"])
     crit = replay.resolve(a, F.Criterion(**spec["criterion"]))
-    res = replay.run(a, spec["seeds"], crit, 5, spec["small"])
+    res = replay.run(a, spec["seeds"], crit, 5, spec["small"], spec.get("draws"))
     ref = int(crit.reference)
     acc = acceptance(res)
     recs, _ = replay.read_records(path)
@@ -194,7 +211,8 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
             "choices": dict(sorted(Counter(c[0] + ("" if c[1] == "None" else f" {float(c[1]):.4g}")
                                            for r in res["kfold"] for c in r["choices"]).items())),
             "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"]),
-            "reference": ref, "hindsight_curve": hindsight_curve(a, ref)}
+            "reference": ref, "hindsight_curve": hindsight_curve(a, ref),
+            "served_curve": served_curve(a, crit)}
 
 
 def served() -> dict[str, Any] | None:
@@ -240,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="verifier folds and MMLU-Pro conversion seed")
     ap.add_argument("--seeds", type=int, default=10, help="fold assignments per data set (miss rate over them)")
     ap.add_argument("--small", default=",".join(map(str, SMALL)), help="fitting-set sizes of the small-data curve")
+    ap.add_argument("--draws", type=int, default=20, help="random fitting sets per small-data size")
     ap.add_argument("--jobs", type=int, default=2, help="data sets run in parallel (processes)")
     ap.add_argument("--tiny", default=str(TINY), help="tiny-family replay JSONL")
     ap.add_argument("--routellm", default=None, help=f"RouteLLM evals folder (default {routellm.DEFAULT_DIR})")
@@ -260,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     crit = vars(F.Criterion(**{k: v for k, v in ((srv or {}).get("criterion") or {}).items() if k in fields}))
     src = {k: v for k, v in sources(a).items() if not a.only or k in a.only}
     specs = [{"name": k, **v, "limit": a.mmlupro_limit, "seed": a.seed, "seeds": a.seeds, "criterion": crit,
-              "cache": a.cache, "small": tuple(int(x) for x in a.small.split(",") if x)}
+              "cache": a.cache, "small": tuple(int(x) for x in a.small.split(",") if x), "draws": a.draws}
              for k, v in src.items() if "missing" not in v]
     specs.sort(key=lambda s: not s["name"].startswith("mmlupro"))   # the longest first
     if a.jobs <= 1 or len(specs) <= 1:
@@ -270,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = pool.map(job, specs, chunksize=1)
     done = dict(zip([s["name"] for s in specs], results, strict=True))
     datasets = {k: done[k] if k in done else {"missing": src[k]["missing"]} for k in ORDER if k in src}
-    summary = _clean({"seed": a.seed, "seeds": a.seeds, "folds": 5, "criterion": crit, "tolerance": replay.TOLERANCE,
+    summary = _clean({"seed": a.seed, "seeds": a.seeds, "draws": a.draws, "folds": 5, "criterion": crit,
+                      "tolerance": replay.TOLERANCE,
                       "served": srv, "datasets": datasets, "predictor_sidecar": sidecar(),
                       "mmlupro_limit": a.mmlupro_limit, "order": list(datasets)})
     text = json.dumps(summary, indent=1, sort_keys=True, allow_nan=False) + "\n"
