@@ -33,6 +33,7 @@ LAMBDAS = tuple(float(x) for x in np.geomspace(2.0, 5000.0, 36))
 LEVELS = (0.99, 0.985, 0.98, 0.975, 0.97, 0.965, 0.96, 0.955, 0.95)  # threshold-cascade quality levels
 OPT_STRIDE = 3        # fitted-Q candidates at every 3rd lambda of the grid (12 of 36): each costs a full fit
 PATH_MARGIN = 0.03    # the tested sequence runs down to 3 points below the tolerance on the fitting part
+PATH_CAP = 200        # ... through at most this many frontier points (fixed-sequence: no cost in length)
 
 
 @dataclass
@@ -243,7 +244,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     def select(pool: list[tuple[str, float | None, K.Policy, float, float]]) -> tuple[int, list[dict]]:
         cheaper = [c for c in pool if c[3] < a.costs[ref] - 1e-12]
         path = ltt.frontier_path(np.array([c[3] for c in cheaper]), np.array([c[4] for c in cheaper]),
-                                 (crit.t_lcb - PATH_MARGIN) * q_ref_a) if cheaper else np.zeros(0, int)
+                                 (crit.t_lcb - PATH_MARGIN) * q_ref_a, PATH_CAP) if cheaper else np.zeros(0, int)
         seq = [pool[ref]] + [cheaper[i] for i in path]
         tests = [lambda: True] + [
             (lambda r=c[2]: ltt.rejects(outcome(r, b)[0], q_ref_b, crit.t_lcb, delta, crit.test, order))

@@ -78,7 +78,7 @@ def load(path: str | Path, seed: int = 0) -> F.Arrays:
     return a
 
 
-def hindsight(a: F.Arrays, target: float = TARGET, grid: int = 24, ref: int | None = None) -> float:
+def hindsight(a: F.Arrays, target: float = TARGET, grid: int = 256, ref: int | None = None) -> float:
     """Cost of the cheapest threshold cascade over any stage subset reaching ``target`` x the reference
     stage's quality on ``a`` itself (a reference tuned in hindsight, never a policy)."""
     return cascades.hindsight_cost(a, a.conf.shape[1] - 1 if ref is None else ref, target, grid)
@@ -182,7 +182,7 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
             ev = a.take(ei)
             o = fit_and_run(a.take(fi), ev, s, crit, extras=False)
             o.pop("_choice"), o.pop("_ran"), o.pop("_path")
-            rows.append(summarise(ev, o, hindsight(ev, crit.target, 16, ref), crit=crit)["conditions"])
+            rows.append(summarise(ev, o, hindsight(ev, crit.target, ref=ref), crit=crit)["conditions"])
         res["small"][str(m)] = rows
     res["last_stage_accuracy"] = float(a.correct[:, -1].mean())
     res["reference_accuracy"] = float(last)

@@ -194,3 +194,24 @@ def test_every_rule_decides_one_prompt_on_python_scalars(rule) -> None:
         a = rule.decide(K.State(np.array([conf]), None, np.full((1, 3), -1)))
         assert d == (a.stop[0], a.next_stage[0], a.answer_stage[0], a.threshold[0])
         assert d.stop == (d.next_stage < 0) and (d.answer_stage >= 0) == d.stop
+
+
+def test_cascade_operating_point_round_trips_through_policy_json() -> None:
+    """A format-2 artifact whose operating point is a subset cascade with agreement: the server's book builds
+    the same rule (same decisions on every history) and names it among the valid policies."""
+    art, _ = build_artifact(synthetic_arrays(300), ["small", "medium", "large"], F.Criterion(), 0, (20.0,))
+    fitted = CascadeRule((0, 2), np.array([0.7]), agree=True)
+    art["operating"] = fitted.to_json()
+    book = PolicyBook(json.loads(json.dumps(art)))
+    rule, _ = book.make(None, None)
+    assert isinstance(rule, CascadeRule) and book.make("cascade", None)[0] is rule
+    assert (rule.stages, rule.thresholds.tolist(), rule.agree) == ((0, 2), [0.7], True)
+    for conf, resp in (([NAN] * 3, [-1] * 3), ([0.75, NAN, NAN], [0, -1, -1]), ([0.6, NAN, NAN], [0, -1, -1]),
+                       ([0.6, NAN, 0.2], [0, -1, 0])):
+        assert rule.decide_one(conf, None, resp) == fitted.decide_one(conf, None, resp)
+    assert "cascade" in book.valid_names()
+    art["operating"]["stages"] = [0, 3]
+    with pytest.raises(PolicyArtifactError, match="malformed"):
+        PolicyBook(art)
+    with pytest.raises(PolicyArtifactError, match="this code reads 'optistop-policy/1' or 'optistop-policy/2'"):
+        PolicyBook(dict(art, format="optistop-policy/9"))
