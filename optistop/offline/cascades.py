@@ -7,7 +7,7 @@ once per chunk (a (configs, prompts) boolean ``alive`` mask walked stage by stag
 configuration at *every* quality level comes from one pass: the old per-level re-simulation is gone.
 
 The grid per position shrinks for long subsets so that a subset never has more than ``budget``
-configurations: 128 thresholds for one decision, 88 per position for two, 19 for three, 8 for four.
+configurations: 128 thresholds for one decision, 128 per position for two, 26 for three, 10 for four.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ if TYPE_CHECKING:   # policy_fit imports this module: the arrays type only for a
     from optistop.offline.policy_fit import Arrays
 
 # at most GRID thresholds per position and BUDGET configurations per subset: a two-stage cascade gets a fine
-# grid (128: the certified path steps down in small quality steps), five stages 8 per position
-GRID, BUDGET, CHUNK = 128, 8000, 1 << 21      # CHUNK: configs x prompts per boolean block (~2 MB)
+# grid (128: the certified path steps down in small quality steps), five stages 10 per position
+GRID, BUDGET, CHUNK = 128, 20000, 1 << 21     # CHUNK: configs x prompts per boolean block (~2 MB)
 
 
 def subsets(n: int) -> list[tuple[int, ...]]:
@@ -60,6 +60,49 @@ def evaluate(sc: np.ndarray, corr: np.ndarray, costs: np.ndarray, T: np.ndarray)
         c[lo:lo + step] += costs[-1] * alive.sum(1)
         q[lo:lo + step] += alive.astype(np.float32) @ cf[:, -1]
     return q / max(N, 1), c / max(N, 1)
+
+
+def evaluate_product(sc: np.ndarray, corr: np.ndarray, costs: np.ndarray,
+                     levels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``evaluate`` over the product grid of ``levels`` (one ascending threshold array per position), in
+    itertools.product order, with the last position's thresholds all at once: its prompts are sorted by
+    score once, and for every combination of the earlier thresholds, suffix sums over that order give the
+    stopped count and correctness at every last threshold (a searchsorted each). So the work is
+    (grid ** (m - 2)) x N instead of (grid ** (m - 1)) x N. Returns (quality, cost, T)."""
+    N, m = sc.shape
+    if m == 1:
+        return np.array([corr[:, 0].mean()]), np.array([float(costs[0])]), np.zeros((1, 0))
+    cf = corr.astype(float)
+    outer = np.array(list(itertools.product(*levels[:-1])), float) if m > 2 else np.zeros((1, 0))
+    last = np.asarray(levels[-1], float)
+    order = np.argsort(sc[:, m - 2], kind="stable")
+    vals = sc[order, m - 2]
+    idx = np.searchsorted(vals, last, side="left")            # first prompt (in order) at or above t
+    c_stop, c_go = cf[order, m - 2], cf[order, m - 1]
+    qs, cs = [], []
+    step = max(1, CHUNK // max(N, 1))
+    for lo in range(0, len(outer), step):
+        t = outer[lo:lo + step]
+        alive = np.ones((len(t), N), bool)
+        q0, c0 = np.zeros(len(t)), np.zeros(len(t))
+        for j in range(m - 2):
+            c0 += costs[j] * alive.sum(1)
+            stop = alive & (sc[None, :, j] >= t[:, j, None])
+            q0 += stop @ cf[:, j]
+            alive &= ~stop
+        c0 += costs[m - 2] * alive.sum(1)
+        A = alive[:, order].astype(float)
+
+        def suffix(x: np.ndarray) -> np.ndarray:   # suffix[:, k] = sum over ordered prompts >= k
+            return np.concatenate([np.cumsum(x[:, ::-1], axis=1)[:, ::-1], np.zeros((len(x), 1))], axis=1)
+
+        n_ge, q_st, q_go = suffix(A), suffix(A * c_stop), suffix(A * c_go)
+        q = q0[:, None] + q_st[:, idx] + (q_go[:, :1] - q_go[:, idx])
+        c = c0[:, None] + costs[m - 1] * (n_ge[:, :1] - n_ge[:, idx])
+        qs.append(q.ravel())
+        cs.append(c.ravel())
+    T = np.column_stack([np.repeat(outer, len(last), axis=0), np.tile(last, len(outer))])
+    return np.concatenate(qs) / max(N, 1), np.concatenate(cs) / max(N, 1), T
 
 
 @dataclass
@@ -98,8 +141,7 @@ def grid(a: Arrays, agree: bool | None = None, grid: int = GRID, budget: int = B
             g = grid if m <= 1 else min(grid, max(2, int(budget ** (1 / (m - 1)) + 1e-9) - 1))
             levels = [np.append(np.unique(np.quantile(sc[:, j], np.linspace(0, 1, g))), np.inf)
                       for j in range(m - 1)]
-            T = np.array(list(itertools.product(*levels)), float) if m > 1 else np.zeros((1, 0))
-            q, c = evaluate(sc, a.correct[:, list(S)], a.costs[list(S)], T)
+            q, c, T = evaluate_product(sc, a.correct[:, list(S)], a.costs[list(S)], levels)
             blocks.append((S, ag, T))
             qs.append(q)
             cs.append(c)
@@ -107,7 +149,7 @@ def grid(a: Arrays, agree: bool | None = None, grid: int = GRID, budget: int = B
     return Grid(blocks, np.concatenate(qs), np.concatenate(cs), np.concatenate([[0], np.cumsum(sizes)[:-1]]))
 
 
-def hindsight_cost(a: Arrays, ref: int, level: float, g: int = 256, budget: int = 30000) -> float:
+def hindsight_cost(a: Arrays, ref: int, level: float, g: int = 256, budget: int = 40000) -> float:
     """Cost of the cheapest plain threshold cascade over any stage subset reaching ``level`` x the reference
     stage's quality on ``a`` itself: a reference tuned in hindsight, never a policy."""
     gr = grid(a, agree=False, grid=g, budget=budget)

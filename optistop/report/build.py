@@ -121,7 +121,7 @@ def hindsight_curve(a: F.Arrays, ref: int, levels: Sequence[float] = tuple(np.li
     ``a`` itself (the hindsight frontier; ``agree``: the served family's, answer agreement included).
     One vectorised pass over the grid serves every level."""
     last = max(a.correct[:, ref].mean(), 1e-12)
-    gr = (cascades.grid(a, agree=None) if agree else cascades.grid(a, agree=False, grid=256, budget=30000))
+    gr = (cascades.grid(a, agree=None) if agree else cascades.grid(a, agree=False, grid=256, budget=40000))
     out = []
     for lev in levels:
         i = gr.cheapest(lev * last)

@@ -146,3 +146,18 @@ def test_miss_rate_at_confidence_0_9_simulated() -> None:
         costs.append(c.mean())
     assert misses <= 3
     assert np.mean(costs) < 10.0     # cheaper than the reference stage alone: the procedure has power
+
+
+def test_product_grid_by_suffix_sums_equals_direct_simulation() -> None:
+    """The fast path (sorted last position, suffix sums) gives what walking every configuration gives."""
+    rng = np.random.default_rng(3)
+    sc = rng.random((200, 4))
+    sc[:, 2] += rng.random(200) < 0.3          # agreement-shifted scores reach above 1
+    corr = rng.random((200, 4)) < 0.6
+    costs = np.array([1.0, 2.0, 5.0, 9.0])
+    levels = [np.append(np.quantile(sc[:, j], [0, 0.3, 0.7, 1]), np.inf) for j in range(3)]
+    q, c, T = cascades.evaluate_product(sc, corr, costs, levels)
+    q2, c2 = cascades.evaluate(sc, corr, costs, T)
+    assert len(T) == 5 ** 3
+    np.testing.assert_allclose(q, q2)
+    np.testing.assert_allclose(c, c2)
