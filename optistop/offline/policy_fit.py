@@ -6,21 +6,17 @@
 - ``fit_optimal``: fitted-Q backward induction at one lambda (optistop.policy.ModelRule). For histories S
   from the deepest back to {}, and each allowed next stage k, the already fitted rule is rolled out from
   S + k on every calibration prompt; the realised final correctness and extra cost are regressed on x_S.
-- ``fit_thresholds``: the classic cascade (start stage, per-stage confidence thresholds), cheapest config
-  reaching a quality level on the calibration data: a candidate, so the chosen rule is never dearer
-  than a threshold cascade tuned on the same data.
-- ``choose``: the operating point with a stated confidence. Inner 2-fold cross-fitting on the calibration
-  set gives honest per-prompt (quality, cost) for every candidate (fixed:k; router, optimal at each
-  lambda; threshold cascades at each level). A candidate is certified iff its mean quality ratio reaches
-  the target t and the one-sided lower confidence bound of mean(q - t_lcb q_last) is >= 0 (z standard
-  errors). Each family is tested in fixed sequence from its safest member down and stops at the first
-  failure (Learn-then-Test style: no multiplicity blow-up over the grid). The cheapest certified
-  candidate is refitted on the whole calibration set.
+- threshold cascades: optistop.offline.cascades (every ordered stage subset, one vectorised grid that
+  serves every quality level at once; the old per-level ``fit_thresholds`` re-simulation is gone).
+- ``choose``: the operating point with a stated confidence, by Learn-then-Test (optistop.offline.ltt):
+  every candidate (fixed:k; router and optimal across lambda; subset threshold cascades with and without
+  answer agreement) is fitted on one part of the calibration set, the cost-quality frontier on that part
+  is the fixed sequence, and the other part certifies it in order (quality >= t_lcb x the reference
+  stage's at level 1 - confidence). The last certified candidate is served as fitted.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +26,6 @@ from optistop import policy as K
 from optistop.policy_cascade import CascadeRule
 
 LAMBDAS = tuple(float(x) for x in np.geomspace(2.0, 5000.0, 36))
-LEVELS = (0.99, 0.985, 0.98, 0.975, 0.97, 0.965, 0.96, 0.955, 0.95)  # threshold-cascade quality levels
 OPT_STRIDE = 3        # fitted-Q candidates at every 3rd lambda of the grid (12 of 36): each costs a full fit
 PATH_MARGIN = 0.03    # the tested sequence runs down to 3 points below the tolerance on the fitting part
 PATH_CAP = 200        # ... through at most this many frontier points (fixed-sequence: no cost in length)
@@ -144,29 +139,6 @@ def outcome(rule: K.Policy, a: Arrays) -> tuple[np.ndarray, np.ndarray]:
     """Per-prompt (quality, cost) of a rule on complete replay arrays."""
     ran, ans = K.simulate(rule, a.conf, a.ex_ante, a.resp)
     return a.correct[np.arange(len(ans)), ans].astype(float), ran.astype(float) @ a.costs
-
-
-def threshold_grid(a: Arrays, grid: int = 16) -> list[K.ThresholdRule]:
-    """Every (start stage, per-stage confidence-quantile thresholds) cascade on a ``grid``-point grid."""
-    N, n = a.conf.shape
-    rules = []
-    for s in range(n):
-        qs = [np.unique(np.quantile(a.conf[:, k], np.linspace(0, 1, grid))) for k in range(s, n - 1)]
-        for th in itertools.product(*[np.append(q, np.inf) for q in qs]):
-            rules.append(K.ThresholdRule(s, np.concatenate([np.full(s, np.inf), np.asarray(th)])))
-    return rules
-
-
-def fit_thresholds(a: Arrays, level: float, rules: list[K.ThresholdRule] | None = None) -> K.ThresholdRule:
-    """The cheapest threshold cascade whose quality on ``a`` reaches ``level`` x always-last."""
-    target = level * a.correct[:, -1].mean()
-    best: tuple[float, K.ThresholdRule] | None = None
-    for rule in rules or threshold_grid(a):
-        q, c = outcome(rule, a)
-        if q.mean() >= target - 1e-12 and (best is None or c.mean() < best[0]):
-            best = (float(c.mean()), rule)
-    n = a.conf.shape[1]
-    return best[1] if best else K.ThresholdRule(n - 1, np.full(n - 1, np.inf))
 
 
 def reference_stage(a: Arrays, reference: str | int = "best", names: Sequence[str] | None = None) -> int:
