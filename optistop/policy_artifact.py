@@ -12,7 +12,9 @@ exactly the rule (and lambda) the report measured. Contents:
                    "stages": [...], "thresholds": [...], "agree": bool},   # (the subset cascade's)
      "paper": {"lambda": lam, "platt": [[a, b], ...]},  # the paper's rule at the same target
      "criterion": {"target", "t_lcb", "confidence", "reference", "reference_stage", "test", "fit_share"},
-     "calibration": {...}, "data_sha256": ..., "predictor": {...}}
+     "calibration": {"n", "n_fit", ..., "path": [{"name", "param", "cost", "quality_rel", "certified",
+                     "operating"}, ...]},   # the tested sequence, safest first: safer certified points
+     "data_sha256": ..., "predictor": {...}}
 
 Format 2 adds the ``cascade`` operating point (optistop.policy_cascade) and the criterion's confidence and
 reference stage. Format 1 artifacts (operating ``threshold`` with start + thresholds, criterion with z)

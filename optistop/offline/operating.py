@@ -93,10 +93,8 @@ def build_artifact(cal: F.Arrays, stages: Sequence[str], crit: F.Criterion, seed
         for lam in lambdas]
     name, param = ch["choice"]
     rule = ch["rule"]
-    if isinstance(rule, CascadeRule):
-        op: dict[str, Any] = rule.to_json()
-    else:
-        op = {"policy": name, "lambda": param if name in ("optimal", "router") else None}
+    op: dict[str, Any] = rule.to_json() if isinstance(rule, CascadeRule) else \
+        {"policy": name, "lambda": param if name in ("optimal", "router") else None}
     paper = F.paper_at_target(cal, crit.target)
     q, c = F.outcome(rule, cal)
     ref = ch["reference"]

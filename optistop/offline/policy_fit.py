@@ -159,6 +159,14 @@ def reference_stage(a: Arrays, reference: str | int = "best", names: Sequence[st
     raise ValueError(f"reference {reference!r} is not a stage; valid: {', '.join(valid)}")
 
 
+def operating_json(cand: tuple[str, float | None, K.Policy, float, float]) -> dict:
+    """A candidate as policy.json's ``operating`` entry (what PolicyBook serves)."""
+    fam, param, rule = cand[0], cand[1], cand[2]
+    if isinstance(rule, CascadeRule):
+        return rule.to_json()
+    return {"policy": fam, "lambda": param if fam in ("optimal", "router") else None}
+
+
 def _cand_name(rule: K.Policy) -> str:
     if isinstance(rule, CascadeRule):
         return "cascade:" + ">".join(map(str, rule.stages)) + ("+agree" if rule.agree else "")
@@ -179,7 +187,9 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     stage opens the sequence: it meets the tolerance by definition. ``inner`` is unused (kept for callers).
 
     Returns {"choice": (name, param), "rule", "router_choice", "router", "answer" (answer models of the
-    fitting part), "reference", "fit_idx", "path": [{"name", "param", "cost", "quality_rel", "certified"}]}.
+    fitting part), "reference", "fit_idx", "path": [{"name", "param", "cost", "quality_rel", "certified",
+    "operating"}]}: the tested sequence, safest first (cost and quality on the fitting part), each with its
+    policy.json ``operating`` entry, so a safer certified point can be served without refitting.
     """
     from optistop.offline import cascades, ltt
 
@@ -223,7 +233,8 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
             for c in seq[1:]]
         last = ltt.fixed_sequence(tests)
         info = [{"name": _cand_name(c[2]) if c[0] == "cascade" else c[0], "param": c[1], "cost": round(c[3], 6),
-                 "quality_rel": round(c[4] / q_ref_a, 6), "certified": i <= last} for i, c in enumerate(seq)]
+                 "quality_rel": round(c[4] / q_ref_a, 6), "certified": i <= last, "operating": operating_json(c)}
+                for i, c in enumerate(seq)]
         return last, [dict(x, _cand=c) for x, c in zip(info, seq, strict=True)]
 
     last, path = select(cands)

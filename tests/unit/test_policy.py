@@ -210,6 +210,12 @@ def test_cascade_operating_point_round_trips_through_policy_json() -> None:
                        ([0.6, NAN, 0.2], [0, -1, 0])):
         assert rule.decide_one(conf, None, resp) == fitted.decide_one(conf, None, resp)
     assert "cascade" in book.valid_names()
+    path = art["calibration"]["path"]
+    assert path[0]["certified"] and path[0]["operating"]["policy"].startswith("fixed:")   # the reference
+    for p in path:   # every point of the tested sequence can be served as it stands (a safer fallback)
+        book_p = PolicyBook(json.loads(json.dumps(dict(art, operating=p["operating"]))))
+        assert book_p.make(None, None)[0].name == p["operating"]["policy"].split(":")[0] or \
+            book_p.make(None, None)[0].name == p["operating"]["policy"]
     art["operating"]["stages"] = [0, 3]
     with pytest.raises(PolicyArtifactError, match="malformed"):
         PolicyBook(art)
