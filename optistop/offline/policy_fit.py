@@ -159,6 +159,29 @@ def reference_stage(a: Arrays, reference: str | int = "best", names: Sequence[st
     raise ValueError(f"reference {reference!r} is not a stage; valid: {', '.join(valid)}")
 
 
+def _folds(N: int, k: int, seed: int) -> np.ndarray:
+    f = np.arange(N) % k
+    np.random.default_rng(seed).shuffle(f)
+    return f
+
+
+def _cross_fitted(a: Arrays, models: list[tuple[str, float]], seed: int, k: int = 2) -> list[tuple[float, float]]:
+    """Out-of-fold (mean cost, mean correctness) on ``a`` of each (family, lambda) model rule."""
+    N = len(a.conf)
+    if N < 2 * k or not models:
+        return [(float(a.costs.max()), 0.0)] * len(models)
+    fid = _folds(N, k, seed + 7)
+    Q, C = np.zeros((len(models), N)), np.zeros((len(models), N))
+    for f in range(k):
+        tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
+        a_tr, a_te = a.take(tr), a.take(te)
+        ans = fit_answer_models(a_tr)
+        for i, (fam, lam) in enumerate(models):
+            r = fit_router(a_tr, lam, ans) if fam == "router" else fit_optimal(a_tr, lam, ans)
+            Q[i, te], C[i, te] = outcome(r, a_te)
+    return [(float(C[i].mean()), float(Q[i].mean())) for i in range(len(models))]
+
+
 def operating_json(cand: tuple[str, float | None, K.Policy, float, float]) -> dict:
     """A candidate as policy.json's ``operating`` entry (what PolicyBook serves)."""
     fam, param, rule = cand[0], cand[1], cand[2]
@@ -210,15 +233,15 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
         for i in ltt.frontier_path(gr.cost, gr.quality, -np.inf, cap=10**9):
             cands.append(("cascade", None, gr.rule(int(i)), float(gr.cost[i]), float(gr.quality[i])))
     answer = fit_answer_models(a)
-    for lam in lambdas:
-        r = fit_router(a, lam, answer)
-        q, c = outcome(r, a)
-        cands.append(("router", lam, r, float(c.mean()), float(q.mean())))
-    if optimal:
-        for lam in lambdas[::OPT_STRIDE]:
-            r = fit_optimal(a, lam, answer)
-            q, c = outcome(r, a)
-            cands.append(("optimal", lam, r, float(c.mean()), float(q.mean())))
+    # model-based rules score themselves too well on the data they were fitted to, and an optimistic
+    # estimate early in the sequence ends it at once: their (cost, quality) are cross-fitted within the
+    # fitting part (2 folds), the rules themselves fitted on all of it
+    models = [("router", lam) for lam in lambdas] + ([("optimal", lam) for lam in lambdas[::OPT_STRIDE]]
+                                                      if optimal else [])
+    est = _cross_fitted(a, models, seed)
+    for (fam, lam), (c, q) in zip(models, est, strict=True):
+        r = fit_router(a, lam, answer) if fam == "router" else fit_optimal(a, lam, answer)
+        cands.append((fam, lam, r, c, q))
     order = rng.permutation(len(test_idx))
     delta = 1.0 - crit.confidence
     q_ref_b = b.correct[:, ref].astype(float)
