@@ -29,6 +29,7 @@ LAMBDAS = tuple(float(x) for x in np.geomspace(2.0, 5000.0, 36))
 OPT_STRIDE = 3        # fitted-Q candidates at every 3rd lambda of the grid (12 of 36): each costs a full fit
 PATH_MARGIN = 0.15    # the tested sequence runs down to 15 points below the tolerance on the fitting part:
 #                       the testing part may well certify what looked worse on the fitting part
+CROSS_FIT = ("router", "optimal")   # families whose fitting-part estimates are cross-fitted
 PATH_CAP = 200        # ... through at most this many frontier points (fixed-sequence: no cost in length)
 
 
@@ -239,9 +240,15 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     # fitting part (2 folds), the rules themselves fitted on all of it
     models = [("router", lam) for lam in lambdas] + ([("optimal", lam) for lam in lambdas[::OPT_STRIDE]]
                                                       if optimal else [])
-    est = _cross_fitted(a, models, seed)
-    for (fam, lam), (c, q) in zip(models, est, strict=True):
+    crossed = [m for m in models if m[0] in CROSS_FIT]
+    est = dict(zip(crossed, _cross_fitted(a, crossed, seed), strict=True))
+    for fam, lam in models:
         r = fit_router(a, lam, answer) if fam == "router" else fit_optimal(a, lam, answer)
+        if (fam, lam) in est:
+            c, q = est[(fam, lam)]
+        else:
+            qq, cc = outcome(r, a)
+            c, q = float(cc.mean()), float(qq.mean())
         cands.append((fam, lam, r, c, q))
     order = rng.permutation(len(test_idx))
     delta = 1.0 - crit.confidence
