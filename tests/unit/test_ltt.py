@@ -81,7 +81,7 @@ def test_subset_cascade_grid_by_hand() -> None:
     assert set(g.blocks[i][0] for i in range(len(g.blocks))) == set(cascades.subsets(3))
     assert len(cascades.subsets(3)) == 7
     # every grid configuration agrees with the served rule replayed through the kernel
-    for i in range(0, len(g.quality), 7):
+    for i in range(0, len(g.quality), max(1, len(g.quality) // 150)):
         qs, cs = F.outcome(g.rule(i), a)
         assert (qs.mean(), cs.mean()) == pytest.approx((g.quality[i], g.cost[i]))
     # the cheapest reaching quality 0.75 (stage 2's): 0 -> 1 stopping at 0.6 on stage 0 (prompts 0 and 2
