@@ -8,7 +8,7 @@ MODELS := models/tiny/manifest.json
 PREDICTOR := model_repository/quality_predictor/1/model.onnx
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split serve-openai bench-openai bench-sampling models-train models-eval collect predictor models-chat chat-calibrate report bench soak chaos real-speed \
+.PHONY: help venv sysdeps lint test test-unit test-contract test-parity test-e2e serve serve-split serve-openai bench-openai bench-sampling models-train models-eval collect predictor models-chat chat-calibrate report bench-fit bench soak chaos real-speed \
 	gpu-dry-run routellm lock clean
 
 help:
@@ -116,6 +116,10 @@ $(PREDICTOR):
 	$(MAKE) predictor
 
 # Issue 12's acceptance on every data set -> reports/ (REPORT_ARGS="--mmlupro-limit 2000" for a shorter run).
+# Policy fit times on 3/4/5-stage MMLU-Pro ladders, 1,500 prompts (issue 28; converts MMLU-Pro if absent).
+bench-fit: venv
+	OMP_NUM_THREADS=1 $(BIN)/python -m optistop.perf.fit_bench $(BENCH_FIT_ARGS)
+
 report: venv
 	test -f artifacts/tiny_replay.jsonl || $(MAKE) collect predictor
 	$(BIN)/python -m optistop.report.build --out reports --seed 0 --jobs 2 $(REPORT_ARGS)

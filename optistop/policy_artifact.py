@@ -8,10 +8,17 @@ exactly the rule (and lambda) the report measured. Contents:
      "use_ex_ante": bool, "use_agree": bool,
      "answer": {mask: (n, d) weights},                  # P(correct_j | x_S), lambda-free
      "grid": [{"lam": lam, "cont": {mask: {k: [w_q, w_c, cmax]}}}, ...],   # fitted-Q per lambda
-     "operating": {"policy": "optimal" | "router" | "threshold" | "fixed:k", "lambda": lam | null,
-                   "start": s, "thresholds": [...]},   # (start, thresholds: the threshold cascade's)
+     "operating": {"policy": "optimal" | "router" | "cascade" | "fixed:k", "lambda": lam | null,
+                   "stages": [...], "thresholds": [...], "agree": bool},   # (the subset cascade's)
      "paper": {"lambda": lam, "platt": [[a, b], ...]},  # the paper's rule at the same target
-     "criterion": {...}, "calibration": {...}, "data_sha256": ..., "predictor": {...}}
+     "criterion": {"target", "t_lcb", "confidence", "reference", "reference_stage", "test", "fit_share"},
+     "calibration": {"n", "n_fit", ..., "path": [{"name", "param", "cost", "quality_rel", "certified",
+                     "operating"}, ...]},   # the tested sequence, safest first: safer certified points
+     "data_sha256": ..., "predictor": {...}}
+
+Format 2 adds the ``cascade`` operating point (optistop.policy_cascade) and the criterion's confidence and
+reference stage. Format 1 artifacts (operating ``threshold`` with start + thresholds, criterion with z)
+still load and serve as before; a format this code does not know is refused with one line.
 
 A request that names a lambda gets the grid's nearest lambda (log scale); one that names none gets the
 operating point. ``PolicyBook.make`` turns a request's (policy, lambda) into a kernel rule.
@@ -28,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from optistop.policy import FixedRule, ModelRule, PaperRule, Policy, RandomRule, ThresholdRule
+from optistop.policy_cascade import CascadeRule
 
-FORMAT = "optistop-policy/1"
+FORMAT = "optistop-policy/2"
+FORMATS = ("optistop-policy/1", FORMAT)   # what this code reads
 FILE_NAME = "policy.json"
 
 
@@ -53,9 +62,9 @@ class PolicyBook:
     """The served rules of one artifact: ``make(name, lam, seed)`` -> a kernel rule for one request."""
 
     def __init__(self, art: dict[str, Any], where: str = "policy artifact") -> None:
-        if art.get("format") != FORMAT:
-            raise PolicyArtifactError(f"{where}: format {art.get('format')!r}, this code reads {FORMAT!r}; "
-                                      f"rerun `optistop calibrate`")
+        if art.get("format") not in FORMATS:
+            raise PolicyArtifactError(f"{where}: format {art.get('format')!r}, this code reads "
+                                      f"{' or '.join(map(repr, FORMATS))}; rerun `optistop calibrate`")
         try:
             self.stages: list[str] = list(art["stages"])
             self.costs = np.asarray(art["costs"], float)
@@ -73,7 +82,12 @@ class PolicyBook:
             self.paper_lambda = float(paper.get("lambda", 1.0))
             self.paper_platt = np.asarray(paper.get("platt", [[1.0, 0.0]] * len(self.stages)), float)
             if self.default_policy == "threshold":
-                self.threshold_rule = ThresholdRule(int(op["start"]), np.asarray(op["thresholds"], float))
+                self.threshold_rule: Policy = ThresholdRule(int(op["start"]), np.asarray(op["thresholds"], float))
+            elif self.default_policy == "cascade":
+                self.threshold_rule = CascadeRule(tuple(int(k) for k in op["stages"]),
+                                                  np.asarray(op["thresholds"], float), bool(op.get("agree", False)))
+                if max(self.threshold_rule.stages) >= len(self.stages):   # type: ignore[attr-defined]
+                    raise ValueError(f"operating stages {op['stages']} name a stage beyond {len(self.stages)}")
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise PolicyArtifactError(f"{where}: malformed ({type(exc).__name__}: {exc}); rerun `optistop "
                                       f"calibrate`") from None
@@ -117,7 +131,7 @@ class PolicyBook:
         if base == "paper" and not arg:
             use = self.paper_lambda if lam is None else lam
             return PaperRule(self.costs, use, self.paper_platt), use
-        if base == "threshold" and not arg and self.default_policy == "threshold":
+        if base in ("threshold", "cascade") and not arg and self.default_policy == base:
             return self.threshold_rule, float(lam or 0.0)
         if base == "random" and not arg:
             return RandomRule(seed), float(lam or 0.0)
@@ -125,7 +139,7 @@ class PolicyBook:
 
     def valid_names(self) -> list[str]:
         names = ["optimal", "router", "paper", f"fixed:0..{self.n - 1}", "random"]
-        return names + (["threshold"] if self.default_policy == "threshold" else [])
+        return names + ([self.default_policy] if self.default_policy in ("threshold", "cascade") else [])
 
 
 def load_policy(path: str | Path) -> PolicyBook:

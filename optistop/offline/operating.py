@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from optistop import policy as K
 from optistop.offline import policy_fit as F
 from optistop.policy_artifact import FORMAT, answer_to_json, cont_to_json
+from optistop.policy_cascade import CascadeRule
 
 
 class ReplayInputError(ValueError):
@@ -83,22 +83,30 @@ def arrays_from_records(records: Sequence[dict[str, Any]], lines: Sequence[int] 
 def build_artifact(cal: F.Arrays, stages: Sequence[str], crit: F.Criterion, seed: int = 0,
                    lambdas: tuple[float, ...] = F.LAMBDAS, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(artifact, choice info). The grid covers every lambda, so a request's own lambda is served too."""
-    ch = F.choose(cal, crit, seed, lambdas)
+    ch = F.choose(cal, crit, seed, lambdas, names=stages)
+    # the served operating point is the rule certified as fitted on the fitting part, so the model rules
+    # served at a request's own lambda come from the same part (one set of answer models for all)
+    fit = cal.take(ch["fit_idx"])
     answer = ch["answer"]
-    grid = [{"lam": lam, "cont": cont_to_json(F.fit_optimal(cal, lam, answer).cont)} for lam in lambdas]
+    grid = [{"lam": lam, "cont": cont_to_json(
+        ch["rule"].cont if ch["choice"] == ("optimal", lam) else F.fit_optimal(fit, lam, answer).cont)}
+        for lam in lambdas]
     name, param = ch["choice"]
-    op: dict[str, Any] = {"policy": name, "lambda": param if name in ("optimal", "router") else None}
-    if name == "threshold":
-        rule: K.ThresholdRule = ch["rule"]
-        op |= {"start": rule.start, "thresholds": [float(x) if np.isfinite(x) else 1e9 for x in rule.thresholds]}
+    rule = ch["rule"]
+    op: dict[str, Any] = rule.to_json() if isinstance(rule, CascadeRule) else \
+        {"policy": name, "lambda": param if name in ("optimal", "router") else None}
     paper = F.paper_at_target(cal, crit.target)
-    q, c = F.outcome(ch["rule"], cal)
-    last = max(cal.correct[:, -1].mean(), 1e-12)
+    q, c = F.outcome(rule, cal)
+    ref = ch["reference"]
+    last = max(cal.correct[:, ref].mean(), 1e-12)
     art = {"format": FORMAT, "stages": list(stages), "costs": cal.costs.tolist(),
            "use_ex_ante": cal.ex_ante is not None, "use_agree": cal.resp is not None,
            "answer": answer_to_json(answer), "grid": grid, "operating": op,
            "paper": {"lambda": paper.lam, "platt": paper.platt.round(8).tolist()},
-           "criterion": {"target": crit.target, "t_lcb": crit.t_lcb, "z": crit.z},
-           "calibration": {"n": int(len(cal.conf)), "quality_rel_in_sample": round(float(q.mean() / last), 6),
-                           "cost_in_sample": round(float(c.mean()), 6)}, **extra}
+           "criterion": {"target": crit.target, "t_lcb": crit.t_lcb, "confidence": crit.confidence,
+                         "reference": ref, "reference_stage": list(stages)[ref], "test": crit.test,
+                         "fit_share": crit.fit_share},
+           "calibration": {"n": int(len(cal.conf)), "n_fit": int(len(ch["fit_idx"])),
+                           "quality_rel_in_sample": round(float(q.mean() / last), 6),
+                           "cost_in_sample": round(float(c.mean()), 6), "path": ch["path"]}, **extra}
     return art, ch

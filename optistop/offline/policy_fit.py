@@ -6,29 +6,31 @@
 - ``fit_optimal``: fitted-Q backward induction at one lambda (optistop.policy.ModelRule). For histories S
   from the deepest back to {}, and each allowed next stage k, the already fitted rule is rolled out from
   S + k on every calibration prompt; the realised final correctness and extra cost are regressed on x_S.
-- ``fit_thresholds``: the classic cascade (start stage, per-stage confidence thresholds), cheapest config
-  reaching a quality level on the calibration data: a candidate, so the chosen rule is never dearer
-  than a threshold cascade tuned on the same data.
-- ``choose``: the operating point with a stated confidence. Inner 2-fold cross-fitting on the calibration
-  set gives honest per-prompt (quality, cost) for every candidate (fixed:k; router, optimal at each
-  lambda; threshold cascades at each level). A candidate is certified iff its mean quality ratio reaches
-  the target t and the one-sided lower confidence bound of mean(q - t_lcb q_last) is >= 0 (z standard
-  errors). Each family is tested in fixed sequence from its safest member down and stops at the first
-  failure (Learn-then-Test style: no multiplicity blow-up over the grid). The cheapest certified
-  candidate is refitted on the whole calibration set.
+- threshold cascades: optistop.offline.cascades (every ordered stage subset, one vectorised grid that
+  serves every quality level at once; the old per-level ``fit_thresholds`` re-simulation is gone).
+- ``choose``: the operating point with a stated confidence, by Learn-then-Test (optistop.offline.ltt):
+  every candidate (fixed:k; router and optimal across lambda; subset threshold cascades with and without
+  answer agreement) is fitted on one part of the calibration set, the cost-quality frontier on that part
+  is the fixed sequence, and the other part certifies it in order (quality >= t_lcb x the reference
+  stage's at level 1 - confidence). The last certified candidate is served as fitted.
 """
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from optistop import policy as K
+from optistop.policy_cascade import CascadeRule
 
 LAMBDAS = tuple(float(x) for x in np.geomspace(2.0, 5000.0, 36))
-LEVELS = (0.99, 0.985, 0.98, 0.975, 0.97, 0.965, 0.96, 0.955, 0.95)  # threshold-cascade quality levels
+OPT_STRIDE = 3        # fitted-Q candidates at every 3rd lambda of the grid (12 of 36): each costs a full fit
+PATH_MARGIN = 0.15    # the tested sequence runs down to 15 points below the tolerance on the fitting part:
+#                       the testing part may well certify what looked worse on the fitting part
+CROSS_FIT = ("router", "optimal")   # families whose fitting-part estimates are cross-fitted
+PATH_CAP = 200        # ... through at most this many frontier points (fixed-sequence: no cost in length)
 
 
 @dataclass
@@ -49,9 +51,24 @@ class Arrays:
 
 @dataclass(frozen=True)
 class Criterion:
-    target: float = 0.95      # mean quality / always-last-stage quality must reach this
-    t_lcb: float = 0.945      # ... and the lower confidence bound of the same must reach this
-    z: float = 0.674          # one-sided 75%: measured, not swept far (see reports/report.md)
+    target: float = 0.95       # the quality target, as a share of the reference stage's quality
+    t_lcb: float = 0.945       # the tolerance the promise is about: quality >= t_lcb x the reference's ...
+    confidence: float = 0.9    # ... with this probability over the fitting data (optistop.offline.ltt)
+    reference: str = "best"    # best | last | a stage index or name (reference_stage)
+    test: str = "betting"      # the certifying test of optistop.offline.ltt.TESTS
+    fit_share: float = 0.5     # share of the calibration set that fits and orders; the rest tests
+
+    def __post_init__(self) -> None:
+        for name, v, ok in (("target", self.target, 0 < self.target <= 1), ("confidence", self.confidence,
+                            0 < self.confidence < 1), ("fit_share", self.fit_share, 0 < self.fit_share < 1)):
+            if not ok:
+                raise ValueError(f"{name} {v!r} is out of range: target in (0, 1], confidence and fit_share "
+                                 f"in (0, 1)")
+
+    @classmethod
+    def at(cls, target: float, confidence: float = 0.9, reference: str = "best", **kw: object) -> Criterion:
+        """The criterion for a target: the tolerance is 0.5 points below it (95% -> 94.5%)."""
+        return cls(target, target - 0.005, confidence, str(reference), **kw)   # type: ignore[arg-type]
 
 
 def logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> np.ndarray:
@@ -126,34 +143,22 @@ def outcome(rule: K.Policy, a: Arrays) -> tuple[np.ndarray, np.ndarray]:
     return a.correct[np.arange(len(ans)), ans].astype(float), ran.astype(float) @ a.costs
 
 
-def threshold_grid(a: Arrays, grid: int = 16) -> list[K.ThresholdRule]:
-    """Every (start stage, per-stage confidence-quantile thresholds) cascade on a ``grid``-point grid."""
-    N, n = a.conf.shape
-    rules = []
-    for s in range(n):
-        qs = [np.unique(np.quantile(a.conf[:, k], np.linspace(0, 1, grid))) for k in range(s, n - 1)]
-        for th in itertools.product(*[np.append(q, np.inf) for q in qs]):
-            rules.append(K.ThresholdRule(s, np.concatenate([np.full(s, np.inf), np.asarray(th)])))
-    return rules
-
-
-def fit_thresholds(a: Arrays, level: float, rules: list[K.ThresholdRule] | None = None) -> K.ThresholdRule:
-    """The cheapest threshold cascade whose quality on ``a`` reaches ``level`` x always-last."""
-    target = level * a.correct[:, -1].mean()
-    best: tuple[float, K.ThresholdRule] | None = None
-    for rule in rules or threshold_grid(a):
-        q, c = outcome(rule, a)
-        if q.mean() >= target - 1e-12 and (best is None or c.mean() < best[0]):
-            best = (float(c.mean()), rule)
+def reference_stage(a: Arrays, reference: str | int = "best", names: Sequence[str] | None = None) -> int:
+    """The stage quality is measured against: ``best`` (highest accuracy on ``a``; the cheaper on a tie),
+    ``last``, a stage index, or a stage name from ``names``. ValueError naming the valid choices."""
     n = a.conf.shape[1]
-    return best[1] if best else K.ThresholdRule(n - 1, np.full(n - 1, np.inf))
-
-
-def certified(q: np.ndarray, q_last: np.ndarray, c: Criterion) -> bool:
-    m = len(q)
-    d_pt, d_lcb = q - c.target * q_last, q - c.t_lcb * q_last
-    sd = d_lcb.std(ddof=1) if m > 1 else 0.0
-    return bool(d_pt.mean() >= 0 and d_lcb.mean() - c.z * sd / np.sqrt(m) >= 0)
+    ref = str(reference)
+    if ref == "best":
+        acc = a.correct.mean(axis=0)
+        return int(np.lexsort((a.costs, -acc))[0])
+    if ref == "last":
+        return n - 1
+    if ref.isdigit() and int(ref) < n:
+        return int(ref)
+    if names is not None and ref in names:
+        return list(names).index(ref)
+    valid = ["best", "last", f"0..{n - 1}", *(names or [])]
+    raise ValueError(f"reference {reference!r} is not a stage; valid: {', '.join(valid)}")
 
 
 def _folds(N: int, k: int, seed: int) -> np.ndarray:
@@ -162,56 +167,115 @@ def _folds(N: int, k: int, seed: int) -> np.ndarray:
     return f
 
 
-def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] = LAMBDAS,
-           inner: int = 2, thresholds: bool = True) -> dict:
-    """The cheapest certified candidate, refitted on all of ``cal``; and the same for the router family.
-
-    Returns {"choice": (name, param), "rule", "router_choice", "router", "cal": {name: (quality_rel, cost)}}.
-    """
-    N, n = cal.conf.shape
-    fid = _folds(N, inner, seed)
-    fams = {"optimal": lambdas, "router": lambdas, "threshold": LEVELS if thresholds else ()}
-    Q = {f: np.zeros((len(p), N)) for f, p in fams.items()}
-    C = {f: np.zeros((len(p), N)) for f, p in fams.items()}
-    for f in range(inner):
+def _cross_fitted(a: Arrays, models: list[tuple[str, float]], seed: int, k: int = 2) -> list[tuple[float, float]]:
+    """Out-of-fold (mean cost, mean correctness) on ``a`` of each (family, lambda) model rule."""
+    N = len(a.conf)
+    if N < 2 * k or not models:
+        return [(float(a.costs.max()), 0.0)] * len(models)
+    fid = _folds(N, k, seed + 7)
+    Q, C = np.zeros((len(models), N)), np.zeros((len(models), N))
+    for f in range(k):
         tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
-        a_tr, a_te = cal.take(tr), cal.take(te)
+        a_tr, a_te = a.take(tr), a.take(te)
         ans = fit_answer_models(a_tr)
-        for i, lam in enumerate(lambdas):
-            Q["optimal"][i, te], C["optimal"][i, te] = outcome(fit_optimal(a_tr, lam, ans), a_te)
-            Q["router"][i, te], C["router"][i, te] = outcome(fit_router(a_tr, lam, ans), a_te)
-        grid = threshold_grid(a_tr) if thresholds else []
-        for i, level in enumerate(fams["threshold"]):
-            Q["threshold"][i, te], C["threshold"][i, te] = outcome(fit_thresholds(a_tr, level, grid), a_te)
-    q_last = cal.correct[:, -1].astype(float)
-    cands: list[tuple[float, str, float | None]] = []
-    for k in range(n - 1, -1, -1):               # fixed sequence: the safest (largest) stage first
-        if not certified(cal.correct[:, k].astype(float), q_last, crit):
-            break
-        cands.append((float(cal.costs[k]), f"fixed:{k}", None))
-    for fam, params in fams.items():
-        order = range(len(params) - 1, -1, -1) if fam != "threshold" else range(len(params))
-        for i in order:                          # highest lambda / highest level first
-            if not certified(Q[fam][i], q_last, crit):
-                break
-            cands.append((float(C[fam][i].mean()), fam, params[i]))
-    fallback = (float(cal.costs[-1]), f"fixed:{n - 1}", None)
-    best = min(cands, key=lambda t: t[0]) if cands else fallback
-    routers = [c for c in cands if c[1] == "router" or c[1].startswith("fixed")]
-    best_router = min(routers, key=lambda t: t[0]) if routers else fallback
-    ans_all = fit_answer_models(cal)
+        for i, (fam, lam) in enumerate(models):
+            r = fit_router(a_tr, lam, ans) if fam == "router" else fit_optimal(a_tr, lam, ans)
+            Q[i, te], C[i, te] = outcome(r, a_te)
+    return [(float(C[i].mean()), float(Q[i].mean())) for i in range(len(models))]
 
-    def build(choice: tuple[float, str, float | None]) -> K.Policy:
-        _, name, p = choice
-        if name == "optimal":
-            return fit_optimal(cal, float(p), ans_all)            # type: ignore[arg-type]
-        if name == "router":
-            return fit_router(cal, float(p), ans_all)             # type: ignore[arg-type]
-        if name == "threshold":
-            return fit_thresholds(cal, float(p))                  # type: ignore[arg-type]
-        return K.FixedRule(int(name.split(":")[1]), name)
-    return {"choice": best[1:], "rule": build(best), "router_choice": best_router[1:], "router": build(best_router),
-            "answer": ans_all}
+
+def operating_json(cand: tuple[str, float | None, K.Policy, float, float]) -> dict:
+    """A candidate as policy.json's ``operating`` entry (what PolicyBook serves)."""
+    fam, param, rule = cand[0], cand[1], cand[2]
+    if isinstance(rule, CascadeRule):
+        return rule.to_json()
+    return {"policy": fam, "lambda": param if fam in ("optimal", "router") else None}
+
+
+def _cand_name(rule: K.Policy) -> str:
+    if isinstance(rule, CascadeRule):
+        return "cascade:" + ">".join(map(str, rule.stages)) + ("+agree" if rule.agree else "")
+    return rule.name
+
+
+def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] = LAMBDAS,
+           inner: int = 2, thresholds: bool = True, names: Sequence[str] | None = None,
+           optimal: bool = True) -> dict:
+    """The operating point by Learn-then-Test (optistop.offline.ltt) over ALL candidates at once.
+
+    ``cal`` is split (seeded) into a fitting part (``crit.fit_share``) and a testing part. On the fitting
+    part every candidate is fitted and its (cost, quality) estimated: fixed:k, the threshold cascade over
+    every stage subset (with and without answer agreement), the router and the fitted-Q rule at each lambda.
+    Their Pareto frontier, most expensive first, is the fixed sequence; the testing part certifies them in
+    that order (quality >= crit.t_lcb x the reference stage's, at level 1 - crit.confidence) and the last
+    certified one is served as fitted (refitting on all of ``cal`` would void the guarantee). The reference
+    stage opens the sequence: it meets the tolerance by definition. ``inner`` is unused (kept for callers).
+
+    Returns {"choice": (name, param), "rule", "router_choice", "router", "answer" (answer models of the
+    fitting part), "reference", "fit_idx", "path": [{"name", "param", "cost", "quality_rel", "certified",
+    "operating"}]}: the tested sequence, safest first (cost and quality on the fitting part), each with its
+    policy.json ``operating`` entry, so a safer certified point can be served without refitting.
+    """
+    from optistop.offline import cascades, ltt
+
+    N, n = cal.conf.shape
+    ref = reference_stage(cal, crit.reference, names)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(N)
+    n_fit = min(max(int(round(N * crit.fit_share)), 1), N - 1) if N > 1 else N
+    fit_idx, test_idx = np.sort(perm[:n_fit]), np.sort(perm[n_fit:])
+    a, b = cal.take(fit_idx), cal.take(test_idx)
+    q_ref_a = max(float(a.correct[:, ref].mean()), 1e-12)
+    cands: list[tuple[str, float | None, K.Policy, float, float]] = []   # (family, param, rule, cost, quality)
+    for k in range(n):
+        cands.append((f"fixed:{k}", None, K.FixedRule(k, f"fixed:{k}"), float(a.costs[k]),
+                      float(a.correct[:, k].mean())))
+    if thresholds:
+        gr = cascades.grid(a)
+        for i in ltt.frontier_path(gr.cost, gr.quality, -np.inf, cap=10**9):
+            cands.append(("cascade", None, gr.rule(int(i)), float(gr.cost[i]), float(gr.quality[i])))
+    answer = fit_answer_models(a)
+    # model-based rules score themselves too well on the data they were fitted to, and an optimistic
+    # estimate early in the sequence ends it at once: their (cost, quality) are cross-fitted within the
+    # fitting part (2 folds), the rules themselves fitted on all of it
+    models = [("router", lam) for lam in lambdas] + ([("optimal", lam) for lam in lambdas[::OPT_STRIDE]]
+                                                      if optimal else [])
+    crossed = [m for m in models if m[0] in CROSS_FIT]
+    est = dict(zip(crossed, _cross_fitted(a, crossed, seed), strict=True))
+    for fam, lam in models:
+        r = fit_router(a, lam, answer) if fam == "router" else fit_optimal(a, lam, answer)
+        if (fam, lam) in est:
+            c, q = est[(fam, lam)]
+        else:
+            qq, cc = outcome(r, a)
+            c, q = float(cc.mean()), float(qq.mean())
+        cands.append((fam, lam, r, c, q))
+    order = rng.permutation(len(test_idx))
+    delta = 1.0 - crit.confidence
+    q_ref_b = b.correct[:, ref].astype(float)
+
+    def select(pool: list[tuple[str, float | None, K.Policy, float, float]]) -> tuple[int, list[dict]]:
+        cheaper = [c for c in pool if c[3] < a.costs[ref] - 1e-12]
+        path = ltt.frontier_path(np.array([c[3] for c in cheaper]), np.array([c[4] for c in cheaper]),
+                                 (crit.t_lcb - PATH_MARGIN) * q_ref_a, PATH_CAP) if cheaper else np.zeros(0, int)
+        seq = [pool[ref]] + [cheaper[i] for i in path]
+        tests = [lambda: True] + [
+            (lambda r=c[2]: ltt.rejects(outcome(r, b)[0], q_ref_b, crit.t_lcb, delta, crit.test, order))
+            for c in seq[1:]]
+        last = ltt.fixed_sequence(tests)
+        info = [{"name": _cand_name(c[2]) if c[0] == "cascade" else c[0], "param": c[1], "cost": round(c[3], 6),
+                 "quality_rel": round(c[4] / q_ref_a, 6), "certified": i <= last, "operating": operating_json(c)}
+                for i, c in enumerate(seq)]
+        return last, [dict(x, _cand=c) for x, c in zip(info, seq, strict=True)]
+
+    last, path = select(cands)
+    best = path[last]["_cand"]
+    r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")])
+    router = r_path[r_last]["_cand"]
+    label = lambda c: (_cand_name(c[2]) if c[0] == "cascade" else c[0], c[1])   # noqa: E731
+    strip = lambda p: [{k: v for k, v in x.items() if k != "_cand"} for x in p]   # noqa: E731
+    return {"choice": label(best), "rule": best[2], "router_choice": label(router), "router": router[2],
+            "answer": answer, "reference": ref, "fit_idx": fit_idx, "path": strip(path)}
 
 
 def fit_platt(a: Arrays) -> np.ndarray:

@@ -23,6 +23,7 @@ a policy). Cost counts every stage run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from optistop import policy as K
+from optistop.offline import cascades, ltt
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
 
@@ -55,6 +57,13 @@ def read_records(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
     return records, lines
 
 
+def stage_names(path: str | Path) -> list[str]:
+    """The stages' model names on the file's first line (what ``--reference NAME`` may name)."""
+    with open(path, encoding="utf-8") as fh:
+        first = json.loads(next(line for line in fh if line.strip()))
+    return [str(s.get("model", f"stage{k}")) for k, s in enumerate(first.get("stages", []))]
+
+
 def load(path: str | Path, seed: int = 0) -> F.Arrays:
     """Checked arrays from a replay file; missing confidences come from a cross-fitted text verifier."""
     records, lines = read_records(path)
@@ -71,20 +80,22 @@ def load(path: str | Path, seed: int = 0) -> F.Arrays:
     return a
 
 
-def hindsight(a: F.Arrays, target: float = TARGET, grid: int = 24) -> float:
-    """Cost of the cheapest threshold cascade reaching ``target`` on ``a`` itself (a reference only)."""
-    rule = F.fit_thresholds(a, target, F.threshold_grid(a, grid))
-    return float(F.outcome(rule, a)[1].mean())
+def hindsight(a: F.Arrays, target: float = TARGET, grid: int = 256, ref: int | None = None) -> float:
+    """Cost of the cheapest threshold cascade over any stage subset reaching ``target`` x the reference
+    stage's quality on ``a`` itself (a reference tuned in hindsight, never a policy)."""
+    return cascades.hindsight_cost(a, a.conf.shape[1] - 1 if ref is None else ref, target, grid)
 
 
-def _conditions(a: F.Arrays, q: np.ndarray, c: np.ndarray, router_cost: float, hind: float) -> dict[str, Any]:
-    last = a.correct[:, -1].mean()
+def _conditions(a: F.Arrays, q: np.ndarray, c: np.ndarray, router_cost: float, hind: float,
+                ref: int | None = None, target: float = TARGET, tol: float = TOLERANCE) -> dict[str, Any]:
+    ref = a.conf.shape[1] - 1 if ref is None else ref
+    last = max(a.correct[:, ref].mean(), 1e-12)
     acc = a.correct.mean(axis=0)
-    cheapest = float(min(a.costs[k] for k in range(len(acc)) if acc[k] >= TARGET * last - 1e-12))
+    cheapest = float(min(a.costs[k] for k in range(len(acc)) if acc[k] >= target * last - 1e-12))
     qr, cost = float(q.mean() / last), float(c.mean())
     return {"quality_rel": round(qr, 6), "cost": round(cost, 6), "cheapest_single_stage": cheapest,
-            "router_cost": round(router_cost, 6), "hindsight_cost": round(hind, 6),
-            "meets_quality": qr >= TOLERANCE, "le_cheapest_stage": cost <= cheapest + 1e-9,
+            "router_cost": round(router_cost, 6), "hindsight_cost": round(hind, 6), "reference": ref,
+            "meets_quality": qr >= tol, "le_cheapest_stage": cost <= cheapest + 1e-9,
             "le_router": cost <= router_cost + 1e-9, "le_1.1_hindsight": cost <= 1.10 * hind + 1e-9}
 
 
@@ -92,10 +103,12 @@ def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion,
                 extras: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-prompt (quality, cost) on ``ev`` of every rule fitted on ``cal``."""
     ch = F.choose(cal, crit, seed)
+    out_path = ch["path"]
     ran, ans = K.simulate(ch["rule"], ev.conf, ev.ex_ante, ev.resp)
     served = (ev.correct[np.arange(len(ans)), ans].astype(float), ran.astype(float) @ ev.costs)
     out = {"served": served, "router": F.outcome(ch["router"], ev)}
     out["_choice"] = ch["choice"]  # type: ignore[assignment]
+    out["_path"] = out_path  # type: ignore[assignment]
     out["_ran"] = ran  # type: ignore[assignment]  # which stages the served rule ran: the stage mix
     if extras:
         out["paper"] = F.outcome(F.paper_at_target(cal, crit.target), ev)
@@ -116,6 +129,7 @@ def kfold(a: F.Arrays, seed: int, crit: F.Criterion, folds: int = 5, extras: boo
         tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
         o = fit_and_run(a.take(tr), a.take(te), seed * 100 + f, crit, extras)
         choices.append(list(map(str, o.pop("_choice"))))
+        o.pop("_path")
         ran[te] = o.pop("_ran")
         for name, (q, c) in o.items():
             per.setdefault(name, (np.zeros(N), np.zeros(N)))
@@ -124,10 +138,12 @@ def kfold(a: F.Arrays, seed: int, crit: F.Criterion, folds: int = 5, extras: boo
 
 
 def summarise(a: F.Arrays, per: dict[str, tuple[np.ndarray, np.ndarray]], hind: float,
-              ran: np.ndarray | None = None) -> dict[str, Any]:
+              ran: np.ndarray | None = None, crit: F.Criterion | None = None) -> dict[str, Any]:
+    crit = crit or F.Criterion()
+    ref = F.reference_stage(a, crit.reference)
     rc = float(per["router"][1].mean())
-    last = a.correct[:, -1].mean()
-    out = {"conditions": _conditions(a, *per["served"], rc, hind)}
+    last = max(a.correct[:, ref].mean(), 1e-12)
+    out = {"conditions": _conditions(a, *per["served"], rc, hind, ref, crit.target, crit.t_lcb)}
     out["policies"] = {k: {"quality_rel": round(float(q.mean() / last), 6), "cost": round(float(c.mean()), 6)}
                        for k, (q, c) in per.items()}
     if ran is not None:  # share of prompts on which each stage runs: what sizes each stage's deployment
@@ -135,47 +151,61 @@ def summarise(a: F.Arrays, per: dict[str, tuple[np.ndarray, np.ndarray]], hind: 
     return out
 
 
-def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Sequence[int] = ()) -> dict[str, Any]:
-    """Every protocol over ``seeds``; what ``optistop replay`` prints and the report reads."""
-    last = a.correct[:, -1].mean()
-    hind = hindsight(a, crit.target)
-    res: dict[str, Any] = {"n": len(a.conf), "costs": a.costs.tolist(),
+def resolve(a: F.Arrays, crit: F.Criterion, names: Sequence[str] | None = None) -> F.Criterion:
+    """The criterion with its reference fixed to a stage index on ``a`` (the whole calibration file), so
+    every fold and draw measures against the same stage."""
+    return dataclasses.replace(crit, reference=str(F.reference_stage(a, crit.reference, names)))
+
+
+def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Sequence[int] = (),
+        draws: int | None = None) -> dict[str, Any]:
+    """Every protocol over ``seeds`` (``draws`` random fitting sets per size in ``small``, default ``seeds``);
+    what ``optistop replay`` prints and the report reads."""
+    crit = resolve(a, crit)
+    ref = int(crit.reference)
+    last = a.correct[:, ref].mean()
+    hind = hindsight(a, crit.target, ref=ref)
+    res: dict[str, Any] = {"n": len(a.conf), "costs": a.costs.tolist(), "reference": ref,
                            "accuracy": a.correct.mean(axis=0).round(6).tolist(), "hindsight_cost": hind,
                            "criterion": vars(crit), "kfold": [], "small": {}}
     for s in range(seeds):
         k = kfold(a, s, crit, folds, extras=s == 0)
-        row = summarise(a, k["per"], hind, k["ran"]) | {"seed": s, "choices": k["choices"]}
+        row = summarise(a, k["per"], hind, k["ran"], crit) | {"seed": s, "choices": k["choices"]}
         if s == 0:  # per-prompt outcomes of seed 0 for paired comparisons in the report
             res["per_prompt"] = {n: {"quality": q.tolist(), "cost": c.tolist()} for n, (q, c) in k["per"].items()}
         res["kfold"].append(row)
     for m in small:
         rows = []
-        for s in range(seeds):
+        for s in range(seeds if draws is None else draws):
             perm = np.random.default_rng(2000 + s).permutation(len(a.conf))
             if m >= len(a.conf) - 50:
                 break
             fi, ei = perm[:m], perm[m:]
             ev = a.take(ei)
             o = fit_and_run(a.take(fi), ev, s, crit, extras=False)
-            o.pop("_choice"), o.pop("_ran")
-            rows.append(summarise(ev, o, hindsight(ev, crit.target, 16))["conditions"])
+            o.pop("_choice"), o.pop("_ran"), o.pop("_path")
+            rows.append(summarise(ev, o, hindsight(ev, crit.target, ref=ref), crit=crit)["conditions"])
         res["small"][str(m)] = rows
-    res["last_stage_accuracy"] = float(last)
+    res["last_stage_accuracy"] = float(a.correct[:, -1].mean())
+    res["reference_accuracy"] = float(last)
     return res
 
 
 def fit_eval(cal: F.Arrays, ev: F.Arrays, crit: F.Criterion, seed: int = 0) -> dict[str, Any]:
     if cal.conf.shape[1] != ev.conf.shape[1] or not np.allclose(cal.costs, ev.costs):
         raise ReplayInputError("--fit and --eval files must have the same stages and costs")
+    crit = resolve(cal, crit)
     o = fit_and_run(cal, ev, seed, crit, extras=True)
     choice = list(map(str, o.pop("_choice")))
+    path = o.pop("_path")
     o.pop("_ran")
-    return summarise(ev, o, hindsight(ev, crit.target)) | {"choice": choice}
+    ref = int(crit.reference)
+    return summarise(ev, o, hindsight(ev, crit.target, ref=ref), crit=crit) | {"choice": choice, "path": path}
 
 
 def _print(label: str, cond: dict[str, Any]) -> None:
     ok = lambda b: "yes" if b else "NO"
-    print(f"{label}: quality {cond['quality_rel']:.3f} of the last stage's (>= {TOLERANCE}: "
+    print(f"{label}: quality {cond['quality_rel']:.3f} of stage {cond['reference']}'s (>= {TOLERANCE}: "
           f"{ok(cond['meets_quality'])}), cost {cond['cost']:.3f} | cheapest single stage meeting "
           f"{TARGET:.0%}: {cond['cheapest_single_stage']:.3f} ({ok(cond['le_cheapest_stage'])}) | router "
           f"{cond['router_cost']:.3f} ({ok(cond['le_router'])}) | 1.10 x hindsight cascade "
@@ -224,8 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=1, help="fold assignments to repeat (miss rate over them)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--small", default="", help="also fit on m random prompts and evaluate on the rest, e.g. 30,300")
+    ap.add_argument("--draws", type=int, default=None, help="random fitting sets per --small size (default --seeds)")
     ap.add_argument("--target", type=float, default=TARGET)
-    ap.add_argument("--z", type=float, default=F.Criterion.z, help="standard errors of margin (one-sided)")
+    ap.add_argument("--confidence", type=float, default=F.Criterion.confidence,
+                    help="probability that the served rule's quality reaches the tolerance (target - 0.5 points)")
+    ap.add_argument("--reference", default="best",
+                    help="the stage quality is relative to: best (on the calibration data), last, or a stage index")
+    ap.add_argument("--test", choices=ltt.TESTS, default=F.Criterion.test, help="the certifying test")
     ap.add_argument("--artifact", type=Path, help="fit on the whole FILE and write the policy artifact here")
     ap.add_argument("--out", type=Path, help="write the full results as JSON")
     ap.add_argument("--stream", type=Path, help="with --fit: play this traffic in order (the server's twin)")
@@ -243,18 +278,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--online", action="store_true",
                     help="with --stream: also replay the paper's online threshold learner on the same audits")
     args = ap.parse_args(argv)
-    crit = F.Criterion(args.target, args.target - 0.005, args.z)
     try:
+        crit = F.Criterion.at(args.target, args.confidence, args.reference, test=args.test)
         if args.stream is not None or args.audit is not None:
             return _stream(args, crit)
         if (args.file is None) == (args.fit is None or args.eval is None):
             raise ReplayInputError("give FILE (cross-fitting) or both --fit and --eval")
         if args.file is None:
-            res = fit_eval(load(args.fit), load(args.eval), crit)
+            crit = resolve(cal := load(args.fit), crit, stage_names(args.fit))
+            res = fit_eval(cal, load(args.eval), crit)
             _print(f"fit {args.fit.name} -> eval {args.eval.name} [{res['choice'][0]}]", res["conditions"])
         else:
             a = load(args.file)
-            res = run(a, args.seeds, crit, args.folds, [int(x) for x in args.small.split(",") if x])
+            crit = resolve(a, crit, stage_names(args.file))
+            res = run(a, args.seeds, crit, args.folds, [int(x) for x in args.small.split(",") if x], args.draws)
             for row in res["kfold"]:
                 _print(f"{args.file.name} seed {row['seed']} [{', '.join(c[0] for c in row['choices'])}]",
                        row["conditions"])
@@ -271,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 art, _ = build_artifact(a, names, crit)
                 args.artifact.write_text(json.dumps(art) + "\n", encoding="utf-8")
                 print(f"wrote {args.artifact} (operating point {art['operating']})")
-    except (ReplayInputError, OSError) as exc:
+    except (ReplayInputError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.out:

@@ -57,10 +57,11 @@ def assign_splits(records: list[dict[str, Any]], test_share: float, seed: int) -
 
 def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target: float, seed: int = 0,
               test_share: float = 0.2, install: bool = True, replay_out: Path | None = None,
-              max_epochs: int = 50) -> dict[str, Any]:
+              max_epochs: int = 50, confidence: float = 0.9, reference: str = "best") -> dict[str, Any]:
     from optistop.predictor import export, train
 
     spec = load_spec(spec_path)
+    crit = F.Criterion.at(target, confidence, reference)     # refused here, before minutes of training
     names = [st["model"] for st in records[0]["stages"]]
     costs = [float(st["cost"]) for st in records[0]["stages"]]
     if names != list(spec.stage_names) or costs != list(spec.costs):
@@ -83,7 +84,7 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
         report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     held = [r for r in scored if r.get("predictor_role") in ("calibration", "test")]
     a = arrays_from_records(held)
-    crit = F.Criterion(target, target - 0.005)
+    crit = replay.resolve(a, crit, names)
     art, choice = build_artifact(a, names, crit, seed, data_sha256=data_sha256(records),
                                  predictor={"sidecar": "model.json"}, spec=spec.name, version=1,
                                  reference_accuracy=float(a.correct[:, -1].mean()),   # q_ref of the audits' bound
@@ -93,9 +94,11 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
     art["agreement_baseline"] = agreement_baseline_of(a, choice["rule"])   # the label-free alarm's reference
     with_safer_points(art)   # what on_drift = "safer" steps through
     (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
-    cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"], replay.hindsight(a, target))
+    cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"],
+                          replay.hindsight(a, target, ref=int(crit.reference)), crit=crit)
     notes = install_serving_models(spec, out, version_dir) if install else []
     return {"operating": art["operating"], "n_policy_prompts": len(held), "cross_fitted": cv["conditions"],
+            "reference": names[int(crit.reference)], "confidence": crit.confidence,
             "notes": notes, "version_dir": str(version_dir), "acceptance": report["acceptance"],
             "too_few_examples": report["training"]["too_few_examples"]}
 
@@ -109,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", type=Path, default=None, help="with --from-audit: the policy.json to replace")
     ap.add_argument("--prompts", type=Path, default=None,
                     help="with --from-audit: the original calibration set (scored replay JSONL) to fit with")
-    ap.add_argument("--target", type=float, default=0.95, help="share of the last stage's quality to keep")
+    ap.add_argument("--target", type=float, default=0.95, help="share of the reference stage's quality to keep")
+    ap.add_argument("--confidence", type=float, default=0.9,
+                    help="probability that the served quality reaches the tolerance (target - 0.5 points)")
+    ap.add_argument("--reference", default="best",
+                    help="best (the best stage on the calibration data), last, a stage index or a stage model name")
     ap.add_argument("--out", type=Path, help="model repository (optistop repo) to install into")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-share", type=float, default=0.2)
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--policy and --prompts go with --from-audit")
     try:
         res = calibrate(read_labelled(args.replay), args.spec, args.out.absolute(), args.target, args.seed,
-                        args.test_share, not args.no_install, args.replay_out, args.max_epochs)
+                        args.test_share, not args.no_install, args.replay_out, args.max_epochs,
+                        args.confidence, args.reference)
     except (ReplayInputError, SpecError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -141,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
               f"target {acc['auroc_gain_target']:+.2f}; ECE {acc['ece_output_aware_calibrated']}, target "
               f"{acc['ece_target']})")
     print(f"operating point: {res['operating']['policy']} (lambda {res['operating'].get('lambda')}); on "
-          f"{res['n_policy_prompts']} held-out prompts, cross-fitted: quality {c['quality_rel']:.3f} of the last "
-          f"stage's at cost {c['cost']:.3f} (cheapest single stage meeting the target {c['cheapest_single_stage']:g}, "
+          f"{res['n_policy_prompts']} held-out prompts, cross-fitted: quality {c['quality_rel']:.3f} of "
+          f"{res['reference']}'s (promise: >= {args.target - 0.005:.3f} with confidence "
+          f"{res['confidence']:g}) at cost {c['cost']:.3f} (cheapest single stage meeting the target "
+          f"{c['cheapest_single_stage']:g}, "
           f"router {c['router_cost']:.3f}); wrote {res['version_dir']}")
     return 0
 

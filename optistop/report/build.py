@@ -14,6 +14,7 @@ absent is reported with where to get it, never filled in. Seeded throughout: rer
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from optistop import ROOT
-from optistop.offline import mmlupro, replay, routellm, stats
+from optistop.offline import cascades, mmlupro, replay, routellm, stats
 from optistop.offline import policy_fit as F
 from optistop.report import markdown, plots
 
@@ -39,6 +40,7 @@ TINY_MISSING = ("tiny family replay not found: build artifacts/tiny_replay.jsonl
                 "(or pass --tiny FILE)")
 ORDER = ("tiny", "routellm_mmlu", "routellm_gsm8k", "mmlupro_qwen", "mmlupro_llama")
 SMALL = (30, 100, 300, 1000)
+SERVED_TARGETS = (0.85, 0.9, 0.95, 0.98)
 
 
 def _digest(parts: Sequence[str | Path]) -> str:
@@ -113,17 +115,31 @@ def convert(name: str, kind: str, arg: str, key: str, limit: int | None, seed: i
     return path
 
 
-def hindsight_curve(a: F.Arrays, levels: Sequence[float] = tuple(np.linspace(0.85, 1.0, 16))) -> list[list[float]]:
-    """[level, quality_rel, cost] of the cheapest hindsight threshold cascade per level (the reference line).
-    Every grid rule is replayed once and reused across levels (fit_thresholds would redo it per level)."""
-    last = max(a.correct[:, -1].mean(), 1e-12)
-    pts = [tuple(float(x.mean()) for x in F.outcome(r, a)) for r in F.threshold_grid(a, 24)]
+def hindsight_curve(a: F.Arrays, ref: int, levels: Sequence[float] = tuple(np.linspace(0.85, 1.0, 16)),
+                    agree: bool = False) -> list[list[float]]:
+    """[level, quality_rel, cost] of the cheapest threshold cascade over stage subsets per level, tuned on
+    ``a`` itself (the hindsight frontier; ``agree``: the served family's, answer agreement included).
+    One vectorised pass over the grid serves every level."""
+    last = max(a.correct[:, ref].mean(), 1e-12)
+    gr = (cascades.grid(a, agree=None) if agree else cascades.grid(a, agree=False, grid=256, budget=40000))
     out = []
     for lev in levels:
-        ok = [(c, q) for q, c in pts if q >= lev * last - 1e-12]
-        if ok:
-            c, q = min(ok)
-            out.append([round(float(lev), 4), round(q / last, 6), round(c, 6)])
+        i = gr.cheapest(lev * last)
+        if i is not None:
+            out.append([round(float(lev), 4), round(float(gr.quality[i]) / last, 6), round(float(gr.cost[i]), 6)])
+    return out
+
+
+def served_curve(a: F.Arrays, crit: F.Criterion, targets: Sequence[float] = SERVED_TARGETS) -> list[list[float]]:
+    """[target, quality_rel, cost] of the served procedure (Learn-then-Test at ``crit.confidence``), 5-fold
+    held-out, seed 0, at each target: the served family's frontier, to lay against the hindsight one."""
+    out = []
+    for t in targets:
+        c = dataclasses.replace(crit, target=t, t_lcb=t - 0.005)
+        k = replay.kfold(a, 0, c, 5, extras=False)
+        q, cost = k["per"]["served"]
+        out.append([t, round(float(q.mean() / max(a.correct[:, int(crit.reference)].mean(), 1e-12)), 6),
+                    round(float(cost.mean()), 6)])
     return out
 
 
@@ -167,7 +183,10 @@ def small_curve(res: dict[str, Any], kfold_cost: float) -> dict[str, dict[str, A
     for m, rows in res["small"].items():
         if rows:
             cost = float(np.mean([r["cost"] for r in rows]))
+            hind = float(np.mean([r["hindsight_cost"] for r in rows]))
             out[m] = {"seeds": len(rows), "cost": cost, "ratio_to_kfold": cost / kfold_cost,
+                      "hindsight_cost": hind, "ratio_to_hindsight": cost / max(hind, 1e-12),
+                      "router_cost": float(np.mean([r["router_cost"] for r in rows])),
                       "quality_mean": float(np.mean([r["quality_rel"] for r in rows])),
                       "miss_rate": float(np.mean([not r["meets_quality"] for r in rows]))}
     return out
@@ -179,8 +198,9 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     kind, arg = spec["convert"]
     path = convert(name, kind, arg, spec["key"], spec["limit"], spec["seed"], Path(spec["cache"]))
     a = replay.load(path, spec["seed"])
-    crit = F.Criterion(**spec["criterion"])
-    res = replay.run(a, spec["seeds"], crit, 5, spec["small"])
+    crit = replay.resolve(a, F.Criterion(**spec["criterion"]))
+    res = replay.run(a, spec["seeds"], crit, 5, spec["small"], spec.get("draws"))
+    ref = int(crit.reference)
     acc = acceptance(res)
     recs, _ = replay.read_records(path)
     return {"label": spec["label"], "cache": path.name, "n": res["n"], "costs": res["costs"],
@@ -191,7 +211,8 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
             "choices": dict(sorted(Counter(c[0] + ("" if c[1] == "None" else f" {float(c[1]):.4g}")
                                            for r in res["kfold"] for c in r["choices"]).items())),
             "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"]),
-            "hindsight_curve": hindsight_curve(a)}
+            "reference": ref, "hindsight_curve": hindsight_curve(a, ref),
+            "served_curve": served_curve(a, crit)}
 
 
 def served() -> dict[str, Any] | None:
@@ -237,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="verifier folds and MMLU-Pro conversion seed")
     ap.add_argument("--seeds", type=int, default=10, help="fold assignments per data set (miss rate over them)")
     ap.add_argument("--small", default=",".join(map(str, SMALL)), help="fitting-set sizes of the small-data curve")
+    ap.add_argument("--draws", type=int, default=20, help="random fitting sets per small-data size")
     ap.add_argument("--jobs", type=int, default=2, help="data sets run in parallel (processes)")
     ap.add_argument("--tiny", default=str(TINY), help="tiny-family replay JSONL")
     ap.add_argument("--routellm", default=None, help=f"RouteLLM evals folder (default {routellm.DEFAULT_DIR})")
@@ -251,10 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.render_only:
         return write(out, json.loads((out / "summary.json").read_text(encoding="utf-8")))
     srv = served()
-    crit = (srv or {}).get("criterion") or vars(F.Criterion())   # measure at the server's own criterion
+    # measure at the server's own target and confidence; the reference is each data set's best stage (the
+    # artifact's reference is a stage of its own ladder), and a format-1 artifact's z is no longer used
+    fields = {f.name for f in dataclasses.fields(F.Criterion)} - {"reference"}
+    crit = vars(F.Criterion(**{k: v for k, v in ((srv or {}).get("criterion") or {}).items() if k in fields}))
     src = {k: v for k, v in sources(a).items() if not a.only or k in a.only}
     specs = [{"name": k, **v, "limit": a.mmlupro_limit, "seed": a.seed, "seeds": a.seeds, "criterion": crit,
-              "cache": a.cache, "small": tuple(int(x) for x in a.small.split(",") if x)}
+              "cache": a.cache, "small": tuple(int(x) for x in a.small.split(",") if x), "draws": a.draws}
              for k, v in src.items() if "missing" not in v]
     specs.sort(key=lambda s: not s["name"].startswith("mmlupro"))   # the longest first
     if a.jobs <= 1 or len(specs) <= 1:
@@ -264,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = pool.map(job, specs, chunksize=1)
     done = dict(zip([s["name"] for s in specs], results, strict=True))
     datasets = {k: done[k] if k in done else {"missing": src[k]["missing"]} for k in ORDER if k in src}
-    summary = _clean({"seed": a.seed, "seeds": a.seeds, "folds": 5, "criterion": crit, "tolerance": replay.TOLERANCE,
+    summary = _clean({"seed": a.seed, "seeds": a.seeds, "draws": a.draws, "folds": 5, "criterion": crit,
+                      "tolerance": replay.TOLERANCE,
                       "served": srv, "datasets": datasets, "predictor_sidecar": sidecar(),
                       "mmlupro_limit": a.mmlupro_limit, "order": list(datasets)})
     text = json.dumps(summary, indent=1, sort_keys=True, allow_nan=False) + "\n"

@@ -7,10 +7,11 @@ from typing import Any
 
 from optistop.offline.stats import fmt_p
 
-COND = (("quality", "held-out quality >= 94.5% of the last stage's"),
+COND = (("quality", "held-out quality >= 94.5% of the reference stage's"),
         ("cheapest_stage", "cost <= cheapest single stage meeting 95%"),
         ("router", "cost <= router"),
-        ("hindsight", "cost <= 1.10 x hindsight-tuned threshold cascade"))
+        ("hindsight", "cost <= 1.10 x hindsight-tuned threshold cascade over stage subsets"))
+SMALL_GOALS = {"300": 1.25, "1000": 1.15}   # issue 28: miss rate <= 10% and cost <= this x hindsight
 
 
 def _pct(x: float | None) -> str:
@@ -32,16 +33,20 @@ def served_section(s: dict[str, Any]) -> list[str]:
     if not srv:
         return L + ["No policy artifact (model_repository/quality_predictor/1/policy.json) was present: build it "
                     "with `make predictor`. The numbers below use the default criterion "
-                    f"(target {crit['target']}, lower bound {crit['t_lcb']}, z = {crit['z']}).", ""]
+                    f"(target {crit['target']}, tolerance {crit['t_lcb']}, confidence {crit.get('confidence')}).", ""]
     op, cal = srv.get("operating") or {}, srv.get("calibration") or {}
     lam = "" if op.get("lambda") is None else f" at lambda = {op['lambda']:.4g}"
     L += [f"**`{op.get('policy')}`{lam}**, read from `{srv['file']}` ({srv.get('format')}, spec "
           f"`{srv.get('spec')}`, stages {' -> '.join(srv.get('stages') or [])}, costs "
           f"{' / '.join(_f(c, 1) for c in srv.get('costs') or [])}).", "",
-          f"- Criterion: mean quality >= {crit['target']:.1%} of always-last, and its one-sided lower confidence "
-          f"bound (z = {crit['z']}) >= {crit['t_lcb']:.1%}; the operating point is the cheapest candidate "
-          "(fixed stage, router, fitted-Q `optimal` at each lambda, threshold cascade) certified on calibration "
-          "data (`optistop.offline.policy_fit.choose`).",
+          f"- Criterion of the held-out numbers below: with probability >= {crit.get('confidence')} over the "
+          f"fitting data, mean quality >= {crit['t_lcb']:.1%} of the reference stage (each data set's best "
+          "single stage on its fitting data) on new traffic. Learn-then-Test (`optistop.offline.ltt`): the "
+          "fitting data is split; every candidate (fixed stage, router and fitted-Q `optimal` at each lambda, "
+          "threshold cascade over every stage subset, with and without answer agreement) is fitted on one part "
+          f"and ordered by cost; the other part certifies them in that order ({crit.get('test')} test) and the "
+          "last certified one is served. The served artifact's own criterion: "
+          f"{srv.get('criterion')}.",
           f"- Fitted on {cal.get('n', 'n/a')} calibration prompts of the tiny family; in-sample quality "
           f"{_pct(cal.get('quality_rel_in_sample'))} at cost {_f(cal.get('cost_in_sample'))} (in-sample, not "
           "evidence).",
@@ -64,10 +69,21 @@ def headline(s: dict[str, Any]) -> list[str]:
                  f"{_pct(a['miss_rate'])} | {_f(a['cost_mean'])} | {_f(a['cheapest_single_stage'])} | "
                  f"{_f(a['router_cost_mean'])} | {_f(a['hindsight_x1.1'])} | "
                  f"{'pass' if not fails else '**FAIL: ' + ', '.join(fails) + '**'} |")
-    L += ["", "Quality is the served rule's mean correctness over the last stage's; the miss rate is the share of "
-          "seeds below 94.5%. Cost is the mean over seeds; router and hindsight likewise. The hindsight cascade "
-          "(start stage + per-stage raw-confidence thresholds, grid-searched on the evaluated data itself) is "
-          "tuned on the data it is scored on: a reference, never a policy.", ""]
+    L += ["", "Quality is the served rule's mean correctness over the reference stage's (each set's best single "
+          "stage); the miss rate is the share of seeds below 94.5%. Cost is the mean over seeds; router and "
+          "hindsight likewise. The hindsight cascade (any ordered subset of stages, per-stage raw-confidence "
+          "thresholds, grid-searched on the evaluated data itself) is tuned on the data it is scored on: a "
+          "reference, never a policy.", ""]
+    L += ["Fitted on few prompts (issue 28: over the draws, miss rate <= 10%; mean cost <= 1.25 x hindsight at "
+          "300 prompts, <= 1.15 x at 1,000):", "", "| data set | prompts | draws | miss rate | cost / hindsight | "
+          "result |", "| --- | --- | --- | --- | --- | --- |"]
+    for k, r in s["datasets"].items():
+        for m, v in sorted((r.get("small") or {}).items(), key=lambda kv: int(kv[0])):
+            if m in SMALL_GOALS and "ratio_to_hindsight" in v:
+                ok = v["miss_rate"] <= 0.10 and v["ratio_to_hindsight"] <= SMALL_GOALS[m] + 1e-9
+                L.append(f"| {k} | {m} | {v['seeds']} | {_pct(v['miss_rate'])} | {_f(v['ratio_to_hindsight'])} | "
+                         f"{_ok(ok)} |")
+    L.append("")
     return L
 
 
@@ -111,11 +127,19 @@ def dataset_section(k: str, r: dict[str, Any], figs: dict[str, str], seeds: int)
                     if qv else "-") + " |")
     if r.get("small"):
         L += ["", "Small calibration sets (fit on m random prompts, evaluate on the rest):", "",
-              "| fitting prompts | seeds | cost | cost / K-fold cost | quality | miss rate |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| fitting prompts | draws | cost | cost / hindsight | cost / K-fold cost | router | quality | "
+              "miss rate |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for m, v in sorted(r["small"].items(), key=lambda kv: int(kv[0])):
-            L.append(f"| {m} | {v['seeds']} | {_f(v['cost'])} | {_f(v['ratio_to_kfold'])} | "
-                     f"{_pct(v['quality_mean'])} | {_pct(v['miss_rate'])} |")
+            L.append(f"| {m} | {v['seeds']} | {_f(v['cost'])} | {_f(v.get('ratio_to_hindsight'))} | "
+                     f"{_f(v['ratio_to_kfold'])} | {_f(v.get('router_cost'))} | {_pct(v['quality_mean'])} | "
+                     f"{_pct(v['miss_rate'])} |")
+    if r.get("served_curve"):
+        L += ["", "The served procedure's frontier (5-fold held-out, seed 0) against the hindsight frontier:", "",
+              "| target | served quality | served cost | hindsight cost at that quality |", "| --- | --- | --- | --- |"]
+        hc = r.get("hindsight_curve") or []
+        for t, q, c in r["served_curve"]:
+            at = [p[2] for p in hc if p[1] >= q - 1e-9]
+            L.append(f"| {t:.0%} | {_pct(q)} | {_f(c)} | {_f(min(at)) if at else 'n/a'} |")
     if k in figs:
         L += ["", f"![{k}]({figs[k]})"]
     return L + [""]
@@ -144,10 +168,11 @@ def shortfalls(s: dict[str, Any]) -> list[str]:
                 L.append(f"- {k}: cost <= {what} holds on the mean but on only {a['seeds_passing'][name]}/"
                          f"{a['seeds']} seeds.")
         for m, v in (r.get("small") or {}).items():
-            if v["miss_rate"] > 0 or v["ratio_to_kfold"] > 1.10:
-                L.append(f"- {k}, fit on {m} prompts: miss rate {_pct(v['miss_rate'])}, cost "
-                         f"{_f(v['ratio_to_kfold'])} x the K-fold cost" + (" (issue 12 asks <= 1.10 at 300)"
-                                                                           if m == "300" else "") + ".")
+            goal = SMALL_GOALS.get(m)
+            ratio = v.get("ratio_to_hindsight")
+            if v["miss_rate"] > 0.10 or (goal and ratio is not None and ratio > goal):
+                L.append(f"- {k}, fit on {m} prompts: miss rate {_pct(v['miss_rate'])}, cost {_f(ratio)} x the "
+                         f"hindsight cascade" + (f" (issue 28 asks <= 10% and <= {goal})" if goal else "") + ".")
     if len(L) == 2:
         L.append("- Nothing: every condition holds on every data set and seed.")
     return L + [""]
@@ -182,7 +207,8 @@ def render(summary: dict[str, Any], figs: dict[str, str]) -> str:
     lim = s.get("mmlupro_limit")
     L = ["# optistop: does the served stopping rule hold on real LLM outcomes?", "",
          "Generated by `make report` (`python -m optistop.report.build`) from `reports/summary.json`; seeded, "
-         "reruns give identical files. Target: 95% of the last stage's quality, accepted at >= 94.5%.", ""]
+         "reruns give identical files. Target: 95% of the reference stage's quality (the best single stage on "
+         "each set), promised at >= 94.5% with the stated confidence.", ""]
     L += served_section(s) + headline(s)
     L += ["## Per data set", ""]
     for k, r in s["datasets"].items():

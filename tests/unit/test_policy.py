@@ -13,6 +13,7 @@ from optistop import policy as K
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import build_artifact
 from optistop.policy_artifact import PolicyArtifactError, PolicyBook
+from optistop.policy_cascade import CascadeRule
 from tests.synthetic import latent
 
 COSTS = np.array([1.0, 4.5, 10.0])
@@ -174,7 +175,7 @@ def test_book_names_defaults_and_errors() -> None:
     _, ch = synthetic_built()
     name, param = ch["choice"]
     served, lam = book.make(None, None)
-    assert served.name == name and (name not in ("optimal", "router") or lam == param)
+    assert served.name == name.split(":")[0] and (name not in ("optimal", "router") or lam == param)
     a = synthetic_arrays()
     (q1, c1), (q2, c2) = F.outcome(served, a), F.outcome(ch["rule"], a)
     assert q1.tolist() == q2.tolist() and c1.tolist() == c2.tolist()
@@ -198,11 +199,16 @@ EXPECTED = {   # (stop, next_stage, answer_stage, threshold) per history
     "fixed": [(False, 1, -1, 1.0)] + [(True, -1, 1, 0.0)] * 4,
     "threshold": [(False, 0, -1, 1.0), (True, -1, 0, 0.8), (False, 1, -1, 0.8), (False, 2, -1, 0.6),
                   (True, -1, 2, 0.0)],
+    # cascade (0, 1, 2), thresholds 0.6 / 0.5 with agreement: no answer ids here (resp -1), so the score is
+    # the confidence alone: 0.9 >= 0.6 stops, 0.1 < 0.6 and 0.12 < 0.5 go on, the last stage answers
+    "cascade": [(False, 0, -1, 1.0), (True, -1, 0, 0.6), (False, 1, -1, 0.6), (False, 2, -1, 0.5),
+                (True, -1, 2, 0.0)],
 }
 
 
 @pytest.mark.parametrize("rule", [K.PaperRule(COSTS, 4.0, np.tile([1.0, 0.0], (3, 1))), K.FixedRule(1),
-                                  K.ThresholdRule(0, np.array([0.8, 0.6, 0.0]))], ids=lambda r: r.name)
+                                  K.ThresholdRule(0, np.array([0.8, 0.6, 0.0])),
+                                  CascadeRule((0, 1, 2), np.array([0.6, 0.5]), agree=True)], ids=lambda r: r.name)
 def test_every_rule_decides_one_prompt_on_python_scalars(rule) -> None:
     """The served loop keeps its state in lists and reads ``One`` fields as plain bool / int / float."""
     for conf, want in zip(HISTORIES, EXPECTED[rule.name], strict=True):
@@ -224,3 +230,30 @@ def test_optimal_reports_no_threshold_when_no_stage_is_left() -> None:
     assert np.isnan(d.threshold).all()
     first = rule.decide_one([0.9, NAN, NAN], [0.5, 0.5, 0.5], [0, -1, -1])
     assert 0.0 <= first.threshold <= 1.0
+
+
+def test_cascade_operating_point_round_trips_through_policy_json() -> None:
+    """A format-2 artifact whose operating point is a subset cascade with agreement: the server's book builds
+    the same rule (same decisions on every history) and names it among the valid policies."""
+    art, _ = build_artifact(synthetic_arrays(300), ["small", "medium", "large"], F.Criterion(), 0, (20.0,))
+    fitted = CascadeRule((0, 2), np.array([0.7]), agree=True)
+    art["operating"] = fitted.to_json()
+    book = PolicyBook(json.loads(json.dumps(art)))
+    rule, _ = book.make(None, None)
+    assert isinstance(rule, CascadeRule) and book.make("cascade", None)[0] is rule
+    assert (rule.stages, rule.thresholds.tolist(), rule.agree) == ((0, 2), [0.7], True)
+    for conf, resp in (([NAN] * 3, [-1] * 3), ([0.75, NAN, NAN], [0, -1, -1]), ([0.6, NAN, NAN], [0, -1, -1]),
+                       ([0.6, NAN, 0.2], [0, -1, 0])):
+        assert rule.decide_one(conf, None, resp) == fitted.decide_one(conf, None, resp)
+    assert "cascade" in book.valid_names()
+    path = art["calibration"]["path"]
+    assert path[0]["certified"] and path[0]["operating"]["policy"].startswith("fixed:")   # the reference
+    for p in path:   # every point of the tested sequence can be served as it stands (a safer fallback)
+        book_p = PolicyBook(json.loads(json.dumps(dict(art, operating=p["operating"]))))
+        assert book_p.make(None, None)[0].name == p["operating"]["policy"].split(":")[0] or \
+            book_p.make(None, None)[0].name == p["operating"]["policy"]
+    art["operating"]["stages"] = [0, 3]
+    with pytest.raises(PolicyArtifactError, match="malformed"):
+        PolicyBook(art)
+    with pytest.raises(PolicyArtifactError, match="this code reads 'optistop-policy/1' or 'optistop-policy/2'"):
+        PolicyBook(dict(art, format="optistop-policy/9"))

@@ -22,7 +22,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         r["predictor_role"] = ("fit", "calibration", "test")[i % 3]
     tiny.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
     args = ["--tiny", str(tiny), "--routellm", str(tmp / "none"), "--mmlupro", str(tmp / "none"),
-            "--cache", str(tmp / "cache"), "--seeds", "2", "--small", "60", "--jobs", "1"]
+            "--cache", str(tmp / "cache"), "--seeds", "2", "--small", "60", "--draws", "3", "--jobs", "1"]
     outs = []
     for run in ("a", "b"):
         out = tmp / run
@@ -48,7 +48,10 @@ def test_end_to_end_and_deterministic(built: tuple[Path, Path]) -> None:
     assert set(acc["pass"]) == {"quality", "cheapest_stage", "router", "hindsight"}
     assert {"served", "router", "paper", "random", "fixed:0"} <= set(t["candidates"])
     assert "p" in t["candidates"]["router"]["cost_vs_served"]
-    assert t["hindsight_curve"] and t["small"]["60"]["seeds"] == 2
+    assert t["hindsight_curve"] and t["small"]["60"]["seeds"] == 3
+    assert [p[0] for p in t["served_curve"]] == [0.85, 0.9, 0.95, 0.98]
+    assert t["small"]["60"]["ratio_to_hindsight"] == pytest.approx(t["small"]["60"]["cost"]
+                                                                   / t["small"]["60"]["hindsight_cost"])
 
 
 def test_leads_with_served_rule(built: tuple[Path, Path]) -> None:

@@ -1,0 +1,101 @@
+"""Learn-then-Test: a quality promise with a stated confidence, valid over the whole candidate set.
+
+The promise: with probability >= ``confidence`` over the fitting data, the served rule's mean quality on new
+traffic from the same distribution is >= ``tol`` x the reference stage's (tol = 0.945 at target 95%).
+
+For one candidate rule the null hypothesis is H0: E[q - tol q_ref] < 0 (q, q_ref in {0, 1} per prompt: the
+rule's and the reference stage's correctness). ``d = q - tol q_ref`` lies in [-tol, 1]; a test at level
+delta rejects H0 (certifies the rule) only with probability <= delta when H0 holds:
+
+- ``betting`` (default): Waudby-Smith & Ramdas (2023), "Estimating means of bounded random variables by
+  betting": the capital K_t = prod_i (1 + lam_i (x_i - m)) of x = (d + tol) / (1 + tol) in [0, 1] against
+  m = tol / (1 + tol) is a nonnegative supermartingale under H0 for any predictable lam_i in [0, 1/m), so
+  by Ville's inequality P(max_t K_t >= 1/delta) <= delta: finite-sample valid, and it adapts to the
+  variance of d (small when the rule and the reference mostly agree), unlike Hoeffding's range bound.
+  lam_i is WSR's predictable plug-in for a fixed n, truncated at 1 / (2m).
+- ``normal``: one-sided z-test of mean(d) (asymptotic only; kept for comparison).
+
+Fixed-sequence testing (Bauer 1991; the LTT of Angelopoulos et al. 2021): candidates ordered from the
+safest to the cheapest *before* looking at the test data are tested in that order at level delta each, and
+testing stops at the first non-rejection. The family-wise error is <= delta: the first true null reached
+is rejected with probability <= delta and nothing after it is tested. The last rejected candidate is
+served; the reference stage itself needs no test (it meets tol x itself by definition).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.stats import norm
+
+TESTS = ("betting", "normal")
+
+
+def betting_capital(x: np.ndarray, m: float, delta: float) -> np.ndarray:
+    """Running capital K_1..K_n of the WSR one-sided bet that E[x] > m, x in [0, 1]."""
+    n = len(x)
+    if n == 0:
+        return np.ones(0)
+    t = np.arange(1, n + 1)
+    csum = np.cumsum(x)
+    mu_run = (0.5 + csum) / (t + 1)                                           # after x_t, for sigma
+    sq = np.cumsum((x - mu_run) ** 2)
+    sigma2 = (0.25 + np.concatenate([[0.0], sq[:-1]])) / t                    # predictable variance estimate
+    lam = np.minimum(np.sqrt(2 * math.log(1 / delta) / (n * sigma2)), 0.5 / max(m, 1e-12))
+    return np.exp(np.cumsum(np.log1p(lam * (x - m))))
+
+
+def rejects(q: np.ndarray, q_ref: np.ndarray, tol: float, delta: float, test: str = "betting",
+            order: np.ndarray | None = None) -> bool:
+    """True iff H0: E[q - tol q_ref] < 0 is rejected at level ``delta`` (the rule is certified).
+
+    ``order``: the sequence in which the betting test sees the prompts (fixed before looking: a seeded
+    permutation; the data are exchangeable, so any fixed order is valid)."""
+    d = np.asarray(q, float) - tol * np.asarray(q_ref, float)
+    n = len(d)
+    if n == 0:
+        return False
+    if test == "normal":
+        sd = d.std(ddof=1) if n > 1 else 0.0
+        return bool(d.mean() - norm.ppf(1 - delta) * sd / math.sqrt(n) > 0) if sd > 0 else bool(d.mean() > 0)
+    if test != "betting":
+        raise ValueError(f"unknown test {test!r}; valid: {', '.join(TESTS)}")
+    x = (d + tol) / (1 + tol)
+    if order is not None:
+        x = x[order]
+    return bool(betting_capital(x, tol / (1 + tol), delta).max() >= 1 / delta)
+
+
+def fixed_sequence(tests: Sequence[Callable[[], bool]]) -> int:
+    """Index of the last candidate certified in fixed-sequence order (-1: none); stops at the first failure."""
+    last = -1
+    for i, t in enumerate(tests):
+        if not t():
+            break
+        last = i
+    return last
+
+
+def frontier_path(cost: np.ndarray, quality: np.ndarray, floor: float, cap: int = 60) -> np.ndarray:
+    """Indices of the (cost, quality) Pareto frontier, most expensive first, down to the first point whose
+    quality is below ``floor`` (kept: it may still pass on other data), thinned to ``cap`` points.
+
+    The order the fixed-sequence test walks: estimated on the fitting part only."""
+    idx = np.lexsort((-quality, cost))                 # cheapest first, best quality first among ties
+    front, best = [], -np.inf
+    for i in idx:
+        if quality[i] > best + 1e-12:
+            front.append(int(i))
+            best = quality[i]
+    front = front[::-1]                               # most expensive (best) first
+    out = []
+    for i in front:
+        out.append(i)
+        if quality[i] < floor:
+            break
+    if len(out) > cap:                                # thin evenly, keeping both ends
+        keep = np.unique(np.round(np.linspace(0, len(out) - 1, cap)).astype(int))
+        out = [out[k] for k in keep]
+    return np.asarray(out, dtype=int)

@@ -1,0 +1,163 @@
+"""Learn-then-Test and the subset cascades on numbers worked out by hand; the miss rate, simulated."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from optistop import policy as K
+from optistop.offline import cascades, ltt
+from optistop.offline import policy_fit as F
+from optistop.policy_cascade import CascadeRule
+
+NAN = float("nan")
+
+
+def test_betting_capital_by_hand() -> None:
+    # n = 3, m = 1/2: lam = min(sqrt(2 ln 10 / (3 sigma2)), 0.5 / m = 1) = 1 at every step (sigma2 <= 1/4)
+    # K = 1.5, then 1.5 (1 - 0.5) = 0.75, then 0.75 x 1.5 = 1.125
+    np.testing.assert_allclose(ltt.betting_capital(np.array([1.0, 0.0, 1.0]), 0.5, 0.1), [1.5, 0.75, 1.125])
+    # n = 100: the first bet is sqrt(2 ln 10 / (100 x 1/4)) = 0.429193 (under the cap), K_1 = 1 + 0.429193 / 2
+    k = ltt.betting_capital(np.ones(100), 0.5, 0.1)
+    assert k[0] == pytest.approx(1 + 0.5 * math.sqrt(2 * math.log(10) / 25), rel=1e-9)
+
+
+def test_rejects_needs_enough_evidence() -> None:
+    # a rule that always agrees with the reference: d = 1 - 0.945 = 0.055 per prompt, x - m = 0.055 / 1.945;
+    # the bet is capped at 1 / (2m) = 1.945 / 1.89, so the capital grows by at most 1.0291 a prompt: 20 prompts
+    # give at most 1.0291^20 = 1.77 < 10 (not certified at delta 0.1), 1000 prompts pass 10 after ~80
+    ones = np.ones(20)
+    assert not ltt.rejects(ones, ones, 0.945, 0.1)
+    ones = np.ones(1000)
+    assert ltt.rejects(ones, ones, 0.945, 0.1)
+    # a rule right on 90% of the prompts the reference gets right: ratio 0.9 < 0.945, never certified
+    q = np.tile([1.0] * 9 + [0.0], 100)
+    assert not ltt.rejects(q, np.ones(1000), 0.945, 0.1)
+    assert not ltt.rejects(q, np.ones(1000), 0.945, 0.1, test="normal")
+
+
+def test_normal_test_by_hand() -> None:
+    # d = q - 0.5 q_ref = [.5, .5, .5, -.5]: mean 0.25, sd 0.5, se 0.25:
+    # z_0.9 = 1.2816 -> lcb < 0; z_0.6 = 0.2533 -> lcb > 0
+    q, r = np.array([1.0, 1, 1, 0]), np.ones(4)
+    assert not ltt.rejects(q, r, 0.5, 0.1, test="normal")
+    assert ltt.rejects(q, r, 0.5, 0.4, test="normal")
+    with pytest.raises(ValueError, match="unknown test 'hoeffding'; valid: betting, normal"):
+        ltt.rejects(q, r, 0.5, 0.1, test="hoeffding")
+
+
+def test_fixed_sequence_stops_at_first_failure() -> None:
+    calls: list[int] = []
+
+    def t(i: int, ok: bool):
+        return lambda: calls.append(i) or ok
+
+    assert ltt.fixed_sequence([t(0, True), t(1, True), t(2, False), t(3, True)]) == 1
+    assert calls == [0, 1, 2]      # candidate 3 is never tested: its pass would not count
+    assert ltt.fixed_sequence([t(0, False), t(1, True)]) == -1
+
+
+def test_frontier_path_by_hand() -> None:
+    cost, q = np.array([1.0, 2, 3, 4]), np.array([0.5, 0.7, 0.6, 0.9])   # (3, 0.6) is dominated by (2, 0.7)
+    assert ltt.frontier_path(cost, q, 0.6).tolist() == [3, 1, 0]        # 0 is the first below the floor: kept
+    assert ltt.frontier_path(cost, q, 0.8).tolist() == [3, 1]
+
+
+def test_subset_cascade_grid_by_hand() -> None:
+    # 3 stages, costs 1 / 3 / 10; cascade 0 -> 2 (skips stage 1) at threshold 0.5 on stage 0:
+    conf = np.array([[0.9, 0.2, 0.5], [0.4, 0.9, 0.5], [0.6, 0.1, 0.5], [0.1, 0.8, 0.5]])
+    correct = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 0], [0, 1, 1]], bool)
+    a = F.Arrays(conf, correct, np.array([1.0, 3.0, 10.0]))
+    # prompts 0 and 2 stop at stage 0 (0.9, 0.6 >= 0.5): right, wrong; 1 and 3 go to stage 2: right, right
+    # quality 3/4; cost (1 + 1 + 11 + 11) / 4 = 6
+    q, c = cascades.evaluate(cascades.scores(a, (0, 2), False), correct[:, [0, 2]], a.costs[[0, 2]], np.array([[0.5]]))
+    assert (q[0], c[0]) == (0.75, 6.0)
+    rule = CascadeRule((0, 2), np.array([0.5]))
+    qs, cs = F.outcome(rule, a)
+    assert (qs.mean(), cs.mean()) == (0.75, 6.0)
+    g = cascades.grid(a, agree=False)
+    assert set(g.blocks[i][0] for i in range(len(g.blocks))) == set(cascades.subsets(3))
+    assert len(cascades.subsets(3)) == 7
+    # every grid configuration agrees with the served rule replayed through the kernel
+    for i in range(0, len(g.quality), max(1, len(g.quality) // 150)):
+        qs, cs = F.outcome(g.rule(i), a)
+        assert (qs.mean(), cs.mean()) == pytest.approx((g.quality[i], g.cost[i]))
+    # the cheapest reaching quality 0.75 (stage 2's): 0 -> 1 stopping at 0.6 on stage 0 (prompts 0 and 2
+    # stop: right, wrong; 1 and 3 run stage 1: right, right) costs (1 + 1 + 4 + 4) / 4 = 2.5; stage 1 alone 3
+    i = g.cheapest(0.75)
+    assert g.cost[i] == 2.5
+    assert g.rule(i).stages == (0, 1) and 0.4 < g.rule(i).thresholds[0] <= 0.6
+
+
+def test_cascade_rule_agreement_and_parity() -> None:
+    rule = CascadeRule((0, 1, 2), np.array([0.9, 1.5]), agree=True)
+    conf = np.array([[0.5, 0.6, NAN], [0.5, 0.4, NAN], [0.95, NAN, NAN], [NAN, NAN, NAN]])
+    resp = np.array([[3, 3, -1], [3, 3, -1], [1, -1, -1], [-1, -1, -1]])
+    d = rule.decide(K.State(conf, None, resp))
+    # row 0: agree and 0.6 >= 0.5 -> score 1.6 >= 1.5 stop; row 1: 1.4 < 1.5 go on; row 2: 0.95 >= 0.9 stop
+    assert d.stop.tolist() == [True, False, True, False]
+    assert d.next_stage.tolist() == [-1, 2, -1, 0]
+    assert d.answer_stage.tolist() == [1, -1, 0, -1]
+    for i in range(4):
+        one = rule.decide_one(conf[i].tolist(), None, resp[i].tolist())
+        assert (one.stop, one.next_stage, one.answer_stage) == (d.stop[i], d.next_stage[i], d.answer_stage[i])
+    with pytest.raises(ValueError, match="must be increasing"):
+        CascadeRule((2, 1), np.array([0.5]))
+
+
+def test_reference_stage() -> None:
+    a = F.Arrays(np.zeros((10, 3)), np.array([[1, 1, 0]] * 5 + [[0, 1, 1]] * 3 + [[0, 0, 1]] * 2, bool),
+                 np.array([1.0, 2.0, 5.0]))
+    # accuracies 0.5, 0.8, 0.5: best is stage 1, even though the last stage is dearer
+    assert F.reference_stage(a, "best") == 1
+    assert F.reference_stage(a, "last") == 2
+    assert F.reference_stage(a, "0") == 0
+    assert F.reference_stage(a, "large", ["small", "medium", "large"]) == 2
+    with pytest.raises(ValueError, match="reference 'huge' is not a stage; valid: best, last, 0..2"):
+        F.reference_stage(a, "huge")
+    tie = F.Arrays(np.zeros((2, 2)), np.array([[1, 1], [0, 0]], bool), np.array([1.0, 2.0]))
+    assert F.reference_stage(tie, "best") == 0   # equal accuracy: the cheaper stage
+
+
+def population(n: int, rng: np.random.Generator) -> F.Arrays:
+    """Three stages sharing a latent difficulty; the middle stage sometimes above the last (non-monotone)."""
+    d = rng.normal(0, 1.5, n)
+    pr = 1 / (1 + np.exp(-(np.array([-0.3, 1.2, 1.0])[None, :] - d[:, None])))
+    y = rng.random(pr.shape) < pr
+    conf = np.clip(0.5 * pr + 0.3 * y + rng.normal(0, 0.15, pr.shape), 0.01, 0.99)
+    return F.Arrays(conf, y, np.array([1.0, 4.0, 10.0]))
+
+
+def test_miss_rate_at_confidence_0_9_simulated() -> None:
+    """Fit on 300 prompts, 20 seeded draws: the share of served rules whose quality on a 20,000-prompt
+    population is below 94.5% of the reference must stay near 10% (here it must be <= 3 of 20, allowing
+    the binomial spread of 20 draws around 0.1)."""
+    rng = np.random.default_rng(7)
+    pop = population(20000, rng)
+    misses, costs = 0, []
+    crit = F.Criterion()
+    for s in range(20):
+        cal = population(300, np.random.default_rng(100 + s))
+        ch = F.choose(cal, crit, s, lambdas=(), optimal=False)
+        q, c = F.outcome(ch["rule"], pop)
+        misses += q.mean() < crit.t_lcb * pop.correct[:, ch["reference"]].mean()
+        costs.append(c.mean())
+    assert misses <= 3
+    assert np.mean(costs) < 10.0     # cheaper than the reference stage alone: the procedure has power
+
+
+def test_product_grid_by_suffix_sums_equals_direct_simulation() -> None:
+    """The fast path (sorted last position, suffix sums) gives what walking every configuration gives."""
+    rng = np.random.default_rng(3)
+    sc = rng.random((200, 4))
+    sc[:, 2] += rng.random(200) < 0.3          # agreement-shifted scores reach above 1
+    corr = rng.random((200, 4)) < 0.6
+    costs = np.array([1.0, 2.0, 5.0, 9.0])
+    levels = [np.append(np.quantile(sc[:, j], [0, 0.3, 0.7, 1]), np.inf) for j in range(3)]
+    q, c, T = cascades.evaluate_product(sc, corr, costs, levels)
+    q2, c2 = cascades.evaluate(sc, corr, costs, T)
+    assert len(T) == 5 ** 3
+    np.testing.assert_allclose(q, q2)
+    np.testing.assert_allclose(c, c2)
