@@ -154,7 +154,7 @@ real-speed: venv sysdeps $(MODELS) $(PREDICTOR)
 # The TensorRT-LLM path without a GPU: every convert/build command and rendered config, nothing touched.
 gpu-dry-run: venv
 	build/engines.sh --dry-run
-	$(BIN)/python -m optistop.serving.render --profile llmapi --spec build/qwen2.5-llmapi.toml --out llmapi_repository --dry-run
+	$(BIN)/python -m optistop.render --profile llmapi --spec build/qwen2.5-llmapi.toml --out llmapi_repository --dry-run
 	PYTHON=$(BIN)/python build/gpu-check.sh --dry-run
 
 lock: venv

@@ -9,7 +9,7 @@
 #
 # For each stage: TensorRT-LLM's Qwen convert_checkpoint.py (--dtype, --tp_size, optional weight-only),
 # trtllm-build (--gemm_plugin auto, sizes from the profile's [trtllm] table, paged context FMHA,
-# --workers = TP), then `python -m optistop.serving.render --profile trtllm` writes the stage configs. The
+# --workers = TP), then `python -m optistop.render --profile trtllm` writes the stage configs. The
 # repository holds the stages only: serve them, `optistop collect` + `label`, then `optistop calibrate
 # --spec <profile> --out <repository>` installs the cascade and a predictor calibrated for this spec.
 # Disk preflight: the engines to build + the largest converted checkpoint (one at a time; all of them with
@@ -27,7 +27,7 @@
 #   --force              rebuild even if up to date
 #   --keep-checkpoints   keep the converted TensorRT-LLM checkpoints (as large as the model)
 #   --dry-run            print the plan, commands and configs only
-# Environment: PYTHON (runs optistop.serving.render; default .venv/bin/python, else python3), TRTLLM_PYTHON
+# Environment: PYTHON (runs optistop.render.repo; default .venv/bin/python, else python3), TRTLLM_PYTHON
 #   (runs the converter; default python3), QWEN_CONVERT (TensorRT-LLM's
 #   examples/models/core/qwen/convert_checkpoint.py; default: the image's /app/examples copy).
 set -euo pipefail
@@ -73,11 +73,11 @@ TRTLLM_PYTHON=${TRTLLM_PYTHON:-python3}
 render() {
   local extra=()
   [ -n "$model_dir" ] && extra+=(--model-dir "$model_dir")
-  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m optistop.serving.render --profile trtllm \
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m optistop.render --profile trtllm \
     --spec "$profile" --engines-dir "$engines" "${extra[@]}" "${stage_args[@]}" "$@"
 }
 
-# One row per stage; columns as optistop.serving.render.PLAN_COLUMNS ("-" = empty). Spec errors end here.
+# One row per stage; columns as optistop.render.repo.PLAN_COLUMNS ("-" = empty). Spec errors end here.
 plan=$(render --plan --checkpoints-dir "$ckpts") || exit 2
 
 find_convert() {

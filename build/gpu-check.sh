@@ -72,7 +72,7 @@ print(Path(sys.argv[2]) / c.name if sys.argv[2] else c)' "$profile" "$model_dir"
   die "cannot read $profile"
 if [ -f "$first/config.json" ]; then
   spec=$work/one-stage.toml
-  cut=("$PYTHON" -m optistop.serving.gpu_check --cut "$profile" --out "$spec")
+  cut=("$PYTHON" -m optistop.render.gpu_check --cut "$profile" --out "$spec")
   [ -z "$model_dir" ] || cut+=(--model-dir "$model_dir")
   what="$(basename -- "$profile") cut to its first stage ($first)"
 else
@@ -84,17 +84,17 @@ repo=$work/model_repository
 if [ "$kind" = trtllm ]; then
   prepare=("$ROOT/build/engines.sh" --profile "$spec" --engines-dir "$work/engines" --out "$repo")
 else
-  prepare=("$PYTHON" -m optistop.serving.render --profile llmapi --spec "$spec" --out "$repo")
+  prepare=("$PYTHON" -m optistop.render --profile llmapi --spec "$spec" --out "$repo")
 fi
 serve() { exec "$ROOT/build/launch.sh" --repo "$repo" --http-port "$port" --grpc-port $((port + 1)) \
   --metrics-port $((port + 2)) --log-file "$work/$1.log"; }
 url=127.0.0.1:$port
-selftest=("$PYTHON" -m optistop.serving.gpu_check --spec "$spec" --stages --url "$url")
-prompts=("$PYTHON" -m optistop.serving.gpu_check --spec "$spec" --prompts "$work/prompts.jsonl" --n "$n_prompts")
+selftest=("$PYTHON" -m optistop.render.gpu_check --spec "$spec" --stages --url "$url")
+prompts=("$PYTHON" -m optistop.render.gpu_check --spec "$spec" --prompts "$work/prompts.jsonl" --n "$n_prompts")
 collect=("$PYTHON" -m optistop.cli collect --prompts "$work/prompts.jsonl" --url "127.0.0.1:$((port + 1))"
   --spec "$spec" --out "$work/collected.jsonl" --grader)      # + what the prompts step prints (number | exact)
 calibrate=("$PYTHON" -m optistop.cli calibrate "$work/collected.jsonl" --spec "$spec" --out "$repo")
-policies=("$PYTHON" -m optistop.serving.gpu_check --spec "$spec" --url "$url" --cascade fixed:0 optimal router)
+policies=("$PYTHON" -m optistop.render.gpu_check --spec "$spec" --url "$url" --cascade fixed:0 optimal router)
 
 if [ "$dry_run" = 1 ]; then
   show() { printf '%q ' "$@" | sed 's/ $//'; printf '%s\n' "${suffix:-}"; }

@@ -22,7 +22,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from optistop.serving.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
+from optistop.server.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
 from optistop.spec import SpecError, SupervisorSpec, load_spec, parse_supervisor
 
 
@@ -60,7 +60,7 @@ def serve(argv: list[str]) -> int:
     if given and not supervise:
         ap.error(f"{given[0]} sets up supervision; it does nothing with --no-supervise")
     if args.models:
-        from optistop.serving.split import subset_repository
+        from optistop.server.split import subset_repository
 
         try:
             spec = load_spec(args.spec) if args.spec else None
@@ -103,8 +103,8 @@ def serve(argv: list[str]) -> int:
         return _serve_bare(server, stop)
     import logging
 
-    from optistop.serving.health import models_from_repository
-    from optistop.serving.supervisor import Supervisor, SupervisorConfig
+    from optistop.server.health import models_from_repository
+    from optistop.server.supervisor import Supervisor, SupervisorConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     port = args.supervisor_port if args.supervisor_port is not None else cfg.metrics_port + 1
@@ -141,7 +141,7 @@ SUPERVISOR_FLAGS = {
 def _supervision(args: argparse.Namespace, repository: Path) -> tuple[SupervisorSpec, dict[str, float]]:
     """The supervisor's timing (spec's [supervisor] table, then the flags) and each model's wedge-window
     floor: the longest call the spec allows a stage (timeout at max_tokens_cap), their sum for the cascade."""
-    from optistop.serving.health import CASCADE, spec_of_repository
+    from optistop.server.health import CASCADE, spec_of_repository
 
     path = args.spec or spec_of_repository(repository)
     spec = load_spec(path, check_paths=False) if path else None
@@ -256,7 +256,7 @@ class Command:
 GROUPS = ("serve", "bring your own", "evaluate", "operate")
 COMMANDS = (
     Command("serve", "serve", "optistop.cli:serve", "serve the cascade with a supervised tritonserver"),
-    Command("serve-split", "serve", "optistop.serving.split:main",
+    Command("serve-split", "serve", "optistop.server.split:main",
             "the cascade with its stages on two other tritonservers (gRPC)"),
     Command("openai", "serve", "optistop.cli:openai", "an OpenAI-compatible API (/v1) over the cascade"),
     Command("spec", "bring your own", "optistop.spec:main", "validate and print a cascade spec"),
@@ -268,7 +268,7 @@ COMMANDS = (
     Command("calibrate", "bring your own", "optistop.pipeline.calibrate:main",
             "fit the quality predictor and stopping policy from labelled records"),
     Command("replay", "evaluate", "optistop.offline.replay:main", "offline replay of stopping policies on records"),
-    Command("health", "operate", "optistop.serving.health:main",
+    Command("health", "operate", "optistop.server.health:main",
             "a real inference to every model of a server; exit 1 if any fails"),
     Command("plan", "operate", "optistop.perf.plan:main", "replicas per stage for a request rate"),
     Command("audit", "operate", "optistop.audit:main",
@@ -328,7 +328,7 @@ def _check(rec: dict, text: str, grader) -> bool | None:
 
 
 def client_main(argv: list[str] | None = None) -> int:
-    """The ``optistop-client`` command: ask the cascade over gRPC or HTTP (see optistop.serving.client)."""
+    """The ``optistop-client`` command: ask the cascade over gRPC or HTTP (see optistop.client.cascade)."""
     ap = argparse.ArgumentParser(prog="optistop-client", description=_CLIENT_DOC,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompt", nargs="*", help="prompt(s), e.g. '12+35='")
@@ -350,8 +350,8 @@ def client_main(argv: list[str] | None = None) -> int:
 
     from tritonclient.utils import InferenceServerException
 
+    from optistop.client.cascade import ask, make_client, read_prompt_file
     from optistop.pipeline.label import make_grader
-    from optistop.serving.client import ask, make_client, read_prompt_file
 
     records = [{"prompt": p} for p in args.prompt]
     try:

@@ -51,7 +51,7 @@ class Stage:
 @dataclass(frozen=True)
 class SupervisorSpec:
     """``[supervisor]``: how ``optistop serve`` tells a dead or wedged backend from a slow one
-    (optistop/serving/liveness.py). Seconds throughout; ``optistop serve`` flags override each."""
+    (optistop/server/liveness.py). Seconds throughout; ``optistop serve`` flags override each."""
 
     scan_s: float = 0.5           # /proc scan for backend processes that are gone
     probe_s: float = 2.0          # readiness probe + statistics period; /healthz is stale after 3 missed
@@ -143,7 +143,7 @@ class CascadeSpec:
         return self.stage_names.index(name)
 
 
-# Top-level tables read by other loaders of the same file (optistop.serving.render, render_llmapi).
+# Top-level tables read by other loaders of the same file (optistop.render.repo, render_llmapi).
 OTHER_TABLES = ("trtllm", "llmapi")
 NOT_KEYS = ("stages", "source", "supervisor")   # CascadeSpec fields that are not keys of [cascade]
 

@@ -90,7 +90,7 @@ STAGE = Contract(
 )
 
 
-# The PyTorch-backend stage (TensorRT-LLM's LLM API, optistop.serving.llmapi_stage) serves STAGE as well:
+# The PyTorch-backend stage (TensorRT-LLM's LLM API, optistop.engines.llmapi_stage) serves STAGE as well:
 # the stock tensorrtllm_backend `llmapi` model (text in, text out, no per-token log-probs) is not used.
 
 

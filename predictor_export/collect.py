@@ -2,7 +2,7 @@
 
 $ python predictor_export/collect.py --spec cascade.toml --out artifacts/collected.jsonl   # ~1-2 min, 2 cores
 
-Each stage runs with optistop.serving.runner.StageModel (the runner behind the embedded stage engines), greedy,
+Each stage runs with optistop.engines.runner.StageModel (the runner behind the embedded stage engines), greedy,
 max_new_tokens = the spec's max_tokens_default, in fixed batches; the task suite's grader labels each
 answer. Splits are the suite's disjoint train / val / test splits (optistop.tiny.tasks.generate_split).
 
@@ -41,7 +41,7 @@ def run_stage(position: int, name: str, checkpoint: str, prompts: list[str], max
     """Greedy generations of one stage for every prompt (runs in a worker process, one torch thread)."""
     from tqdm import tqdm
 
-    from optistop.serving.runner import StageModel
+    from optistop.engines.runner import StageModel
 
     model = StageModel(checkpoint, threads=1)
     out: list[dict[str, Any]] = []

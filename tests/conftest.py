@@ -69,7 +69,7 @@ def _need_predictor() -> None:
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free loopback ports (the OS may hand the same free port out twice in a row)."""
-    from optistop.serving.embedded import free_port
+    from optistop.server.embedded import free_port
 
     ports: list[int] = []
     while len(ports) < n:
@@ -84,7 +84,7 @@ def start_server(repo: Path, log: Path, load_models: tuple[str, ...] = CORE_MODE
     ``repo`` (explicit model control; empty: every model). Stopping waits 5 s for the models to unload,
     not the production 30 (unloading a dozen models on two busy cores takes longer; the group is killed
     and its /dev/shm regions removed after); the drain itself is tested on `optistop serve`."""
-    from optistop.serving.embedded import EmbeddedServer, ServerConfig
+    from optistop.server.embedded import EmbeddedServer, ServerConfig
 
     http, grpc, metrics = free_ports(3)
     config = ServerConfig(repository=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,

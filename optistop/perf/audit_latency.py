@@ -19,7 +19,7 @@ import numpy as np
 
 
 def measure(url: str, blocks: int, rate: float, block: int = 20) -> dict[float, list[float]]:
-    from optistop.serving.client import ask, make_client
+    from optistop.client.cascade import ask, make_client
     from optistop.tiny.tasks import generate_split
 
     client = make_client(url, "grpc")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         lat = measure(args.url, args.blocks, args.rate)
     else:
-        from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+        from optistop.server.embedded import EmbeddedServer, ServerConfig, free_port
 
         cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
         with EmbeddedServer(cfg):

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_all(args: argparse.Namespace, spec: CascadeSpec) -> dict[str, Any]:
-    from optistop.serving.embedded import EmbeddedServer, ServerConfig, ServerError, free_port
+    from optistop.server.embedded import EmbeddedServer, ServerConfig, ServerError, free_port
 
     started = time.monotonic()
     meta: dict[str, Any] = {

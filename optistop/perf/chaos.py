@@ -28,8 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optistop.serving.embedded import free_port
-from optistop.serving.supervisor import stub_processes
+from optistop.server.embedded import free_port
+from optistop.server.supervisor import stub_processes
 
 TARGETS = ("stage_small", "stage_medium", "stage_large", "quality_predictor", "cascade")
 HEAL_WITHIN_S = 10.0
@@ -117,7 +117,7 @@ class Load:
         from tritonclient.utils import InferenceServerException
 
         from optistop import tensors as T
-        from optistop.serving.client import build_inputs
+        from optistop.client.cascade import build_inputs
 
         client = grpc.InferenceServerClient(self.url)
         i = w

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from optistop.serving.client import ask, make_client
-from optistop.serving.embedded import ROOT, EmbeddedServer, ServerConfig, free_port
+from optistop.client.cascade import ask, make_client
+from optistop.server.embedded import ROOT, EmbeddedServer, ServerConfig, free_port
 from optistop.tiny.tasks import generate_split
 
 PARAM, ENGINE = "predictor_in_process", "predictor_engine"

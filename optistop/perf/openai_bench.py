@@ -55,7 +55,7 @@ def start_local(spec_path: Path | None, log: Path) -> tuple[str, Any]:
     import uvicorn
 
     from optistop.frontend.app import build_app
-    from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+    from optistop.server.embedded import EmbeddedServer, ServerConfig, free_port
 
     cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     server = EmbeddedServer(cfg, log_path=log)

@@ -4,7 +4,7 @@ $ python -m optistop.perf.prefill                        # Qwen2.5-0.5B widths, 
 $ python -m optistop.perf.prefill --layers 24 --batch 8   # the real depth (2 GB of weights)
 
 The stand-in (optistop.tiny.standin) is a randomly initialised Qwen2 with Qwen2.5's 151,936-token
-vocabulary, built at run time. One prefill step is the runner's first forward (optistop.serving.runner
+vocabulary, built at run time. One prefill step is the runner's first forward (optistop.engines.runner
 ``generate_ids``): the prompt through the model with a KV cache, then the log-softmax of the last
 position. "before" projects every prompt position onto the vocabulary (what the runner did), "after" only
 the last (``logits_to_keep=1``, what it does now). Rounds alternate the two so drift in the machine's
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from optistop.serving.runner import StageModel
+    from optistop.engines.runner import StageModel
     from optistop.tiny.standin import build_standin
 
     torch.set_num_threads(args.threads)

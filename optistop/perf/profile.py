@@ -24,7 +24,7 @@ from pathlib import Path
 from optistop.perf.bench import ROOT, held_out_prompts, input_data
 from optistop.perf.parse import stats_diff
 from optistop.perf.perf_analyzer import BenchError, perf_analyzer_env, triton_stats
-from optistop.serving.embedded import free_port
+from optistop.server.embedded import free_port
 from optistop.spec import DEFAULT_SPEC, load_spec
 
 IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "concurrent/futures/thread.py:81)")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pyspy:
         print("error: py-spy not found; pip install py-spy", file=sys.stderr)
         return 1
-    from optistop.serving.embedded import EmbeddedServer, ServerConfig
+    from optistop.server.embedded import EmbeddedServer, ServerConfig
 
     spec = load_spec(DEFAULT_SPEC, check_paths=False)
     args.raw.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from optistop.tiny.tasks import generate_split, grade
 def stage_answers(svc: Any, prompts: list[tuple[int, ...]], temperature: float, batch: int
                   ) -> list[list[StageOutput]]:
     """answers[stage][prompt] of every stage engine, greedy (temperature 0) or sampled, seed = prompt index."""
-    from optistop.serving.runner import Sampling, StageModel
+    from optistop.engines.runner import Sampling, StageModel
 
     out = []
     for stage in svc.spec.stages:

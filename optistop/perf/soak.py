@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from optistop.serving.client import ask, build_inputs, make_client
+from optistop.client.cascade import ask, build_inputs, make_client
 from optistop.tiny.tasks import generate_split
 
 BAD: list[dict] = [
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--url needs --server-pid to measure the server's memory")
         report = run_load(args.url, args.server_pid, args.duration, args.concurrency)
     else:
-        from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
+        from optistop.server.embedded import EmbeddedServer, ServerConfig, free_port
 
         prefix = f"optistop_soak_{os.getpid()}_"
         cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),

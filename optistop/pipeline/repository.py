@@ -3,7 +3,7 @@
 $ optistop repo --spec my_cascade.toml --out my_repo                 # CPU: stage engines over HF checkpoints
 $ optistop repo --spec my_cascade.toml --out my_repo --predictor DIR # + cascade and a calibrated predictor
 
-Stages are rendered by optistop.serving.render (one template for every profile) and get the project's
+Stages are rendered by optistop.render.repo (one template for every profile) and get the project's
 stage model.py. The cascade models (``cascade`` and the streaming ``cascade_stream``), the quality_predictor
 model and each stage's streaming variant (``<stage>_stream``, the decoupled stage model.py) join them only
 with a calibrated predictor (model.onnx + model.json + policy.json from ``optistop calibrate``): a cascade
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from optistop import ROOT
-from optistop.serving.render import CASCADE_MODEL, RESOLVED_SPEC, render_all, spec_toml
+from optistop.render.repo import CASCADE_MODEL, RESOLVED_SPEC, render_all, spec_toml
 from optistop.serving.streaming import stream_model
 from optistop.spec import CascadeSpec, SpecError, load_spec
 

@@ -8,7 +8,7 @@ A dead model (its backend stub killed, not loaded, being reloaded) is told apart
 this request: tritonserver 2.51 answers ``Stub process '<model>_0_0' is not healthy`` only after about
 a second, so after such an answer the model is marked down for ``DOWN_S`` and calls to it fail at once.
 The cascade loop then degrades to the living stages (optistop/cascade.py) instead of every request
-paying that second while the supervisor reloads the model (optistop/serving/supervisor.py).
+paying that second while the supervisor reloads the model (optistop/server/supervisor.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ STREAM_SUFFIX = "_stream"
 
 
 def stream_model(triton_model: str) -> str:
-    """The Triton name of a stage engine's decoupled streaming variant (rendered by serving.render)."""
+    """The Triton name of a stage engine's decoupled streaming variant (rendered by optistop.render.repo)."""
     return triton_model + STREAM_SUFFIX
 
 

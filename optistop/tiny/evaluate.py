@@ -65,7 +65,7 @@ def hierarchy_checks(results: dict[str, dict]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from optistop.serving.runner import StageModel
+    from optistop.engines.runner import StageModel
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=Path("models/tiny"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from optistop.pipeline import repository as R
-from optistop.serving.render import RESOLVED_SPEC
+from optistop.render.repo import RESOLVED_SPEC
 from optistop.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_openai_app_of_a_byo_repository_serves_its_spec(tmp_path: Path) -> None:
 def test_gpu_profiles_refuse_the_embedded_engine_knobs(tmp_path: Path) -> None:
     import dataclasses
 
-    from optistop.serving.render import render_all
+    from optistop.render.repo import render_all
 
     spec = load_spec(CHAT)
     threads = dataclasses.replace(spec, stages=(dataclasses.replace(spec.stages[0], torch_threads=4),)

@@ -253,7 +253,7 @@ def test_missing_checkpoint_is_named_before_any_conversion(fake_gpu: dict) -> No
 # --- launch.sh ------------------------------------------------------------------------------------------
 
 def test_launch_dry_run_is_orchestrator_mode_over_all_gpus(tmp_path: Path) -> None:
-    from optistop.serving import render
+    from optistop.render import repo as render
 
     repo = tmp_path / "repo"
     assert render.main(["--profile", "trtllm", "--spec", str(QWEN), "--engines-dir", str(tmp_path / "e"),

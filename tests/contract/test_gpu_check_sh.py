@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from optistop.serving import render
-from optistop.serving.gpu_check import one_stage_profile
-from optistop.serving.render_llmapi import load_llmapi_settings
+from optistop.render import repo as render
+from optistop.render.gpu_check import one_stage_profile
+from optistop.render.llmapi import load_llmapi_settings
 from optistop.spec import DEFAULT_SPEC, load_spec
 
 ROOT = DEFAULT_SPEC.parent

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from optistop.pipeline import calibrate
-from optistop.serving import render
+from optistop.render import repo as render
 from optistop.serving.cascade_service import CascadeService
 from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
 from tests.unit.test_predictor_pipeline import synthetic_records

@@ -1,4 +1,4 @@
-"""The PyTorch-backend stage (optistop.serving.llmapi_stage, llmapi_host and its model.py) against a
+"""The PyTorch-backend stage (optistop.engines.llmapi_stage, llmapi_host and its model.py) against a
 hand-written fake of TensorRT-LLM's LLM API.
 
 The fake's shape is pinned to the TensorRT-LLM sources read for this (NVIDIA/TensorRT-LLM, 1.x line):
@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from optistop import tensors as T
-from optistop.serving import render
-from optistop.serving.llmapi_stage import LlmapiStage, set_visible_gpus
+from optistop.engines.llmapi_stage import LlmapiStage, set_visible_gpus
+from optistop.render import repo as render
 from optistop.spec import DEFAULT_SPEC
 from tests import fake_pb_utils as pb
 

@@ -1,4 +1,4 @@
-"""optistop.serving.render: committed CPU configs equal what render produces; GPU profiles render and validate."""
+"""optistop.render.repo: committed CPU configs equal what render produces; GPU profiles render and validate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from optistop.serving import render
+from optistop.render import repo as render
 from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
 
 ROOT = DEFAULT_SPEC.parent
@@ -20,8 +20,8 @@ def test_committed_cpu_configs_are_rendered_not_hand_edited() -> None:
     names = [s.triton_model for s in spec.stages]
     assert [r.path.parent.name for r in rendered] == names + [f"{n}_stream" for n in names]
     for r in rendered:
-        assert r.path.exists(), f"{r.path} missing; run python -m optistop.serving.render"
-        assert r.path.read_text() == r.text, f"{r.path} is hand-edited; run python -m optistop.serving.render"
+        assert r.path.exists(), f"{r.path} missing; run python -m optistop.render.repo"
+        assert r.path.read_text() == r.text, f"{r.path} is hand-edited; run python -m optistop.render.repo"
 
 
 def test_check_mode_flags_a_hand_edit(tmp_path: Path) -> None:

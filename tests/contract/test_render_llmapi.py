@@ -1,5 +1,5 @@
 """Profile llmapi: rendered configs of the PyTorch-backend GPU profile: the project's LLM-API stage
-(optistop.serving.llmapi_stage) serving the stage contract, its model.yaml and launch.sh over it."""
+(optistop.engines.llmapi_stage) serving the stage contract, its model.yaml and launch.sh over it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from optistop import tensors as T
-from optistop.serving import render
+from optistop.render import repo as render
 from optistop.spec import DEFAULT_SPEC, load_spec
 
 ROOT = DEFAULT_SPEC.parent

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from optistop.serving.embedded import EmbeddedServer, free_port
+from optistop.server.embedded import EmbeddedServer, free_port
 from tests.conftest import TOKEN_DELAY_S as OPENAI_TOKEN_DELAY_S
 
 __all__ = ["OPENAI_TOKEN_DELAY_S"]

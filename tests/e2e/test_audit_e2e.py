@@ -17,7 +17,7 @@ import pytest
 
 from optistop import ROOT
 from optistop.audit import read_log
-from optistop.serving.client import ask, make_client
+from optistop.client.cascade import ask, make_client
 from optistop.spec import load_spec
 from tests.e2e.test_metrics_e2e import scrape
 
@@ -84,7 +84,7 @@ def test_audits_land_in_the_log_and_the_gauges_move(server) -> None:
     assert gauge(after, "audits_in_window") >= 10 and gauge(after, "audit_cost_share") > 0
     assert gauge(after, "drift_alarm") == 1.0   # 12 wrong-or-not of 18: far below any tolerance
     assert counter(after, "drift_alarms_total") >= 1
-    from optistop.serving.health import quality_line  # what `optistop health --metrics-url` prints
+    from optistop.server.health import quality_line  # what `optistop health --metrics-url` prints
 
     line = quality_line(f"{server.cfg.host}:{server.cfg.metrics_port}")
     assert f"over {gauge(after, 'audits_in_window'):g} audits" in line and "DRIFT ALARM" in line, line

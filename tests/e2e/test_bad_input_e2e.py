@@ -10,7 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from optistop.serving.client import ask, build_inputs, make_client
+from optistop.client.cascade import ask, build_inputs, make_client
 
 GOOD = "12+35="
 

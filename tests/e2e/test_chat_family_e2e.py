@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from optistop.client.cascade import ask, make_client
 from optistop.pipeline import calibrate, collect, label, repository
-from optistop.serving.client import ask, make_client
-from optistop.serving.embedded import EmbeddedServer
+from optistop.server.embedded import EmbeddedServer
 from optistop.serving.streaming import stream_model
 from optistop.serving.tokenizers import PromptEncoder
 from optistop.spec import load_spec

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from optistop.serving.client import ask, make_client
+from optistop.client.cascade import ask, make_client
 
 HARD = "4821+3777="
 

@@ -1,4 +1,4 @@
-"""optistop.serving.gpu_check (what build/gpu-check.sh runs on a GPU node) against the real CPU server:
+"""optistop.render.gpu_check (what build/gpu-check.sh runs on a GPU node) against the real CPU server:
 the stage self-test and the cascade checks speak the same contract to the embedded stages as to
 TensorRT-LLM engines or the PyTorch-backend stage, so they must pass here, and fail on a broken stage."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from optistop.serving import gpu_check
+from optistop.render import gpu_check
 from optistop.spec import DEFAULT_SPEC, load_spec
 
 

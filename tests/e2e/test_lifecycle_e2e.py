@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from optistop.perf.chaos import Load, _children, _get
-from optistop.serving.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
-from optistop.serving.supervisor import stub_processes
+from optistop.server.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
+from optistop.server.supervisor import stub_processes
 from tests.conftest import CORE_MODELS
 
 

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from optistop.serving.client import ask, make_client
+from optistop.client.cascade import ask, make_client
 from optistop.serving.prometheus import FLUSH_S
 from optistop.spec import load_spec
 

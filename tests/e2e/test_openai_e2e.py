@@ -17,7 +17,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from optistop.serving.embedded import EmbeddedServer  # noqa: E402
+from optistop.server.embedded import EmbeddedServer  # noqa: E402
 from tests.e2e.conftest import OPENAI_TOKEN_DELAY_S  # noqa: E402
 
 TOKEN_DELAY_S = OPENAI_TOKEN_DELAY_S

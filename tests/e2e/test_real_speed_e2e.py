@@ -36,8 +36,8 @@ import numpy as np
 import pytest
 
 from optistop.perf.chaos import _children, _get
-from optistop.serving.embedded import free_port
-from optistop.serving.supervisor import stub_processes
+from optistop.server.embedded import free_port
+from optistop.server.supervisor import stub_processes
 from tests.repos.paced_stage import install
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_dir) -> Iterator[Served]:
-    from optistop.serving.split import subset_repository
+    from optistop.server.split import subset_repository
     from optistop.spec import load_spec
 
     tmp = tmp_path_factory.mktemp("real_speed")
@@ -130,7 +130,7 @@ def test_collect_at_default_settings_records_no_errors(served) -> None:
 
 
 def test_cascade_under_two_clients_answers_every_request(served) -> None:
-    from optistop.serving.client import ask, make_client
+    from optistop.client.cascade import ask, make_client
     from optistop.tiny.tasks import generate_split
 
     prompts = [it.prompt for it in generate_split("test", REQUESTS_PER_CLIENT, seed=12)][:2 * REQUESTS_PER_CLIENT]

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from optistop.serving.client import Answer, ask, make_client
-from optistop.serving.runner import StageModel
+from optistop.client.cascade import Answer, ask, make_client
+from optistop.engines.runner import StageModel
 from optistop.spec import load_spec
 from optistop.tiny.tasks import generate_split
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from optistop.serving.client import Answer, ask, make_client
-from optistop.serving.embedded import EmbeddedServer, free_port
+from optistop.client.cascade import Answer, ask, make_client
+from optistop.server.embedded import EmbeddedServer, free_port
+from optistop.server.split import CASCADE_SERVER, SplitServer, build_split, default_layout
 from optistop.serving.remote import RemoteError, RemoteTriton, RetryPolicy
-from optistop.serving.split import CASCADE_SERVER, SplitServer, build_split, default_layout
 from optistop.spec import load_spec
 from optistop.tiny.tasks import generate_split
 from tests.conftest import free_ports

@@ -1,6 +1,6 @@
 """Test-only: the production stage engine at a real model's speed, with faults injected on purpose.
 
-Wraps ``optistop.serving.stage.StageEngine`` unchanged (the production engine knows nothing of tests) and
+Wraps ``optistop.engines.stage.StageEngine`` unchanged (the production engine knows nothing of tests) and
 adds, from the test repository's config.pbtxt parameters (all optional, all strings):
 
 - ``prefill_ms``: slept once per batch before the first token (a real model's prompt pass);
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from optistop import tensors as T
-from optistop.serving.runner import Generated
-from optistop.serving.stage import to_tensors
+from optistop.engines.runner import Generated
+from optistop.engines.stage import to_tensors
 
 FAULTS = ("error", "empty", "hang_on_token:<id>")
 PARAMETERS = ("prefill_ms", "token_ms", "fault")

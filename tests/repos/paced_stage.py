@@ -35,7 +35,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         from optistop import tensors as T
-        from optistop.serving.stage import StageEngine
+        from optistop.engines.stage import StageEngine
         from optistop.serving.triton_glue import model_parameters
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from optistop.client.cascade import read_prompt_file
 from optistop.pipeline.collect import default_concurrency, done_ids
 from optistop.predictor import evaluate as E
-from optistop.serving.client import read_prompt_file
 from optistop.spec import DEFAULT_SPEC, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -130,10 +130,10 @@ def test_stage_engine_reads_sampling_as_tensorrt_llm_does() -> None:
     """Greedy when runtime_top_k is 1, temperature 0, or neither top_k nor top_p asks for sampling; what
     the BLS sends for a sampled request (optistop.serving.bls.stage_request) samples."""
     from optistop import tensors as T
+    from optistop.engines.runner import Sampling
+    from optistop.engines.stage import StageEngine
     from optistop.serving.bls import stage_request
     from optistop.serving.request import RequestError
-    from optistop.serving.runner import Sampling
-    from optistop.serving.stage import StageEngine
 
     greedy = stage_request([1, 2], 4, 0, 0)
     assert StageEngine.sampling(greedy) is None and T.RANDOM_SEED not in greedy

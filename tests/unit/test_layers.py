@@ -1,6 +1,7 @@
 """The package's layers: no module imports from a layer above it (issue: package layout).
 
-core (optistop/*.py) <- serving, offline <- predictor, tiny <- report, perf, pipeline <- cli. A request's path
+core (optistop/*.py) <- serving (inside Triton) <- engines (stage engines, inside Triton too); client,
+offline <- server, render, predictor, tiny <- report, perf, pipeline, frontend <- cli. A request's path
 client -> cascade model.py -> serving -> core never climbs back up. Imports are read with ast, so lazy
 imports inside functions count too.
 """
@@ -15,15 +16,21 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "optistop"
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
-    "serving": {"core", "serving"},
+    "serving": {"core", "serving"},                     # imported inside Triton: the request path ends here
+    "engines": {"core", "serving", "engines"},          # stage engines, also inside Triton
+    "client": {"core", "client"},                       # a client of the served cascade (tritonclient)
+    "server": {"core", "serving", "engines", "render", "client", "server"},   # tritonserver's process lifecycle
+    "render": {"core", "serving", "engines", "tiny", "client", "render"},     # repositories; the GPU check
     "offline": {"core", "offline"},
     "predictor": {"core", "serving", "offline", "predictor"},  # export checks parity through the served runtime
-    "tiny": {"core", "serving", "tiny"},
+    "tiny": {"core", "serving", "engines", "tiny"},
     "report": {"core", "offline", "report"},
-    "pipeline": {"core", "serving", "offline", "predictor", "pipeline"},
-    "perf": {"core", "serving", "offline", "tiny", "perf", "frontend"},
-    "frontend": {"core", "serving", "frontend"},
-    "cli": {"core", "serving", "offline", "predictor", "tiny", "report", "perf", "pipeline", "frontend", "cli"},
+    "pipeline": {"core", "serving", "engines", "offline", "predictor", "render", "client", "pipeline"},
+    "perf": {"core", "serving", "engines", "server", "render", "client", "offline", "tiny", "report", "perf",
+             "frontend"},
+    "frontend": {"core", "serving", "client", "frontend"},
+    "cli": {"core", "serving", "engines", "server", "render", "client", "offline", "predictor", "tiny", "report",
+            "perf", "pipeline", "frontend", "cli"},
 }
 
 
@@ -71,5 +78,5 @@ def test_no_import_climbs_a_layer(path: Path) -> None:
 
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     src = tmp_path / "x.py"
-    src.write_text("def f():\n    from optistop.serving.embedded import EmbeddedServer\n")
-    assert layer_of_module(imported(src)[0]) == "serving" and "serving" not in ALLOWED["core"]
+    src.write_text("def f():\n    from optistop.server.embedded import EmbeddedServer\n")
+    assert layer_of_module(imported(src)[0]) == "server" and "server" not in ALLOWED["serving"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from optistop import tensors as T
-from optistop.serving.stage import StageEngine
+from optistop.engines.stage import StageEngine
 from tests.repos import paced_engine
 from tests.repos.paced_engine import PacedEngine
 

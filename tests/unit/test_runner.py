@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optistop.serving.runner import StageModel
+from optistop.engines.runner import StageModel
 from optistop.tiny.tasks import generate_split
 
 
@@ -59,7 +59,7 @@ def test_sampling_is_seeded_per_row_and_reports_the_models_own_log_probs(small: 
     """Sampled rows draw from softmax(logits / T) with their own seeded generator: the same seed gives the
     same tokens whatever the batch mates; another seed or greedy differs somewhere; log-probs stay the
     model's (temperature 1), checked against one forward pass."""
-    from optistop.serving.runner import Sampling
+    from optistop.engines.runner import Sampling
 
     prompts = [small.encode(it.prompt) for it in generate_split("test", 8)]
     hot = Sampling(temperature=1.5, seed=7)

@@ -138,7 +138,7 @@ def test_unknown_keys_are_refused_naming_the_valid_ones(tmp_path: Path, old: str
 
 def test_every_field_is_a_key_the_loader_reads(tmp_path: Path) -> None:
     """Keys are the dataclass fields: every field of the default spec, written out, loads back equal."""
-    from optistop.serving.render import spec_toml
+    from optistop.render.repo import spec_toml
 
     spec = load_spec()
     path = tmp_path / "resolved.toml"
@@ -163,7 +163,7 @@ def test_toml_without_tomllib(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['tomllib'] = None\n"
         "from optistop.spec import load_spec\n"
-        "from optistop.serving import render, render_llmapi\n"
+        "from optistop.render import llmapi as render_llmapi, repo as render\n"
         "from optistop.compat import tomllib\n"
         "assert tomllib.__name__ == 'tomli', tomllib\n"
         "spec = load_spec()\n"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
-from optistop.serving.health import ModelHealth
-from optistop.serving.liveness import Progress, Watch, pending_from_metrics, progress_from_stats
-from optistop.serving.supervisor import Supervisor, SupervisorConfig
-from optistop.serving.supervisor_http import healthz, metrics_text
+from optistop.server.embedded import EmbeddedServer, ServerConfig, free_port
+from optistop.server.health import ModelHealth
+from optistop.server.liveness import Progress, Watch, pending_from_metrics, progress_from_stats
+from optistop.server.supervisor import Supervisor, SupervisorConfig
+from optistop.server.supervisor_http import healthz, metrics_text
 from optistop.spec import DEFAULT_SPEC, SpecError, SupervisorSpec, load_spec, parse_supervisor
 
 T = SupervisorSpec(probe_s=1.0, slow_s=3.0, wedge_s=10.0, wedge_factor=4.0)
@@ -178,7 +178,7 @@ def test_healthz_goes_stale_after_three_missed_probe_periods() -> None:
 def test_health_check_builds_one_client_per_model_and_reuses_it(monkeypatch) -> None:
     import tritonclient.grpc as grpc
 
-    from optistop.serving import health
+    from optistop.server import health
 
     built: list[str] = []
 
@@ -198,7 +198,7 @@ def test_health_check_builds_one_client_per_model_and_reuses_it(monkeypatch) -> 
 
 
 def test_the_served_spec_is_found_from_the_repository(tmp_path: Path) -> None:
-    from optistop.serving.health import spec_of_repository
+    from optistop.server.health import spec_of_repository
 
     assert spec_of_repository(DEFAULT_SPEC.parent / "model_repository") == DEFAULT_SPEC
     assert spec_of_repository(tmp_path) is None  # a stage-only repository: built-in timing, no floors

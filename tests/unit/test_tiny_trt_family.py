@@ -45,7 +45,7 @@ def test_files_are_the_manifest_and_small_and_share_the_tiny_tokenizer() -> None
 
 
 def test_loads_with_transformers_and_generates() -> None:
-    from optistop.serving.runner import StageModel
+    from optistop.engines.runner import StageModel
 
     spec = load_spec(ROOT / "build" / "tiny-trtllm.toml", check_paths=True)
     assert [s.checkpoint for s in spec.stages] == [(FAMILY / m).resolve() for m in MEMBERS]

@@ -1,4 +1,4 @@
-"""Stage engine (CPU stand-in for a TensorRT-LLM engine): thin glue over optistop.serving.stage.
+"""Stage engine (CPU stand-in for a TensorRT-LLM engine): thin glue over optistop.engines.stage.
 
 Serves the Hugging Face causal-LM directory named by the ``checkpoint_dir`` parameter (relative to this
 model's directory) with the tensorrt_llm tensor contract. stage_medium and stage_large link to this file.
@@ -15,8 +15,8 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import triton_python_backend_utils as pb_utils
 
 from optistop import tensors as T
+from optistop.engines.stage import StageEngine
 from optistop.serving.request import RequestError
-from optistop.serving.stage import StageEngine
 from optistop.serving.triton_glue import error_response, log_failure, model_parameters, read_inputs, response
 
 INPUTS = [t.name for t in T.STAGE.inputs]

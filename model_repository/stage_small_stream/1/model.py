@@ -1,4 +1,4 @@
-"""Streaming stage engine (decoupled): thin glue over optistop.serving.stage.StageEngine.run_streaming.
+"""Streaming stage engine (decoupled): thin glue over optistop.engines.stage.StageEngine.run_streaming.
 
 The same checkpoint and tensor contract as stage_small, plus tensorrt_llm's ``streaming`` input: each
 generated token goes out in its own response as it is chosen, then a final flag. The cascade_stream model
@@ -16,8 +16,8 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 import triton_python_backend_utils as pb_utils
 
 from optistop import tensors as T
+from optistop.engines.stage import StageEngine
 from optistop.serving.request import RequestError
-from optistop.serving.stage import StageEngine
 from optistop.serving.triton_glue import error_response, log_failure, model_parameters, read_inputs, response
 
 INPUTS = [t.name for t in T.STAGE_STREAM.inputs]

@@ -3,10 +3,10 @@
 No engines: each stage directory gets a config.pbtxt with the project's stage contract
 (``optistop.tensors.STAGE``, so bls.py calls it as it calls a TensorRT engine), ``1/model.yaml`` with the
 ``tensorrt_llm.LLM(**kwargs)`` arguments, and ``1/model.py``, the thin glue
-optistop/serving/triton_models/llmapi_stage.py over optistop.serving.llmapi_stage (token ids in; output_ids,
+optistop/engines/triton_models/llmapi_stage.py over optistop.engines.llmapi_stage (token ids in; output_ids,
 sequence_length and per-token output_log_probs out). The stock tensorrtllm_backend ``llmapi`` model is not
 used: it takes text, returns no per-token log-probs and places one instance on GPU 0.
-Called through ``python -m optistop.serving.render --profile llmapi``.
+Called through ``python -m optistop.render --profile llmapi``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from optistop.serving.streaming import stream_model
 from optistop.spec import CascadeSpec, SpecError, Stage, check_keys
 from optistop.tensors import STAGE, STAGE_STREAM
 
-MODEL_PY = Path(__file__).resolve().parent / "triton_models" / "llmapi_stage.py"   # -> 1/model.py
+MODEL_PY = Path(__file__).resolve().parents[1] / "engines" / "triton_models" / "llmapi_stage.py"   # -> 1/model.py
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def stage_files(spec: CascadeSpec, stage: Stage, s: LlmapiSettings, label: str, 
                 parameters: Any, repo: Path, stream: bool = False) -> dict[Path, str]:
     """{path: text} of one stage (``stream``: its decoupled ``<triton_model>_stream`` variant, a second
     LLM on the same GPUs): config.pbtxt, 1/model.yaml and 1/model.py."""
-    from optistop.serving.render import STAGE_TEMPLATE
+    from optistop.render.repo import STAGE_TEMPLATE
 
     name = stream_model(stage.triton_model) if stream else stage.triton_model
     contract = STAGE_STREAM if stream else STAGE

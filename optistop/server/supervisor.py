@@ -5,7 +5,7 @@ $ optistop serve --wedge-timeout 120 --probe-interval 5    # or the spec's [supe
 
 tritonserver 2.51 does not restart a Python-backend stub that died (kill -9, OOM, segfault), and its
 readiness endpoints keep answering 200 (DESIGN.md, "Facts found"). What counts as what
-(optistop/serving/liveness.py has the rules):
+(optistop/server/liveness.py has the rules):
 
 - **dead**: a backend stub process of the model is gone (a /proc scan every ``scan_s``), or a readiness
   probe is answered "stub not healthy" / "not loaded". Unloaded and loaded again.
@@ -19,7 +19,7 @@ A model that answers with an error is alive: that is the cascade's business.
 Recovery goes through Triton's model-repository API (explicit model control; the API answers only requests
 that carry this supervisor's random token, sent over loopback). If the reload fails, or tritonserver itself
 exited, the whole server restarts. Each recovery is logged and counted on the supervisor's own port
-(optistop/serving/supervisor_http.py: ``/metrics``, and ``/healthz``, a Kubernetes readiness probe).
+(optistop/server/supervisor_http.py: ``/metrics``, and ``/healthz``, a Kubernetes readiness probe).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optistop.serving import liveness
-from optistop.serving.embedded import EmbeddedServer, ServerError
-from optistop.serving.health import ModelHealth, probe
-from optistop.serving.liveness import STUB_BINARY, Stub, Verdict, stub_processes  # noqa: F401 - re-exported
+from optistop.server import liveness
+from optistop.server.embedded import EmbeddedServer, ServerError
+from optistop.server.health import ModelHealth, probe
+from optistop.server.liveness import STUB_BINARY, Stub, Verdict, stub_processes  # noqa: F401 - re-exported
 from optistop.spec import SupervisorSpec
 
 log = logging.getLogger("optistop.supervisor")
@@ -98,7 +98,7 @@ class Supervisor:
     def run(self, stop: threading.Event) -> None:
         """Supervise until ``stop`` is set; the caller then drains (``drain``). Probes run in their own
         thread, so a slow probe never delays the stub scan; every recovery happens here, in order."""
-        from optistop.serving.supervisor_http import serve_http
+        from optistop.server.supervisor_http import serve_http
 
         if self.cfg.metrics_port is not None and self._http is None:
             self._http = serve_http(self, self.server.cfg.host, self.cfg.metrics_port)
@@ -283,8 +283,8 @@ class Supervisor:
         log.warning("tritonserver restarted in %.1fs", time.monotonic() - t0)
 
     def drain(self) -> int | None:
-        """SIGTERM: refuse new requests, let in-flight ones finish, stop (optistop/serving/drain.py)."""
-        from optistop.serving.drain import drain
+        """SIGTERM: refuse new requests, let in-flight ones finish, stop (optistop/server/drain.py)."""
+        from optistop.server.drain import drain
 
         code = drain(self)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""Draining a supervised server on SIGTERM (optistop/serving/supervisor.py), within ``--drain-timeout``.
+"""Draining a supervised server on SIGTERM (optistop/server/supervisor.py), within ``--drain-timeout``.
 
 1. /healthz turns 503 (``sup.draining``) so a load balancer stops sending;
 2. the entry model (cascade) is unloaded: new requests are refused at once while Triton lets the in-flight
@@ -16,11 +16,11 @@ import time
 import urllib.error
 from typing import TYPE_CHECKING
 
-from optistop.serving.embedded import ServerError
-from optistop.serving.liveness import stub_processes
+from optistop.server.embedded import ServerError
+from optistop.server.liveness import stub_processes
 
 if TYPE_CHECKING:
-    from optistop.serving.supervisor import Supervisor
+    from optistop.server.supervisor import Supervisor
 
 log = logging.getLogger("optistop.supervisor")
 

@@ -1,7 +1,7 @@
-"""The Triton side of the PyTorch-backend stage (optistop.serving.llmapi_stage): model.yaml -> ``LLM``, one
+"""The Triton side of the PyTorch-backend stage (optistop.engines.llmapi_stage): model.yaml -> ``LLM``, one
 event loop thread that every request runs on, and the plain and decoupled execute paths.
 
-Used by optistop/serving/triton_models/llmapi_stage.py (copied as each llmapi stage's 1/model.py by
+Used by optistop/engines/triton_models/llmapi_stage.py (copied as each llmapi stage's 1/model.py by
 ``render --profile llmapi``). ``pb_utils`` is passed in, never imported here.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from optistop import tensors as T
-from optistop.serving.llmapi_stage import LlmapiStage, set_visible_gpus
+from optistop.engines.llmapi_stage import LlmapiStage, set_visible_gpus
 from optistop.serving.request import RequestError
 from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
 

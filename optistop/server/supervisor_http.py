@@ -1,4 +1,4 @@
-"""The supervisor's own HTTP endpoint (optistop/serving/supervisor.py), on ``--supervisor-port``:
+"""The supervisor's own HTTP endpoint (optistop/server/supervisor.py), on ``--supervisor-port``:
 
 - ``/healthz``: 200 only while every model answered its last readiness probe, a probe round finished within
   the last 3 probe periods (a stuck probe thread or a hung server turns it 503), no recovery is under way
@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from optistop.serving.supervisor import Supervisor
+    from optistop.server.supervisor import Supervisor
 
 
 def metrics_text(sup: Supervisor) -> str:

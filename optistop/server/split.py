@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optistop.policy_artifact import FILE_NAME as POLICY_FILE
-from optistop.serving.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
-from optistop.serving.render import CASCADE_MODEL, point_cascade_at
+from optistop.render.repo import CASCADE_MODEL, point_cascade_at
+from optistop.server.embedded import DEFAULT_REPOSITORY, EmbeddedServer, ServerConfig, ServerError
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec
 
 CASCADE_SERVER = "cascade"

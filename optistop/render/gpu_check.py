@@ -1,9 +1,9 @@
 """The checks of build/gpu-check.sh on a running server; each exits non-zero with one line per failure.
 
-$ python -m optistop.serving.gpu_check --cut build/qwen2.5-trtllm.toml --out one-stage.toml
-$ python -m optistop.serving.gpu_check --spec one-stage.toml --stages --url 127.0.0.1:8000     # log-prob self-test
-$ python -m optistop.serving.gpu_check --spec one-stage.toml --prompts prompts.jsonl --n 48     # prints the grader
-$ python -m optistop.serving.gpu_check --spec one-stage.toml --cascade fixed:0 optimal router --url 127.0.0.1:8000
+$ python -m optistop.render.gpu_check --cut build/qwen2.5-trtllm.toml --out one-stage.toml
+$ python -m optistop.render.gpu_check --spec one-stage.toml --stages --url 127.0.0.1:8000     # log-prob self-test
+$ python -m optistop.render.gpu_check --spec one-stage.toml --prompts prompts.jsonl --n 48     # prints the grader
+$ python -m optistop.render.gpu_check --spec one-stage.toml --cascade fixed:0 optimal router --url 127.0.0.1:8000
 
 ``--stages`` sends every stage of the spec one chat request (``messages``, templated as the cascade templates
 them) in the stage contract (both GPU profiles serve it) and checks that output_log_probs are there and not
@@ -146,7 +146,7 @@ def write_prompts(spec: CascadeSpec, out: Path, n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optistop.serving.gpu_check", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m optistop.render.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--spec", type=Path, help="the profile the server runs")
     ap.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP host:port")
     ap.add_argument("--cut", type=Path, metavar="PROFILE", help="write PROFILE cut to its first stage to --out")

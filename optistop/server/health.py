@@ -8,9 +8,9 @@ model whose stub process died keeps answering ready while every request to it fa
 '<model>_0_0' is not healthy". Only an inference tells. Each probe is the smallest request the model's
 contract allows: one generated token for a stage, a zero feature vector for the predictor, a two-token
 answer for the cascade (default policy, so a cascade that degrades to its living stages is healthy; the
-degraded flag is shown). The supervisor (optistop/serving/supervisor.py) sends the same probe as its
+degraded flag is shown). The supervisor (optistop/server/supervisor.py) sends the same probe as its
 readiness check, but lets it wait behind real work: it judges liveness from Triton's statistics
-(optistop/serving/liveness.py), since a real model busy with a batch answers any probe late.
+(optistop/server/liveness.py), since a real model busy with a batch answers any probe late.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def models_from_server(url: str) -> dict[str, str]:
     client = grpc.InferenceServerClient(url)
     roles: dict[str, str] = {}
     # The statistics API lists every loaded model and stays open when the supervisor restricts the
-    # model-repository API to itself (optistop.serving.supervisor).
+    # model-repository API to itself (optistop.server.supervisor).
     names = sorted({s.name for s in client.get_inference_statistics().model_stats})
     for name in names:
         try:

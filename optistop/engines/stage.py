@@ -1,5 +1,5 @@
 """The CPU stage engine behind model_repository/stage_*/1/model.py: the tensorrt_llm tensor contract
-(optistop.tensors.STAGE) over ``optistop.serving.runner.StageModel``.
+(optistop.tensors.STAGE) over ``optistop.engines.runner.StageModel``.
 
 Semantics match TensorRT-LLM with ``exclude_input_in_output: true``: ``output_ids`` holds only the
 generated tokens, ``sequence_length`` their count (the end token excluded), ``output_log_probs`` one
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from optistop import tensors as T
+from optistop.engines.runner import Generated, Sampling, StageModel
 from optistop.serving.request import RequestError
-from optistop.serving.runner import Generated, Sampling, StageModel
 
 StopWords = tuple[tuple[int, ...], ...]
 

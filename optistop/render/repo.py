@@ -1,10 +1,10 @@
 """Render the stage engines' config.pbtxt from a cascade spec: one template, one function, two profiles.
 
-$ python -m optistop.serving.render --spec cascade.toml --repo model_repository             # CPU (committed)
-$ python -m optistop.serving.render --check                                                # committed == rendered?
-$ python -m optistop.serving.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
+$ python -m optistop.render --spec cascade.toml --repo model_repository             # CPU (committed)
+$ python -m optistop.render --check                                                # committed == rendered?
+$ python -m optistop.render --profile trtllm --spec build/qwen2.5-trtllm.toml \\
       --engines-dir engines --out engines/model_repository                                 # GPU stages
-$ python -m optistop.serving.render --profile llmapi --spec build/qwen2.5-llmapi.toml \\
+$ python -m optistop.render --profile llmapi --spec build/qwen2.5-llmapi.toml \\
       --out llmapi_repository                                                              # GPU, PyTorch
 
 Profile ``cpu`` renders the embedded stand-ins (Python backend; their model.py reads ``checkpoint_dir``).
@@ -12,7 +12,7 @@ Profile ``trtllm`` renders TensorRT-LLM's C++ ``tensorrtllm`` backend configs fo
 build/engines.sh builds (``--plan`` prints its per-stage build plan). Both take their inputs and outputs
 from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ.
 Profile ``llmapi`` renders the same stages for TensorRT-LLM's PyTorch backend (HF checkpoints, no
-engines; optistop.serving.render_llmapi).
+engines; optistop.render.llmapi).
 GPU repositories hold the stage models only: the cascade and its predictor join them when
 ``optistop calibrate --spec <profile> --out <repository>`` has fitted a calibration for that spec (the
 cascade refuses a predictor calibrated for other stages or another tokenizer, and one failed model stops
@@ -48,7 +48,7 @@ PLAN_COLUMNS = ("name", "model", "hf_dir", "hf_repo", "tp", "gpus", "ckpt_dir", 
 
 # The one stage template. Everything profile-specific arrives as a value; nothing is pasted twice.
 STAGE_TEMPLATE = Template("""\
-# Rendered by `python -m optistop.serving.render` from ${source} (profile ${profile}); do not edit by hand.
+# Rendered by `python -m optistop.render.repo` from ${source} (profile ${profile}); do not edit by hand.
 name: "${name}"
 backend: "${backend}"
 max_batch_size: ${max_batch_size}
@@ -322,7 +322,7 @@ def _toml_value(v: object) -> str:
 
 def spec_toml(spec: CascadeSpec) -> str:
     """The spec as TOML with absolute paths; ``load_spec`` of the text gives back an equal spec."""
-    out = [f"# Resolved by `python -m optistop.serving.render` from {spec_label(spec)}; do not edit by hand.",
+    out = [f"# Resolved by `python -m optistop.render.repo` from {spec_label(spec)}; do not edit by hand.",
            "[cascade]"]
     out += [f"{f.name} = {_toml_value(getattr(spec, f.name))}" for f in dataclasses.fields(spec)
             if f.name not in ("stages", "source", "supervisor") and getattr(spec, f.name) is not None]
@@ -347,7 +347,7 @@ def point_cascade_at(model_dir: Path, spec: CascadeSpec) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optistop.serving.render", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m optistop.render.repo", description=__doc__.split("\n")[0])
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="cascade spec TOML")
     ap.add_argument("--profile", choices=PROFILES, default="cpu")
     ap.add_argument("--repo", "--out", dest="repo", type=Path, default=None,
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if stale:
-        print(f"error: stale or hand-edited: {', '.join(stale)}; run python -m optistop.serving.render",
+        print(f"error: stale or hand-edited: {', '.join(stale)}; run python -m optistop.render.repo",
               file=sys.stderr)
         return 1
     return 0
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main_llmapi(args: argparse.Namespace) -> int:
     """Profile llmapi: config.pbtxt + 1/model.yaml per stage (SpecError goes to main's handler)."""
-    from optistop.serving import render_llmapi as L
+    from optistop.render import llmapi as L
 
     if args.engines_dir or args.plan:
         raise SpecError("profile llmapi builds no engines: --engines-dir and --plan do not apply")

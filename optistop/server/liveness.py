@@ -1,6 +1,6 @@
 """Liveness apart from readiness: which backends are dead, which are wedged, which are only slow.
 
-Kubernetes asks two questions of a pod and so does the supervisor (optistop/serving/supervisor.py):
+Kubernetes asks two questions of a pod and so does the supervisor (optistop/server/supervisor.py):
 
 - **Readiness** (can it take traffic now?): a real, tiny inference per model (``health.probe``). It waits
   in the model's queue behind real work like any request and is never failed for waiting there: a real
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optistop.serving.health import ModelHealth
+from optistop.server.health import ModelHealth
 from optistop.spec import SupervisorSpec as Timing
 
 STUB_BINARY = "triton_python_backend_stub"

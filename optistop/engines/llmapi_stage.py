@@ -2,7 +2,7 @@
 
 The cascade cannot tell it from a TensorRT engine or the CPU stand-in: token ids in (``optistop.tensors
 .STAGE``); ``output_ids``, ``sequence_length``, ``cum_log_probs`` and one ``output_log_probs`` value per
-generated token out, in the shapes of optistop.serving.stage.to_tensors. bls.py is unchanged.
+generated token out, in the shapes of optistop.engines.stage.to_tensors. bls.py is unchanged.
 
 What the LLM API is asked for (``SamplingParams``): ``max_tokens`` = request_output_len, ``end_id`` /
 ``pad_id``, ``top_k`` = runtime_top_k (1, greedy, unless sent), ``temperature`` when sent, one-token stop
@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from optistop import tensors as T
+from optistop.engines.runner import Generated
+from optistop.engines.stage import _int, to_tensors
 from optistop.serving.request import RequestError
-from optistop.serving.runner import Generated
-from optistop.serving.stage import _int, to_tensors
 
 FINISH_REASONS = ("stop", "length", "timeout", "cancelled", None)
 

@@ -1,6 +1,6 @@
-"""Stage engine on TensorRT-LLM's LLM API (PyTorch backend): thin glue over optistop.serving.llmapi_host.
+"""Stage engine on TensorRT-LLM's LLM API (PyTorch backend): thin glue over optistop.engines.llmapi_host.
 
-Copied as 1/model.py of every stage that `python -m optistop.serving.render --profile llmapi` writes; the
+Copied as 1/model.py of every stage that `python -m optistop.render --profile llmapi` writes; the
 plain stage and its decoupled streaming variant share this file (config.pbtxt says which it is).
 """
 
@@ -13,7 +13,7 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 
 import triton_python_backend_utils as pb_utils
 
-from optistop.serving.llmapi_host import LlmapiHost
+from optistop.engines.llmapi_host import LlmapiHost
 
 
 class TritonPythonModel:
