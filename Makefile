@@ -137,12 +137,12 @@ bench: venv sysdeps $(MODELS) $(PREDICTOR)
 
 # 60 s at concurrency 16 against a server it starts; prints its figures, exits non-zero on a failure.
 soak: venv sysdeps
-	$(BIN)/python -m optistop.perf.soak --duration 60 --concurrency 16
+	$(BIN)/python -m optistop.reliability.soak --duration 60 --concurrency 16
 
 # kill -9 every backend stub of a supervised server, 3 rounds, concurrency 6; prints recovery time p50/max
 # and failed/degraded requests per kill (about 4-5 min on 2 cores). A 1-round version runs in `make test`.
 chaos: venv sysdeps
-	$(BIN)/python -m optistop.perf.chaos --rounds 3 --concurrency 6
+	$(BIN)/python -m optistop.reliability.chaos --rounds 3 --concurrency 6
 
 # Supervision at real-model speed (issue 23): the tiny family slowed to seconds per request by a test-only
 # stage model, `optistop serve` supervised: collect of 100 prompts (0 errors), the cascade under 2 clients

@@ -1,5 +1,5 @@
 """Chaos, bounded: `optistop serve` (supervised) under concurrent load; kill -9 the backend stub of each
-stage, the predictor and the cascade in turn (optistop/perf/chaos.py; `make chaos` is the longer run).
+stage, the predictor and the cascade in turn (optistop/reliability/chaos.py; `make chaos` is the longer run).
 
 Every request ends with an answer or a clean error within its timeout, no request started 10 s after a
 kill fails, each model is recovered, no zombie, no leaked /dev/shm region, no process left after SIGTERM.
@@ -7,7 +7,7 @@ Loopback only; every process it starts is stopped by pid."""
 
 from __future__ import annotations
 
-from optistop.perf.chaos import TARGETS, run_chaos, summary
+from optistop.reliability.chaos import TARGETS, run_chaos, summary
 
 
 def test_every_backend_killed_in_turn_heals(tmp_path, tiny_dir) -> None:

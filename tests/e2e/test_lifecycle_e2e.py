@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from optistop.perf.chaos import Load, _children, _get
+from optistop.reliability.chaos import Load, _children, _get
 from optistop.server.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
 from optistop.server.supervisor import stub_processes
 from tests.conftest import CORE_MODELS

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optistop.perf.chaos import _children, _get
+from optistop.reliability.chaos import _children, _get
 from optistop.server.embedded import free_port
 from optistop.server.supervisor import stub_processes
 from tests.repos.paced_stage import install

@@ -3,7 +3,7 @@ one is `make soak` (60 s)."""
 
 from __future__ import annotations
 
-from optistop.perf.soak import run_load
+from optistop.reliability.soak import run_load
 
 
 def test_short_soak(server) -> None:

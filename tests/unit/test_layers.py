@@ -1,7 +1,7 @@
 """The package's layers: no module imports from a layer above it (issue: package layout).
 
 core (optistop/*.py) <- serving (inside Triton) <- engines (stage engines, inside Triton too); client,
-offline <- server, render, predictor, tiny <- report, perf, pipeline, frontend <- cli. A request's path
+offline <- server, render, predictor, tiny <- report, perf, reliability, pipeline, frontend <- cli. A request's path
 client -> cascade model.py -> serving -> core never climbs back up. Imports are read with ast, so lazy
 imports inside functions count too.
 """
@@ -28,9 +28,10 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline": {"core", "serving", "engines", "offline", "predictor", "render", "client", "pipeline"},
     "perf": {"core", "serving", "engines", "server", "render", "client", "offline", "tiny", "report", "perf",
              "frontend"},
+    "reliability": {"core", "serving", "server", "client", "tiny", "reliability"},   # soak, chaos
     "frontend": {"core", "serving", "client", "frontend"},
     "cli": {"core", "serving", "engines", "server", "render", "client", "offline", "predictor", "tiny", "report",
-            "perf", "pipeline", "frontend", "cli"},
+            "perf", "reliability", "pipeline", "frontend", "cli"},
 }
 
 

@@ -1,7 +1,7 @@
 """Chaos: kill -9 each backend stub of a supervised server under load, and measure how it heals.
 
-$ python -m optistop.perf.chaos --rounds 3 --concurrency 6     # `make chaos`: about 4 minutes on 2 cores
-$ python -m optistop.perf.chaos --rounds 1 --concurrency 3     # the version in `make test`
+$ python -m optistop.reliability.chaos --rounds 3 --concurrency 6     # `make chaos`: about 4 minutes on 2 cores
+$ python -m optistop.reliability.chaos --rounds 1 --concurrency 3     # the version in `make test`
 
 Starts `optistop serve` (the real command, supervised) on free loopback ports, drives the cascade with
 task-suite prompts at fixed concurrency (default policy, a client timeout on every request), and kills

@@ -1,7 +1,7 @@
 """Bounded load on the served cascade (loopback only): good and bad requests mixed, at fixed concurrency.
 
-$ python -m optistop.perf.soak --duration 60 --concurrency 16          # `make soak`: starts its own server
-$ python -m optistop.perf.soak --url 127.0.0.1:8001 --server-pid PID   # against a running server
+$ python -m optistop.reliability.soak --duration 60 --concurrency 16          # `make soak`: starts its own server
+$ python -m optistop.reliability.soak --url 127.0.0.1:8001 --server-pid PID   # against a running server
 
 Checks: every good request succeeds, every bad one is rejected with INVALID_ARG, the server's resident
 memory (tritonserver and its backend stub processes) grows < 10% after warm-up, and, when it started the
