@@ -30,25 +30,9 @@ class StageEngine:
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int, StopWords]:
         """(input ids, max new tokens, end id, stop words) of one request, or RequestError naming it
         (its sampling: ``sampling``)."""
-        ids = inputs.get(T.INPUT_IDS)
-        if ids is None:
-            raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
-        ids = np.asarray(ids).reshape(-1)
-        n = _int(inputs, T.INPUT_LENGTHS, default=len(ids))
-        if not 1 <= n <= len(ids):
-            raise RequestError(f"input '{T.INPUT_LENGTHS}' is {n}; valid range is 1..{len(ids)} "
-                               f"(the length of '{T.INPUT_IDS}')")
-        vocab = self.model.model.config.vocab_size
-        tokens = [int(t) for t in ids[:n]]
-        if min(tokens) < 0 or max(tokens) >= vocab:
-            raise RequestError(f"input '{T.INPUT_IDS}' holds token ids outside 0..{vocab - 1}")
-        out_len = _int(inputs, T.REQUEST_OUTPUT_LEN)
-        if out_len is None:
-            raise RequestError(f"missing required input '{T.REQUEST_OUTPUT_LEN}' (INT32, shape [1])")
-        room = self.model.max_positions - n
-        if not 1 <= out_len <= room:
-            raise RequestError(f"input '{T.REQUEST_OUTPUT_LEN}' is {out_len}; with {n} input tokens the "
-                               f"valid range is 1..{room} (context {self.model.max_positions})")
+        tokens, out_len = parse_prompt(inputs, vocab_size=self.model.model.config.vocab_size,
+                                       max_positions=self.model.max_positions,
+                                       limit=f"context {self.model.max_positions}")
         end = _int(inputs, T.END_ID, default=self.model.end_id)
         try:
             stop_words = T.parse_stop_words_list(inputs.get(T.STOP_WORDS_LIST))
@@ -155,6 +139,33 @@ def _float(inputs: Mapping[str, np.ndarray | None], name: str, default: float) -
     if arr.size != 1:
         raise RequestError(f"input '{name}' must hold one value per request, got {arr.size}")
     return float(arr[0])
+
+
+def parse_prompt(inputs: Mapping[str, np.ndarray | None], *, vocab_size: int, max_positions: int,
+                 limit: str) -> tuple[list[int], int]:
+    """(prompt token ids, max new tokens) of one stage-contract request, or RequestError naming the bad
+    input and its valid range; shared by every stage engine so they check requests alike. ``limit``
+    names the context bound in the message ("context 512", "max_seq_len 4096")."""
+    ids = inputs.get(T.INPUT_IDS)
+    if ids is None:
+        raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
+    ids = np.asarray(ids).reshape(-1)
+    n = _int(inputs, T.INPUT_LENGTHS, default=len(ids))
+    assert n is not None
+    if not 1 <= n <= len(ids):
+        raise RequestError(f"input '{T.INPUT_LENGTHS}' is {n}; valid range is 1..{len(ids)} "
+                           f"(the length of '{T.INPUT_IDS}')")
+    tokens = [int(t) for t in ids[:n]]
+    if min(tokens) < 0 or max(tokens) >= vocab_size:
+        raise RequestError(f"input '{T.INPUT_IDS}' holds token ids outside 0..{vocab_size - 1}")
+    out_len = _int(inputs, T.REQUEST_OUTPUT_LEN)
+    if out_len is None:
+        raise RequestError(f"missing required input '{T.REQUEST_OUTPUT_LEN}' (INT32, shape [1])")
+    room = max_positions - n
+    if not 1 <= out_len <= room:
+        raise RequestError(f"input '{T.REQUEST_OUTPUT_LEN}' is {out_len}; with {n} input tokens the "
+                           f"valid range is 1..{room} ({limit})")
+    return tokens, out_len
 
 
 def _int(inputs: Mapping[str, np.ndarray | None], name: str, default: int | None = None) -> int | None:
