@@ -8,7 +8,7 @@ log-prob per generated token. Shapes carry Triton's batch dimension and one beam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from optistop.engines.runner import Generated, Sampling, StageModel
 from optistop.serving.request import RequestError
 
 StopWords = tuple[tuple[int, ...], ...]
+Member = tuple[int, list[int], int, Sampling | None]   # (batch index, ids, max new tokens, sampling)
 
 
 class StageEngine:
@@ -56,23 +57,36 @@ class StageEngine:
             return None
         return Sampling(temp, top_k, top_p if top_p > 0 else 1.0, seed or 0)
 
-    def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
-        """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
-        results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
-        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
+    def _group(self, batch: Sequence[Mapping[str, np.ndarray | None]], skip: Container[int] = ()
+               ) -> tuple[dict[tuple[int, StopWords], list[Member]], dict[int, RequestError]]:
+        """The batch's valid requests grouped by (end id, stop words), the ones that decode together, as
+        (index, ids, max new tokens, sampling); and each bad request's error by index. The plain and the
+        streaming run group alike."""
+        groups: dict[tuple[int, StopWords], list[Member]] = {}
+        errors: dict[int, RequestError] = {}
         for i, inputs in enumerate(batch):
-            if _int(inputs, T.STOP, default=0):
-                # a cancellation (TensorRT-LLM's `stop`): this engine finishes every batch before it
-                # takes the next, so nothing of that request is still running; acknowledge it
-                results[i] = to_tensors(Generated((), (), False))
+            if i in skip:
                 continue
             try:
                 ids, out_len, end, stop_words = self.parse(inputs)
                 sampling = self.sampling(inputs)
             except RequestError as exc:
-                results[i] = exc
+                errors[i] = exc
                 continue
             groups.setdefault((end, stop_words), []).append((i, ids, out_len, sampling))
+        return groups, errors
+
+    def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
+        """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
+        results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
+        # a cancellation (TensorRT-LLM's `stop`): this engine finishes every batch before it takes the
+        # next, so nothing of that request is still running; acknowledge it
+        stopped = {i for i, inputs in enumerate(batch) if _int(inputs, T.STOP, default=0)}
+        for i in stopped:
+            results[i] = to_tensors(Generated((), (), False))
+        groups, errors = self._group(batch, skip=stopped)
+        for i, exc in errors.items():
+            results[i] = exc
         for (end, stop_words), members in groups.items():
             longest = max(m[2] for m in members)
             gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end, stop_words=stop_words,
@@ -89,15 +103,9 @@ class StageEngine:
         was cancelled, which stops its decoding. Returns per request None (done) or its RequestError;
         the caller sends each request's final flag."""
         results: list[RequestError | None] = [None] * len(batch)
-        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
-        for i, inputs in enumerate(batch):
-            try:
-                ids, out_len, end, stop_words = self.parse(inputs)
-                sampling = self.sampling(inputs)
-            except RequestError as exc:
-                results[i] = exc
-                continue
-            groups.setdefault((end, stop_words), []).append((i, ids, out_len, sampling))
+        groups, errors = self._group(batch)
+        for i, exc in errors.items():
+            results[i] = exc
         for (end, stop_words), members in groups.items():
             sent = [0] * len(members)
 
