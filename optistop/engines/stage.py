@@ -26,7 +26,14 @@ class StageEngine:
     (tests/repos/paced_engine.py), never here."""
 
     def __init__(self, checkpoint_dir: str | Path, threads: int = 1) -> None:
+        self.checkpoint = Path(checkpoint_dir)
         self.model = StageModel(checkpoint_dir, threads=threads)
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], model_dir: Path) -> StageEngine:
+        """The engine a stage model's config names: ``checkpoint_dir`` (relative to the model's
+        directory) and ``torch_threads`` (default 1)."""
+        return cls((model_dir / params["checkpoint_dir"]).resolve(), threads=int(params.get("torch_threads", "1")))
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int, StopWords]:
         """(input ids, max new tokens, end id, stop words) of one request, or RequestError naming it

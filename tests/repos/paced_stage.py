@@ -42,13 +42,12 @@ class TritonPythonModel:
         from paced_engine import PARAMETERS, PacedEngine
 
         config, params, model_dir = model_parameters(args)
-        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        engine = StageEngine.from_parameters(params, model_dir)
         self.engine = PacedEngine(engine, {k: v for k, v in params.items() if k in PARAMETERS})
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
         self.inputs = [t.name for t in (T.STAGE_STREAM if self.decoupled else T.STAGE).inputs]
         self.pb, self.name = pb_utils, args["model_name"]
-        pb_utils.Logger.log_info(f"{args['model_name']}: paced test stage over {checkpoint} "
+        pb_utils.Logger.log_info(f"{args['model_name']}: paced test stage over {engine.checkpoint} "
                                  f"({', '.join(f'{k}={params[k]}' for k in PARAMETERS if k in params)})")
 
     def execute(self, requests):

@@ -25,11 +25,10 @@ INPUTS = [t.name for t in T.STAGE.inputs]
 class TritonPythonModel:
     def initialize(self, args):
         _, params, model_dir = model_parameters(args)
-        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        self.engine = StageEngine.from_parameters(params, model_dir)
         self.name = args["model_name"]
-        pb_utils.Logger.log_info(f"{self.name}: serving {checkpoint} "
-                             f"({self.engine.model.n_params} parameters)")
+        pb_utils.Logger.log_info(f"{self.name}: serving {self.engine.checkpoint} "
+                                 f"({self.engine.model.n_params} parameters)")
 
     def execute(self, requests):
         batch = [read_inputs(pb_utils, r, INPUTS) for r in requests]

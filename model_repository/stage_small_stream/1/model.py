@@ -27,10 +27,9 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 class TritonPythonModel:
     def initialize(self, args):
         _, params, model_dir = model_parameters(args)
-        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        self.engine = StageEngine.from_parameters(params, model_dir)
         self.name = args["model_name"]
-        pb_utils.Logger.log_info(f"{self.name}: streaming {checkpoint}")
+        pb_utils.Logger.log_info(f"{self.name}: streaming {self.engine.checkpoint}")
 
     def execute(self, requests):
         senders = [r.get_response_sender() for r in requests]
