@@ -146,14 +146,20 @@ def to_tensors(g: Generated) -> dict[str, np.ndarray]:
     }
 
 
-def _float(inputs: Mapping[str, np.ndarray | None], name: str, default: float) -> float:
+def _one(inputs: Mapping[str, np.ndarray | None], name: str) -> np.generic | None:
+    """An optional per-request scalar input's value (None when not sent), or RequestError naming it."""
     arr = inputs.get(name)
     if arr is None:
-        return default
+        return None
     arr = np.asarray(arr).reshape(-1)
     if arr.size != 1:
         raise RequestError(f"input '{name}' must hold one value per request, got {arr.size}")
-    return float(arr[0])
+    return arr[0]
+
+
+def _float(inputs: Mapping[str, np.ndarray | None], name: str, default: float) -> float:
+    value = _one(inputs, name)
+    return default if value is None else float(value)
 
 
 def parse_prompt(inputs: Mapping[str, np.ndarray | None], *, vocab_size: int, max_positions: int,
@@ -184,10 +190,5 @@ def parse_prompt(inputs: Mapping[str, np.ndarray | None], *, vocab_size: int, ma
 
 
 def _int(inputs: Mapping[str, np.ndarray | None], name: str, default: int | None = None) -> int | None:
-    arr = inputs.get(name)
-    if arr is None:
-        return default
-    arr = np.asarray(arr).reshape(-1)
-    if arr.size != 1:
-        raise RequestError(f"input '{name}' must hold one value per request, got {arr.size}")
-    return int(arr[0])
+    value = _one(inputs, name)
+    return default if value is None else int(value)
