@@ -24,7 +24,7 @@ Rules (``POLICIES``; a served request names one, the replay evaluates all):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import mul
 from typing import NamedTuple, Protocol
@@ -144,6 +144,25 @@ def features(s: State, rows: np.ndarray, mask: int, use_ex_ante: bool, use_agree
 
 def _empty(N: int) -> Decision:
     return Decision(np.zeros(N, bool), np.full(N, -1), np.full(N, -1), np.ones(N))
+
+
+def _stop_above(conf: np.ndarray, start: int, thresholds: np.ndarray,
+                score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Decision:
+    """The threshold rules' decision: a prompt with no stage run starts at ``start``; one whose last run
+    stage is k stops there when ``score(rows, k) >= thresholds[k]``, else goes on to k + 1. The last stage
+    always answers; its recorded threshold, like an infinite one, is 0."""
+    N, n = conf.shape
+    d = _empty(N)
+    last = last_run(conf)
+    d.next_stage[last < 0] = start
+    rows = np.flatnonzero(last >= 0)
+    k = last[rows]
+    th = np.append(np.asarray(thresholds, dtype=float)[: n - 1], 0.0)[k]
+    stop = (score(rows, k) >= th) | (k == n - 1)
+    d.stop[rows], d.threshold[rows] = stop, np.where(np.isfinite(th), th, 0.0)
+    d.answer_stage[rows[stop]] = k[stop]
+    d.next_stage[rows[~stop]] = k[~stop] + 1
+    return d
 
 
 @dataclass(frozen=True)
@@ -312,19 +331,10 @@ class PaperRule:
     decide_one = one_by_arrays
 
     def decide(self, s: State) -> Decision:
-        N, n = s.conf.shape
-        d = _empty(N)
-        last = last_run(s.conf)
-        d.next_stage[last < 0] = 0
-        for i in range(n):
-            rows = np.flatnonzero(last == i)
-            th = paper_threshold(i, self.lam, self.costs) if i < n - 1 else 0.0
-            p = sigmoid(self.platt[i, 0] * logit(s.conf[rows, i]) + self.platt[i, 1])
-            stop = (p >= th) | (i == n - 1)
-            d.stop[rows], d.threshold[rows] = stop, th
-            d.answer_stage[rows[stop]] = i
-            d.next_stage[rows[~stop]] = i + 1
-        return d
+        n = s.conf.shape[1]
+        th = np.array([paper_threshold(i, self.lam, self.costs) for i in range(n - 1)])
+        return _stop_above(s.conf, 0, th, lambda rows, k: sigmoid(
+            self.platt[k, 0] * logit(s.conf[rows, k]) + self.platt[k, 1]))
 
 
 @dataclass
@@ -340,18 +350,7 @@ class ThresholdRule:
     decide_one = one_by_arrays
 
     def decide(self, s: State) -> Decision:
-        N, n = s.conf.shape
-        d = _empty(N)
-        last = last_run(s.conf)
-        d.next_stage[last < 0] = self.start
-        rows = np.flatnonzero(last >= 0)
-        k = last[rows]
-        th = np.append(self.thresholds[: n - 1], -np.inf)[k]    # the last stage always answers
-        stop = s.conf[rows, k] >= th
-        d.stop[rows], d.threshold[rows] = stop, np.where(np.isfinite(th), th, 0.0)
-        d.answer_stage[rows[stop]] = k[stop]
-        d.next_stage[rows[~stop]] = k[~stop] + 1
-        return d
+        return _stop_above(s.conf, self.start, self.thresholds, lambda rows, k: s.conf[rows, k])
 
 
 @dataclass

@@ -26,7 +26,6 @@ operating point. ``PolicyBook.make`` turns a request's (policy, lambda) into a k
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from optistop.files import read_document
 from optistop.policy import FixedRule, ModelRule, PaperRule, Policy, RandomRule, ThresholdRule
 from optistop.policy_cascade import CascadeRule
 
@@ -144,10 +144,5 @@ class PolicyBook:
 
 def load_policy(path: str | Path) -> PolicyBook:
     path = Path(path)
-    try:
-        art = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolicyArtifactError(f"{path}: policy artifact not found; run `optistop calibrate`") from None
-    except json.JSONDecodeError as exc:
-        raise PolicyArtifactError(f"{path}: not valid JSON ({exc})") from None
+    art = read_document(path, PolicyArtifactError, missing="policy artifact not found; run `optistop calibrate`")
     return PolicyBook(art, str(path))

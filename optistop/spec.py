@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from optistop import ROOT
-from optistop.compat import tomllib
+from optistop.files import read_document
 
 DEFAULT_SPEC = ROOT / "cascade.toml"
 
@@ -349,12 +349,7 @@ def tokenizer_sha256(tokenizer_dir: Path) -> str:
 def load_spec(path: str | Path = DEFAULT_SPEC, check_paths: bool = True) -> CascadeSpec:
     """Load and validate a spec file; errors are ``SpecError`` prefixed with the file name."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: cascade spec file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    data = read_document(path, SpecError, missing="cascade spec file not found", toml=True)
     try:
         return parse_spec(data, path.resolve().parent, check_paths, source=path.resolve())
     except SpecError as exc:

@@ -41,7 +41,7 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.engines.runner import Generated
-from optistop.engines.stage import _int, to_tensors
+from optistop.engines.stage import _int, parse_prompt, to_tensors
 from optistop.serving.request import RequestError
 
 FINISH_REASONS = ("stop", "length", "timeout", "cancelled", None)
@@ -75,25 +75,8 @@ class StageRequest:
 def parse(inputs: Mapping[str, np.ndarray | None], *, end_id: int, pad_id: int, max_seq_len: int,
           vocab_size: int) -> StageRequest:
     """One request's stage-contract inputs, or RequestError naming the bad one and what is valid."""
-    ids = inputs.get(T.INPUT_IDS)
-    if ids is None:
-        raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
-    ids = np.asarray(ids).reshape(-1)
-    n = _int(inputs, T.INPUT_LENGTHS, default=len(ids))
-    assert n is not None
-    if not 1 <= n <= len(ids):
-        raise RequestError(f"input '{T.INPUT_LENGTHS}' is {n}; valid range is 1..{len(ids)} "
-                           f"(the length of '{T.INPUT_IDS}')")
-    tokens = [int(t) for t in ids[:n]]
-    if min(tokens) < 0 or max(tokens) >= vocab_size:
-        raise RequestError(f"input '{T.INPUT_IDS}' holds token ids outside 0..{vocab_size - 1}")
-    out_len = _int(inputs, T.REQUEST_OUTPUT_LEN)
-    if out_len is None:
-        raise RequestError(f"missing required input '{T.REQUEST_OUTPUT_LEN}' (INT32, shape [1])")
-    room = max_seq_len - n
-    if not 1 <= out_len <= room:
-        raise RequestError(f"input '{T.REQUEST_OUTPUT_LEN}' is {out_len}; with {n} input tokens the "
-                           f"valid range is 1..{room} (max_seq_len {max_seq_len})")
+    tokens, out_len = parse_prompt(inputs, vocab_size=vocab_size, max_positions=max_seq_len,
+                                   limit=f"max_seq_len {max_seq_len}")
     top_k = _int(inputs, T.RUNTIME_TOP_K, default=1)
     assert top_k is not None
     if top_k < 0:

@@ -8,7 +8,7 @@ log-prob per generated token. Shapes carry Triton's batch dimension and one beam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from optistop.engines.runner import Generated, Sampling, StageModel
 from optistop.serving.request import RequestError
 
 StopWords = tuple[tuple[int, ...], ...]
+Member = tuple[int, list[int], int, Sampling | None]   # (batch index, ids, max new tokens, sampling)
 
 
 class StageEngine:
@@ -25,30 +26,21 @@ class StageEngine:
     (tests/repos/paced_engine.py), never here."""
 
     def __init__(self, checkpoint_dir: str | Path, threads: int = 1) -> None:
+        self.checkpoint = Path(checkpoint_dir)
         self.model = StageModel(checkpoint_dir, threads=threads)
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], model_dir: Path) -> StageEngine:
+        """The engine a stage model's config names: ``checkpoint_dir`` (relative to the model's
+        directory) and ``torch_threads`` (default 1)."""
+        return cls((model_dir / params["checkpoint_dir"]).resolve(), threads=int(params.get("torch_threads", "1")))
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> tuple[list[int], int, int, StopWords]:
         """(input ids, max new tokens, end id, stop words) of one request, or RequestError naming it
         (its sampling: ``sampling``)."""
-        ids = inputs.get(T.INPUT_IDS)
-        if ids is None:
-            raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
-        ids = np.asarray(ids).reshape(-1)
-        n = _int(inputs, T.INPUT_LENGTHS, default=len(ids))
-        if not 1 <= n <= len(ids):
-            raise RequestError(f"input '{T.INPUT_LENGTHS}' is {n}; valid range is 1..{len(ids)} "
-                               f"(the length of '{T.INPUT_IDS}')")
-        vocab = self.model.model.config.vocab_size
-        tokens = [int(t) for t in ids[:n]]
-        if min(tokens) < 0 or max(tokens) >= vocab:
-            raise RequestError(f"input '{T.INPUT_IDS}' holds token ids outside 0..{vocab - 1}")
-        out_len = _int(inputs, T.REQUEST_OUTPUT_LEN)
-        if out_len is None:
-            raise RequestError(f"missing required input '{T.REQUEST_OUTPUT_LEN}' (INT32, shape [1])")
-        room = self.model.max_positions - n
-        if not 1 <= out_len <= room:
-            raise RequestError(f"input '{T.REQUEST_OUTPUT_LEN}' is {out_len}; with {n} input tokens the "
-                               f"valid range is 1..{room} (context {self.model.max_positions})")
+        tokens, out_len = parse_prompt(inputs, vocab_size=self.model.model.config.vocab_size,
+                                       max_positions=self.model.max_positions,
+                                       limit=f"context {self.model.max_positions}")
         end = _int(inputs, T.END_ID, default=self.model.end_id)
         try:
             stop_words = T.parse_stop_words_list(inputs.get(T.STOP_WORDS_LIST))
@@ -72,23 +64,36 @@ class StageEngine:
             return None
         return Sampling(temp, top_k, top_p if top_p > 0 else 1.0, seed or 0)
 
-    def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
-        """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
-        results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
-        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
+    def _group(self, batch: Sequence[Mapping[str, np.ndarray | None]], skip: Container[int] = ()
+               ) -> tuple[dict[tuple[int, StopWords], list[Member]], dict[int, RequestError]]:
+        """The batch's valid requests grouped by (end id, stop words), the ones that decode together, as
+        (index, ids, max new tokens, sampling); and each bad request's error by index. The plain and the
+        streaming run group alike."""
+        groups: dict[tuple[int, StopWords], list[Member]] = {}
+        errors: dict[int, RequestError] = {}
         for i, inputs in enumerate(batch):
-            if _int(inputs, T.STOP, default=0):
-                # a cancellation (TensorRT-LLM's `stop`): this engine finishes every batch before it
-                # takes the next, so nothing of that request is still running; acknowledge it
-                results[i] = to_tensors(Generated((), (), False))
+            if i in skip:
                 continue
             try:
                 ids, out_len, end, stop_words = self.parse(inputs)
                 sampling = self.sampling(inputs)
             except RequestError as exc:
-                results[i] = exc
+                errors[i] = exc
                 continue
             groups.setdefault((end, stop_words), []).append((i, ids, out_len, sampling))
+        return groups, errors
+
+    def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | RequestError]:
+        """Serve a batch; a bad request fails alone. Requests sharing an end id decode together."""
+        results: list[dict[str, np.ndarray] | RequestError] = [RequestError("unprocessed")] * len(batch)
+        # a cancellation (TensorRT-LLM's `stop`): this engine finishes every batch before it takes the
+        # next, so nothing of that request is still running; acknowledge it
+        stopped = {i for i, inputs in enumerate(batch) if _int(inputs, T.STOP, default=0)}
+        for i in stopped:
+            results[i] = to_tensors(Generated((), (), False))
+        groups, errors = self._group(batch, skip=stopped)
+        for i, exc in errors.items():
+            results[i] = exc
         for (end, stop_words), members in groups.items():
             longest = max(m[2] for m in members)
             gens = self.model.generate_ids([m[1] for m in members], longest, end_id=end, stop_words=stop_words,
@@ -105,15 +110,9 @@ class StageEngine:
         was cancelled, which stops its decoding. Returns per request None (done) or its RequestError;
         the caller sends each request's final flag."""
         results: list[RequestError | None] = [None] * len(batch)
-        groups: dict[tuple[int, StopWords], list[tuple[int, list[int], int, Sampling | None]]] = {}
-        for i, inputs in enumerate(batch):
-            try:
-                ids, out_len, end, stop_words = self.parse(inputs)
-                sampling = self.sampling(inputs)
-            except RequestError as exc:
-                results[i] = exc
-                continue
-            groups.setdefault((end, stop_words), []).append((i, ids, out_len, sampling))
+        groups, errors = self._group(batch)
+        for i, exc in errors.items():
+            results[i] = exc
         for (end, stop_words), members in groups.items():
             sent = [0] * len(members)
 
@@ -147,21 +146,49 @@ def to_tensors(g: Generated) -> dict[str, np.ndarray]:
     }
 
 
-def _float(inputs: Mapping[str, np.ndarray | None], name: str, default: float) -> float:
+def _one(inputs: Mapping[str, np.ndarray | None], name: str) -> np.generic | None:
+    """An optional per-request scalar input's value (None when not sent), or RequestError naming it."""
     arr = inputs.get(name)
     if arr is None:
-        return default
+        return None
     arr = np.asarray(arr).reshape(-1)
     if arr.size != 1:
         raise RequestError(f"input '{name}' must hold one value per request, got {arr.size}")
-    return float(arr[0])
+    return arr[0]
+
+
+def _float(inputs: Mapping[str, np.ndarray | None], name: str, default: float) -> float:
+    value = _one(inputs, name)
+    return default if value is None else float(value)
+
+
+def parse_prompt(inputs: Mapping[str, np.ndarray | None], *, vocab_size: int, max_positions: int,
+                 limit: str) -> tuple[list[int], int]:
+    """(prompt token ids, max new tokens) of one stage-contract request, or RequestError naming the bad
+    input and its valid range; shared by every stage engine so they check requests alike. ``limit``
+    names the context bound in the message ("context 512", "max_seq_len 4096")."""
+    ids = inputs.get(T.INPUT_IDS)
+    if ids is None:
+        raise RequestError(f"missing required input '{T.INPUT_IDS}' (INT32, shape [-1])")
+    ids = np.asarray(ids).reshape(-1)
+    n = _int(inputs, T.INPUT_LENGTHS, default=len(ids))
+    assert n is not None
+    if not 1 <= n <= len(ids):
+        raise RequestError(f"input '{T.INPUT_LENGTHS}' is {n}; valid range is 1..{len(ids)} "
+                           f"(the length of '{T.INPUT_IDS}')")
+    tokens = [int(t) for t in ids[:n]]
+    if min(tokens) < 0 or max(tokens) >= vocab_size:
+        raise RequestError(f"input '{T.INPUT_IDS}' holds token ids outside 0..{vocab_size - 1}")
+    out_len = _int(inputs, T.REQUEST_OUTPUT_LEN)
+    if out_len is None:
+        raise RequestError(f"missing required input '{T.REQUEST_OUTPUT_LEN}' (INT32, shape [1])")
+    room = max_positions - n
+    if not 1 <= out_len <= room:
+        raise RequestError(f"input '{T.REQUEST_OUTPUT_LEN}' is {out_len}; with {n} input tokens the "
+                           f"valid range is 1..{room} ({limit})")
+    return tokens, out_len
 
 
 def _int(inputs: Mapping[str, np.ndarray | None], name: str, default: int | None = None) -> int | None:
-    arr = inputs.get(name)
-    if arr is None:
-        return default
-    arr = np.asarray(arr).reshape(-1)
-    if arr.size != 1:
-        raise RequestError(f"input '{name}' must hold one value per request, got {arr.size}")
-    return int(arr[0])
+    value = _one(inputs, name)
+    return default if value is None else int(value)

@@ -21,7 +21,6 @@ code's optistop.features, or whose recorded sha256 does not match the ONNX file.
 from __future__ import annotations
 
 import hashlib
-import json
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from optistop import calibration
 from optistop import tensors as T
 from optistop.features import EX_ANTE_SLOT, FEATURE_VERSION, MAX_STAGES, SLOT_NAMES, STAGE_SLOTS
+from optistop.files import read_document
 from optistop.serving.onnx_numpy import MlpGraph, UnsupportedGraph
 from optistop.serving.request import RequestError
 from optistop.tensors import CONFIDENCE, FEATURES, N_FEATURES
@@ -69,12 +69,7 @@ def load_sidecar(path: str | Path) -> dict[str, Any]:
     """Read and validate a sidecar; raises PredictorLoadError naming the problem."""
     path = Path(path)
     regen = "regenerate it with `make predictor`"
-    try:
-        side = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PredictorLoadError(f"{path}: predictor sidecar not found; {regen}") from None
-    except json.JSONDecodeError as exc:
-        raise PredictorLoadError(f"{path}: not valid JSON ({exc}); {regen}") from None
+    side = read_document(path, PredictorLoadError, missing=f"predictor sidecar not found; {regen}", fix=regen)
     missing = [k for k in SIDECAR_KEYS if k not in side]
     if missing:
         raise PredictorLoadError(f"{path}: sidecar lacks {missing}; {regen}")

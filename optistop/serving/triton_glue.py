@@ -1,4 +1,5 @@
-"""Small helpers shared by the model.py files: reading a request's inputs and building responses.
+"""Small helpers shared by the model.py files: reading a request's inputs and building responses, and
+a stage model's whole ``execute`` (plain and decoupled), shared by model_repository/ and the test stages.
 
 Imported only inside the Triton Python backend (``pb_utils`` is passed in, never imported here), so
 the package stays importable without Triton.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,53 @@ def log_failure(pb_utils: Any, what: str) -> None:
     """From an ``except`` block: ``what`` and the traceback into the server log. Clients get a plain
     RequestError instead (STYLE.md: log tracebacks, never send them)."""
     pb_utils.Logger.log_error(f"{what}\n{traceback.format_exc()}")
+
+
+def _batch_failed(pb_utils: Any, name: str, n: int) -> list[RequestError]:
+    """From an ``except`` block around a stage engine's batch: the traceback into the log, a plain error
+    for each of the ``n`` requests."""
+    log_failure(pb_utils, f"{name}: stage batch failed")
+    return [RequestError("stage engine failed on this batch; see server log", code="INTERNAL")] * n
+
+
+def serve_stage(pb_utils: Any, name: str, requests: list[Any], inputs: list[str],
+                run: Callable[[list[dict[str, np.ndarray | None]]], Sequence[dict[str, np.ndarray] | RequestError]],
+                ) -> list[Any]:
+    """A stage model's ``execute``: one response per request from ``run`` (a stage engine's ``run``) over
+    the requests' ``inputs``; a bad request fails alone, a failing batch answers each request plainly."""
+    batch = [read_inputs(pb_utils, r, inputs) for r in requests]
+    try:
+        results = run(batch)
+    except Exception:  # the whole batch failed: traceback to the log, a plain error to each request
+        results = _batch_failed(pb_utils, name, len(requests))
+    return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, r)
+            for r in results]
+
+
+def serve_stage_stream(pb_utils: Any, name: str, requests: list[Any], inputs: list[str],
+                       run_streaming: Callable[[list[dict[str, np.ndarray | None]],
+                                                Callable[[int, dict[str, np.ndarray]], bool]],
+                                               Sequence[RequestError | None]]) -> None:
+    """A decoupled stage model's ``execute``: ``run_streaming`` (a stage engine's) sends each token in
+    its own response as it is chosen and stops decoding for a request its caller cancelled; then every
+    request gets its final flag, with its error if it failed."""
+    senders = [r.get_response_sender() for r in requests]
+
+    def emit(i: int, tensors: dict[str, np.ndarray]) -> bool:
+        if senders[i].is_cancelled():   # the caller went away: stop decoding for it
+            pb_utils.Logger.log_info(f"{name}: request cancelled; decoding stopped")
+            return False
+        senders[i].send(response(pb_utils, tensors))
+        return True
+
+    results: Sequence[RequestError | None]
+    try:
+        results = run_streaming([read_inputs(pb_utils, r, inputs) for r in requests], emit)
+    except Exception:  # the whole batch failed: traceback to the log, a plain error to each request
+        results = _batch_failed(pb_utils, name, len(requests))
+    final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    for sender, res in zip(senders, results):
+        if isinstance(res, RequestError):
+            sender.send(error_response(pb_utils, res), flags=final)
+        else:
+            sender.send(flags=final)

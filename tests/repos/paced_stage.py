@@ -42,47 +42,18 @@ class TritonPythonModel:
         from paced_engine import PARAMETERS, PacedEngine
 
         config, params, model_dir = model_parameters(args)
-        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        engine = StageEngine.from_parameters(params, model_dir)
         self.engine = PacedEngine(engine, {k: v for k, v in params.items() if k in PARAMETERS})
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
         self.inputs = [t.name for t in (T.STAGE_STREAM if self.decoupled else T.STAGE).inputs]
         self.pb, self.name = pb_utils, args["model_name"]
-        pb_utils.Logger.log_info(f"{args['model_name']}: paced test stage over {checkpoint} "
+        pb_utils.Logger.log_info(f"{args['model_name']}: paced test stage over {engine.checkpoint} "
                                  f"({', '.join(f'{k}={params[k]}' for k in PARAMETERS if k in params)})")
 
     def execute(self, requests):
-        from optistop.serving.request import RequestError
-        from optistop.serving.triton_glue import error_response, read_inputs, response
+        from optistop.serving.triton_glue import serve_stage, serve_stage_stream
 
-        pb = self.pb
-        batch = [read_inputs(pb, r, self.inputs) for r in requests]
-        failed = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
         if not self.decoupled:
-            try:
-                results = self.engine.run(batch)
-            except Exception as exc:
-                pb.Logger.log_error(f"stage batch failed: {exc!r}")
-                results = [failed] * len(requests)
-            return [error_response(pb, r) if isinstance(r, RequestError) else response(pb, r) for r in results]
-        senders = [r.get_response_sender() for r in requests]
-
-        def emit(i, tensors):
-            if senders[i].is_cancelled():  # the caller went away: stop decoding for it (as the real one)
-                pb.Logger.log_info(f"{self.name}: request cancelled; decoding stopped")
-                return False
-            senders[i].send(response(pb, tensors))
-            return True
-
-        try:
-            results = self.engine.run_streaming(batch, emit)
-        except Exception as exc:
-            pb.Logger.log_error(f"stage batch failed: {exc!r}")
-            results = [failed] * len(requests)
-        final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        for sender, res in zip(senders, results):
-            if isinstance(res, RequestError):
-                sender.send(error_response(pb, res), flags=final)
-            else:
-                sender.send(flags=final)
+            return serve_stage(self.pb, self.name, requests, self.inputs, self.engine.run)
+        serve_stage_stream(self.pb, self.name, requests, self.inputs, self.engine.run_streaming)
         return None

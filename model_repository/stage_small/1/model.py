@@ -16,8 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from optistop import tensors as T
 from optistop.engines.stage import StageEngine
-from optistop.serving.request import RequestError
-from optistop.serving.triton_glue import error_response, log_failure, model_parameters, read_inputs, response
+from optistop.serving.triton_glue import model_parameters, serve_stage
 
 INPUTS = [t.name for t in T.STAGE.inputs]
 
@@ -25,19 +24,10 @@ INPUTS = [t.name for t in T.STAGE.inputs]
 class TritonPythonModel:
     def initialize(self, args):
         _, params, model_dir = model_parameters(args)
-        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        self.engine = StageEngine.from_parameters(params, model_dir)
         self.name = args["model_name"]
-        pb_utils.Logger.log_info(f"{self.name}: serving {checkpoint} "
-                             f"({self.engine.model.n_params} parameters)")
+        pb_utils.Logger.log_info(f"{self.name}: serving {self.engine.checkpoint} "
+                                 f"({self.engine.model.n_params} parameters)")
 
     def execute(self, requests):
-        batch = [read_inputs(pb_utils, r, INPUTS) for r in requests]
-        try:
-            results = self.engine.run(batch)
-        except Exception:  # the whole batch failed: traceback to the log, a plain error to each request
-            log_failure(pb_utils, f"{self.name}: stage batch failed")
-            err = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
-            return [error_response(pb_utils, err) for _ in requests]
-        return [error_response(pb_utils, r) if isinstance(r, RequestError) else response(pb_utils, r)
-                for r in results]
+        return serve_stage(pb_utils, self.name, requests, INPUTS, self.engine.run)

@@ -17,40 +17,18 @@ import triton_python_backend_utils as pb_utils
 
 from optistop import tensors as T
 from optistop.engines.stage import StageEngine
-from optistop.serving.request import RequestError
-from optistop.serving.triton_glue import error_response, log_failure, model_parameters, read_inputs, response
+from optistop.serving.triton_glue import model_parameters, serve_stage_stream
 
 INPUTS = [t.name for t in T.STAGE_STREAM.inputs]
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonPythonModel:
     def initialize(self, args):
         _, params, model_dir = model_parameters(args)
-        checkpoint = (model_dir / params["checkpoint_dir"]).resolve()
-        self.engine = StageEngine(checkpoint, threads=int(params.get("torch_threads", "1")))
+        self.engine = StageEngine.from_parameters(params, model_dir)
         self.name = args["model_name"]
-        pb_utils.Logger.log_info(f"{self.name}: streaming {checkpoint}")
+        pb_utils.Logger.log_info(f"{self.name}: streaming {self.engine.checkpoint}")
 
     def execute(self, requests):
-        senders = [r.get_response_sender() for r in requests]
-
-        def emit(i, tensors):
-            if senders[i].is_cancelled():   # the caller went away: stop decoding for it
-                pb_utils.Logger.log_info(f"{self.name}: request cancelled; decoding stopped")
-                return False
-            senders[i].send(response(pb_utils, tensors))
-            return True
-
-        try:
-            results = self.engine.run_streaming([read_inputs(pb_utils, r, INPUTS) for r in requests], emit)
-        except Exception:  # the whole batch failed: traceback to the log, a plain error to each request
-            log_failure(pb_utils, f"{self.name}: stage batch failed")
-            err = RequestError("stage engine failed on this batch; see server log", code="INTERNAL")
-            results = [err] * len(requests)
-        for sender, res in zip(senders, results):
-            if isinstance(res, RequestError):
-                sender.send(error_response(pb_utils, res), flags=FINAL)
-            else:
-                sender.send(flags=FINAL)
+        serve_stage_stream(pb_utils, self.name, requests, INPUTS, self.engine.run_streaming)
         return None
