@@ -42,7 +42,8 @@ MIN_AUDITS = 10      # no alarm on fewer
 ROTATE_BYTES = 64 << 20
 ROTATE_KEEP = 3
 DRIFT_ACTIONS = ("none", "safer")
-GRADERS = ("none", "tiny_tasks")
+GRADERS_HELP = 'none | module:function (e.g. "optistop.tiny.tasks:grade"; called as function(prompt, answer) -> bool)'
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 
 
 def wilson(k: int, n: int, z: float = Z) -> tuple[float, float]:
@@ -162,6 +163,36 @@ def agreement_baseline(served: list[int], reference: list[int], q_ref: float) ->
     return 1 - dis / max(len(served), 1) / min(max(q_ref, 1e-6), 1.0)
 
 
+def check_grader(name: str) -> str:
+    """The spec's ``audit_grader``: "none" or ``module:function`` (dotted module, one function name);
+    ValueError, one line naming the valid values, otherwise. Loaded at initialize by ``load_grader``."""
+    import re
+
+    mod, colon, fn = name.partition(":")
+    if name != "none" and not (colon and re.fullmatch(_DOTTED, mod) and fn.isidentifier()):
+        raise ValueError(f"{name!r} is not a grader; valid: {GRADERS_HELP}")
+    return name
+
+
+def load_grader(name: str) -> Any:
+    """The grader a spec names: None for "none", else the imported ``function(prompt, answer) -> bool``
+    (raising ValueError for a prompt it cannot label). Imported by name at initialize, so the serving layer
+    depends on no task suite (tests/unit/test_layers.py). ValueError, one line, when it cannot be loaded."""
+    import importlib
+
+    if check_grader(name) == "none":
+        return None
+    mod, _, fn = name.partition(":")
+    try:
+        func = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"audit_grader {name!r}: cannot import {fn} from {mod} ({exc}); "
+                         f"valid: {GRADERS_HELP}") from None
+    if not callable(func):
+        raise ValueError(f"audit_grader {name!r}: {mod}.{fn} is not callable; valid: {GRADERS_HELP}")
+    return func
+
+
 def normalise(text: str) -> str:
     """Answers agree when equal up to whitespace (as the kernel's answer ids: optistop.cascade)."""
     return " ".join(text.split())
@@ -235,7 +266,7 @@ def audit_of(rec: dict[str, Any]) -> Audit:
 def summarise(records: Iterable[dict[str, Any]], q_ref: float, tolerance: float, window: int = WINDOW,
               z: float = Z, agreement_tolerance: float | None = None) -> dict[str, Any]:
     """What ``optistop audit LOG`` prints: the estimate over the whole log and over its last window."""
-    recs = list(records)
+    recs = [r for r in records if not r.get("sampled")]   # sampled answers disagree by chance (module doc)
     whole = Monitor(q_ref, tolerance, window=max(len(recs), 1), z=z)
     last = Monitor(q_ref, tolerance, window=window, z=z, agreement_tolerance=agreement_tolerance)
     for r in recs:

@@ -58,14 +58,15 @@ def with_safer_points(art: dict[str, Any]) -> dict[str, Any]:
 
 def records_from_audit(path: Path, warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
     """(replay records, audits skipped). Audits without a confidence for every stage (a predictor that
-    failed) cannot be calibration rows and are skipped."""
+    failed) cannot be calibration rows and are skipped, as are sampled requests' audits (two samples
+    disagree by chance; the quality predictor and its rule are fitted on greedy answers)."""
     out, skipped = [], 0
     for rec in read_log(path, warn):
         conf, answers = rec["confidences"], rec["answers"]
         names, costs = rec.get("stages"), rec.get("costs")
         if (not isinstance(conf, list) or not isinstance(answers, list) or names is None or costs is None
                 or len(conf) != len(answers) or any(c is None or not math.isfinite(c) for c in conf)
-                or any(not isinstance(a, str) for a in answers)):
+                or any(not isinstance(a, str) for a in answers) or rec.get("sampled")):
             skipped += 1
             continue
         ref = normalise(answers[-1])

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from optistop import audit as A
-from optistop.cascade import CascadeBackend, CascadeRequest, CascadeResult
+from optistop.cascade import GREEDY, CascadeBackend, CascadeRequest, CascadeResult, cut_at_stop
 from optistop.features import prompt_rows, stage_row
 from optistop.policy_artifact import PolicyBook
 from optistop.spec import CascadeSpec
@@ -55,6 +55,7 @@ class Auditor:
         self.log = A.AuditLog(log_path, int(spec.audit_log_max_mb * (1 << 20)))
         self.rng = rng or random.Random()
         self._tasks: set[asyncio.Task] = set()
+        self.grader = A.load_grader(spec.audit_grader)   # module:function, imported here (no layer climbs)
         self.monitor = A.Monitor(1.0, DEFAULT_TOLERANCE, spec.audit_window, spec.audit_min)
         self.use(book)
 
@@ -98,14 +99,16 @@ class Auditor:
             conf[rec.stage] = rec.confidence if math.isfinite(rec.confidence) else None
         missing = [k for k in range(n) if k not in texts]
         cost, t0 = 0.0, time.perf_counter()
+        gen_kw = {} if req.options == GREEDY else {"options": req.options}
         try:
             rows = prompt_rows(req.prompt, n)
             for k in missing:
                 stage = spec.stages[k]
                 cost += stage.cost   # paid once called, whether or not it answers
-                out = await asyncio.wait_for(backend.generate(k, req.input_ids, req.max_tokens),
+                out = await asyncio.wait_for(backend.generate(k, req.input_ids, req.max_tokens, **gen_kw),
                                              timeout=stage.timeout_for(req.max_tokens))
-                texts[k] = decode(out.token_ids)
+                # like with like: the request's options, and its stop words cut as the served answer was
+                out, texts[k], _ = cut_at_stop(out, decode(out.token_ids), req.stop, decode)
                 feats = stage_row(rows, req.prompt, texts[k], out.logprobs, out.hit_max_tokens, k)
                 (c,) = await backend.score([feats])
                 conf[k] = float(c) if math.isfinite(float(c)) else None
@@ -129,12 +132,22 @@ class Auditor:
             "cost_served": result.cost, "cost_audit": cost, "audit_ms": round((time.perf_counter() - t0) * 1e3, 3)}
         if graded is not None:
             record["served_correct"], record["reference_correct"] = graded
+        if req.stop or not req.options.greedy:
+            # two samples disagree by chance: logged, but kept out of the estimate and alarm, whose baseline
+            # (agreement_baseline) was read on greedy answers; stop words alone compare like with like
+            record["stop"], record["sampled"] = list(req.stop), not req.options.greedy
+            record["options"] = {"temperature": req.options.temperature, "top_p": req.options.top_p,
+                                 "seed": req.options.seed}
         if spec.audit_keep_prompts:
             record["prompt"] = req.prompt
         try:
             self.log.append(record)
         except OSError as exc:
             log.error("audit log %s not writable: %s", self.log.path, exc)
+        if record.get("sampled"):
+            self._count("audits_total")
+            self._count("audit_cost_total", cost)
+            return
         raised = self.monitor.add(A.audit_of(record))
         self._count("audits_total")
         self._count("audit_cost_total", cost)
@@ -166,13 +179,11 @@ class Auditor:
         self.monitor.reset()   # the audits so far describe the point just left
 
     def _grade(self, prompt: str, served: str, reference: str) -> tuple[bool, bool] | None:
-        if self.spec.audit_grader != "tiny_tasks":
+        if self.grader is None:
             return None
-        from optistop.tiny.tasks import grade
-
         try:
-            return bool(grade(prompt, served)), bool(grade(prompt, reference))
-        except ValueError:   # not a task-suite prompt: no label
+            return bool(self.grader(prompt, served)), bool(self.grader(prompt, reference))
+        except ValueError:   # a prompt the grader cannot label (e.g. not a task-suite prompt): no label
             return None
 
     def _count(self, family: str, value: float = 1.0) -> None:

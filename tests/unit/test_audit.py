@@ -194,7 +194,8 @@ def test_bench_runs_the_cascade_with_auditing_on_beside_off() -> None:
 
 @pytest.mark.parametrize("line, field", [
     ("audit_rate = 1.5", "cascade.audit_rate"), ("audit_rate = -0.1", "cascade.audit_rate"),
-    ('on_drift = "panic"', "cascade.on_drift"), ('audit_grader = "gpt"', "cascade.audit_grader"),
+    ('on_drift = "panic"', "cascade.on_drift"), ('audit_grader = "gpt"', "cascade.audit_grader"), ('audit_grader = "tiny_tasks"', "cascade.audit_grader"),
+    ('audit_grader = "a b:c"', "cascade.audit_grader"),
     ("audit_window = 0", "cascade.audit_window"), ("audit_keep_prompts = 1", "cascade.audit_keep_prompts"),
     ("policy_watch_s = -1", "cascade.policy_watch_s"),
     ("audit_reference_quality = 0", "cascade.audit_reference_quality"),
@@ -262,3 +263,28 @@ def test_safer_points_are_stored_and_read_back() -> None:
     assert [(p["policy"], p["lambda"]) for p in stored] == derived
     art["safer"] = [{"policy": "fixed:1", "lambda": None}, {"policy": "fixed:2", "lambda": None}]
     assert safer_points(PolicyBook(art)) == [("fixed:1", None), ("fixed:2", None)]
+
+
+def test_audit_grader_is_none_or_module_function_loaded_by_name() -> None:
+    from optistop.audit import check_grader, load_grader
+    from optistop.tiny.tasks import grade
+
+    assert load_grader("none") is None
+    assert load_grader("optistop.tiny.tasks:grade") is grade       # imported at initialize, by name
+    assert check_grader("my.pkg:is_right") == "my.pkg:is_right"       # grammar only: loaded later
+    for bad, why in (("tiny_tasks", "not a grader; valid: none | module:function"),
+                     ("optistop.tiny.tasks:nope", "cannot import nope from optistop.tiny.tasks"),
+                     ("no_such_module_x:f", "cannot import f from no_such_module_x"),
+                     ("optistop.audit:Z", "optistop.audit.Z is not callable")):
+        with pytest.raises(ValueError, match=why):
+            load_grader(bad)
+
+
+def test_sampled_audits_are_left_out_of_the_summary() -> None:
+    from optistop.audit import summarise
+
+    base = {"served_stage": 0, "answers": ["1", "2"], "confidences": [0.9, 0.9], "reference_stage": 1,
+            "cost_served": 1.0, "cost_audit": 10.0}
+    recs = [dict(base, agree=True)] * 20 + [dict(base, agree=False, sampled=True)] * 30
+    s = summarise(recs, 1.0, 0.945)
+    assert s["audits"] == 20 and s["all"]["disagree"] == 0.0 and not s["alarm"]
