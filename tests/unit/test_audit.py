@@ -194,7 +194,8 @@ def test_bench_runs_the_cascade_with_auditing_on_beside_off() -> None:
 
 @pytest.mark.parametrize("line, field", [
     ("audit_rate = 1.5", "cascade.audit_rate"), ("audit_rate = -0.1", "cascade.audit_rate"),
-    ('on_drift = "panic"', "cascade.on_drift"), ('audit_grader = "gpt"', "cascade.audit_grader"), ('audit_grader = "tiny_tasks"', "cascade.audit_grader"),
+    ('on_drift = "panic"', "cascade.on_drift"), ('audit_grader = "gpt"', "cascade.audit_grader"),
+    ('audit_grader = "tiny_tasks"', "cascade.audit_grader"),
     ('audit_grader = "a b:c"', "cascade.audit_grader"),
     ("audit_window = 0", "cascade.audit_window"), ("audit_keep_prompts = 1", "cascade.audit_keep_prompts"),
     ("policy_watch_s = -1", "cascade.policy_watch_s"),
