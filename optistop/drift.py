@@ -82,7 +82,7 @@ class Budget:
 
     def chance(self) -> float:
         """Probability of auditing a request that can be audited now."""
-        if self.boost:
+        if self.boost or self.rate >= 1.0:
             return 1.0
         return min(1.0, self.calm * self.rate / max(self.p_early, 1e-3))
 

@@ -103,7 +103,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
     alarms: list[tuple[int, str]] = []
     events: list[dict[str, Any]] = []
     since: list[int] = []            # complete rows gathered since the first alarm (the recalibration set)
-    pending, stepped = False, False
+    pending, stepped, mixing = False, False, mix
     ran, ans = K.simulate(rule, tr.conf, tr.ex_ante, tr.resp)
     t = 0
     while t < N:
@@ -115,7 +115,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
             budget.earn()
             early = ans[i] < n - 1
             raised = []
-            if mix and c_mix.add(not early):
+            if mixing and c_mix.add(not early):
                 raised.append("mix")
             if early or not ran[i].all():   # something to run: an audit, drawn from the budget
                 if budget.draw(float(u[i])):
@@ -135,10 +135,8 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
                 if on_drift == "safer" and not stepped and step + 1 < len(ladder):
                     step, stepped = step + 1, True
                     name, rule = ladder[step]
-                    b = baselines(fit_on, rule)
-                    c_mix.rebase(b["reach"])
-                    c_q.rebase(b["disagree_early"])
-                    budget.p_early = b["early"]
+                    mixing = False   # as the server: the mix warning rests until recalibration, the
+                    c_q.reset()      # quality alarm keeps the operating point's bar
                     events.append({"request": i, "event": "safer", "policy": name})
                     changed = True
             if pending and len(since) >= recal_audits:
@@ -148,7 +146,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
                 b = baselines(fit_on, rule)
                 c_mix.rebase(b["reach"])
                 c_q.rebase(b["disagree_early"])
-                budget.p_early, budget.boost = b["early"], False
+                budget.p_early, budget.boost, mixing = b["early"], False, mix
                 name = "recal:" + "/".join(map(str, choice))
                 events.append({"request": i, "event": "recalibrated", "policy": name, "rows": len(since)})
                 since, pending, changed = [], False, True

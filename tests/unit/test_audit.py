@@ -153,10 +153,10 @@ def test_on_drift_safer_steps_up_the_certified_ladder(tmp_path: Path) -> None:
     ladder = safer_points(book)
     lam0 = book.default_lambda
     assert ladder[-1] == ("fixed:2", None) and all(lam > lam0 for _, lam in ladder[:-1])
-    auditor._alarm(auditor.monitor.estimate())
+    auditor._alarm("quality", auditor.monitor.estimate())
     assert book.default_policy == ladder[0][0] and book.default_lambda == ladder[0][1]
     for _ in range(len(ladder) + 2):          # past the end it stays at the safest point
-        auditor._alarm(auditor.monitor.estimate())
+        auditor._alarm("quality", auditor.monitor.estimate())
     assert book.default_policy == "fixed:2" and book.make(None, None)[0].name == "fixed:2"
 
 
@@ -289,3 +289,29 @@ def test_sampled_audits_are_left_out_of_the_summary() -> None:
     recs = [dict(base, agree=True)] * 20 + [dict(base, agree=False, sampled=True)] * 30
     s = summarise(recs, 1.0, 0.945)
     assert s["audits"] == 20 and s["all"]["disagree"] == 0.0 and not s["alarm"]
+
+
+def test_server_mix_warning_fires_on_traffic_reaching_the_reference_and_boosts_audits(tmp_path: Path) -> None:
+    from optistop.drift import H_MIX
+
+    auditor, _ = _auditor(tmp_path, audit_rate=0.05)
+    book = auditor.book
+    book.art["drift_baselines"] = {"reach": 0.2, "early": 0.8, "disagree_early": 0.1}
+    auditor.use(book)
+    assert auditor.mix is not None and auditor.quality is not None and not auditor.alarm
+    backend = ScriptedBackend({0: [0], 1: [0], 2: [0]}, {0: 0.99, 1: 0.5, 2: 0.5}, [0.5] * 3)
+
+    async def go(policy: str, times: int) -> None:
+        book.default_policy = policy       # the requests are on the operating point
+        for _ in range(times):
+            req = CascadeRequest("1+1=", (1,), 8, 0.0, make_policy(policy, 3))
+            auditor.after(req, await run_cascade(req, SPEC, backend, decode), backend, decode)
+        await auditor.drain()
+
+    asyncio.run(go("fixed:1", 200))       # accepted before the reference: calm, within the budget
+    assert not auditor.alarm and auditor.budget.spent <= 0.05 * 200
+    step = math.log(0.35 / 0.2)           # each request reaching the reference adds log(p1 / p0)
+    asyncio.run(go("fixed:2", math.ceil(H_MIX / step) - 1))
+    assert not auditor.alarm
+    asyncio.run(go("fixed:2", 1))
+    assert auditor.alarm and auditor.budget.boost and _gauge("drift_alarm") == 1.0
