@@ -44,12 +44,27 @@ def tiny_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
-    """A real tritonserver on the project's model_repository, on free loopback ports."""
+    """A real tritonserver on a temporary copy of the project's model_repository and cascade.toml, on free
+    loopback ports. The copy's spec sets ``audit_rate = 0`` and an audit log in the copy: no test's requests
+    are audited unless the test asks (the request's ``audit`` input), and a test that writes the served
+    policy.json (``server.cfg.repository``) leaves the tracked files alone."""
+    import shutil
+
     from optistop.serving.embedded import EmbeddedServer, ServerConfig, free_port
 
     if not (ROOT / "model_repository" / "quality_predictor" / "1" / "model.onnx").exists():
         pytest.fail("model_repository/quality_predictor/1/model.onnx missing; run `make predictor`")
-    cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    tmp = tmp_path_factory.mktemp("served")
+    (tmp / "models").symlink_to(ROOT / "models")
+    spec = (ROOT / "cascade.toml").read_text(encoding="utf-8")
+    if "\n[cascade]\n" not in "\n" + spec:
+        pytest.fail("cascade.toml has no [cascade] table to set the test server's audit_rate in")
+    (tmp / "cascade.toml").write_text(
+        spec.replace("[cascade]\n", '[cascade]\naudit_rate = 0.0\naudit_log = "audit.jsonl"\n', 1), encoding="utf-8")
+    shutil.copytree(ROOT / "model_repository", tmp / "model_repository",
+                    ignore=shutil.ignore_patterns("__pycache__", "audit.jsonl*"))
+    cfg = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                       repository=tmp / "model_repository")
     log = tmp_path_factory.mktemp("triton") / "server.log"
     srv = EmbeddedServer(cfg, log_path=log)
     with srv:
