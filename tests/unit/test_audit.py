@@ -315,3 +315,39 @@ def test_server_mix_warning_fires_on_traffic_reaching_the_reference_and_boosts_a
     assert not auditor.alarm
     asyncio.run(go("fixed:2", 1))
     assert auditor.alarm and auditor.budget.boost and _gauge("drift_alarm") == 1.0
+
+
+class OptionsBackend(ScriptedBackend):
+    """Records the options each stage call was given (a sampled or stop-word request)."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.options: list = []
+
+    async def generate(self, stage: int, input_ids, max_tokens: int, options=None):
+        self.options.append(options)
+        return await super().generate(stage, input_ids, max_tokens)
+
+
+def test_audit_runs_the_reference_like_the_request_and_cuts_it_at_its_stop_words(tmp_path: Path) -> None:
+    from optistop.cascade import GenerationOptions
+
+    auditor, _ = _auditor(tmp_path, audit_rate=1.0)
+    # stage 0 answers "ab" (no stop word in it); the reference answers "acb", which the stop word "c" cuts
+    # to "a", as the request would have been served by it
+    backend = OptionsBackend({0: [0, 1], 1: [0, 1], 2: [0, 2, 1]}, {0: 0.99, 1: 0.5, 2: 0.5}, [0.5] * 3)
+    sampled = GenerationOptions(temperature=0.7, top_p=0.9, seed=5)
+
+    async def go(stop: tuple[str, ...], options: GenerationOptions):
+        req = CascadeRequest("1+1=", (1,), 8, 0.0, make_policy("fixed:0", 3), stop=stop, options=options)
+        auditor.after(req, await run_cascade(req, SPEC, backend, decode), backend, decode)
+        await auditor.drain()
+
+    asyncio.run(go(("c",), GenerationOptions()))
+    asyncio.run(go(("c",), sampled))
+    first, second = list(A.read_log(tmp_path / "audit.jsonl"))
+    assert first["answers"] == ["ab", "ab", "a"] and first["agree"] is False and first["stop"] == ["c"]
+    assert backend.options[:3] == [None, None, None]           # greedy: called as before, no options
+    assert backend.options[3:] == [sampled] * 3                 # the audit's stages got the request's options
+    assert second["sampled"] is True and second["options"]["temperature"] == 0.7
+    assert auditor.monitor.estimate().n == 1                    # the sampled audit stays out of the estimate
