@@ -50,7 +50,8 @@ def line(r: dict) -> str:
     med = ok[len(ok) // 2] if ok else None
     q = [x for x in r["quality_alarm_delay"] if x is not None and x >= 0]
     return (f"| {Path(r['dir']).name} ({r['n']}) | {r['audit_share']:.1%} | {med} / {ok[-1] if ok else None} "
-            f"({r['early']} before, {r['missed']} missed) | {len(q)} of {r['seeds']} | "
+            f"({r['early']} before, {r['missed']} missed) | {len(q)} of {r['seeds']}"
+            f"{f' (median +{sorted(q)[len(q) // 2]})' if q else ''} | "
             f"{min(r['after_recal']) if r['after_recal'] else None} ({r['recalibrated']} of {r['seeds']}) | "
             f"{np.mean(r['quality']):.3f} | {np.mean(r['cost']):.2f} ({np.mean(r['audit_cost']):.2f}) | "
             f"{r['cheapest_adequate']:g} | {r['false_alarm_runs']} of {r['seeds']} |")
