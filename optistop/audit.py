@@ -2,9 +2,9 @@
 server (optistop.serving.audit) and its offline twin (optistop.offline.stream). Pure Python, no numpy.
 
 An *audit* completes a served request off its critical path: every stage it did not run is run, up to the
-reference (the last stage), so the audited row looks like a calibration row. Audits are a uniform sample
-of all traffic (a request that already reached the reference is audited for free), so their mean is an
-unbiased estimate over the traffic.
+reference (the last stage), so the audited row looks like a calibration row. Audits are drawn among
+requests accepted before the reference (or with stages skipped; optistop.drift.Budget): the others agree
+with the reference by construction, so the disagreement over audits bounds the traffic's from above.
 
 Two estimates of the delivered quality relative to the reference stage, each with a confidence interval:
 
@@ -15,13 +15,15 @@ Two estimates of the delivered quality relative to the reference stage, each wit
 - graded, where a grader labels both answers: the ratio R = sum(served correct) / sum(reference correct)
   over the audits, with a delta-method interval (the same standard error the operating-point choice uses).
 
-The alarm: over the last ``window`` audits (at least ``min_audits``), the interval's *upper* end below the
-tolerance, i.e. the audits show with confidence that quality is below the tolerance. The label-free bound is
-pessimistic (answers that differ from a wrong reference count against it), so without a grader the alarm
-compares it with what the same bound read on the calibration set (``agreement_tolerance``: that baseline less
-the target's margin; ``agreement_baseline``), not with the quality tolerance: a drift, not the bound's bias.
-The lower end is what is exported and certified against; an alarm on it would fire on healthy traffic,
-because the operating point is chosen to sit at the target (README, "Knowing the quality you deliver").
+The drift alarm is optistop.drift's (two sequential tests against calibration baselines); ``Monitor.drifted``
+is its fallback for a policy.json without ``drift_baselines`` and what ``optistop audit`` reports: over the
+last ``window`` audits (at least ``min_audits``), the interval's *upper* end below the tolerance, i.e. the
+audits show with confidence that quality is below the tolerance. The label-free bound is pessimistic (answers
+that differ from a wrong reference count against it), so without a grader the alarm compares it with what the
+same bound read on the calibration set (``agreement_tolerance``: that baseline less the target's margin;
+``agreement_baseline``), not with the quality tolerance: a drift, not the bound's bias. The lower end is what
+is exported and certified against; an alarm on it would fire on healthy traffic, because the operating point
+is chosen to sit at the target (README, "Knowing the quality you deliver").
 """
 
 from __future__ import annotations

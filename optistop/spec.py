@@ -76,7 +76,7 @@ class CascadeSpec:
     audit_log: Path | None = None      # JSONL, rotated by size; None: audit.jsonl beside the spec file
     audit_log_max_mb: float = 64.0
     audit_window: int = 200            # audits the estimate and the alarm look at
-    audit_min: int = 10                # audits before an alarm may fire
+    audit_min: int = 10                # audits before the fallback window alarm may fire (no drift_baselines)
     audit_tolerance: float | None = None          # None: the policy artifact's criterion t_lcb
     audit_reference_quality: float | None = None  # q_ref of the label-free bound; None: the artifact's
     audit_grader: str = "none"         # "module:function(prompt, answer) -> bool": graded estimate
