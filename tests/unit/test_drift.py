@@ -6,6 +6,7 @@ import math
 import random
 
 import numpy as np
+import pytest
 
 from optistop import drift as D
 from optistop.offline import policy_fit as F
@@ -64,3 +65,24 @@ def test_twin_audits_only_requests_accepted_before_the_reference_and_warns_soon_
     assert s["first_mix_warning"] is not None and 1000 <= s["first_mix_warning"] < 1300, s["alarms"]
     quiet = run_stream(cal, pre, 0.05, F.Criterion(), seed=1, on_drift="none")["summary"]
     assert quiet["alarms"] == []
+
+
+def test_drift_baselines_written_for_the_server_are_the_twins() -> None:
+    from optistop import policy as K
+    from optistop.pipeline.recalibrate import drift_baselines_of
+
+    rng = np.random.default_rng(4)
+    a = arrays(500, rng, False)
+    rule = K.ThresholdRule(0, np.array([0.5]))   # stage 0 accepted when its confidence is >= 0.5
+    b = drift_baselines_of(a, rule)
+    early = a.conf[:, 0] >= 0.5
+    assert b["early"] == pytest.approx(early.mean(), abs=1e-6)
+    assert b["reach"] == pytest.approx(1 - early.mean(), abs=1e-6)
+    assert b["disagree_early"] == pytest.approx((~a.correct[early, 0]).mean(), abs=1e-6)   # wrong = disagrees here
+
+
+def test_replay_refuses_a_nonpositive_cusum_threshold(tmp_path, capsys) -> None:
+    from optistop.offline.replay import main
+
+    assert main(["--fit", str(tmp_path / "c.jsonl"), "--stream", str(tmp_path / "s.jsonl"), "--h-mix", "0"]) == 2
+    assert "--h-mix is 0.0; it must be > 0" in capsys.readouterr().err
