@@ -2,9 +2,9 @@
 server (optistop.serving.audit) and its offline twin (optistop.offline.stream). Pure Python, no numpy.
 
 An *audit* completes a served request off its critical path: every stage it did not run is run, up to the
-reference (the last stage), so the audited row looks like a calibration row. Audits are a uniform sample
-of all traffic (a request that already reached the reference is audited for free), so their mean is an
-unbiased estimate over the traffic.
+reference (the last stage), so the audited row looks like a calibration row. Audits are drawn among
+requests accepted before the reference (or with stages skipped; optistop.drift.Budget): the others agree
+with the reference by construction, so the disagreement over audits bounds the traffic's from above.
 
 Two estimates of the delivered quality relative to the reference stage, each with a confidence interval:
 
@@ -15,13 +15,15 @@ Two estimates of the delivered quality relative to the reference stage, each wit
 - graded, where a grader labels both answers: the ratio R = sum(served correct) / sum(reference correct)
   over the audits, with a delta-method interval (the same standard error the operating-point choice uses).
 
-The alarm: over the last ``window`` audits (at least ``min_audits``), the interval's *upper* end below the
-tolerance, i.e. the audits show with confidence that quality is below the tolerance. The label-free bound is
-pessimistic (answers that differ from a wrong reference count against it), so without a grader the alarm
-compares it with what the same bound read on the calibration set (``agreement_tolerance``: that baseline less
-the target's margin; ``agreement_baseline``), not with the quality tolerance: a drift, not the bound's bias.
-The lower end is what is exported and certified against; an alarm on it would fire on healthy traffic,
-because the operating point is chosen to sit at the target (README, "Knowing the quality you deliver").
+The drift alarm is optistop.drift's (two sequential tests against calibration baselines); ``Monitor.drifted``
+is its fallback for a policy.json without ``drift_baselines`` and what ``optistop audit`` reports: over the
+last ``window`` audits (at least ``min_audits``), the interval's *upper* end below the tolerance, i.e. the
+audits show with confidence that quality is below the tolerance. The label-free bound is pessimistic (answers
+that differ from a wrong reference count against it), so without a grader the alarm compares it with what the
+same bound read on the calibration set (``agreement_tolerance``: that baseline less the target's margin;
+``agreement_baseline``), not with the quality tolerance: a drift, not the bound's bias. The lower end is what
+is exported and certified against; an alarm on it would fire on healthy traffic, because the operating point
+is chosen to sit at the target (README, "Knowing the quality you deliver").
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ MIN_AUDITS = 10      # no alarm on fewer
 ROTATE_BYTES = 64 << 20
 ROTATE_KEEP = 3
 DRIFT_ACTIONS = ("none", "safer")
-GRADERS = ("none", "tiny_tasks")
+GRADERS_HELP = 'none | module:function (e.g. "optistop.tiny.tasks:grade"; called as function(prompt, answer) -> bool)'
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 
 
 def wilson(k: int, n: int, z: float = Z) -> tuple[float, float]:
@@ -162,6 +165,36 @@ def agreement_baseline(served: list[int], reference: list[int], q_ref: float) ->
     return 1 - dis / max(len(served), 1) / min(max(q_ref, 1e-6), 1.0)
 
 
+def check_grader(name: str) -> str:
+    """The spec's ``audit_grader``: "none" or ``module:function`` (dotted module, one function name);
+    ValueError, one line naming the valid values, otherwise. Loaded at initialize by ``load_grader``."""
+    import re
+
+    mod, colon, fn = name.partition(":")
+    if name != "none" and not (colon and re.fullmatch(_DOTTED, mod) and fn.isidentifier()):
+        raise ValueError(f"{name!r} is not a grader; valid: {GRADERS_HELP}")
+    return name
+
+
+def load_grader(name: str) -> Any:
+    """The grader a spec names: None for "none", else the imported ``function(prompt, answer) -> bool``
+    (raising ValueError for a prompt it cannot label). Imported by name at initialize, so the serving layer
+    depends on no task suite (tests/unit/test_layers.py). ValueError, one line, when it cannot be loaded."""
+    import importlib
+
+    if check_grader(name) == "none":
+        return None
+    mod, _, fn = name.partition(":")
+    try:
+        func = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"audit_grader {name!r}: cannot import {fn} from {mod} ({exc}); "
+                         f"valid: {GRADERS_HELP}") from None
+    if not callable(func):
+        raise ValueError(f"audit_grader {name!r}: {mod}.{fn} is not callable; valid: {GRADERS_HELP}")
+    return func
+
+
 def normalise(text: str) -> str:
     """Answers agree when equal up to whitespace (as the kernel's answer ids: optistop.cascade)."""
     return " ".join(text.split())
@@ -235,7 +268,7 @@ def audit_of(rec: dict[str, Any]) -> Audit:
 def summarise(records: Iterable[dict[str, Any]], q_ref: float, tolerance: float, window: int = WINDOW,
               z: float = Z, agreement_tolerance: float | None = None) -> dict[str, Any]:
     """What ``optistop audit LOG`` prints: the estimate over the whole log and over its last window."""
-    recs = list(records)
+    recs = [r for r in records if not r.get("sampled")]   # sampled answers disagree by chance (module doc)
     whole = Monitor(q_ref, tolerance, window=max(len(recs), 1), z=z)
     last = Monitor(q_ref, tolerance, window=window, z=z, agreement_tolerance=agreement_tolerance)
     for r in recs:

@@ -115,10 +115,10 @@ class CascadeSpec:
     audit_log: Path | None = None      # JSONL, rotated by size; None: audit.jsonl beside the spec file
     audit_log_max_mb: float = 64.0
     audit_window: int = 200            # audits the estimate and the alarm look at
-    audit_min: int = 10                # audits before an alarm may fire
+    audit_min: int = 10                # audits before the fallback window alarm may fire (no drift_baselines)
     audit_tolerance: float | None = None          # None: the policy artifact's criterion t_lcb
     audit_reference_quality: float | None = None  # q_ref of the label-free bound; None: the artifact's
-    audit_grader: str = "none"         # "tiny_tasks": grade both answers (graded estimate)
+    audit_grader: str = "none"         # "module:function(prompt, answer) -> bool": graded estimate
     on_drift: str = "none"             # "safer": step to the next safer certified operating point
     policy_watch_s: float = 2.0        # seconds between checks of policy.json for a new version; 0: never
     supervisor: SupervisorSpec = SupervisorSpec()
@@ -298,7 +298,7 @@ def parse_spec(data: dict[str, Any], base: Path, check_paths: bool = True,
 
 
 def _audit_fields(top: dict[str, Any], base: Path) -> dict[str, Any]:
-    from optistop.audit import DRIFT_ACTIONS, GRADERS
+    from optistop.audit import DRIFT_ACTIONS, check_grader
 
     def number(key: str, default: float | None, lo: float, hi: float, what: str) -> float | None:
         raw = _get(top, key, (int, float), "cascade", default)
@@ -321,6 +321,12 @@ def _audit_fields(top: dict[str, Any], base: Path) -> dict[str, Any]:
             raise SpecError(f"cascade.{key}: must be an integer >= 1, got {v}")
         return v
 
+    def grader() -> str:
+        try:
+            return check_grader(_get(top, "audit_grader", str, "cascade", "none"))
+        except ValueError as exc:
+            raise SpecError(f"cascade.audit_grader: {exc}") from None
+
     raw_log = _get(top, "audit_log", str, "cascade", "")
     return {
         "audit_rate": number("audit_rate", 0.02, 0.0, 1.0, "a share of requests in [0, 1]"),
@@ -332,7 +338,7 @@ def _audit_fields(top: dict[str, Any], base: Path) -> dict[str, Any]:
         "audit_tolerance": number("audit_tolerance", None, 0.0, 1.0, "a quality share in [0, 1]"),
         "audit_reference_quality": number("audit_reference_quality", None, 0.01, 1.0,
                                           "the reference stage's accuracy in (0, 1]"),
-        "audit_grader": choice("audit_grader", GRADERS),
+        "audit_grader": grader(),
         "on_drift": choice("on_drift", DRIFT_ACTIONS),
         "policy_watch_s": number("policy_watch_s", 2.0, 0.0, 86400.0, "seconds >= 0 (0: never)"),
     }

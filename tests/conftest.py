@@ -94,10 +94,14 @@ def start_server(repo: Path, log: Path, load_models: tuple[str, ...] = CORE_MODE
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
-    """A real tritonserver on the project's model_repository, on free loopback ports."""
+    """A real tritonserver on a temporary copy of the project's model_repository and cascade.toml
+    (copy_repository), on free loopback ports: no test's requests are audited unless the test asks (the
+    request's ``audit`` input), and a test that writes the served policy.json (``server.cfg.repository``)
+    leaves the tracked files alone."""
     _need_predictor()
+    repo = copy_repository(tmp_path_factory.mktemp("served"))
     log = tmp_path_factory.mktemp("triton") / "server.log"
-    with start_server(ROOT / "model_repository", log) as srv:
+    with start_server(repo, log) as srv:
         yield srv
     # the whole log is kept in the tmp dir for post-mortems; print its path when a test fails
     print(f"tritonserver log: {log}")
@@ -105,13 +109,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
 
 # --- building variant repositories -----------------------------------------------------------------
 
+def served_spec_text() -> str:
+    """cascade.toml as the test servers serve it: ``audit_rate = 0`` (a test's requests are audited only
+    when it sends ``audit``) and the audit log beside the copied spec, never in the checkout."""
+    spec = (ROOT / "cascade.toml").read_text(encoding="utf-8")
+    if "\n[cascade]\n" not in "\n" + spec:
+        pytest.fail("cascade.toml has no [cascade] table to set the test servers' audit_rate in")
+    return spec.replace("[cascade]\n", '[cascade]\naudit_rate = 0.0\naudit_log = "audit.jsonl"\n', 1)
+
+
 def copy_repository(tmp: Path) -> Path:
-    """A copy of model_repository at ``tmp/model_repository`` with cascade.toml and models/ beside it, so the
-    relative paths in the configs and the spec resolve as in the checkout."""
+    """A copy of model_repository at ``tmp/model_repository`` with cascade.toml (served_spec_text) and models/
+    beside it, so the relative paths in the configs and the spec resolve as in the checkout."""
     (tmp / "models").symlink_to(ROOT / "models")
-    shutil.copy(ROOT / "cascade.toml", tmp / "cascade.toml")
+    (tmp / "cascade.toml").write_text(served_spec_text(), encoding="utf-8")
     repo = tmp / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__", "audit.jsonl*"))
     return repo
 
 
@@ -150,7 +163,7 @@ def variant_cascade(repo: Path, name: str, stages: dict[str, str] | None = None,
     """A cascade model ``name`` whose spec (``<name>.toml`` beside the repository) swaps stage models
     (``stages``: original triton_model -> variant), sets stage timeouts (by variant name) or a predictor
     model, which it then calls through BLS instead of scoring in its own process."""
-    spec = (ROOT / "cascade.toml").read_text()
+    spec = served_spec_text()
     for old, new in (stages or {}).items():
         spec = spec.replace(f'triton_model = "{old}"\n', f'triton_model = "{new}"\n')
     for model, seconds in (timeouts or {}).items():

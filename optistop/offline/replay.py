@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from optistop import drift as D
 from optistop import policy as K
 from optistop.offline import cascades, ltt
 from optistop.offline import policy_fit as F
@@ -220,18 +221,18 @@ def _stream(args: argparse.Namespace, crit: F.Criterion) -> int:
     rate = 0.02 if args.audit is None else args.audit
     if not 0.0 <= rate <= 1.0:
         raise ReplayInputError(f"--audit is {rate}; a share of requests in [0, 1]")
-    for flag in ("alarm_window", "min_audits", "recal_audits"):
-        if getattr(args, flag) < 1:
-            raise ReplayInputError(f"--{flag.replace('_', '-')} is {getattr(args, flag)}; it must be >= 1")
-    if not args.alarm_z > 0:
-        raise ReplayInputError(f"--alarm-z is {args.alarm_z}; it must be > 0")
+    if args.recal_audits < 1:
+        raise ReplayInputError(f"--recal-audits is {args.recal_audits}; it must be >= 1")
+    for flag in ("h_mix", "h_quality"):
+        if not getattr(args, flag) > 0:
+            raise ReplayInputError(f"--{flag.replace('_', '-')} is {getattr(args, flag)}; it must be > 0")
     cal, tr = load(args.fit), load(args.stream)
     if cal.conf.shape[1] != tr.conf.shape[1] or not np.allclose(cal.costs, tr.costs):
         raise ReplayInputError("--fit and --stream files must have the same stages and costs")
     try:
         res = stream.run_stream(cal, tr, rate, crit, seed=args.seed, on_drift=args.on_drift, label_free=args.label_free,
-                                recal_audits=args.recal_audits, monitor_window=args.alarm_window,
-                                min_audits=args.min_audits, z=args.alarm_z, recal_with=args.recal_with)
+                                recal_audits=args.recal_audits, recal_with=args.recal_with, h_mix=args.h_mix,
+                                h_quality=args.h_quality, mix=not args.no_mix)
     except ValueError as exc:
         raise ReplayInputError(str(exc)) from None
     stream.print_run(res, args.shift)
@@ -268,9 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--on-drift", choices=["none", "safer"], default="safer", help="with --stream: on an alarm")
     ap.add_argument("--label-free", action="store_true", help="with --stream: audits see agreement only")
     ap.add_argument("--shift", type=int, default=None, help="with --stream: the request where the shift starts")
-    ap.add_argument("--alarm-window", type=int, default=60, help="with --stream: audits the alarm looks at")
-    ap.add_argument("--alarm-z", type=float, default=1.645, help="with --stream: one-sided z of the alarm's bound")
-    ap.add_argument("--min-audits", type=int, default=20, help="with --stream: audits before an alarm may fire")
+    ap.add_argument("--h-mix", type=float, default=D.H_MIX,
+                    help="with --stream: threshold of the label-free mix warning's CUSUM (optistop.drift)")
+    ap.add_argument("--h-quality", type=float, default=D.H_QUALITY,
+                    help="with --stream: threshold of the audited disagreement's CUSUM (optistop.drift)")
+    ap.add_argument("--no-mix", action="store_true", help="with --stream: audits only, no label-free warning")
     ap.add_argument("--recal-audits", type=int, default=150, help="with --stream: audits a recalibration needs")
     ap.add_argument("--recal-with", choices=["balanced", "all", "audits"], default="balanced",
                     help="with --stream: what the recalibration fits on besides the audits (optistop.offline.stream)")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from optistop import audit as A
+from optistop import drift as D
 from optistop import policy as K
 from optistop.offline import policy_fit as F
 
@@ -61,71 +61,95 @@ def concat(a: F.Arrays, b: F.Arrays) -> F.Arrays:
                     cat(a.ex_ante, b.ex_ante), cat(a.resp, b.resp))
 
 
+def baselines(fit: F.Arrays, rule: K.Policy) -> dict[str, float]:
+    """What the detectors compare traffic with, read on ``fit`` for ``rule`` (optistop.drift): the share of
+    rows reaching the reference, the share accepted before it, and the disagreement among those."""
+    _, ans = K.simulate(rule, fit.conf, fit.ex_ante, fit.resp)
+    early = ans < fit.conf.shape[1] - 1
+    dis = disagrees(fit, np.arange(len(ans)), ans)
+    return {"reach": float(1 - early.mean()), "early": float(early.mean()),
+            "disagree_early": float(dis[early].mean()) if early.any() else 0.0}
+
+
+def disagrees(a: F.Arrays, idx: np.ndarray, ans: np.ndarray) -> np.ndarray:
+    """Served answer differs from the reference's: answer ids where the records have texts (-1, no answer,
+    agrees with nothing), else the labels differ (no texts to compare)."""
+    if a.resp is not None:
+        got, ref = a.resp[idx, ans], a.resp[idx, -1]
+        return (got != ref) | (got < 0)
+    return a.correct[idx, ans] != a.correct[idx, -1]
+
+
 def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed: int = 0, window: int = 100,
                on_drift: str = "safer", label_free: bool = False, recal_audits: int = 150,
-               monitor_window: int = 60, min_audits: int = 20, z: float = A.Z,
-               q_ref: float | None = None, recal_with: str = "balanced") -> dict[str, Any]:
-    """Play ``tr`` in order; returns {"windows": [...], "events": [...], "summary": {...}}."""
+               recal_with: str = "balanced", h_mix: float = D.H_MIX, h_quality: float = D.H_QUALITY,
+               delta_mix: float = D.DELTA_MIX, delta_quality: float = D.DELTA_QUALITY, calm: float = D.CALM,
+               bank: float = D.BANK, mix: bool = True) -> dict[str, Any]:
+    """Play ``tr`` in order; returns {"windows": [...], "events": [...], "summary": {...}}. The detectors,
+    the budget and their defaults are optistop.drift's, as in the server."""
     if label_free and tr.resp is None:
         raise ValueError("--label-free needs the stages' response texts in TRAFFIC (agreement)")
     N, n = tr.conf.shape
-    rng = np.random.default_rng(seed)
-    audited = rng.random(N) < rate
+    u = np.random.default_rng(seed).random(N)
     rule, choice, ch = fit_operating(cal, crit, seed)
-    ladder, step = safer_ladder(cal, choice, ch), -1
+    ladder, step, fit_on = safer_ladder(cal, choice, ch), -1, cal
     name = first_choice = "/".join(map(str, choice))
-    q_cal_ref = float(cal.correct[:, -1].mean())
-    mon = A.Monitor(q_ref if q_ref is not None else q_cal_ref, crit.t_lcb, monitor_window, min_audits, z)
-    mon.agreement_tolerance = _agreement_tolerance(cal, rule, mon.q_ref, crit)
-    served = np.zeros(N, bool)
-    cost = np.zeros(N)
-    audit_cost = np.zeros(N)
+    base = baselines(cal, rule)
+    c_mix, c_q = D.Cusum(base["reach"], delta_mix, h_mix), D.Cusum(base["disagree_early"], delta_quality, h_quality)
+    budget = D.Budget(rate, base["early"], calm, bank)
+    served, audited = np.zeros(N, bool), np.zeros(N, bool)
+    cost, audit_cost = np.zeros(N), np.zeros(N)
     policy_at = [""] * N
-    alarm_at: list[int] = []
+    alarms: list[tuple[int, str]] = []
     events: list[dict[str, Any]] = []
-    since: list[int] = []            # rows audited since the alarm window began (the recalibration set)
-    pending_recal = False
-    t = 0
+    since: list[int] = []            # complete rows gathered since the first alarm (the recalibration set)
+    pending, stepped, mixing = False, False, mix
     ran, ans = K.simulate(rule, tr.conf, tr.ex_ante, tr.resp)
+    t = 0
     while t < N:
         changed = False
         for i in range(t, N):
             served[i] = tr.correct[i, ans[i]]
             cost[i] = float(ran[i] @ tr.costs)
             policy_at[i] = name
-            mon.served(cost[i])
-            if not audited[i]:
-                continue
-            audit_cost[i] = float((~ran[i]) @ tr.costs)
-            agree = (ans[i] == n - 1 or (tr.resp is not None and tr.resp[i, ans[i]] >= 0
-                                         and tr.resp[i, ans[i]] == tr.resp[i, n - 1]))
-            if tr.resp is None:   # no answer texts: agreement only where the same stage answered
-                agree = ans[i] == n - 1
-            graded = None if label_free else (bool(tr.correct[i, ans[i]]), bool(tr.correct[i, n - 1]))
-            a = A.Audit(bool(agree), audit_cost[i], *(graded or (None, None)))
-            since.append(i)
-            raised = mon.add(a)
-            if raised:
-                alarm_at.append(i)
-                first = len(since) - len(mon.audits)
-                since = since[max(first, 0):]
-                events.append({"request": i, "event": "alarm", "estimate": mon.estimate().as_dict()})
-                pending_recal = True
-                if on_drift == "safer" and step + 1 < len(ladder):
-                    step += 1
+            budget.earn()
+            early = ans[i] < n - 1
+            raised = []
+            if mixing and c_mix.add(not early):
+                raised.append("mix")
+            if early or not ran[i].all():   # something to run: an audit, drawn from the budget
+                if budget.draw(float(u[i])):
+                    audited[i] = True
+                    audit_cost[i] = float((~ran[i]) @ tr.costs)
+                    if pending:
+                        since.append(i)
+                    if early and c_q.add(bool(disagrees(tr, np.array([i]), ans[i:i + 1])[0])):
+                        raised.append("quality")
+            elif pending and budget.credit >= 1.0 and u[i] < budget.chance():
+                since.append(i)   # every stage ran: a complete row for free, drawn at the audits' chance
+            for kind in raised:
+                alarms.append((i, kind))
+                events.append({"request": i, "event": "alarm", "kind": kind, "cusum": round(
+                    (c_mix if kind == "mix" else c_q).s, 3)})
+                pending, budget.boost = True, True
+                if on_drift == "safer" and not stepped and step + 1 < len(ladder):
+                    step, stepped = step + 1, True
                     name, rule = ladder[step]
+                    mixing = False   # as the server: the mix warning rests until recalibration, the
+                    c_q.reset()      # quality alarm keeps the operating point's bar
                     events.append({"request": i, "event": "safer", "policy": name})
-                    mon.reset()
                     changed = True
-            if pending_recal and len(since) >= recal_audits:
+            if pending and len(since) >= recal_audits:
                 fit_on = _recal_set(cal, _audited_rows(tr, since, label_free), recal_with, seed)
                 rule, choice, ch = fit_operating(fit_on, crit, seed)
-                ladder, step = safer_ladder(fit_on, choice, ch), -1
-                mon.agreement_tolerance = _agreement_tolerance(fit_on, rule, mon.q_ref, crit)
+                ladder, step, stepped = safer_ladder(fit_on, choice, ch), -1, False
+                b = baselines(fit_on, rule)
+                c_mix.rebase(b["reach"])
+                c_q.rebase(b["disagree_early"])
+                budget.p_early, budget.boost, mixing = b["early"], False, mix
                 name = "recal:" + "/".join(map(str, choice))
-                events.append({"request": i, "event": "recalibrated", "policy": name, "audits": len(since)})
-                mon.reset()
-                since, pending_recal, changed = [], False, True
+                events.append({"request": i, "event": "recalibrated", "policy": name, "rows": len(since)})
+                since, pending, changed = [], False, True
             if changed:
                 t = i + 1
                 if t < N:
@@ -137,38 +161,43 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
             t = N
         if not changed:
             break
-    ref = tr.correct[:, -1].astype(float)
-    total = cost + audit_cost
-    wins = []
+    return {"windows": _windows(tr, served, cost, audit_cost, audited, alarms, policy_at, window),
+            "events": events, "summary": _summary(tr, crit, rate, served, cost, audit_cost, audited, alarms,
+                                                   events, first_choice)}
+
+
+def _windows(tr: F.Arrays, served: np.ndarray, cost: np.ndarray, audit_cost: np.ndarray, audited: np.ndarray,
+             alarms: list[tuple[int, str]], policy_at: list[str], window: int) -> list[dict[str, Any]]:
+    ref, total, N = tr.correct[:, -1].astype(float), cost + audit_cost, len(served)
+    out = []
     for s in range(0, N, window):
         e = min(s + window, N)
         q_rel = float(served[s:e].mean() / max(ref[s:e].mean(), 1e-9))
-        wins.append({"start": s, "end": e, "quality_rel": round(q_rel, 6),
-                     "cost": round(float(total[s:e].mean()), 6), "serve_cost": round(float(cost[s:e].mean()), 6),
-                     "audits": int(audited[s:e].sum()), "alarm": any(s <= x < e for x in alarm_at),
-                     "policy": policy_at[e - 1]})
+        out.append({"start": s, "end": e, "quality_rel": round(q_rel, 6),
+                    "cost": round(float(total[s:e].mean()), 6), "serve_cost": round(float(cost[s:e].mean()), 6),
+                    "audits": int(audited[s:e].sum()), "alarm": any(s <= x < e for x, _ in alarms),
+                    "policy": policy_at[e - 1]})
+    return out
+
+
+def _summary(tr: F.Arrays, crit: F.Criterion, rate: float, served: np.ndarray, cost: np.ndarray,
+             audit_cost: np.ndarray, audited: np.ndarray, alarms: list[tuple[int, str]],
+             events: list[dict[str, Any]], first_choice: str) -> dict[str, Any]:
+    N, n = tr.conf.shape
+    ref = tr.correct[:, -1].astype(float)
     recal = [ev["request"] for ev in events if ev["event"] == "recalibrated"]
     after = recal[0] + 1 if recal else N
     acc = tr.correct.mean(axis=0)
     adequate = [k for k in range(n) if acc[k] >= crit.target * acc[-1]]
-    summary = {"n": N, "audit_rate": rate, "audits": int(audited.sum()), "initial_choice": first_choice,
-               "alarms": alarm_at, "recalibrated_at": recal,
-               "quality_rel": round(float(served.mean() / ref.mean()), 6),
-               "quality_rel_after_recal": round(float(served[after:].mean() / max(ref[after:].mean(), 1e-9)), 6)
-               if after < N else None,
-               "cost": round(float(total.mean()), 6), "audit_cost": round(float(audit_cost.mean()), 6),
-               "cheapest_adequate_stage_cost": float(tr.costs[adequate[0]]), "stage_accuracy": acc.round(4).tolist()}
-    return {"windows": wins, "events": events, "summary": summary}
-
-
-def _agreement_tolerance(cal: F.Arrays, rule: K.Policy, q_ref: float, crit: F.Criterion) -> float | None:
-    """The label-free alarm's tolerance: the label-free estimate of ``rule`` on its calibration rows, less
-    the target's margin (target - t_lcb). None without answer texts (no agreement to read)."""
-    if cal.resp is None:
-        return None
-    _, ans = K.simulate(rule, cal.conf, cal.ex_ante, cal.resp)
-    served = cal.resp[np.arange(len(ans)), ans].tolist()
-    return A.agreement_baseline(served, cal.resp[:, -1].tolist(), q_ref) - (crit.target - crit.t_lcb)
+    first = lambda kind: next((i for i, k in alarms if k == kind), None)
+    return {"n": N, "audit_rate": rate, "audits": int(audited.sum()), "initial_choice": first_choice,
+            "alarms": [i for i, _ in alarms], "alarm_kinds": [k for _, k in alarms],
+            "first_mix_warning": first("mix"), "first_quality_alarm": first("quality"), "recalibrated_at": recal,
+            "quality_rel": round(float(served.mean() / ref.mean()), 6),
+            "quality_rel_after_recal": round(float(served[after:].mean() / max(ref[after:].mean(), 1e-9)), 6)
+            if after < N else None,
+            "cost": round(float((cost + audit_cost).mean()), 6), "audit_cost": round(float(audit_cost.mean()), 6),
+            "cheapest_adequate_stage_cost": float(tr.costs[adequate[0]]), "stage_accuracy": acc.round(4).tolist()}
 
 
 RECAL_WITH = ("balanced", "all", "audits")

@@ -46,6 +46,14 @@ def agreement_baseline_of(a: Any, rule: Any) -> float | None:
     return round(agreement_baseline(served, a.resp[:, -1].tolist(), float(a.correct[:, -1].mean())), 6)
 
 
+def drift_baselines_of(a: Any, rule: Any) -> dict[str, float]:
+    """What the server's drift detectors compare traffic with (optistop.drift), read on calibration arrays
+    ``a`` for ``rule`` by the twin's own code (optistop.offline.stream.baselines)."""
+    from optistop.offline.stream import baselines
+
+    return {k: round(v, 6) for k, v in baselines(a, rule).items()}
+
+
 def with_safer_points(art: dict[str, Any]) -> dict[str, Any]:
     """Store the next safer certified operating points in the artifact (``safer``: what ``on_drift =
     "safer"`` steps through; optistop.serving.audit.safer_points derives the same when it is absent)."""
@@ -58,14 +66,15 @@ def with_safer_points(art: dict[str, Any]) -> dict[str, Any]:
 
 def records_from_audit(path: Path, warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
     """(replay records, audits skipped). Audits without a confidence for every stage (a predictor that
-    failed) cannot be calibration rows and are skipped."""
+    failed) cannot be calibration rows and are skipped, as are sampled requests' audits (two samples
+    disagree by chance; the quality predictor and its rule are fitted on greedy answers)."""
     out, skipped = [], 0
     for rec in read_log(path, warn):
         conf, answers = rec["confidences"], rec["answers"]
         names, costs = rec.get("stages"), rec.get("costs")
         if (not isinstance(conf, list) or not isinstance(answers, list) or names is None or costs is None
                 or len(conf) != len(answers) or any(c is None or not math.isfinite(c) for c in conf)
-                or any(not isinstance(a, str) for a in answers)):
+                or any(not isinstance(a, str) for a in answers) or rec.get("sampled")):
             skipped += 1
             continue
         ref = normalise(answers[-1])
@@ -111,6 +120,7 @@ def recalibrate(log: Path, policy: Path, target: float, prompts: Path | None = N
                                                "prompts": str(prompts) if prompts else None,
                                                "previous_version": version - 1}, **keep)
     art["agreement_baseline"] = agreement_baseline_of(a, ch["rule"])
+    art["drift_baselines"] = drift_baselines_of(a, ch["rule"])
     with_safer_points(art)
     backup = policy.with_name(f"policy.v{version - 1}.json")
     shutil.copyfile(policy, backup)

@@ -33,7 +33,7 @@ FAMILIES: dict[str, str] = {
     "audits_total": "Audited requests (every stage not run was run off the critical path; optistop.audit)",
     "audit_cost_total": "Cost paid by audits (stages run only for the audit), apart from cost_total",
     "audit_failures_total": "Audits that could not complete (a stage or the predictor failed)",
-    "drift_alarms_total": "Drift alarms: the audited quality's upper bound fell below the tolerance",
+    "drift_alarms_total": "Drift alarms: a CUSUM of optistop.drift crossed (mix warning or audited disagreement)",
 }
 # Gauges of the delivered-quality estimate (set after each audit; optistop.serving.audit)
 GAUGES: dict[str, str] = {

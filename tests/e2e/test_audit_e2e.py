@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,14 @@ from optistop.spec import load_spec
 from tests.e2e.test_metrics_e2e import scrape
 
 SPEC = load_spec()
-LOG = (SPEC.audit_log or SPEC.source.parent / "audit.jsonl") if SPEC.source else ROOT / "audit.jsonl"
-POLICY = ROOT / "model_repository" / SPEC.predictor_model / "1" / "policy.json"
+
+
+def served_files(server) -> tuple[Path, Path]:
+    """(audit log, policy.json) of the session server: its temporary copy (tests/conftest.py), whose spec
+    has audit_rate 0 and audit_log beside it; the tracked repository is never written."""
+    repo = server.cfg.repository
+    assert repo != ROOT / "model_repository", "the session server must serve a temporary copy"
+    return repo.parent / "audit.jsonl", repo / SPEC.predictor_model / "1" / "policy.json"
 HARD = [f"{a}+{b}=" for a, b in ((4821, 3779), (9057, 1988), (6644, 7389), (1299, 8807), (5718, 2696),
                                   (3846, 9175), (7432, 5589), (2987, 6614))]
 
@@ -36,29 +43,32 @@ def counter(metrics: dict, name: str) -> float:
     return metrics.get((f"optistop_cascade_{name}", frozenset()), 0.0)
 
 
-def new_records(offset: int, want: int, timeout: float = 60.0) -> list[dict]:
+def new_records(log: Path, offset: int, want: int, timeout: float = 60.0) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
-        recs = list(read_log(LOG))[offset:]
+        recs = list(read_log(log))[offset:] if log.exists() else []
         if len(recs) >= want or time.monotonic() > deadline:
             return recs
         time.sleep(0.5)
 
 
-def count_records() -> int:
+def count_records(log: Path) -> int:
     try:
-        return sum(1 for _ in read_log(LOG))
+        return sum(1 for _ in read_log(log))
     except FileNotFoundError:
         return 0
 
 
 def test_audits_land_in_the_log_and_the_gauges_move(server) -> None:
     client = make_client(server.cfg.grpc_url, "grpc")
-    start, before = count_records(), scrape(server)
+    log, _ = served_files(server)
+    start, before = count_records(log), scrape(server)
+    for p in HARD[:4]:   # not asked for: the session server's spec has audit_rate 0 (tests/conftest.py)
+        ask(client, "grpc", p, policy="fixed:0")
     for p in HARD[:6]:
         ans = ask(client, "grpc", p, policy="fixed:2", audit=1.0)
         assert ans.stage == 2
-    good = new_records(start, 6)
+    good = new_records(log, start, 6)
     assert len(good) == 6
     for r in good:   # the served answer is the reference's; the audit completes the row with stages 0 and 1
         assert r["agree"] and r["served_stage"] == 2 and r["audit_stages"] == [0, 1]
@@ -67,7 +77,7 @@ def test_audits_land_in_the_log_and_the_gauges_move(server) -> None:
     assert counter(mid, "audits_total") - counter(before, "audits_total") == 6
     for p in HARD + HARD[:4]:
         assert ask(client, "grpc", p, policy="fixed:0", audit=1.0).stage == 0
-    weak = new_records(start + 6, 12)
+    weak = new_records(log, start + 6, 12)
     assert len(weak) == 12
     for r in weak:   # every stage above the served one ran for the audit and was paid for apart
         assert r["served_stage"] == 0 and r["audit_stages"] == [1, 2] and len(r["answers"]) == 3
@@ -93,12 +103,14 @@ def test_audits_land_in_the_log_and_the_gauges_move(server) -> None:
 def test_recalibrated_policy_is_picked_up_under_load_without_failures(server, tmp_path) -> None:
     from optistop.pipeline.recalibrate import recalibrate
 
-    recent = list(read_log(LOG))[-40:]   # the log outlives test sessions: refit on the latest audits only
+    served_log, policy = served_files(server)
+    recent = list(read_log(served_log))[-40:] if served_log.exists() else []
     if len(recent) < 12:
         pytest.fail("needs the audits of test_audits_land_in_the_log_and_the_gauges_move (run the module)")
     log = tmp_path / "audit.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in recent), encoding="utf-8")
-    saved = POLICY.read_bytes()
+    tracked = (ROOT / "model_repository" / SPEC.predictor_model / "1" / "policy.json").read_bytes()
+    saved = policy.read_bytes()
     version = int(json.loads(saved).get("version", 1))
     failures: list[str] = []
     served = [0]
@@ -119,7 +131,7 @@ def test_recalibrated_policy_is_picked_up_under_load_without_failures(server, tm
     for t in threads:
         t.start()
     try:
-        res = recalibrate(log, POLICY, 0.95)
+        res = recalibrate(log, policy, 0.95)
         assert res["version"] == version + 1
         deadline = time.monotonic() + SPEC.policy_watch_s + 30
         while gauge(scrape(server), "policy_version") != version + 1:
@@ -131,9 +143,10 @@ def test_recalibrated_policy_is_picked_up_under_load_without_failures(server, tm
         stop.set()
         for t in threads:
             t.join(30)
-        POLICY.write_bytes(saved)
-        POLICY.with_name(f"policy.v{version}.json").unlink(missing_ok=True)
+        policy.write_bytes(saved)   # the copy's, for the tests after this one on the same server
+        policy.with_name(f"policy.v{version}.json").unlink(missing_ok=True)
     assert failures == [] and served[0] > 0
+    assert (ROOT / "model_repository" / SPEC.predictor_model / "1" / "policy.json").read_bytes() == tracked
     # the restored file is a change too: the next request after policy_watch_s swaps it back (the file is
     # checked on the request path, so requests must come), for the tests after this one
     client = make_client(server.cfg.grpc_url, "grpc")

@@ -153,10 +153,10 @@ def test_on_drift_safer_steps_up_the_certified_ladder(tmp_path: Path) -> None:
     ladder = safer_points(book)
     lam0 = book.default_lambda
     assert ladder[-1] == ("fixed:2", None) and all(lam > lam0 for _, lam in ladder[:-1])
-    auditor._alarm(auditor.monitor.estimate())
+    auditor._alarm("quality", auditor.monitor.estimate())
     assert book.default_policy == ladder[0][0] and book.default_lambda == ladder[0][1]
     for _ in range(len(ladder) + 2):          # past the end it stays at the safest point
-        auditor._alarm(auditor.monitor.estimate())
+        auditor._alarm("quality", auditor.monitor.estimate())
     assert book.default_policy == "fixed:2" and book.make(None, None)[0].name == "fixed:2"
 
 
@@ -195,6 +195,8 @@ def test_bench_runs_the_cascade_with_auditing_on_beside_off() -> None:
 @pytest.mark.parametrize("line, field", [
     ("audit_rate = 1.5", "cascade.audit_rate"), ("audit_rate = -0.1", "cascade.audit_rate"),
     ('on_drift = "panic"', "cascade.on_drift"), ('audit_grader = "gpt"', "cascade.audit_grader"),
+    ('audit_grader = "tiny_tasks"', "cascade.audit_grader"),
+    ('audit_grader = "a b:c"', "cascade.audit_grader"),
     ("audit_window = 0", "cascade.audit_window"), ("audit_keep_prompts = 1", "cascade.audit_keep_prompts"),
     ("policy_watch_s = -1", "cascade.policy_watch_s"),
     ("audit_reference_quality = 0", "cascade.audit_reference_quality"),
@@ -262,3 +264,90 @@ def test_safer_points_are_stored_and_read_back() -> None:
     assert [(p["policy"], p["lambda"]) for p in stored] == derived
     art["safer"] = [{"policy": "fixed:1", "lambda": None}, {"policy": "fixed:2", "lambda": None}]
     assert safer_points(PolicyBook(art)) == [("fixed:1", None), ("fixed:2", None)]
+
+
+def test_audit_grader_is_none_or_module_function_loaded_by_name() -> None:
+    from optistop.audit import check_grader, load_grader
+    from optistop.tiny.tasks import grade
+
+    assert load_grader("none") is None
+    assert load_grader("optistop.tiny.tasks:grade") is grade       # imported at initialize, by name
+    assert check_grader("my.pkg:is_right") == "my.pkg:is_right"       # grammar only: loaded later
+    for bad, why in (("tiny_tasks", "not a grader; valid: none | module:function"),
+                     ("optistop.tiny.tasks:nope", "cannot import nope from optistop.tiny.tasks"),
+                     ("no_such_module_x:f", "cannot import f from no_such_module_x"),
+                     ("optistop.audit:Z", "optistop.audit.Z is not callable")):
+        with pytest.raises(ValueError, match=why):
+            load_grader(bad)
+
+
+def test_sampled_audits_are_left_out_of_the_summary() -> None:
+    from optistop.audit import summarise
+
+    base = {"served_stage": 0, "answers": ["1", "2"], "confidences": [0.9, 0.9], "reference_stage": 1,
+            "cost_served": 1.0, "cost_audit": 10.0}
+    recs = [dict(base, agree=True)] * 20 + [dict(base, agree=False, sampled=True)] * 30
+    s = summarise(recs, 1.0, 0.945)
+    assert s["audits"] == 20 and s["all"]["disagree"] == 0.0 and not s["alarm"]
+
+
+def test_server_mix_warning_fires_on_traffic_reaching_the_reference_and_boosts_audits(tmp_path: Path) -> None:
+    from optistop.drift import H_MIX
+
+    auditor, _ = _auditor(tmp_path, audit_rate=0.05)
+    book = auditor.book
+    book.art["drift_baselines"] = {"reach": 0.2, "early": 0.8, "disagree_early": 0.1}
+    auditor.use(book)
+    assert auditor.mix is not None and auditor.quality is not None and not auditor.alarm
+    backend = ScriptedBackend({0: [0], 1: [0], 2: [0]}, {0: 0.99, 1: 0.5, 2: 0.5}, [0.5] * 3)
+
+    async def go(policy: str, times: int) -> None:
+        book.default_policy = policy       # the requests are on the operating point
+        for _ in range(times):
+            req = CascadeRequest("1+1=", (1,), 8, 0.0, make_policy(policy, 3))
+            auditor.after(req, await run_cascade(req, SPEC, backend, decode), backend, decode)
+        await auditor.drain()
+
+    asyncio.run(go("fixed:1", 200))       # accepted before the reference: calm, within the budget
+    assert not auditor.alarm and auditor.budget.spent <= 0.05 * 200
+    step = math.log(0.35 / 0.2)           # each request reaching the reference adds log(p1 / p0)
+    asyncio.run(go("fixed:2", math.ceil(H_MIX / step) - 1))
+    assert not auditor.alarm
+    asyncio.run(go("fixed:2", 1))
+    assert auditor.alarm and auditor.budget.boost and _gauge("drift_alarm") == 1.0
+
+
+class OptionsBackend(ScriptedBackend):
+    """Records the options each stage call was given (a sampled or stop-word request)."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.options: list = []
+
+    async def generate(self, stage: int, input_ids, max_tokens: int, options=None):
+        self.options.append(options)
+        return await super().generate(stage, input_ids, max_tokens)
+
+
+def test_audit_runs_the_reference_like_the_request_and_cuts_it_at_its_stop_words(tmp_path: Path) -> None:
+    from optistop.cascade import GenerationOptions
+
+    auditor, _ = _auditor(tmp_path, audit_rate=1.0)
+    # stage 0 answers "ab" (no stop word in it); the reference answers "acb", which the stop word "c" cuts
+    # to "a", as the request would have been served by it
+    backend = OptionsBackend({0: [0, 1], 1: [0, 1], 2: [0, 2, 1]}, {0: 0.99, 1: 0.5, 2: 0.5}, [0.5] * 3)
+    sampled = GenerationOptions(temperature=0.7, top_p=0.9, seed=5)
+
+    async def go(stop: tuple[str, ...], options: GenerationOptions):
+        req = CascadeRequest("1+1=", (1,), 8, 0.0, make_policy("fixed:0", 3), stop=stop, options=options)
+        auditor.after(req, await run_cascade(req, SPEC, backend, decode), backend, decode)
+        await auditor.drain()
+
+    asyncio.run(go(("c",), GenerationOptions()))
+    asyncio.run(go(("c",), sampled))
+    first, second = list(A.read_log(tmp_path / "audit.jsonl"))
+    assert first["answers"] == ["ab", "ab", "a"] and first["agree"] is False and first["stop"] == ["c"]
+    assert backend.options[:3] == [None, None, None]           # greedy: called as before, no options
+    assert backend.options[3:] == [sampled] * 3                 # the audit's stages got the request's options
+    assert second["sampled"] is True and second["options"]["temperature"] == 0.7
+    assert auditor.monitor.estimate().n == 1                    # the sampled audit stays out of the estimate
