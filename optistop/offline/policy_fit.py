@@ -12,7 +12,9 @@
   every candidate (fixed:k; router and optimal across lambda; subset threshold cascades with and without
   answer agreement) is fitted on one part of the calibration set, the cost-quality frontier on that part
   is the fixed sequence, and the other part certifies it in order (quality >= t_lcb x the reference
-  stage's at level 1 - confidence). The last certified candidate is served as fitted.
+  stage's at level 1 - confidence). The last certified candidate is served as fitted, unless a two-stage
+  cascade into the reference certified on ALL the calibration prompts (ltt.pair_paths, a fixed threshold
+  sequence that needs no fitting part; it gets ``Criterion.whole`` of the error budget) is cheaper.
 """
 
 from __future__ import annotations
@@ -57,13 +59,15 @@ class Criterion:
     reference: str = "best"    # best | last | a stage index or name (reference_stage)
     test: str = "betting"      # the certifying test of optistop.offline.ltt.TESTS
     fit_share: float = 0.5     # share of the calibration set that fits and orders; the rest tests
+    whole: float = 0.8         # share of 1 - confidence spent on the whole-data pair paths (ltt.pair_paths)
 
     def __post_init__(self) -> None:
         for name, v, ok in (("target", self.target, 0 < self.target <= 1), ("confidence", self.confidence,
-                            0 < self.confidence < 1), ("fit_share", self.fit_share, 0 < self.fit_share < 1)):
+                            0 < self.confidence < 1), ("fit_share", self.fit_share, 0 < self.fit_share < 1),
+                            ("whole", self.whole, 0 <= self.whole < 1)):
             if not ok:
                 raise ValueError(f"{name} {v!r} is out of range: target in (0, 1], confidence and fit_share "
-                                 f"in (0, 1)")
+                                 f"in (0, 1), whole in [0, 1)")
 
     @classmethod
     def at(cls, target: float, confidence: float = 0.9, reference: str = "best", **kw: object) -> Criterion:
@@ -211,6 +215,13 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     certified one is served as fitted (refitting on all of ``cal`` would void the guarantee). The reference
     stage opens the sequence: it meets the tolerance by definition. ``inner`` is unused (kept for callers).
 
+    That split path spends ``1 - crit.whole`` of the error budget 1 - confidence; the rest goes to
+    ltt.pair_paths: every two-stage cascade (k -> reference) down a fixed threshold grid, tested on ALL of
+    ``cal`` (its order needs no fitting part, so it sees twice the prompts). With probability >= confidence
+    no path certified a rule below the tolerance (union bound), so the cheapest certified rule of all
+    paths (by its mean cost on ``cal``) is served. ``thresholds=False``
+    turns the pair paths off too (the split path then has the whole budget).
+
     Returns {"choice": (name, param), "rule", "router_choice", "router", "answer" (answer models of the
     fitting part), "reference", "fit_idx", "path": [{"name", "param", "cost", "quality_rel", "certified",
     "operating"}]}: the tested sequence, safest first (cost and quality on the fitting part), each with its
@@ -251,7 +262,8 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
             c, q = float(cc.mean()), float(qq.mean())
         cands.append((fam, lam, r, c, q))
     order = rng.permutation(len(test_idx))
-    delta = 1.0 - crit.confidence
+    whole = crit.whole if thresholds and N > 1 else 0.0
+    delta = (1.0 - crit.confidence) * (1.0 - whole)      # the split path's share; whole x the rest: the pairs
     q_ref_b = b.correct[:, ref].astype(float)
 
     def select(pool: list[tuple[str, float | None, K.Policy, float, float]]) -> tuple[int, list[dict]]:
@@ -270,6 +282,22 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
 
     last, path = select(cands)
     best = path[last]["_cand"]
+    if whole > 0:
+        # the pair paths' certified rules and the split path's are all valid at once (union bound over
+        # the (1 - whole) delta of the split path and whole x delta of the pairs): any of them may be
+        # served, so the cheapest on the whole calibration set is
+        won = ltt.pair_paths(cal, ref, crit.t_lcb, (1.0 - crit.confidence) * whole, crit.test,
+                             rng.permutation(N))
+        cost_best = float(outcome(best[2], cal)[1].mean())
+        q_ref_all = max(float(cal.correct[:, ref].mean()), 1e-12)
+        for rule, c in won:
+            if c < cost_best - 1e-12:
+                q = float(outcome(rule, cal)[0].mean())
+                cost_best, best = c, ("cascade", None, rule, c, q)
+                # after the split path's entries; cost and quality on the whole calibration set
+                path.append({"name": _cand_name(rule) + "@whole", "param": None, "cost": round(c, 6),
+                             "quality_rel": round(q / q_ref_all, 6), "certified": True,
+                             "operating": rule.to_json(), "_cand": best})
     r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")])
     router = r_path[r_last]["_cand"]
     label = lambda c: (_cand_name(c[2]) if c[0] == "cascade" else c[0], c[1])   # noqa: E731

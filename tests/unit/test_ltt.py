@@ -161,3 +161,24 @@ def test_product_grid_by_suffix_sums_equals_direct_simulation() -> None:
     assert len(T) == 5 ** 3
     np.testing.assert_allclose(q, q2)
     np.testing.assert_allclose(c, c2)
+
+
+def test_pair_paths_on_all_prompts_by_hand() -> None:
+    # stage 0 (cost 1) is right exactly when its confidence is 0.99, wrong when 0.01; stage 1 (cost 10, the
+    # reference) is always right. Down the fixed grid, every threshold in (0.01, 0.99] stops only the right
+    # answers: quality = the reference's on all 1,000 prompts (certified, see test_rejects_needs_enough_evidence)
+    # at cost 1 + 0.4 x 10 = 5; the first threshold <= 0.01 serves 400 wrong answers (quality 0.6): the path ends
+    conf = np.column_stack([np.r_[np.full(600, 0.99), np.full(400, 0.01)], np.full(1000, 0.5)])
+    correct = np.column_stack([np.r_[np.ones(600), np.zeros(400)], np.ones(1000)]).astype(bool)
+    # (the bet sees the prompts in a seeded random order, as choose passes it: sorted as here, 600 agreeing
+    # prompts first would bank the capital before the 400 wrong ones are seen)
+    order = np.random.default_rng(0).permutation(1000)
+    won = ltt.pair_paths(F.Arrays(conf, correct, np.array([1.0, 10.0])), 1, 0.945, 0.1, order=order)
+    assert min(c for _, c in won) == 5.0
+    assert all(r.stages == (0, 1) and r.thresholds[0] > 0.01 for r, _ in won)
+    # above 0.99 nothing stops at stage 0 (cost 11): certified as well, the sequence starts there
+    assert max(c for _, c in won) == 11.0
+    # no stage before the reference: no pair to test
+    assert ltt.pair_paths(F.Arrays(conf, correct, np.array([1.0, 10.0])), 0, 0.945, 0.1) == []
+    with pytest.raises(ValueError, match="whole in \\[0, 1\\)"):
+        F.Criterion(whole=1.0)
