@@ -266,7 +266,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     delta = (1.0 - crit.confidence) * (1.0 - whole)      # the split path's share; whole x the rest: the pairs
     q_ref_b = b.correct[:, ref].astype(float)
 
-    def select(pool: list[tuple[str, float | None, K.Policy, float, float]]) -> tuple[int, list[dict]]:
+    def select(pool: list[tuple[str, float | None, K.Policy, float, float]], delta: float) -> tuple[int, list[dict]]:
         cheaper = [c for c in pool if c[3] < a.costs[ref] - 1e-12]
         path = ltt.frontier_path(np.array([c[3] for c in cheaper]), np.array([c[4] for c in cheaper]),
                                  (crit.t_lcb - PATH_MARGIN) * q_ref_a, PATH_CAP) if cheaper else np.zeros(0, int)
@@ -280,7 +280,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                 for i, c in enumerate(seq)]
         return last, [dict(x, _cand=c) for x, c in zip(info, seq, strict=True)]
 
-    last, path = select(cands)
+    last, path = select(cands, delta)
     best = path[last]["_cand"]
     if whole > 0:
         # the pair paths' certified rules and the split path's are all valid at once (union bound over
@@ -298,7 +298,9 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                 path.append({"name": _cand_name(rule) + "@whole", "param": None, "cost": round(c, 6),
                              "quality_rel": round(q / q_ref_all, 6), "certified": True,
                              "operating": rule.to_json(), "_cand": best})
-    r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")])
+    # the router comparator is a procedure of its own: the whole error budget on its split path
+    r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")],
+                            1.0 - crit.confidence)
     router = r_path[r_last]["_cand"]
     label = lambda c: (_cand_name(c[2]) if c[0] == "cascade" else c[0], c[1])   # noqa: E731
     strip = lambda p: [{k: v for k, v in x.items() if k != "_cand"} for x in p]   # noqa: E731
