@@ -1,6 +1,6 @@
 """Side-by-side measurement of the operating-point procedure's variants on one replay file.
 
-$ python -m optistop.offline.ltt_sweep FILE.jsonl --sizes 300,1000 --draws 20 --whole 0,0.8 --kfold
+$ python -m optistop.offline.ltt_sweep FILE.jsonl --sizes 300,1000 --draws 20 --whole 0,auto --kfold
 
 For each ``Criterion`` variant (``--whole``: the share of the error budget spent on the whole-data pair
 paths, 0 = the split-only Learn-then-Test) it runs the replay's ``--small`` protocol on the SAME draws
@@ -50,14 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("file", type=Path)
     ap.add_argument("--sizes", default="300,1000", help="fitting-set sizes of the --small protocol")
     ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--whole", default="0,0.8", help="Criterion.whole values to compare")
+    ap.add_argument("--whole", default="0,auto",
+                    help="Criterion.whole values to compare (auto: policy_fit.whole_share)")
     ap.add_argument("--kfold", action="store_true", help="also one 5-fold pass per variant")
     args = ap.parse_args(argv)
     a = R.load(args.file)
     base = R.resolve(a, F.Criterion.at(R.TARGET, 0.9, "best"))
     hind = R.hindsight(a, base.target, ref=int(base.reference))
     name = args.file.name.split("-")[0]
-    for w in (float(x) for x in args.whole.split(",")):
+    for w in (None if x == "auto" else float(x) for x in args.whole.split(",")):
         crit = dataclasses.replace(base, whole=w)
         for m in (int(x) for x in args.sizes.split(",") if x):
             t0 = time.perf_counter()
