@@ -20,15 +20,28 @@ safest to the cheapest *before* looking at the test data are tested in that orde
 testing stops at the first non-rejection. The family-wise error is <= delta: the first true null reached
 is rejected with probability <= delta and nothing after it is tested. The last rejected candidate is
 served; the reference stage itself needs no test (it meets tol x itself by definition).
+
+Whole-data paths (``pair_paths``): a sequence fixed before any data are seen (a two-stage cascade k ->
+reference with its threshold walked down a fixed grid) needs no fitting part, so it is tested on every
+calibration prompt: twice the evidence of the split. Every hindsight-optimal cascade on the report sets is
+such a pair. The error budget delta is shared by a union bound (split path: (1 - w) delta; each of the P
+pairs: w delta / P): with probability >= 1 - delta none of the certified rules is below the tolerance, so
+any of them (the cheapest) may be served.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import norm
+
+from optistop.policy_cascade import CascadeRule
+
+if TYPE_CHECKING:   # policy_fit imports this module lazily: the arrays type only for annotations
+    from optistop.offline.policy_fit import Arrays
 
 TESTS = ("betting", "normal")
 
@@ -99,3 +112,30 @@ def frontier_path(cost: np.ndarray, quality: np.ndarray, floor: float, cap: int 
         keep = np.unique(np.round(np.linspace(0, len(out) - 1, cap)).astype(int))
         out = [out[k] for k in keep]
     return np.asarray(out, dtype=int)
+
+
+PAIR_GRID = 1.0 / (1.0 + np.exp(-np.linspace(8.0, -8.0, 161)))   # fixed thresholds, never read off the data
+
+
+def pair_paths(cal: Arrays, ref: int, tol: float, delta: float, test: str = "betting",
+               order: np.ndarray | None = None) -> list[tuple[CascadeRule, float]]:
+    """Certified two-stage cascades (k -> ref) for every stage k cheaper than the reference, tested on ALL
+    of ``cal`` (no split): each pair's sequence (stop at k when its confidence >= t, t down the fixed
+    ``PAIR_GRID``) is fixed before the data are seen, so fixed-sequence testing needs no fitting part;
+    the pairs share ``delta`` equally (Bonferroni). Returns (rule, mean cost on ``cal``) of every certified
+    rule: all of them hold at once with probability >= 1 - delta."""
+    costs = cal.costs
+    pairs = [k for k in range(ref) if costs[k] < costs[ref] - 1e-12]   # CascadeRule: stages increasing
+    out: list[tuple[CascadeRule, float]] = []
+    if not pairs:
+        return out
+    q_ref = cal.correct[:, ref].astype(float)
+    for k in pairs:
+        conf, ck = cal.conf[:, k], cal.correct[:, k].astype(float)
+        for t in PAIR_GRID:
+            stop = conf >= t
+            q = np.where(stop, ck, q_ref)
+            if not rejects(q, q_ref, tol, delta / len(pairs), test, order):
+                break
+            out.append((CascadeRule((k, ref), np.array([t])), float(costs[k] + (~stop).mean() * costs[ref])))
+    return out

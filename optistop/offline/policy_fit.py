@@ -12,7 +12,9 @@
   every candidate (fixed:k; router and optimal across lambda; subset threshold cascades with and without
   answer agreement) is fitted on one part of the calibration set, the cost-quality frontier on that part
   is the fixed sequence, and the other part certifies it in order (quality >= t_lcb x the reference
-  stage's at level 1 - confidence). The last certified candidate is served as fitted.
+  stage's at level 1 - confidence). The last certified candidate is served as fitted, unless a two-stage
+  cascade into the reference certified on ALL the calibration prompts (ltt.pair_paths, a fixed threshold
+  sequence that needs no fitting part; it gets ``Criterion.whole`` of the error budget) is cheaper.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ PATH_MARGIN = 0.15    # the tested sequence runs down to 15 points below the tol
 #                       the testing part may well certify what looked worse on the fitting part
 CROSS_FIT = ("router", "optimal")   # families whose fitting-part estimates are cross-fitted
 PATH_CAP = 200        # ... through at most this many frontier points (fixed-sequence: no cost in length)
+WHOLE_N = 3000        # up to this many calibration prompts the pair paths get most of the error budget
 
 
 @dataclass
@@ -57,18 +60,30 @@ class Criterion:
     reference: str = "best"    # best | last | a stage index or name (reference_stage)
     test: str = "betting"      # the certifying test of optistop.offline.ltt.TESTS
     fit_share: float = 0.5     # share of the calibration set that fits and orders; the rest tests
+    whole: float | None = None  # share of 1 - confidence spent on the whole-data pair paths (ltt.pair_paths);
+    #                             None: whole_share(N), a function of the calibration set's size only
 
     def __post_init__(self) -> None:
         for name, v, ok in (("target", self.target, 0 < self.target <= 1), ("confidence", self.confidence,
-                            0 < self.confidence < 1), ("fit_share", self.fit_share, 0 < self.fit_share < 1)):
+                            0 < self.confidence < 1), ("fit_share", self.fit_share, 0 < self.fit_share < 1),
+                            ("whole", self.whole, self.whole is None or 0 <= self.whole < 1)):
             if not ok:
                 raise ValueError(f"{name} {v!r} is out of range: target in (0, 1], confidence and fit_share "
-                                 f"in (0, 1)")
+                                 f"in (0, 1), whole in [0, 1)")
 
     @classmethod
     def at(cls, target: float, confidence: float = 0.9, reference: str = "best", **kw: object) -> Criterion:
         """The criterion for a target: the tolerance is 0.5 points below it (95% -> 94.5%)."""
         return cls(target, target - 0.005, confidence, str(reference), **kw)   # type: ignore[arg-type]
+
+
+def whole_share(N: int) -> float:
+    """The pair paths' share of the error budget for N calibration prompts. Measured on the four report sets
+    (optistop.offline.ltt_sweep): with a few hundred to ~1,000 prompts, twice the test prompts outweigh
+    the split path's smaller budget (0.8); with ~10,000 the split path's test is already tight and the
+    model-based rules it orders (router, fitted-Q) win on some sets, so it keeps most of the budget (0.2).
+    A function of N only, never of the labels: the union bound stays valid."""
+    return 0.8 if N <= WHOLE_N else 0.2
 
 
 def logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> np.ndarray:
@@ -211,6 +226,13 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     certified one is served as fitted (refitting on all of ``cal`` would void the guarantee). The reference
     stage opens the sequence: it meets the tolerance by definition. ``inner`` is unused (kept for callers).
 
+    That split path spends ``1 - crit.whole`` of the error budget 1 - confidence; the rest goes to
+    ltt.pair_paths: every two-stage cascade (k -> reference) down a fixed threshold grid, tested on ALL of
+    ``cal`` (its order needs no fitting part, so it sees twice the prompts). With probability >= confidence
+    no path certified a rule below the tolerance (union bound), so the cheapest certified rule of all
+    paths (by its mean cost on ``cal``) is served. ``thresholds=False``
+    turns the pair paths off too (the split path then has the whole budget).
+
     Returns {"choice": (name, param), "rule", "router_choice", "router", "answer" (answer models of the
     fitting part), "reference", "fit_idx", "path": [{"name", "param", "cost", "quality_rel", "certified",
     "operating"}]}: the tested sequence, safest first (cost and quality on the fitting part), each with its
@@ -251,10 +273,11 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
             c, q = float(cc.mean()), float(qq.mean())
         cands.append((fam, lam, r, c, q))
     order = rng.permutation(len(test_idx))
-    delta = 1.0 - crit.confidence
+    whole = (whole_share(N) if crit.whole is None else crit.whole) if thresholds and N > 1 else 0.0
+    delta = (1.0 - crit.confidence) * (1.0 - whole)      # the split path's share; whole x the rest: the pairs
     q_ref_b = b.correct[:, ref].astype(float)
 
-    def select(pool: list[tuple[str, float | None, K.Policy, float, float]]) -> tuple[int, list[dict]]:
+    def select(pool: list[tuple[str, float | None, K.Policy, float, float]], delta: float) -> tuple[int, list[dict]]:
         cheaper = [c for c in pool if c[3] < a.costs[ref] - 1e-12]
         path = ltt.frontier_path(np.array([c[3] for c in cheaper]), np.array([c[4] for c in cheaper]),
                                  (crit.t_lcb - PATH_MARGIN) * q_ref_a, PATH_CAP) if cheaper else np.zeros(0, int)
@@ -268,9 +291,29 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                 for i, c in enumerate(seq)]
         return last, [dict(x, _cand=c) for x, c in zip(info, seq, strict=True)]
 
-    last, path = select(cands)
+    last, path = select(cands, delta)
     best = path[last]["_cand"]
-    r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")])
+    if whole > 0:
+        # the pair paths' certified rules and the split path's are all valid at once (union bound over
+        # the (1 - whole) delta of the split path and whole x delta of the pairs): any of them may be
+        # served, so the cheapest on the whole calibration set is
+        won = ltt.pair_paths(cal, ref, crit.t_lcb, (1.0 - crit.confidence) * whole, crit.test,
+                             rng.permutation(N))
+        # compared on the testing part: out of sample for the split path's rule (a model-based rule's cost
+        # on the part it was fitted to is off), label-free for both
+        cost_best = float(outcome(best[2], b)[1].mean())
+        q_ref_all = max(float(cal.correct[:, ref].mean()), 1e-12)
+        for rule, c in won:
+            if float(outcome(rule, b)[1].mean()) < cost_best - 1e-12:
+                q = float(outcome(rule, cal)[0].mean())
+                cost_best, best = float(outcome(rule, b)[1].mean()), ("cascade", None, rule, c, q)
+                # after the split path's entries; cost and quality on the whole calibration set
+                path.append({"name": _cand_name(rule) + "@whole", "param": None, "cost": round(c, 6),
+                             "quality_rel": round(q / q_ref_all, 6), "certified": True,
+                             "operating": rule.to_json(), "_cand": best})
+    # the router comparator is a procedure of its own: the whole error budget on its split path
+    r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")],
+                            1.0 - crit.confidence)
     router = r_path[r_last]["_cand"]
     label = lambda c: (_cand_name(c[2]) if c[0] == "cascade" else c[0], c[1])   # noqa: E731
     strip = lambda p: [{k: v for k, v in x.items() if k != "_cand"} for x in p]   # noqa: E731

@@ -1,0 +1,77 @@
+"""Side-by-side measurement of the operating-point procedure's variants on one replay file.
+
+$ python -m optistop.offline.ltt_sweep FILE.jsonl --sizes 300,1000 --draws 20 --whole 0,auto --kfold
+
+For each ``Criterion`` variant (``--whole``: the share of the error budget spent on the whole-data pair
+paths, 0 = the split-only Learn-then-Test) it runs the replay's ``--small`` protocol on the SAME draws
+(draw s: the seeded permutation 2000 + s, as ``optistop replay`` draws them) and, with ``--kfold``, one
+5-fold pass (seed 0): mean cost, cost / the hindsight subset cascade on the evaluated prompts, miss rate
+(share of draws below 94.5% of the reference) and mean quality. Measurement only; no test runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from optistop.offline import policy_fit as F
+from optistop.offline import replay as R
+
+
+def small(a: F.Arrays, crit: F.Criterion, m: int, draws: int) -> dict[str, float]:
+    ref, rows = int(crit.reference), []
+    for s in range(draws):
+        perm = np.random.default_rng(2000 + s).permutation(len(a.conf))
+        ev = a.take(perm[m:])
+        o = R.fit_and_run(a.take(perm[:m]), ev, s, crit, extras=False)
+        for k in ("_choice", "_ran", "_path"):
+            o.pop(k)
+        rows.append(R.summarise(ev, o, R.hindsight(ev, crit.target, ref=ref), crit=crit)["conditions"])
+    return {"cost": float(np.mean([r["cost"] for r in rows])),
+            "x_hindsight": float(np.mean([r["cost"] / r["hindsight_cost"] for r in rows])),
+            "miss": float(np.mean([not r["meets_quality"] for r in rows])),
+            "quality": float(np.mean([r["quality_rel"] for r in rows]))}
+
+
+def kfold(a: F.Arrays, crit: F.Criterion, hind: float) -> dict[str, float]:
+    k = R.kfold(a, 0, crit, 5, extras=False)
+    c = R.summarise(a, k["per"], hind, k["ran"], crit)["conditions"]
+    return {"cost": c["cost"], "x_hindsight": c["cost"] / hind, "quality": c["quality_rel"],
+            "le_stage": c["le_cheapest_stage"], "le_router": c["le_router"]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m optistop.offline.ltt_sweep", description=__doc__.split("\n")[0])
+    ap.add_argument("file", type=Path)
+    ap.add_argument("--sizes", default="300,1000", help="fitting-set sizes of the --small protocol")
+    ap.add_argument("--draws", type=int, default=20)
+    ap.add_argument("--whole", default="0,auto",
+                    help="Criterion.whole values to compare (auto: policy_fit.whole_share)")
+    ap.add_argument("--kfold", action="store_true", help="also one 5-fold pass per variant")
+    args = ap.parse_args(argv)
+    a = R.load(args.file)
+    base = R.resolve(a, F.Criterion.at(R.TARGET, 0.9, "best"))
+    hind = R.hindsight(a, base.target, ref=int(base.reference))
+    name = args.file.name.split("-")[0]
+    for w in (None if x == "auto" else float(x) for x in args.whole.split(",")):
+        crit = dataclasses.replace(base, whole=w)
+        for m in (int(x) for x in args.sizes.split(",") if x):
+            t0 = time.perf_counter()
+            r = small(a, crit, m, args.draws)
+            print(f"{name} whole={w} fit on {m} x{args.draws}: cost {r['cost']:.3f} ({r['x_hindsight']:.3f} x "
+                  f"hindsight), miss rate {r['miss']:.2f}, quality {r['quality']:.3f} "
+                  f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+        if args.kfold:
+            r = kfold(a, crit, hind)
+            print(f"{name} whole={w} 5-fold: cost {r['cost']:.3f} ({r['x_hindsight']:.3f} x hindsight), quality "
+                  f"{r['quality']:.3f}, <= cheapest stage {r['le_stage']}, <= router {r['le_router']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
