@@ -74,8 +74,9 @@ class CascadeService:
         parameter ``predictor_engine`` picks what evaluates the ONNX graph in this process
         (predictor_runtime.ENGINES; "auto", the default: numpy when it matches onnxruntime)."""
         from optistop.serving.prometheus import TritonMetrics
-        from optistop.serving.triton_glue import model_parameters
+        from optistop.serving.triton_glue import exit_with_parent, model_parameters
 
+        exit_with_parent()
         _, params, model_dir = model_parameters(args)
         service = cls.from_spec_file(model_dir / params["cascade_spec"])
         service.check_repository(model_dir.parent)

@@ -8,6 +8,9 @@ the package stays importable without Triton.
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +19,25 @@ from typing import Any
 import numpy as np
 
 from optistop.serving.request import RequestError
+
+
+def exit_with_parent(poll_s: float = 0.5) -> threading.Thread:
+    """End this backend process as soon as tritonserver is gone (its parent pid changes: reparented).
+
+    The stub's own check of its parent ends it through the model's finalize and the interpreter's exit,
+    which in the cascade's process did not return: after kill -9 of `optistop serve` (tritonserver dies
+    with it) the cascade stub stayed asleep, reparented to pid 1, while every other stub exited
+    (tests/e2e/test_lifecycle_e2e.py). Nothing is left to flush or answer once the server is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="optistop-exit-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def model_parameters(args: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], Path]:

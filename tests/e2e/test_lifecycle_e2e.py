@@ -23,6 +23,16 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _describe(pid: int) -> str:
+    try:
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        return f"{status.get('State', '?')} ppid {status.get('PPid', '?')} {cmd}"
+    except OSError:
+        return "gone"
+
+
 def start_serve(log: Path, drain_s: int = 20) -> tuple[subprocess.Popen, dict[str, int]]:
     ports = {k: free_port() for k in ("http", "grpc", "metrics", "supervisor")}
     cmd = [sys.executable, "-m", "optistop.cli", "serve", *(f"--{k}-port={v}" for k, v in ports.items()),
@@ -96,10 +106,10 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
     alive = lambda: [p for p in (tritonserver, *stubs) if _running(p)]  # noqa: E731
     while alive() and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = alive()
+    left = {p: _describe(p) for p in alive()}
     for p in left:  # clean up before failing, by pid
         os.kill(p, signal.SIGKILL)
-    assert not left, f"processes outlived kill -9 of optistop serve: {left}"
+    assert not left, f"processes outlived kill -9 of optistop serve (tritonserver {tritonserver}): {left}"
     for k in ("http", "grpc", "metrics"):
         check_port_free("127.0.0.1", ports[k], k)
     # a SIGKILLed server cannot remove its /dev/shm regions: the next start on that port does (pidfile)

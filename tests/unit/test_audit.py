@@ -90,11 +90,19 @@ def test_corrupt_and_partial_lines_are_skipped_with_a_warning_naming_the_line(tm
     assert s["audits"] == 2 and s["all"]["disagree"] == 1.0 and s["all"]["estimate"] == pytest.approx(1 - 1 / 0.5)
 
 
-def _auditor(tmp_path: Path, **spec_changes) -> tuple[Auditor, TritonMetrics]:
+def _auditor(tmp_path: Path, cusum: bool = False, **spec_changes) -> tuple[Auditor, TritonMetrics]:
+    """An auditor over the committed policy; ``cusum=False`` drops its drift baselines, so the alarm is the
+    window bound (what a policy calibrated before the baselines existed gets) and one audit can raise it."""
     fake_pb_utils.MetricFamily.families.clear()
     metrics = TritonMetrics(fake_pb_utils)
     spec = replace(SPEC, **spec_changes)
-    return Auditor(spec, load_policy(POLICY), tmp_path / "audit.jsonl", metrics, random.Random(0)), metrics
+    policy = POLICY
+    if not cusum:
+        doc = json.loads(POLICY.read_text(encoding="utf-8"))
+        doc.pop("drift_baselines", None)
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps(doc), encoding="utf-8")
+    return Auditor(spec, load_policy(policy), tmp_path / "audit.jsonl", metrics, random.Random(0)), metrics
 
 
 def _gauge(name: str) -> float:

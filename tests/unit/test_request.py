@@ -42,3 +42,40 @@ def test_the_byte_cap_scales_with_the_context_and_is_checked_before_tokenizing()
 
     with pytest.raises(RequestError, match=rf"at most {max_prompt_bytes(tiny)} allowed \(64 tokens"):
         parse_request(request("1" * (max_prompt_bytes(tiny) + 1)), tiny, never, BOOK)
+
+
+def test_a_backend_process_ends_when_its_server_dies() -> None:
+    """exit_with_parent: kill -9 of the parent (tritonserver) ends the child (a backend stub) within a
+    few poll periods, though the child itself is asleep; while the parent lives the child stays."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    child = ("from optistop.serving.triton_glue import exit_with_parent; import time; "
+             "exit_with_parent(0.05); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+                               "print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+
+    def running() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    try:
+        time.sleep(0.5)
+        assert running(), "the child must live while its parent does"
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(), "the child outlived its parent"
+    finally:
+        if running():
+            os.kill(pid, signal.SIGKILL)
