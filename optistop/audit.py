@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optistop.files import json_lines
+
 Z = 1.645            # one-sided 95%
 WINDOW = 200         # audits the estimate and the alarm look at
 MIN_AUDITS = 10      # no alarm on fewer
@@ -245,13 +247,9 @@ def read_log(path: str | Path, warn: Any = None) -> Iterator[dict[str, Any]]:
     say = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     for f in files:
         with open(f, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    say(f"{f}:{n}: skipped: not valid JSON ({exc.msg}); a partial or corrupt line")
+            for n, rec in json_lines(fh):
+                if isinstance(rec, json.JSONDecodeError):
+                    say(f"{f}:{n}: skipped: not valid JSON ({rec.msg}); a partial or corrupt line")
                     continue
                 missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
                 if missing:

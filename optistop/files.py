@@ -5,7 +5,7 @@ file, what was wrong and what to do."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +28,15 @@ def read_document(path: Path, error: Callable[[str], Exception], *, missing: str
         raise error(f"{path}: not valid TOML: {exc}{tail}") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc}){tail}") from None
+
+
+def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line of a JSON Lines file; a line that does not
+    parse gives its ``json.JSONDecodeError`` as the value, for the caller to refuse or skip by name."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield n, exc

@@ -34,6 +34,7 @@ import numpy as np
 
 from optistop import drift as D
 from optistop import policy as K
+from optistop.files import json_lines
 from optistop.offline import cascades, ltt
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
@@ -44,13 +45,9 @@ TARGET, TOLERANCE = 0.95, 0.945   # target share of the last stage's quality; a 
 def read_records(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
     records, lines = [], []
     with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ReplayInputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        for n, rec in json_lines(fh):
+            if isinstance(rec, json.JSONDecodeError):
+                raise ReplayInputError(f"{path}:{n}: not valid JSON ({rec.msg})") from None
             if not isinstance(rec, dict):
                 raise ReplayInputError(f"{path}:{n}: expected a JSON object")
             records.append(rec)
