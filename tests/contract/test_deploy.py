@@ -156,9 +156,10 @@ def test_rendered_names_ports_and_urls_agree_with_the_spec(overlay: str) -> None
     assert cm["data"][spec_path.name] == (DEPLOY / "overlays" / overlay / "cascade.toml").read_text()
 
 
-def test_pods_are_ready_on_the_supervisors_healthz_and_live_on_real_inference() -> None:
+def test_pods_are_ready_on_the_supervisors_healthz_and_live_on_its_livez() -> None:
     """Startup and readiness: httpGet /healthz on the port `optistop serve` gives its supervisor (metrics
-    port + 1 unless --supervisor-port); liveness: the health command (a real inference per model)."""
+    port + 1 unless --supervisor-port); liveness: /livez there (the supervisor can still heal the server),
+    never an inference, which a real model busy with a batch answers late (issue 23)."""
     docs = [d for d in yaml.safe_load_all(kustomize(DEPLOY / "overlays" / "tiny-cpu")) if d]
     deployments = by_kind(docs, "Deployment")
     assert deployments
@@ -173,9 +174,10 @@ def test_pods_are_ready_on_the_supervisors_healthz_and_live_on_real_inference() 
         for probe in ("startupProbe", "readinessProbe"):
             assert c[probe]["httpGet"] == {"path": "/healthz", "port": "supervisor"}, f"{name} {probe}"
             assert "exec" not in c[probe]
-        live = c["livenessProbe"]["exec"]["command"]
-        assert live[: len(HEALTH)] == HEALTH, name
-        assert c["livenessProbe"]["timeoutSeconds"] > float(live[live.index("--timeout") + 1]), name
+        assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "supervisor"}, name
+        assert "exec" not in c["livenessProbe"]
+        # a minute of failed checks before a restart: longer than a stage's reload by the supervisor
+        assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 60, name
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
 
 
