@@ -42,7 +42,7 @@ from tests.repos.paced_stage import install
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("OPTISTOP_REAL_SPEED") == "full"
-PROMPTS, REQUESTS_PER_CLIENT = (100, 50) if FULL else (8, 2)
+PROMPTS, REQUESTS_PER_CLIENT = (100, 50) if FULL else (4, 2)   # short: every stage paced, still seconds
 # (prefill ms per batch, ms per decode step): a 0.5B-7B model on a few CPU cores; every request takes seconds
 PACE = {"stage_small": (1000, 100), "stage_medium": (1500, 150), "stage_large": (2000, 200)}
 WEDGE_AFTER_S, DRAIN_S, HANG_TOKEN = 4, 20, 0   # <pad>: in no encoded prompt, nor in the probe (1, 2, 3)
