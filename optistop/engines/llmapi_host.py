@@ -16,7 +16,7 @@ from typing import Any
 from optistop import tensors as T
 from optistop.engines.llmapi_stage import LlmapiStage, set_visible_gpus
 from optistop.serving.request import RequestError
-from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+from optistop.serving.triton_glue import error_response, exit_with_parent, model_parameters, read_inputs, response
 
 MODEL_YAML = "model.yaml"      # 1/model.yaml: LLM() arguments plus triton_config (render_llmapi.model_yaml)
 
@@ -41,6 +41,7 @@ def checkpoint_ids(checkpoint: Path) -> tuple[int, int, int]:
 
 class LlmapiHost:
     def __init__(self, pb_utils: Any, args: dict[str, str]) -> None:
+        exit_with_parent()   # this process (and the LLM's workers under it) ends with tritonserver
         config, params, model_dir = model_parameters(args)
         self.pb, self.name = pb_utils, args["model_name"]
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))

@@ -36,11 +36,12 @@ class TritonPythonModel:
 
         from optistop import tensors as T
         from optistop.engines.stage import StageEngine
-        from optistop.serving.triton_glue import model_parameters
+        from optistop.serving.triton_glue import exit_with_parent, model_parameters
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from paced_engine import PARAMETERS, PacedEngine
 
+        exit_with_parent()
         config, params, model_dir = model_parameters(args)
         engine = StageEngine.from_parameters(params, model_dir)
         self.engine = PacedEngine(engine, {k: v for k, v in params.items() if k in PARAMETERS})

@@ -19,12 +19,13 @@ import triton_python_backend_utils as pb_utils
 
 from optistop.serving.predictor_runtime import QualityPredictor
 from optistop.serving.request import RequestError
-from optistop.serving.triton_glue import error_response, model_parameters, read_inputs, response
+from optistop.serving.triton_glue import error_response, exit_with_parent, model_parameters, read_inputs, response
 from optistop.tensors import CONFIDENCE, FEATURES
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        exit_with_parent()   # this process ends with tritonserver (a stub may outlive it otherwise)
         _, params, model_dir = model_parameters(args)
         version_dir = model_dir / str(args["model_version"])
         # onnxruntime session created here, once per instance, with 1 intra-op thread by default

@@ -16,13 +16,14 @@ import triton_python_backend_utils as pb_utils
 
 from optistop import tensors as T
 from optistop.engines.stage import StageEngine
-from optistop.serving.triton_glue import model_parameters, serve_stage
+from optistop.serving.triton_glue import exit_with_parent, model_parameters, serve_stage
 
 INPUTS = [t.name for t in T.STAGE.inputs]
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        exit_with_parent()   # this process ends with tritonserver (a stub may outlive it otherwise)
         _, params, model_dir = model_parameters(args)
         self.engine = StageEngine.from_parameters(params, model_dir)
         self.name = args["model_name"]
