@@ -86,8 +86,8 @@ if [ "$kind" = trtllm ]; then
 else
   prepare=("$PYTHON" -m optistop.render --profile llmapi --spec "$spec" --out "$repo")
 fi
-serve() { exec "$ROOT/build/launch.sh" --repo "$repo" --http-port "$port" --grpc-port $((port + 1)) \
-  --metrics-port $((port + 2)) --log-file "$work/$1.log"; }
+launch=("$ROOT/build/launch.sh" --repo "$repo" --http-port "$port" --grpc-port $((port + 1)) --metrics-port $((port + 2)))
+serve() { exec "${launch[@]}" --log-file "$work/$1.log"; }
 url=127.0.0.1:$port
 selftest=("$PYTHON" -m optistop.render.gpu_check --spec "$spec" --stages --url "$url")
 prompts=("$PYTHON" -m optistop.render.gpu_check --spec "$spec" --prompts "$work/prompts.jsonl" --n "$n_prompts")
@@ -103,8 +103,7 @@ if [ "$dry_run" = 1 ]; then
   echo "# 1. build the stages (stage models only: no cascade until it is calibrated for this spec)"
   show "${prepare[@]}"
   echo "# 2. serve the stages; wait up to ${ready_s}s for http://$url/v2/health/ready"
-  suffix=" &" show "$ROOT/build/launch.sh" --repo "$repo" --http-port "$port" --grpc-port $((port + 1)) \
-    --metrics-port $((port + 2)) --log-file "$work/stages.log"
+  suffix=" &" show "${launch[@]}" --log-file "$work/stages.log"
   echo "# 3. log-prob self-test of every stage (non-zero output_log_probs, one per token, stops at an end token)"
   show "${selftest[@]}"
   echo "# 4. collect and label every stage's answers"
@@ -113,8 +112,7 @@ if [ "$dry_run" = 1 ]; then
   echo "# 5. calibrate the cascade for this spec (installs cascade + quality_predictor into the repository)"
   show "${calibrate[@]}"
   echo "# 6. stop the stage server; serve the cascade"
-  suffix=" &" show "$ROOT/build/launch.sh" --repo "$repo" --http-port "$port" --grpc-port $((port + 1)) \
-    --metrics-port $((port + 2)) --log-file "$work/cascade.log"
+  suffix=" &" show "${launch[@]}" --log-file "$work/cascade.log"
   echo "# 7. one cascade request per policy"
   show "${policies[@]}"
   exit 0
