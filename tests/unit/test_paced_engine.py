@@ -29,7 +29,7 @@ def _req(ids: list[int], n: int) -> dict[str, np.ndarray]:
 @pytest.fixture()
 def slept(monkeypatch) -> list[float]:
     out: list[float] = []
-    monkeypatch.setattr(paced_engine.time, "sleep", out.append)
+    monkeypatch.setattr(paced_engine, "sleep", out.append)
     return out
 
 
