@@ -1,4 +1,4 @@
-"""Render the stage engines' config.pbtxt from a cascade spec: one template, one function, two profiles.
+"""Render the stage engines' config.pbtxt from a cascade spec: one config builder, every profile.
 
 $ python -m optistop.render --spec cascade.toml --repo model_repository             # CPU (committed)
 $ python -m optistop.render --check                                                # committed == rendered?
@@ -10,7 +10,8 @@ $ python -m optistop.render --profile llmapi --spec build/qwen2.5-llmapi.toml \\
 Profile ``cpu`` renders the embedded stand-ins (Python backend; their model.py reads ``checkpoint_dir``).
 Profile ``trtllm`` renders TensorRT-LLM's C++ ``tensorrtllm`` backend configs for engines that
 build/engines.sh builds (``--plan`` prints its per-stage build plan). Both take their inputs and outputs
-from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ.
+from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ. Each is built as
+Triton's ModelConfig message and written with protobuf text_format (optistop.render.pbtxt).
 Profile ``llmapi`` renders the same stages for TensorRT-LLM's PyTorch backend (HF checkpoints, no
 engines; optistop.render.llmapi).
 GPU repositories hold the stage models only: the cascade and its predictor join them when
