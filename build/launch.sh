@@ -43,8 +43,13 @@ done
 compgen -G "$repo/*/config.pbtxt" >/dev/null ||
   die "no models in $repo: build them first (build/engines.sh), or pass --repo"
 
-# A rendered tensorrt_llm config's parameter value (render writes `key` and `value` on adjacent lines).
-param() { sed -n "/key: \"$2\"/{n;s/.*string_value: \"\\(.*\\)\".*/\\1/p;}" "$1"; }
+# A config's parameter value: the string_value inside its key's parameters block (protobuf text format
+# puts it on the key's line or a line or two below, and leaves an empty value out: then it prints nothing).
+param() {
+  awk -v key="key: \"$2\"" 'index($0, key) { on = 1 }
+    on && /string_value: "/ { sub(/.*string_value: "/, ""); sub(/"[^"]*$/, ""); print; exit }
+    on && /^}/ { exit }' "$1"
+}
 
 need_gpus=0
 engines=0

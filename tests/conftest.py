@@ -21,12 +21,13 @@ Fault injection goes through ``inject_fault`` alone, so changing how faults are 
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from optistop.render import pbtxt
 
 TIERS = ("unit", "contract", "parity", "e2e")
 
@@ -129,8 +130,7 @@ def copy_repository(tmp: Path) -> Path:
 
 
 def add_parameter(repo: Path, model: str, key: str, value: str) -> None:
-    with open(repo / model / "config.pbtxt", "a") as fh:
-        fh.write(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
+    pbtxt.edit(repo / model / "config.pbtxt", parameters={key: value})
 
 
 def inject_fault(repo: Path, model: str, **params: object) -> None:
@@ -145,8 +145,7 @@ def inject_fault(repo: Path, model: str, **params: object) -> None:
 def variant_model(repo: Path, src: str, name: str) -> Path:
     """A copy of model ``src`` named ``name`` (directory and config name); model.py links are followed."""
     shutil.copytree(repo / src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    cfg = repo / name / "config.pbtxt"
-    cfg.write_text(re.sub(r'^name: "[^"]*"', f'name: "{name}"', cfg.read_text(), count=1, flags=re.M))
+    pbtxt.edit(repo / name / "config.pbtxt", name=name)
     return repo / name
 
 
@@ -172,12 +171,8 @@ def variant_cascade(repo: Path, name: str, stages: dict[str, str] | None = None,
         spec = spec.replace('predictor_model = "quality_predictor"', f'predictor_model = "{predictor}"')
     (repo.parent / f"{name}.toml").write_text(spec)
     model_dir = variant_model(repo, "cascade", name)
-    cfg = model_dir / "config.pbtxt"
-    text = cfg.read_text().replace('string_value: "../../cascade.toml"', f'string_value: "../../{name}.toml"')
-    if predictor:
-        text = text.replace('key: "predictor_in_process" value: { string_value: "auto" }',
-                            'key: "predictor_in_process" value: { string_value: "false" }')
-    cfg.write_text(text)
+    params = {"cascade_spec": f"../../{name}.toml"} | ({"predictor_in_process": "false"} if predictor else {})
+    pbtxt.edit(model_dir / "config.pbtxt", parameters=params, require=params)
 
 
 def _fault_repository(tmp: Path) -> tuple[Path, tuple[str, ...]]:
@@ -192,11 +187,10 @@ def _fault_repository(tmp: Path) -> tuple[Path, tuple[str, ...]]:
     variant_model(repo, "stage_large", "stage_large_slow")
     inject_fault(repo, "stage_large_slow", prefill_ms=3000)
     cfg = variant_model(repo, "stage_large", "stage_large_broken") / "config.pbtxt"
-    cfg.write_text(re.sub(r'"\.\./\.\./models/tiny/\w+"', '"../../models/tiny/missing"', cfg.read_text()))
+    pbtxt.edit(cfg, parameters={"checkpoint_dir": "../../models/tiny/missing"}, require=["checkpoint_dir"])
     shutil.rmtree(repo / "stage_medium_ok", ignore_errors=True)
     shutil.copytree(ROOT / "model_repository" / "stage_medium", repo / "stage_medium_ok")   # without the fault
-    cfg = repo / "stage_medium_ok" / "config.pbtxt"
-    cfg.write_text(cfg.read_text().replace('name: "stage_medium"', 'name: "stage_medium_ok"', 1))
+    pbtxt.edit(repo / "stage_medium_ok" / "config.pbtxt", name="stage_medium_ok")
     scripted_predictor(repo, "quality_predictor_low", "0.05")
     scripted_predictor(repo, "quality_predictor_nan", "nan")
     # stage_small answers nothing, stage_medium errors

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from optistop.client.cascade import ask, make_client
+from optistop.render import pbtxt
 from optistop.server.embedded import ROOT, EmbeddedServer, ServerConfig, free_port
 from optistop.tiny.tasks import generate_split
 
@@ -65,20 +65,6 @@ def served_mode(client: Any, model: str = "cascade", remote_predictor: bool = Fa
     return "in_process_onnxruntime" if engine == "onnxruntime" else "in_process"
 
 
-def cascade_variant(config: str, name: str, params: dict[str, str]) -> str:
-    """The cascade's config.pbtxt renamed ``name``, with each of ``params`` set whatever it was (added
-    when the file has none)."""
-    out, n = re.subn(r'^name: "[^"]*"', f'name: "{name}"', config, count=1, flags=re.M)
-    if n != 1:
-        raise ValueError("the cascade's config.pbtxt has no top-level name line")
-    for key, value in params.items():
-        pattern = rf'(key: "{key}" value: \{{ string_value: )"[^"]*"'
-        out, n = re.subn(pattern, rf'\1"{value}"', out)
-        if n == 0:
-            out = out.rstrip("\n") + f'\nparameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-    return out
-
-
 def mode_repository(tmp: Path, source: Path = ROOT / "model_repository") -> Path:
     """A copy of ``source`` with more copies of its ``cascade`` model, one per mode (MODES), beside the
     unchanged ``cascade``. The spec and models its relative paths name are linked from ``source``'s parent."""
@@ -86,10 +72,9 @@ def mode_repository(tmp: Path, source: Path = ROOT / "model_repository") -> Path
     shutil.copy(source.parent / "cascade.toml", tmp / "cascade.toml")
     repo = tmp / "model_repository"
     shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    config = (repo / "cascade" / "config.pbtxt").read_text(encoding="utf-8")
     for model, params in MODES.values():
         shutil.copytree(repo / "cascade", repo / model)
-        (repo / model / "config.pbtxt").write_text(cascade_variant(config, model, params), encoding="utf-8")
+        pbtxt.edit(repo / model / "config.pbtxt", name=model, parameters=params)   # each param set or added
     return repo
 
 

@@ -16,12 +16,12 @@ once per stage, not twice). The GPU profiles build their stages with build/engin
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 from pathlib import Path
 
 from optistop import ROOT
+from optistop.render import pbtxt
 from optistop.render.repo import CASCADE_MODEL, RESOLVED_SPEC, render_all, spec_toml
 from optistop.serving.streaming import stream_model
 from optistop.spec import CascadeSpec, SpecError, load_spec
@@ -58,12 +58,11 @@ def _install_cascade(spec: CascadeSpec, out: Path, name: str, spec_ref: str) -> 
     casc = out / name
     (casc / "1").mkdir(parents=True, exist_ok=True)
     _copy_model_py(TEMPLATES / name / "1" / "model.py", casc / "1" / "model.py")
-    text = (TEMPLATES / name / "config.pbtxt").read_text(encoding="utf-8")
-    pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
-    text, n = re.subn(pattern, lambda m: m.group(1) + spec_ref + m.group(2), text)
-    if n != 1:
-        raise SpecError(f"{TEMPLATES / name}/config.pbtxt: expected one 'cascade_spec' parameter, found {n}")
-    (casc / "config.pbtxt").write_text(text, encoding="utf-8")
+    cfg = pbtxt.load(TEMPLATES / name / "config.pbtxt")
+    if "cascade_spec" not in cfg.parameters:
+        raise SpecError(f"{TEMPLATES / name}/config.pbtxt: no 'cascade_spec' parameter to point at the spec")
+    pbtxt.set_parameter(cfg, "cascade_spec", spec_ref)
+    pbtxt.save(casc / "config.pbtxt", cfg, header=pbtxt.leading_comments(TEMPLATES / name / "config.pbtxt"))
     return casc
 
 
@@ -75,9 +74,10 @@ def install_serving_models(spec: CascadeSpec, out: Path, predictor_dir: Path) ->
         raise SpecError(f"{predictor_dir}: lacks {', '.join(missing)}; run `optistop calibrate` first")
     pred = out / spec.predictor_model
     (pred / "1").mkdir(parents=True, exist_ok=True)
-    cfg = (TEMPLATES / "quality_predictor" / "config.pbtxt").read_text(encoding="utf-8")
-    (pred / "config.pbtxt").write_text(cfg.replace('name: "quality_predictor"', f'name: "{spec.predictor_model}"'),
-                                       encoding="utf-8")
+    template = TEMPLATES / "quality_predictor" / "config.pbtxt"
+    cfg = pbtxt.load(template)
+    cfg.name = spec.predictor_model
+    pbtxt.save(pred / "config.pbtxt", cfg, header=pbtxt.leading_comments(template))
     _copy_model_py(TEMPLATES / "quality_predictor" / "1" / "model.py", pred / "1" / "model.py")
     for f in PREDICTOR_FILES:
         if (predictor_dir / f).resolve() != (pred / "1" / f).resolve():
@@ -98,12 +98,15 @@ def repository_spec(repo: Path) -> Path:
     if not cfg.is_file():
         raise SpecError(f"{repo}: no {CASCADE_MODEL}/config.pbtxt; a repository from `optistop repo` serves "
                         f"the cascade only after `optistop calibrate` (or `optistop repo --predictor DIR`)")
-    m = re.search(r'key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', cfg.read_text(encoding="utf-8"))
-    if m is None:
+    try:
+        ref = pbtxt.parameter(pbtxt.load(cfg), "cascade_spec")
+    except pbtxt.ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    if ref is None:
         raise SpecError(f"{cfg}: no 'cascade_spec' parameter naming the spec the cascade serves")
-    path = (cfg.parent / m.group(1)).resolve()
+    path = (cfg.parent / ref).resolve()
     if not path.is_file():
-        raise SpecError(f"{cfg}: cascade_spec {m.group(1)!r} does not exist (resolved to {path})")
+        raise SpecError(f"{cfg}: cascade_spec {ref!r} does not exist (resolved to {path})")
     return path
 
 

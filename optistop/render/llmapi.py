@@ -76,26 +76,23 @@ def model_yaml(stage: Stage, s: LlmapiSettings) -> dict[str, Any]:
     }
 
 
-def stage_files(spec: CascadeSpec, stage: Stage, s: LlmapiSettings, label: str, tensor: Any,
-                parameters: Any, repo: Path, stream: bool = False) -> dict[Path, str]:
+def stage_files(spec: CascadeSpec, stage: Stage, s: LlmapiSettings, label: str, repo: Path,
+                stream: bool = False) -> dict[Path, str]:
     """{path: text} of one stage (``stream``: its decoupled ``<triton_model>_stream`` variant, a second
     LLM on the same GPUs): config.pbtxt, 1/model.yaml and 1/model.py."""
-    from optistop.render.repo import STAGE_TEMPLATE
+    from optistop.render.pbtxt import dumps
+    from optistop.render.repo import render_header, stage_config
 
     name = stream_model(stage.triton_model) if stream else stage.triton_model
-    contract = STAGE_STREAM if stream else STAGE
-    # CUDA_VISIBLE_DEVICES of this stage (llmapi_stage.set_visible_gpus, before tensorrt_llm is imported)
-    params = parameters({"gpu_device_ids": ",".join(str(g) for g in stage.gpu_ids)})
-    text = STAGE_TEMPLATE.substitute(
-        source=label, profile="llmapi", name=name, backend="python",
+    cfg = stage_config(
+        name, "python", s.max_batch_size, STAGE_STREAM if stream else STAGE,
         # a dynamic batch goes to the LLM at once, which batches in flight; the cascade calls with
         # exec(decoupled=False), so the plain stage is not decoupled
-        max_batch_size=s.max_batch_size,
-        transaction_policy=f"model_transaction_policy {{\n  decoupled: {str(stream).lower()}\n}}\n",
-        inputs=",\n".join(tensor(t, False) for t in contract.inputs),
-        outputs=",\n".join(tensor(t, False) for t in contract.outputs),
-        queue_delay_us=1000, parameters=params,
-        instances=1)   # one LLM per stage: it batches in flight across the stage's GPUs
+        decoupled=stream, queue_delay_us=1000,
+        instances=1,   # one LLM per stage: it batches in flight across the stage's GPUs
+        # CUDA_VISIBLE_DEVICES of this stage (llmapi_stage.set_visible_gpus, before tensorrt_llm is imported)
+        params={"gpu_device_ids": ",".join(str(g) for g in stage.gpu_ids)})
+    text = dumps(cfg, header=render_header(label, "llmapi"))
     d = repo / name
     return {d / "config.pbtxt": text,
             d / "1" / "model.yaml": json.dumps(model_yaml(stage, s), indent=2) + "\n",

@@ -1,4 +1,4 @@
-"""Render the stage engines' config.pbtxt from a cascade spec: one template, one function, two profiles.
+"""Render the stage engines' config.pbtxt from a cascade spec: one config builder, every profile.
 
 $ python -m optistop.render --spec cascade.toml --repo model_repository             # CPU (committed)
 $ python -m optistop.render --check                                                # committed == rendered?
@@ -10,7 +10,8 @@ $ python -m optistop.render --profile llmapi --spec build/qwen2.5-llmapi.toml \\
 Profile ``cpu`` renders the embedded stand-ins (Python backend; their model.py reads ``checkpoint_dir``).
 Profile ``trtllm`` renders TensorRT-LLM's C++ ``tensorrtllm`` backend configs for engines that
 build/engines.sh builds (``--plan`` prints its per-stage build plan). Both take their inputs and outputs
-from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ.
+from ``optistop.tensors.STAGE``; only the backend, batching knobs and ``parameters`` differ. Each is built as
+Triton's ModelConfig message and written with protobuf text_format (optistop.render.pbtxt).
 Profile ``llmapi`` renders the same stages for TensorRT-LLM's PyTorch backend (HF checkpoints, no
 engines; optistop.render.llmapi).
 GPU repositories hold the stage models only: the cascade and its predictor join them when
@@ -26,18 +27,20 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optistop.compat import tomllib
+from optistop.render import pbtxt
 from optistop.serving.streaming import stream_model
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, Stage, check_keys, load_spec
-from optistop.tensors import STAGE, STAGE_STREAM, Contract, Tensor
+from optistop.tensors import STAGE, STAGE_STREAM, Contract
+
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 REPO_ROOT = DEFAULT_SPEC.parent
 PROFILES = ("cpu", "trtllm", "llmapi")
@@ -45,32 +48,6 @@ CASCADE_MODEL = "cascade"
 RESOLVED_SPEC = "cascade_spec.toml"     # written into <out>/cascade/ by --with-models
 PLAN_COLUMNS = ("name", "model", "hf_dir", "hf_repo", "tp", "gpus", "ckpt_dir", "engine_dir", "dtype",
                 "weight_only", "max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
-
-# The one stage template. Everything profile-specific arrives as a value; nothing is pasted twice.
-STAGE_TEMPLATE = Template("""\
-# Rendered by `python -m optistop.render.repo` from ${source} (profile ${profile}); do not edit by hand.
-name: "${name}"
-backend: "${backend}"
-max_batch_size: ${max_batch_size}
-${transaction_policy}\
-input [
-${inputs}
-]
-output [
-${outputs}
-]
-dynamic_batching {
-  max_queue_delay_microseconds: ${queue_delay_us}
-}
-instance_group [
-  {
-    count: ${instances}
-    kind: KIND_CPU
-  }
-]
-${parameters}
-""")
-
 
 @dataclass(frozen=True)
 class BuildSettings:
@@ -162,25 +139,24 @@ class Rendered:
     text: str
 
 
-def _tensor(t: Tensor, trtllm_input: bool) -> str:
-    lines = [f'name: "{t.name}"', f"data_type: TYPE_{'STRING' if t.dtype == 'BYTES' else t.dtype}",
-             f"dims: [ {', '.join(str(d) for d in t.dims)} ]"]
-    if trtllm_input and t.dims == (1,):
-        lines.append("reshape: { shape: [ ] }")     # the C++ backend wants input_lengths as (batch,)
-    if trtllm_input and -1 in t.dims:
-        lines.append("allow_ragged_batch: true")    # as in TensorRT-LLM's own tensorrt_llm template
-    if t.optional:
-        lines.append("optional: true")
-    return "  {\n" + "".join(f"    {line}\n" for line in lines) + "  }"
+def render_header(source: str, profile: str) -> str:
+    return f"# Rendered by `python -m optistop.render.repo` from {source} (profile {profile}); do not edit by hand.\n"
 
 
-def _quote(v: str) -> str:
-    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _parameters(params: Mapping[str, str]) -> str:
-    return "".join(f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: {_quote(v)} }}\n}}\n'
-                   for k, v in params.items()).rstrip("\n")
+def stage_config(name: str, backend: str, max_batch_size: int, contract: Contract, *, decoupled: bool | None,
+                 queue_delay_us: int, instances: int, params: Mapping[str, str], trtllm: bool = False) -> ModelConfig:
+    """The one stage config (every profile): ``contract``'s tensors, dynamic batching, one CPU instance
+    group, string ``params``. Everything profile-specific arrives as a value. ``decoupled`` None leaves
+    the transaction policy out (Triton's default, not decoupled)."""
+    cfg = pbtxt.new(name, backend, max_batch_size)
+    if decoupled is not None:
+        pbtxt.set_decoupled(cfg, decoupled)
+    pbtxt.add_contract(cfg, contract, trtllm=trtllm)
+    cfg.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    cfg.dynamic_batching.SetInParent()      # present even at 0 delay: dynamic batching on
+    pbtxt.set_instances(cfg, instances)
+    pbtxt.set_parameters(cfg, params)
+    return cfg
 
 
 def spec_label(spec: CascadeSpec) -> str:
@@ -240,21 +216,16 @@ def render_stage(spec: CascadeSpec, stage: Stage, *, profile: str = "cpu", repo:
         raise SpecError("profile trtllm needs an engines dir and the spec's [trtllm] table")
     s = trt.for_stage(stage.name) if trtllm and trt else None
     name = stream_model(stage.triton_model) if stream else stage.triton_model
-    contract = STAGE_STREAM if stream else contract
-    policy = "model_transaction_policy {\n  decoupled: %s\n}\n"
-    text = STAGE_TEMPLATE.substitute(
-        source=spec_label(spec), profile=profile, name=name,
-        backend="tensorrtllm" if trtllm else "python",
-        max_batch_size=s.triton_max_batch_size if s else 8,
+    params = stage_parameters(stage, profile, repo, engines_dir, s, trt.executor_worker_path if trt else "")
+    cfg = stage_config(
+        name, "tensorrtllm" if trtllm else "python", s.triton_max_batch_size if s else 8,
+        STAGE_STREAM if stream else contract,
         # the cascade BLS calls stages with exec(decoupled=False); the callee must agree
-        transaction_policy=policy % "true" if stream else (policy % "false" if trtllm else ""),
-        inputs=",\n".join(_tensor(t, trtllm) for t in contract.inputs),
-        outputs=",\n".join(_tensor(t, False) for t in contract.outputs),
+        decoupled=True if stream else (False if trtllm else None),
         queue_delay_us=s.max_queue_delay_microseconds if s else 2000,
         instances=1 if trtllm else stage.instances,   # the C++ backend batches in flight in one instance
-        parameters=_parameters(stage_parameters(stage, profile, repo, engines_dir, s,
-                                                trt.executor_worker_path if trt else "")),
-    )
+        params=params, trtllm=trtllm)
+    text = pbtxt.dumps(cfg, header=render_header(spec_label(spec), profile))
     return Rendered(stage, repo / name / "config.pbtxt", text)
 
 
@@ -337,11 +308,10 @@ def spec_toml(spec: CascadeSpec) -> str:
 def point_cascade_at(model_dir: Path, spec: CascadeSpec) -> str:
     """Write ``spec`` (resolved) into a copied cascade model and set its ``cascade_spec`` parameter to it."""
     cfg = model_dir / "config.pbtxt"
-    pattern = r'(key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
-    text, n = re.subn(pattern, rf"\g<1>{RESOLVED_SPEC}\g<2>", cfg.read_text(encoding="utf-8"))
-    if n != 1:
-        raise SpecError(f"{cfg}: expected one 'cascade_spec' parameter to point at the spec, found {n}")
-    cfg.write_text(text, encoding="utf-8")
+    try:
+        pbtxt.edit(cfg, parameters={"cascade_spec": RESOLVED_SPEC}, require=["cascade_spec"])
+    except pbtxt.ConfigError as exc:
+        raise SpecError(str(exc)) from None
     (model_dir / RESOLVED_SPEC).write_text(spec_toml(spec), encoding="utf-8")
     return f"wrote {model_dir / RESOLVED_SPEC} (cascade_spec of {cfg})"
 
@@ -433,8 +403,7 @@ def _main_llmapi(args: argparse.Namespace) -> int:
     for stage in spec.stages:
         if not args.stage or stage.name in args.stage:
             for stream in (False, True) if args.streaming else (False,):
-                files.update(L.stage_files(spec, stage, settings, spec_label(spec), _tensor, _parameters, repo,
-                                           stream=stream))
+                files.update(L.stage_files(spec, stage, settings, spec_label(spec), repo, stream=stream))
     stale = []
     for path, text in files.items():
         if args.dry_run:

@@ -29,6 +29,7 @@ import numpy as np
 
 from optistop import tensors as T
 from optistop.features import ex_ante_features
+from optistop.render import pbtxt
 from optistop.spec import DEFAULT_SPEC, load_spec
 
 CASCADE = "cascade"
@@ -63,17 +64,17 @@ def models_from_repository(repo: str | Path) -> dict[str, str]:
     (cascade_stream, stage_*_stream) are left out: a plain infer cannot probe them, and they share their
     process-free logic and their stages with the models that are probed."""
     roles: dict[str, str] = {}
-    for cfg in sorted(Path(repo).glob("*/config.pbtxt")):
-        text = cfg.read_text(encoding="utf-8")
-        if "decoupled: true" in text:
+    for path in sorted(Path(repo).glob("*/config.pbtxt")):
+        cfg = pbtxt.load(path)
+        if pbtxt.is_decoupled(cfg):
             continue
-        names = set(re.findall(r'name:\s*"([^"]+)"', text))
+        names = pbtxt.tensor_names(cfg)
         if T.FEATURES in names:
-            roles[cfg.parent.name] = "predictor"
+            roles[path.parent.name] = "predictor"
         elif T.INPUT_IDS in names:
-            roles[cfg.parent.name] = "stage"
+            roles[path.parent.name] = "stage"
         elif T.TEXT_INPUT in names:
-            roles[cfg.parent.name] = "cascade"
+            roles[path.parent.name] = "cascade"
     return roles
 
 
@@ -83,8 +84,8 @@ def spec_of_repository(repo: str | Path) -> Path | None:
     cfg = Path(repo) / CASCADE / "config.pbtxt"
     if not cfg.exists():
         return None
-    m = re.search(r'key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', cfg.read_text(encoding="utf-8"))
-    return (cfg.parent / m.group(1)).resolve() if m else None
+    ref = pbtxt.parameter(pbtxt.load(cfg), "cascade_spec")
+    return (cfg.parent / ref).resolve() if ref is not None else None
 
 
 def models_from_server(url: str) -> dict[str, str]:

@@ -3,12 +3,12 @@ step, which model.py each model gets, and what `optistop openai --repository` re
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from optistop.pipeline import repository as R
+from optistop.render import pbtxt
 from optistop.render.repo import RESOLVED_SPEC
 from optistop.spec import SpecError, load_spec
 
@@ -36,13 +36,15 @@ def test_stages_only_until_calibrated_then_streaming_everywhere(tmp_path: Path) 
     for m in plain:
         assert (tmp_path / m / "1" / "model.py").read_bytes() == plain_py
         assert (tmp_path / f"{m}_stream" / "1" / "model.py").read_bytes() == stream_py
-        assert "decoupled: true" in (tmp_path / f"{m}_stream" / "config.pbtxt").read_text()
+        assert pbtxt.is_decoupled(pbtxt.load(tmp_path / f"{m}_stream" / "config.pbtxt"))
+        assert not pbtxt.is_decoupled(pbtxt.load(tmp_path / m / "config.pbtxt"))
     assert (tmp_path / "cascade_stream" / "1" / "model.py").read_bytes() == \
         (TEMPLATES / "cascade_stream" / "1" / "model.py").read_bytes()
     # one resolved spec, read by both cascade models (paths relative to each model's directory)
     for name in ("cascade", "cascade_stream"):
-        text = (tmp_path / name / "config.pbtxt").read_text()
-        ref = re.search(r'key: "cascade_spec" value: \{ string_value: "([^"]+)"', text).group(1)
+        cfg = pbtxt.load(tmp_path / name / "config.pbtxt")
+        assert cfg.name == name
+        ref = pbtxt.parameter(cfg, "cascade_spec")
         assert (tmp_path / name / ref).resolve() == (tmp_path / "cascade" / RESOLVED_SPEC)
     assert not (tmp_path / "cascade_stream" / RESOLVED_SPEC).exists()
     served = load_spec(R.repository_spec(tmp_path))
@@ -64,9 +66,9 @@ def test_torch_threads_and_instances_come_from_the_spec(tmp_path: Path) -> None:
     spec = load_spec(tmp_path / "s.toml")
     R.build_stages(spec, tmp_path / "repo", streaming=True)
     for model, threads, count in (("chat_small", 1, 1), ("chat_large", 2, 3), ("chat_large_stream", 2, 3)):
-        cfg = (tmp_path / "repo" / model / "config.pbtxt").read_text()
-        assert re.search(r'key: "torch_threads"\n  value: \{ string_value: "(\d+)" \}', cfg).group(1) == str(threads)
-        assert re.search(r"count: (\d+)", cfg).group(1) == str(count)
+        cfg = pbtxt.load(tmp_path / "repo" / model / "config.pbtxt")
+        assert pbtxt.parameter(cfg, "torch_threads") == str(threads)
+        assert [g.count for g in cfg.instance_group] == [count]
     (tmp_path / "bad.toml").write_text(text.replace("instances = 3", "instances = 0"))
     with pytest.raises(SpecError, match=r"stages\[2\]\.instances / torch_threads: must be integers >= 1"):
         load_spec(tmp_path / "bad.toml")

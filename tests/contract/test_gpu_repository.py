@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from optistop.pipeline import calibrate
+from optistop.render import pbtxt
 from optistop.render import repo as render
 from optistop.serving.cascade_service import CascadeService
 from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
@@ -99,8 +100,7 @@ def test_gpu_repository_loads_only_with_a_calibration_for_its_spec(name: str, tm
     rc = calibrate.main([str(labelled(profile, tmp_path)), "--spec", str(profile), "--out", str(repo),
                          "--max-epochs", "2"])
     assert rc == 0
-    cfg = (repo / "cascade" / "config.pbtxt").read_text()
-    spec_name = re.search(r'key:\s*"cascade_spec"\s*value:\s*\{\s*string_value:\s*"([^"]+)"', cfg).group(1)
+    spec_name = pbtxt.parameter(pbtxt.load(repo / "cascade" / "config.pbtxt"), "cascade_spec")
     installed = repo / "cascade" / spec_name
     assert load_spec(installed).stage_names == spec.stage_names
     cascade_check(installed, repo)                                         # what initialize() runs: passes

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from optistop.render import pbtxt
 from optistop.render import repo as render
 from optistop.spec import DEFAULT_SPEC, SpecError, load_spec
+from optistop.tensors import STAGE
 
 ROOT = DEFAULT_SPEC.parent
 GPU_PROFILES = sorted((ROOT / "build").glob("*-trtllm.toml"))
@@ -37,10 +39,10 @@ def test_cpu_checkpoint_dir_is_relative_to_the_model_dir(tmp_path: Path) -> None
     spec = load_spec(DEFAULT_SPEC, check_paths=False)
     for repo in (ROOT / "model_repository", tmp_path / "elsewhere" / "repo"):
         for r in render.render_all(spec, profile="cpu", repo=repo):
-            rel = re.search(r'key: "checkpoint_dir"\n  value: \{ string_value: "([^"]+)" \}', r.text)
+            rel = pbtxt.parameter(pbtxt.parse(r.text), "checkpoint_dir")
             assert rel, r.text
-            assert not Path(rel.group(1)).is_absolute()
-            assert (r.path.parent / rel.group(1)).resolve() == r.stage.checkpoint
+            assert not Path(rel).is_absolute()
+            assert (r.path.parent / rel).resolve() == r.stage.checkpoint
 
 
 def test_one_template_serves_both_profiles(tmp_path: Path) -> None:
@@ -49,13 +51,19 @@ def test_one_template_serves_both_profiles(tmp_path: Path) -> None:
     stage = spec.stages[0]
     cpu = render.render_stage(spec, stage, profile="cpu", repo=tmp_path)
     gpu = render.render_stage(spec, stage, profile="trtllm", repo=tmp_path, engines_dir=tmp_path, trt=trt)
-    # same skeleton (header, name, tensors, batching, instances, parameters), different values
-    skeleton = lambda t: list(dict.fromkeys(re.match(r"\w+", ln).group() for ln in t.splitlines()
-                                            if ln[:1].isalpha()))
-    assert skeleton(cpu.text) == [k for k in skeleton(gpu.text) if k != "model_transaction_policy"]
-    assert skeleton(cpu.text)[:5] == ["name", "backend", "max_batch_size", "input", "output"]
-    assert 'backend: "python"' in cpu.text and 'backend: "tensorrtllm"' in gpu.text
-    assert "decoupled: false" in gpu.text and "decoupled" not in cpu.text
+    c, g = pbtxt.parse(cpu.text), pbtxt.parse(gpu.text)
+    # same skeleton (name, tensors, batching, instances, parameters), different values
+    fields = lambda cfg: [f.name for f, _ in cfg.ListFields()]
+    assert fields(c) == [f for f in fields(g) if f != "model_transaction_policy"]
+    assert {"name", "backend", "max_batch_size", "input", "output", "dynamic_batching", "instance_group",
+            "parameters"} == set(fields(c))
+    assert [t.name for t in c.input] == [t.name for t in g.input] == [t.name for t in STAGE.inputs]
+    assert (c.backend, g.backend) == ("python", "tensorrtllm")
+    # the GPU stage says it is not decoupled (the cascade calls it so); the CPU one leaves Triton's default
+    assert g.HasField("model_transaction_policy") and not g.model_transaction_policy.decoupled
+    assert not c.HasField("model_transaction_policy")
+    for r in (cpu, gpu):
+        assert r.text.startswith("# Rendered by `python -m optistop.render.repo` from build/tiny-trtllm.toml")
 
 
 def test_unknown_stage_and_profile_errors_name_the_choices(tmp_path: Path, capsys) -> None:
@@ -111,9 +119,12 @@ def test_trtllm_table_errors_are_one_line_and_name_the_field(tmp_path: Path) -> 
         render.load_trtllm_settings(bad)
 
 
-def test_parameter_values_are_quoted_for_protobuf_text_format() -> None:
-    text_format = pytest.importorskip("google.protobuf.text_format")
-    pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    odd = {"checkpoint_dir": 'dir "with" quotes\\and backslash'}
-    cfg = text_format.Parse(render._parameters(odd), pb2.ModelConfig())
-    assert cfg.parameters["checkpoint_dir"].string_value == odd["checkpoint_dir"]
+def test_a_checkpoint_path_with_quotes_and_newlines_survives_rendering(tmp_path: Path) -> None:
+    spec = load_spec(ROOT / "build" / "tiny-trtllm.toml", check_paths=False)
+    trt = render.load_trtllm_settings(spec.source)
+    odd = tmp_path / 'dir "with" quotes\\and backslash\nand a newline'
+    stage = dataclasses.replace(spec.stages[0], checkpoint=odd)
+    cpu = pbtxt.parse(render.render_stage(spec, stage, profile="cpu", repo=tmp_path / "repo").text)
+    assert (tmp_path / "repo" / stage.triton_model / pbtxt.parameter(cpu, "checkpoint_dir")).resolve() == odd
+    gpu = render.render_stage(spec, stage, profile="trtllm", repo=tmp_path, engines_dir=tmp_path, trt=trt)
+    assert pbtxt.parameter(pbtxt.parse(gpu.text), "tokenizer_dir") == str(odd)

@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 
 from optistop.reliability.chaos import _children, _get
+from optistop.render import pbtxt
 from optistop.server.embedded import free_port
 from optistop.server.supervisor import stub_processes
 from tests.repos.paced_stage import install
@@ -84,8 +85,7 @@ def served(tmp_path_factory, tiny_dir) -> Iterator[Served]:
     repo = subset_repository(ROOT / "model_repository", list(MODELS), tmp / "model_repository", load_spec())
     wedge = repo / "stage_wedge"  # not in the spec: watched like any model of the repository, no spec floor
     shutil.copytree(repo / "stage_small", wedge)
-    cfg = wedge / "config.pbtxt"
-    cfg.write_text(cfg.read_text().replace('name: "stage_small"', 'name: "stage_wedge"', 1))
+    pbtxt.edit(wedge / "config.pbtxt", name="stage_wedge")
     install(wedge, fault=f"hang_on_token:{HANG_TOKEN}")
     for model, (prefill, step) in PACE.items():
         install(repo / model, prefill_ms=prefill, token_ms=step)

@@ -2,8 +2,8 @@
 (a real model's latency, injected faults). Serves both variants: plain (``execute`` returns responses)
 and decoupled ``*_stream`` (one response per token, then the final flag), chosen by the model config.
 
-``install(model_dir, **params)`` puts it over a test repository's ``<model>/1/model.py`` and appends the
-parameters (``prefill_ms``, ``token_ms``, ``fault``) to its config.pbtxt. Never part of model_repository/.
+``install(model_dir, **params)`` puts it over a test repository's ``<model>/1/model.py`` and sets the
+parameters (``prefill_ms``, ``token_ms``, ``fault``) in its config.pbtxt. Never part of model_repository/.
 """
 
 # ruff: noqa: E402
@@ -25,9 +25,9 @@ def install(model_dir: Path, **params: object) -> None:
     engine = target.with_name("paced_engine.py")  # beside it: the stub imports it from there
     engine.unlink(missing_ok=True)
     shutil.copy(Path(__file__).with_name("paced_engine.py"), engine)
-    with open(Path(model_dir) / "config.pbtxt", "a") as fh:
-        for key, value in params.items():
-            fh.write(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
+    from optistop.render import pbtxt
+
+    pbtxt.edit(Path(model_dir) / "config.pbtxt", parameters={k: str(v) for k, v in params.items()})
 
 
 class TritonPythonModel:

@@ -297,6 +297,7 @@ def test_stage_inputs_tokenise_as_the_cascade_does() -> None:
 @pytest.mark.parametrize("default", ['"false"', '"true"', None])
 def test_mode_repository_sets_each_mode_whatever_the_default(tmp_path: Path, default: str | None) -> None:
     from optistop.perf.controller import mode_repository
+    from optistop.render import pbtxt
 
     src = tmp_path / "src"
     (src / "models").mkdir(parents=True)
@@ -314,14 +315,11 @@ def test_mode_repository_sets_each_mode_whatever_the_default(tmp_path: Path, def
     assert (repo / "cascade" / "config.pbtxt").read_text() == original      # the served default untouched
     for model, value, engine in (("cascade_bls", "false", None), ("cascade_local_ort", "true", "onnxruntime"),
                                  ("cascade_local", "true", "numpy")):
-        cfg = (repo / model / "config.pbtxt").read_text()
-        assert cfg.startswith(f'name: "{model}"\n') and (repo / model / "1" / "model.py").exists()
-        assert cfg.count('key: "predictor_in_process"') == 1
-        assert f'key: "predictor_in_process" value: {{ string_value: "{value}" }}' in cfg
-        assert cfg.count('key: "predictor_engine"') == (engine is not None)
-        if engine:
-            assert f'key: "predictor_engine" value: {{ string_value: "{engine}" }}' in cfg
-        assert 'string_value: "../../cascade.toml"' in cfg
+        cfg = pbtxt.load(repo / model / "config.pbtxt")
+        assert cfg.name == model and cfg.backend == "python" and (repo / model / "1" / "model.py").exists()
+        want = {"cascade_spec": "../../cascade.toml", "predictor_in_process": value} | \
+            ({"predictor_engine": engine} if engine else {})
+        assert pbtxt.parameters(cfg) == want
 
 
 @pytest.mark.parametrize("params, remote, mode", [
