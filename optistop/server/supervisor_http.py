@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from optistop.server.supervisor import Supervisor
 
 
+def _counter(name: str, doc: str, labels: list[str], items: Iterable[tuple[tuple[str, ...], float]]) -> Metric:
+    fam = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in sorted(items):
+        fam.add_metric(list(key), n)
+    return fam
+
+
 class SupervisorCollector(Collector):
     """The supervisor's counters as Prometheus metric families, read from ``sup`` at each scrape (a custom
     collector: the counts live in the supervisor, so nothing is kept twice)."""
@@ -33,35 +40,22 @@ class SupervisorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sup = self.sup
-        fam = CounterMetricFamily("optistop_supervisor_recoveries_total",
-                                  "Dead or wedged backends recovered, by model and action", labels=["model", "action"])
-        for (m, a), n in sorted(sup.recoveries.items()):
-            fam.add_metric([m, a], n)
-        yield fam
-        fam = CounterMetricFamily("optistop_supervisor_recovery_seconds_total",
-                                  "Time from detection to recovered, by model", labels=["model"])
-        for m, s in sorted(sup.recovery_seconds.items()):
-            fam.add_metric([m], round(s, 3))
-        yield fam
-        fam = CounterMetricFamily("optistop_supervisor_verdicts_total",
-                                  "What the supervisor found, by model and verdict "
-                                  "(dead, wedged: recovered; slow: progressing, left alone)",
-                                  labels=["model", "verdict"])
-        for (m, k), n in sorted(sup.verdicts.items()):
-            fam.add_metric([m, k], n)
-        yield fam
-        fam = CounterMetricFamily("optistop_supervisor_health_checks_total",
-                                  "Probe rounds (statistics + readiness), by result", labels=["result"])
-        for k, n in sorted(sup.checks.items()):
-            fam.add_metric([k], n)
-        yield fam
+        yield _counter("optistop_supervisor_recoveries_total", "Dead or wedged backends recovered, by model and action",
+                       ["model", "action"], sup.recoveries.items())
+        yield _counter("optistop_supervisor_recovery_seconds_total", "Time from detection to recovered, by model",
+                       ["model"], (((m,), round(s, 3)) for m, s in sup.recovery_seconds.items()))
+        yield _counter("optistop_supervisor_verdicts_total", "What the supervisor found, by model and verdict "
+                       "(dead, wedged: recovered; slow: progressing, left alone)", ["model", "verdict"],
+                       sup.verdicts.items())
+        yield _counter("optistop_supervisor_health_checks_total", "Probe rounds (statistics + readiness), by result",
+                       ["result"], (((k,), n) for k, n in sup.checks.items()))
         yield CounterMetricFamily("optistop_supervisor_probe_errors_total",
                                   "Probe rounds that raised (logged with a traceback)", value=sup.probe_errors)
-        fam = GaugeMetricFamily("optistop_supervisor_model_up", "Whether the model answered its last readiness probe",
-                                labels=["model"])
+        up = GaugeMetricFamily("optistop_supervisor_model_up", "Whether the model answered its last readiness probe",
+                               labels=["model"])
         for r in sup.last:
-            fam.add_metric([r.model], int(r.ok))
-        yield fam
+            up.add_metric([r.model], int(r.ok))
+        yield up
 
 
 def metrics_text(sup: Supervisor) -> str:
