@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from optistop import prometheus_text
+
 # perf_analyzer -f CSV column -> our key (perf_analyzer writes microseconds; we report milliseconds)
 CSV_LATENCY_COLUMNS: dict[str, str] = {
     "p50 latency": "latency_p50_ms",
@@ -155,16 +157,13 @@ def per_request_ms(diff: Mapping[str, int], key: str, per: int | None = None) ->
 
 def parse_prometheus(text: str, prefix: str) -> dict[str, float]:
     """Prometheus text exposition -> {metric name: value summed over its label sets}, for names with prefix."""
+    try:
+        found = prometheus_text.samples(text, prefix)
+    except ValueError as exc:
+        raise ParseError(f"unreadable Prometheus text: {exc}") from None
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            raise ParseError(f"unreadable Prometheus sample: {line!r}") from None
+    for (name, _), v in found.items():
+        out[name] = out.get(name, 0.0) + v
     return out
 
 

@@ -28,6 +28,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
+from optistop import prometheus_text
 from optistop.server.embedded import free_port
 from optistop.server.supervisor import stub_processes
 
@@ -71,16 +74,21 @@ class ChaosReport:
 
 
 def _children(pid: int) -> list[tuple[int, str, str]]:
-    """(pid, state, argv[0]) of the processes whose parent is ``pid``."""
+    """(pid, psutil status, argv[0]) of the processes whose parent is ``pid``; [] when ``pid`` is gone.
+    A zombie has no command line left: its name (the kernel's comm) stands in for argv[0]."""
+    try:
+        kids = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
     out = []
-    for e in Path("/proc").iterdir():
-        if e.name.isdigit():
-            try:
-                f = (e / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(f[1]) == pid:
-                    out.append((int(e.name), f[0], (e / "cmdline").read_bytes().split(b"\0")[0].decode()))
-            except (OSError, IndexError, ValueError):
-                continue
+    for k in kids:
+        try:
+            with k.oneshot():
+                status = k.status()
+                argv = k.cmdline() if status != psutil.STATUS_ZOMBIE else []
+                out.append((k.pid, status, argv[0] if argv else k.name()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone while we looked
+            continue
     return out
 
 
@@ -95,8 +103,10 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _recoveries(metrics: str) -> float:
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines()
-               if ln.startswith("optistop_supervisor_recoveries_total{"))
+    """Recoveries counted by the supervisor (all models and actions) in its /metrics text; 0 when it did not
+    answer (empty text)."""
+    name = "optistop_supervisor_recoveries_total"
+    return prometheus_text.total(prometheus_text.samples(metrics, name), name)
 
 
 class Load:
@@ -186,7 +196,8 @@ def run_chaos(rounds: int = 1, concurrency: int = 3, timeout_s: float = 20.0, ta
                     else:
                         report.problems.append(f"'{model}' not recovered {recover_wait_s:.0f}s after kill -9")
                     time.sleep(settle_s)  # some requests after the recovery, in this kill's window
-                    report.zombies += [f"{p} ({argv})" for p, st, argv in _children(server_pid) if st == "Z"]
+                    report.zombies += [f"{p} ({argv})" for p, st, argv in _children(server_pid)
+                                       if st == psutil.STATUS_ZOMBIE]
         _tally(report, load.done, timeout_s)
     finally:
         if serve.poll() is None:
@@ -199,7 +210,7 @@ def run_chaos(rounds: int = 1, concurrency: int = 3, timeout_s: float = 20.0, ta
                 serve.wait()
         log.close()
     report.leftover = [p for p, _, _ in _children(serve.pid)]
-    if "server_pid" in locals() and Path(f"/proc/{server_pid}").exists():
+    if "server_pid" in locals() and psutil.pid_exists(server_pid):
         report.leftover.append(server_pid)
         os.killpg(server_pid, signal.SIGKILL)
     report.leaked_shm = sorted(p.name for p in Path("/dev/shm").glob(f"optistop_{serve.pid}_{http}_*"))

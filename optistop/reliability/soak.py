@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from optistop.client.cascade import ask, build_inputs, make_client
 from optistop.tiny.tasks import generate_split
 
@@ -49,26 +51,19 @@ class SoakReport:
 
 
 def process_tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total_kb, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
+    """Resident memory of ``pid`` and all its descendants in MiB (a process gone meanwhile counts 0)."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in tree:
         try:
-            for line in Path(f"/proc/{p}/status").read_text(encoding="utf-8").splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return total_kb / 1024
+    return total / 2**20
 
 
 def run_load(url: str, server_pid: int, duration: float, concurrency: int, warmup: int = 32) -> SoakReport:

@@ -35,6 +35,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from optistop import ROOT
 
 DEFAULT_REPOSITORY = ROOT / "model_repository"
@@ -181,15 +183,19 @@ def _in_child() -> None:
 
 
 def _alive(pid: int) -> bool:
+    """``pid`` runs: it exists and is not a zombie (exited, waiting to be reaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # another user's process: it exists
         return True
+
+
+def _is_tritonserver(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return any("tritonserver" in a for a in psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone meanwhile, or not ours to kill
         return False
 
 
@@ -215,7 +221,7 @@ class EmbeddedServer:
         except (OSError, ValueError):
             return
         pid, owner = int(old.get("pid", 0)), int(old.get("owner", 0))
-        if pid and _alive(pid) and "tritonserver" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+        if pid and _alive(pid) and _is_tritonserver(pid):
             if owner and _alive(owner) and owner != os.getpid():
                 raise ServerError(f"port {self.cfg.http_port} is served by tritonserver pid {pid} of "
                                   f"optistop pid {owner}; stop that one first")

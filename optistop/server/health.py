@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from optistop import prometheus_text
 from optistop import tensors as T
 from optistop.features import ex_ante_features
 from optistop.render import pbtxt
@@ -229,9 +230,13 @@ def quality_line(metrics_url: str, timeout_s: float = 3.0) -> str:
             text = resp.read().decode()
     except OSError as exc:
         return f"quality: metrics at {metrics_url} not answering ({exc})"
+    try:
+        found = prometheus_text.samples(text, PREFIX)
+    except ValueError as exc:
+        return f"quality: metrics at {metrics_url} are not Prometheus text ({exc})"
     # the plain cascade's gauges (the streaming cascade keeps its own, labelled model="cascade_stream")
-    vals = {m.group(1): float(m.group(2)) for m in re.finditer(rf'^{PREFIX}_([a-z_]+){{model="cascade"}} (\S+)$',
-                                                                  text, re.MULTILINE) if m.group(1) in GAUGES}
+    cascade = frozenset({("model", "cascade")})
+    vals = {key: found[(f"{PREFIX}_{key}", cascade)] for key in GAUGES if (f"{PREFIX}_{key}", cascade) in found}
     if not vals.get("audits_in_window"):
         return "quality: no audits yet (spec audit_rate; see README, 'Knowing the quality you deliver')"
     return (f"quality: {vals.get('quality_estimate', math.nan):.3f} of the reference "

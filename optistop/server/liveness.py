@@ -19,12 +19,14 @@ multiple of the model's own measured batch time, so a model that takes 20 s a ba
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from optistop import prometheus_text
 from optistop.server.health import ModelHealth
 from optistop.spec import SupervisorSpec as Timing
 
@@ -39,21 +41,23 @@ class Stub:
 
 
 def stub_processes(server_pid: int) -> dict[int, Stub]:
-    """Live backend stubs of ``server_pid``, from /proc (argv: stub, <repo>/<model>/<ver>/model.py, region)."""
+    """Live backend stubs of ``server_pid`` (argv: stub, <repo>/<model>/<ver>/model.py, region); zombies
+    (exited, not yet reaped) are not live. {} when the server itself is gone."""
+    try:
+        kids = psutil.Process(server_pid).children()
+    except psutil.NoSuchProcess:
+        return {}
     out: dict[int, Stub] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for k in kids:
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != server_pid or fields[0] == "Z":
-                continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
+            with k.oneshot():
+                if k.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                argv = k.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue  # gone while we looked
-        if len(argv) > 2 and argv[0].decode(errors="replace").endswith(STUB_BINARY):
-            model = Path(argv[1].decode(errors="replace")).parts[-3]
-            out[int(entry.name)] = Stub(int(entry.name), model, argv[2].decode(errors="replace"))
+        if len(argv) > 2 and argv[0].endswith(STUB_BINARY):
+            out[k.pid] = Stub(k.pid, Path(argv[1]).parts[-3], argv[2])
     return out
 
 
@@ -79,14 +83,17 @@ def progress_from_stats(response: Any) -> dict[str, Progress]:
     return out
 
 
-_PENDING = re.compile(r'^nv_inference_pending_request_count\{[^}]*model="([^"]+)"[^}]*\}\s+([0-9.eE+]+)', re.M)
+PENDING = "nv_inference_pending_request_count"
 
 
 def pending_from_metrics(text: str) -> dict[str, int]:
-    """model -> requests waiting in Triton's queue, from its Prometheus text (``/metrics``)."""
+    """model -> requests waiting in Triton's queue, from its Prometheus text (``/metrics``), versions summed.
+    Raises ValueError on text that is not Prometheus exposition."""
     out: dict[str, int] = {}
-    for model, value in _PENDING.findall(text):
-        out[model] = out.get(model, 0) + int(float(value))
+    for (name, labels), v in prometheus_text.samples(text, PENDING).items():
+        model = dict(labels).get("model")
+        if name == PENDING and model is not None:
+            out[model] = out.get(model, 0) + int(v)
     return out
 
 

@@ -187,6 +187,10 @@ class Supervisor:
                 return liveness.pending_from_metrics(resp.read().decode(errors="replace"))
         except (OSError, urllib.error.URLError):
             return {}
+        except ValueError as exc:  # not Prometheus text: judge by the probes alone, and say why
+            log.warning("Triton's metrics at %s are not Prometheus text (%s); queue lengths unknown",
+                        self.metrics_url, exc)
+            return {}
 
     def _baseline(self) -> None:
         assert self.server.proc is not None

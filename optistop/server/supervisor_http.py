@@ -12,40 +12,55 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from optistop.server.supervisor import Supervisor
 
 
+def _counter(name: str, doc: str, labels: list[str], items: Iterable[tuple[tuple[str, ...], float]]) -> Metric:
+    fam = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in sorted(items):
+        fam.add_metric(list(key), n)
+    return fam
+
+
+class SupervisorCollector(Collector):
+    """The supervisor's counters as Prometheus metric families, read from ``sup`` at each scrape (a custom
+    collector: the counts live in the supervisor, so nothing is kept twice)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        sup = self.sup
+        yield _counter("optistop_supervisor_recoveries_total", "Dead or wedged backends recovered, by model and action",
+                       ["model", "action"], sup.recoveries.items())
+        yield _counter("optistop_supervisor_recovery_seconds_total", "Time from detection to recovered, by model",
+                       ["model"], (((m,), round(s, 3)) for m, s in sup.recovery_seconds.items()))
+        yield _counter("optistop_supervisor_verdicts_total", "What the supervisor found, by model and verdict "
+                       "(dead, wedged: recovered; slow: progressing, left alone)", ["model", "verdict"],
+                       sup.verdicts.items())
+        yield _counter("optistop_supervisor_health_checks_total", "Probe rounds (statistics + readiness), by result",
+                       ["result"], (((k,), n) for k, n in sup.checks.items()))
+        yield CounterMetricFamily("optistop_supervisor_probe_errors_total",
+                                  "Probe rounds that raised (logged with a traceback)", value=sup.probe_errors)
+        up = GaugeMetricFamily("optistop_supervisor_model_up", "Whether the model answered its last readiness probe",
+                               labels=["model"])
+        for r in sup.last:
+            up.add_metric([r.model], int(r.ok))
+        yield up
+
+
 def metrics_text(sup: Supervisor) -> str:
-    last = sup.last
-    lines = [
-        "# HELP optistop_supervisor_recoveries_total Dead or wedged backends recovered, by model and action",
-        "# TYPE optistop_supervisor_recoveries_total counter",
-        *(f'optistop_supervisor_recoveries_total{{model="{m}",action="{a}"}} {n}'
-          for (m, a), n in sorted(sup.recoveries.items())),
-        "# HELP optistop_supervisor_recovery_seconds_total Time from detection to recovered, by model",
-        "# TYPE optistop_supervisor_recovery_seconds_total counter",
-        *(f'optistop_supervisor_recovery_seconds_total{{model="{m}"}} {s:.3f}'
-          for m, s in sorted(sup.recovery_seconds.items())),
-        "# HELP optistop_supervisor_verdicts_total What the supervisor found, by model and verdict "
-        "(dead, wedged: recovered; slow: progressing, left alone)",
-        "# TYPE optistop_supervisor_verdicts_total counter",
-        *(f'optistop_supervisor_verdicts_total{{model="{m}",verdict="{k}"}} {n}'
-          for (m, k), n in sorted(sup.verdicts.items())),
-        "# HELP optistop_supervisor_health_checks_total Probe rounds (statistics + readiness), by result",
-        "# TYPE optistop_supervisor_health_checks_total counter",
-        *(f'optistop_supervisor_health_checks_total{{result="{k}"}} {n}' for k, n in sorted(sup.checks.items())),
-        "# HELP optistop_supervisor_probe_errors_total Probe rounds that raised (logged with a traceback)",
-        "# TYPE optistop_supervisor_probe_errors_total counter",
-        f"optistop_supervisor_probe_errors_total {sup.probe_errors}",
-        "# HELP optistop_supervisor_model_up Whether the model answered its last readiness probe",
-        "# TYPE optistop_supervisor_model_up gauge",
-        *(f'optistop_supervisor_model_up{{model="{r.model}"}} {int(r.ok)}' for r in last),
-    ]
-    return "\n".join(lines) + "\n"
+    """Prometheus text (format 0.0.4) of the supervisor's counters, written by prometheus_client."""
+    return generate_latest(SupervisorCollector(sup)).decode()
 
 
 def healthz(sup: Supervisor) -> tuple[int, str]:
@@ -78,7 +93,7 @@ def serve_http(sup: Supervisor, host: str, port: int) -> ThreadingHTTPServer:
                 code, body = 404, "try /metrics, /healthz or /livez\n"
             data = body.encode()
             self.send_response(code)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

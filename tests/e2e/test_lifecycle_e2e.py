@@ -10,26 +10,21 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
+from optistop import prometheus_text
 from optistop.reliability.chaos import Load, _children, _get
-from optistop.server.embedded import EmbeddedServer, ServerConfig, check_port_free, free_port
+from optistop.server.embedded import EmbeddedServer, ServerConfig, _alive, check_port_free, free_port
 from optistop.server.supervisor import stub_processes
 from tests.conftest import CORE_MODELS
 
 
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
 def _describe(pid: int) -> str:
     try:
-        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                      if ":\t" in line)
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
-        return f"{status.get('State', '?')} ppid {status.get('PPid', '?')} {cmd}"
-    except OSError:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return f"{p.status()} ppid {p.ppid()} {' '.join(p.cmdline())[:120] or p.name()}"
+    except psutil.NoSuchProcess:
         return "gone"
 
 
@@ -69,8 +64,9 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
         deadline = time.monotonic() + 30
         while _get(f"http://127.0.0.1:{ports['supervisor']}/healthz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.3)
-        _, metrics = _get(f"http://127.0.0.1:{ports['supervisor']}/metrics")
-        assert 'optistop_supervisor_recoveries_total{model="stage_large",action="reload"} 1' in metrics
+        recoveries = prometheus_text.samples(_get(f"http://127.0.0.1:{ports['supervisor']}/metrics")[1])
+        assert prometheus_text.value(recoveries, "optistop_supervisor_recoveries_total", model="stage_large",
+                                     action="reload") == 1
 
         # SIGTERM under load: every request ends with an answer or a clean error; serve exits 0
         with Load(url, concurrency=3, timeout_s=20.0) as load:
@@ -88,7 +84,7 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
         refused = [r for r in done if r.t0 > t_term + 0.5]
         assert refused, "no request was sent after SIGTERM: the refusal was not exercised"
         assert all(not r.ok for r in refused), "after SIGTERM new requests are refused"
-        assert not Path(f"/proc/{tritonserver}").exists()
+        assert not psutil.pid_exists(tritonserver)
     finally:
         if serve.poll() is None:
             serve.kill()
@@ -103,7 +99,7 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
     # a stub notices its parent's death on its own health check, which on two loaded cores took over 15 s;
     # a zombie (state Z) has exited and only waits to be reaped by whoever adopted it
     deadline = time.monotonic() + 30
-    alive = lambda: [p for p in (tritonserver, *stubs) if _running(p)]  # noqa: E731
+    alive = lambda: [p for p in (tritonserver, *stubs) if _alive(p)]  # noqa: E731
     while alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     left = {p: _describe(p) for p in alive()}

@@ -2,42 +2,30 @@
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.request
 
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from optistop import prometheus_text
 from optistop.client.cascade import ask, make_client
 from optistop.serving.prometheus import FLUSH_S
 from optistop.spec import load_spec
 
 SPEC = load_spec()
-LINE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$')
 
 
 def scrape(server) -> dict[tuple[str, frozenset], float]:
     time.sleep(2 * FLUSH_S)   # the cascade sends its increments every FLUSH_S
     url = f"http://{server.cfg.host}:{server.cfg.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[tuple[str, frozenset], float] = {}
-    for line in text.splitlines():
-        m = LINE.match(line)
-        if m and m["name"].startswith("optistop_"):
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m["labels"] or ""))
-            out[(m["name"], labels)] = float(m["value"])
-    return out
+        return prometheus_text.samples(resp.read().decode(), "optistop_")
 
 
 def delta(after: dict, before: dict, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    total = 0.0
-    for (n, ls), v in after.items():
-        if n == name and want <= set(ls):
-            total += v - before.get((n, ls), 0.0)
-    return total
+    """Increase of ``name`` summed over the label sets that include ``labels``."""
+    return prometheus_text.total(after, name, **labels) - prometheus_text.total(before, name, **labels)
 
 
 def test_counters_match_known_traffic(server) -> None:

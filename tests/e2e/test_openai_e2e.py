@@ -7,7 +7,6 @@ tokens arriving one by one can be told from a buffered answer) and stage_medium,
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
+from optistop import prometheus_text  # noqa: E402
 from optistop.server.embedded import EmbeddedServer  # noqa: E402
 from tests.e2e.conftest import OPENAI_TOKEN_DELAY_S  # noqa: E402
 
@@ -156,8 +156,8 @@ def test_a_client_that_disconnects_cancels_the_cascade_request(api) -> None:
 def _cancelled(srv: EmbeddedServer) -> float:
     with urllib.request.urlopen(f"http://{srv.cfg.host}:{srv.cfg.metrics_port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    m = re.search(r'optistop_cascade_errors_total\{code="CANCELLED"\} (\S+)', text)
-    return float(m.group(1)) if m else 0.0
+    name = "optistop_cascade_errors_total"
+    return prometheus_text.value(prometheus_text.samples(text, name), name, code="CANCELLED")
 
 
 def test_cancelling_a_stage_stream_stops_its_decoding(api) -> None:

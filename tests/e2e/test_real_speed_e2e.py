@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optistop import prometheus_text
 from optistop.reliability.chaos import _children, _get
 from optistop.render import pbtxt
 from optistop.server.embedded import free_port
@@ -59,9 +60,8 @@ class Served:
     tmp: Path
 
     def metric(self, name: str, **labels: str) -> float:
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        m = re.search(rf"^{name}{{{re.escape(want)}}} ([0-9.e+-]+)$", _get(self.sup + "/metrics")[1], re.M)
-        return float(m.group(1)) if m else 0.0
+        """The supervisor's sample ``name`` with exactly these labels; 0.0 when not exported yet."""
+        return prometheus_text.value(prometheus_text.samples(_get(self.sup + "/metrics")[1], name), name, **labels)
 
     def wait_healthy(self, timeout_s: float, recovered: tuple[str, int] | None = None) -> float:
         """Seconds until /healthz is 200 (and ``recovered`` = (model, n) reloads are counted)."""

@@ -120,6 +120,14 @@ def test_parse_prometheus_sums_label_sets_of_the_prefix() -> None:
         "optistop_cascade_requests_total": 10.0, "optistop_cascade_controller_seconds_total": 0.0125}
 
 
+def test_parse_prometheus_reads_timestamps_escapes_and_refuses_garbage() -> None:
+    text = ('optistop_cascade_requests_total{policy="a \\"b} c\\"",stage="x"} 2 1700000000000\n'
+            'optistop_cascade_requests_total{stage="y",policy="fixed:1"} 0.5\n')
+    assert parse_prometheus(text, "optistop_cascade_") == {"optistop_cascade_requests_total": 2.5}
+    with pytest.raises(ParseError, match="unreadable Prometheus text"):
+        parse_prometheus("optistop_cascade_requests_total{stage=x} 1\n", "optistop_cascade_")
+
+
 def _run(config: str, rep: int, latency: float, throughput: float, requests: list[RequestRecord],
          stats: dict | None = None) -> Run:
     csv = {"throughput_infer_per_s": throughput, "latency_avg_ms": latency, "latency_p50_ms": latency,

@@ -52,7 +52,8 @@ def test_a_backend_process_ends_when_its_server_dies() -> None:
     import subprocess
     import sys
     import time
-    from pathlib import Path
+
+    from optistop.server.embedded import _alive
 
     child = ("from optistop.serving.triton_glue import exit_with_parent; import time; "
              "exit_with_parent(0.05); time.sleep(60)")
@@ -60,13 +61,7 @@ def test_a_backend_process_ends_when_its_server_dies() -> None:
                                f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
                                "print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())
-
-    def running() -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (FileNotFoundError, IndexError):
-            return False
-
+    running = lambda: _alive(pid)  # noqa: E731 - a zombie (exited, unreaped) does not count
     try:
         time.sleep(0.5)
         assert running(), "the child must live while its parent does"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from optistop import prometheus_text
 from optistop.server.embedded import EmbeddedServer, ServerConfig, free_port
 from optistop.server.health import ModelHealth
 from optistop.server.liveness import Progress, Watch, pending_from_metrics, progress_from_stats
@@ -158,7 +159,7 @@ def test_a_probe_round_that_raises_is_logged_counted_and_the_next_one_runs(caplo
     assert sup.probe_errors == 1
     (rec,) = [r for r in caplog.records if "probe round failed" in r.getMessage()]
     assert rec.exc_info is not None and "statistics parser broke" in str(rec.exc_info[1])
-    assert "optistop_supervisor_probe_errors_total 1" in metrics_text(sup)
+    assert prometheus_text.samples(metrics_text(sup))[("optistop_supervisor_probe_errors_total", frozenset())] == 1
 
 
 def test_healthz_goes_stale_after_three_missed_probe_periods() -> None:
