@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
