@@ -44,7 +44,7 @@ def test_normal_test_by_hand() -> None:
     q, r = np.array([1.0, 1, 1, 0]), np.ones(4)
     assert not ltt.rejects(q, r, 0.5, 0.1, test="normal")
     assert ltt.rejects(q, r, 0.5, 0.4, test="normal")
-    with pytest.raises(ValueError, match="unknown test 'hoeffding'; valid: betting, normal"):
+    with pytest.raises(ValueError, match="unknown test .hoeffding.; valid: betting, normal, likelihood"):
         ltt.rejects(q, r, 0.5, 0.1, test="hoeffding")
 
 
@@ -202,3 +202,66 @@ def test_pair_paths_miss_rate_simulated() -> None:
     assert np.mean(costs) < 4.0
     # the default share depends on the calibration set's size only: 0.8 up to WHOLE_N prompts, 0.2 above
     assert (F.whole_share(300), F.whole_share(F.WHOLE_N), F.whole_share(F.WHOLE_N + 1)) == (0.8, 0.8, 0.2)
+
+
+def test_likelihood_test_needs_a_loss_to_reweight() -> None:
+    # 5 prompts, rule and reference always right: d = 0.055 each, sd 0, so the plain z-test certifies on
+    # 5 prompts. With half a pseudo-prompt per cell the likelihood ratio has a loss (-0.945) to reweight:
+    # (mean 0.0471 over weight 7; mu solving sum w v / (1 + mu v) = 0) the signed root is 0.33 < z_0.9 = 1.28
+    ones = np.ones(5)
+    assert ltt.rejects(ones, ones, 0.945, 0.1, test="normal")
+    assert not ltt.rejects(ones, ones, 0.945, 0.1, test="likelihood")
+    assert ltt.likelihood_z(np.full(5, 0.055), 0.945) == pytest.approx(_el_by_dual(np.full(5, 0.055), 0.945), abs=1e-6)
+    # 2,000 agreeing prompts: certified; a rule 1 point below the tolerance on 2,000 prompts never is
+    ones = np.ones(2000)
+    assert ltt.rejects(ones, ones, 0.945, 0.1, test="likelihood")
+    q = np.tile([1.0] * 93 + [0.0] * 7, 20)
+    assert ltt.likelihood_z(q - 0.945, 0.945) < 0
+
+
+@pytest.mark.parametrize("test", ["likelihood"])
+def test_asymptotic_tests_hold_their_level_at_the_boundary(test: str) -> None:
+    """H0 on its boundary, E[q - 0.945 q_ref] = 0 exactly, with few disagreements (the hard case for a
+    z-test): cells (q, q_ref) = (1,1) 0.80, (1,0) p10, (0,1) 0.06, (0,0) rest, p10 = (0.945 x 0.86 - 0.80).
+    Over 3,000 simulated calibration sets of 300 prompts the rejection rate must stay near delta = 0.1
+    (binomial sd 0.0055: <= 0.12)."""
+    rng = np.random.default_rng(11)
+    p11, p01 = 0.80, 0.06
+    p10 = 0.945 * (p11 + p01) - p11
+    cells = rng.choice(4, size=(3000, 300), p=[p11, p10, p01, 1 - p11 - p10 - p01])
+    q, r = np.isin(cells, (0, 1)).astype(float), np.isin(cells, (0, 2)).astype(float)
+    rate = np.mean([ltt.rejects(q[i], r[i], 0.945, 0.1, test=test) for i in range(len(q))])
+    assert rate <= 0.12
+    assert rate >= 0.03            # and it is a test of level ~0.1, not a refusal to ever certify
+
+
+def test_one_family_is_the_family_predicted_cheapest_to_certify() -> None:
+    # reference: stage 1, right on every prompt; stage 0 right on 90%. "router" candidates: per-prompt
+    # correctness given (out-of-fold); the cheap router (cost 2) is right on 99% -> passes the prediction,
+    # the "optimal" one at cost 1.5 is right on 80% -> fails it; fixed:0 (cost 1, 90%) fails it too
+    n = 1000
+    a = F.Arrays(np.full((n, 2), 0.5), np.column_stack([np.arange(n) % 10 != 0, np.ones(n)]).astype(bool),
+                 np.array([1.0, 10.0]))
+    r1, r2, o1 = object(), object(), object()
+    per = {id(r1): (np.arange(n) % 100 != 0).astype(float), id(r2): np.ones(n),
+           id(o1): (np.arange(n) % 5 != 0).astype(float)}
+    cands = [("fixed:0", None, K.FixedRule(0), 1.0, 0.9), ("router", 5.0, r1, 2.0, 0.99),
+             ("router", 9.0, r2, 3.0, 1.0), ("optimal", 5.0, o1, 1.5, 0.8)]
+    got = F._one_family(cands, a, 1, F.Criterion(), 0.1, n, per)
+    assert [c[0] for c in got] == ["router", "router"]
+    # nothing predicted to pass: every candidate stays (the all-family frontier, as before)
+    assert F._one_family(cands[:1] + cands[3:], a, 1, F.Criterion(), 0.1, n, per) == cands[:1] + cands[3:]
+
+
+def _el_by_dual(d: np.ndarray, tol: float) -> float:
+    """The same statistic computed independently: maximise sum w log p over the probability simplex with
+    sum p v = 0 by scipy's SLSQP (the primal), -2 x (that - the unconstrained sum w log(w / W))."""
+    from scipy.optimize import minimize
+
+    vals = np.concatenate([d, [1 - tol, 1.0, -tol, 0.0]])
+    w = np.concatenate([np.ones(len(d)), np.full(4, 0.5)])
+    cons = [{"type": "eq", "fun": lambda p: p.sum() - 1}, {"type": "eq", "fun": lambda p: p @ vals}]
+    res = minimize(lambda p: -(w @ np.log(np.maximum(p, 1e-300))), w / w.sum(), constraints=cons,
+                   bounds=[(1e-12, 1)] * len(w), method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+    stat = 2 * (w @ np.log(w / w.sum()) + res.fun)
+    return float(np.sign(w @ vals) * np.sqrt(max(stat, 0.0)))
