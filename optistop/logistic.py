@@ -10,8 +10,9 @@ z ~ 36.7 (1 + e^-z rounds to 1), 0.0 below z ~ -745.1 (e^z underflows), and at -
 NaN. Clipping a probability, where a caller wants one, is that caller's (calibration.P_MIN, policy.CLIP).
 
 Why not ``scipy.special.expit``: this module is imported inside Triton (the calibrators, the policy, the
-ONNX runtime), where importing scipy.special costs ~0.1 s per backend process, and per call on one
-Python float a ufunc is several times slower than ``math.exp`` (README, "One sigmoid": the timeit figures).
+ONNX runtime), where importing scipy.special costs every backend process ~0.1 s, and on one Python float
+(the per-request calls) a ufunc call costs several times ``sigmoid1``; ``python -m
+optistop.perf.sigmoid_bench`` prints both, and the array case, side by side.
 
 ``fit_logistic`` minimises  sum_i [log(1 + e^(x_i w)) - y_i x_i w] + l2 / 2 * |w_pen|^2  with y in [0, 1]
 (fractional targets: Platt's smoothed labels, cost shares). With ``bias`` (default) column 0 is an
