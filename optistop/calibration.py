@@ -10,7 +10,8 @@ A calibrator is a plain JSON-able dict, stored in the predictor's sidecar and ap
 Every calibrated probability is clipped to [P_MIN, 1 - P_MIN]: finite data never justifies certainty,
 and a stopping rule fed 0 or 1 would treat a stage as infallible or useless.
 ``select`` picks the method by k-fold cross-validated Brier score on the validation split (ties go to the
-simpler method), then refits it on the whole split. numpy only; deterministic.
+simpler method), then refits it on the whole split. Applying is numpy only (it runs inside Triton);
+fitting uses optistop.logistic's fitter and scipy's PAV (imported when fitting). Deterministic.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from optistop.logistic import fit_logistic, sigmoid, sigmoid1
 
 METHODS: tuple[str, ...] = ("identity", "temperature", "platt", "isotonic")  # simplest first
 P_MIN = 1e-3
@@ -33,10 +36,6 @@ def logit(p: np.ndarray) -> np.ndarray:
     """log(p / (1 - p)) with p clipped to [1e-6, 1 - 1e-6] (finite for 0 and 1)."""
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free
 
 
 def apply(cal: Calibrator, p: np.ndarray) -> np.ndarray:
@@ -56,7 +55,7 @@ def compiled_scalar(cal: Calibrator) -> Callable[[float], float]:
     """``compiled`` for one probability on Python floats, the same formulas (tests/unit/test_predictor.py
     checks them against the array version): the served cascade calibrates one score per call, right
     after a stage call has left the CPU caches cold, where numpy's dispatch costs more than the math."""
-    f = _build(cal, _logit1, _sigmoid1, _interp1)
+    f = _build(cal, _logit1, sigmoid1, _interp1)
     return lambda p: min(max(f(float(p)), P_MIN), 1 - P_MIN)
 
 
@@ -79,10 +78,6 @@ def _build(cal: Calibrator, logit_f: Callable, sigmoid_f: Callable, interp_f: Ca
 def _logit1(p: float) -> float:
     p = min(max(p, _EPS), 1 - _EPS)
     return math.log(p) - math.log1p(-p)
-
-
-def _sigmoid1(z: float) -> float:
-    return 0.5 * (1.0 + math.tanh(0.5 * z))
 
 
 def _interp1(x: list, y: list) -> Callable[[float], float]:
@@ -116,49 +111,48 @@ def validate(cal: object, where: str = "calibration") -> Calibrator:
     return cal
 
 
-def _fit_logistic(z: np.ndarray, y: np.ndarray, with_bias: bool) -> tuple[float, float]:
-    """Newton's method for P(y=1) = sigmoid(a z + b) with Platt's smoothed targets."""
+def _fit_scaling(z: np.ndarray, y: np.ndarray, with_bias: bool) -> tuple[float, float]:
+    """P(y=1) = sigmoid(a z + b) (b = 0 without bias) fitted to Platt's smoothed targets: the project's one
+    logistic fitter (optistop.logistic) with this fit's own settings: a penalty of 1e-6 on a and b alike,
+    started from the identity map (a, b) = (1, 0), Newton steps to 1e-10."""
     n_pos, n_neg = float(y.sum()), float(y.size - y.sum())
     t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b = 1.0, 0.0
-    for _ in range(100):
-        q = sigmoid(a * z + b)
-        w = np.maximum(q * (1 - q), 1e-12)
-        g = np.array([np.sum((q - t) * z), np.sum(q - t)]) + 1e-6 * np.array([a, b])
-        h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-6 * np.eye(2)
-        if not with_bias:
-            g, h = g[:1], h[:1, :1]
-        step = np.linalg.solve(h, g)
-        a -= float(step[0])
-        if with_bias:
-            b -= float(step[1])
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return a, b
+    if with_bias:
+        a, b = fit_logistic(np.column_stack([z, np.ones_like(z)]), t, 1e-6, bias=False,
+                            w0=np.array([1.0, 0.0]), tol=1e-10, max_iter=100)
+        return float(a), float(b)
+    (a,) = fit_logistic(z[:, None], t, 1e-6, bias=False, w0=np.array([1.0]), tol=1e-10, max_iter=100)
+    return float(a), 0.0
 
 
-def _pav(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
-    """Isotonic (non-decreasing) regression of y on x; returns interpolation knots."""
+def _isotonic_knots(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
+    """Isotonic (non-decreasing) regression of y on x by scipy's PAV; returns interpolation knots: each
+    block of pooled x values as (lowest x, mean y) and (highest x, mean y), one knot for a single x."""
+    from scipy.optimize import isotonic_regression
+
     order = np.argsort(x, kind="mergesort")
     xs, ys = x[order], y[order]
-    ux, start = np.unique(xs, return_index=True)  # pool ties first
+    ux, start = np.unique(xs, return_index=True)  # pool ties first: one point per distinct x, weighted
     sums = np.add.reduceat(ys, start)
     counts = np.diff(np.append(start, xs.size)).astype(np.float64)
-    # blocks: [value sum, weight, x_lo, x_hi]
+    edges = isotonic_regression(sums / counts, weights=counts).blocks
+    # each block's mean as sum / count of its labels (not scipy's running weighted mean, which may differ
+    # in the last bit), and adjacent blocks whose means are then not strictly increasing pooled too: the
+    # maximal level sets, as a tie-pooling PAV on these sums defines them
     blocks: list[list[float]] = []
-    for s, c, xv in zip(sums, counts, ux):
-        blocks.append([s, c, xv, xv])
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        blocks.append([float(sums[lo:hi].sum()), float(counts[lo:hi].sum()), float(ux[lo]), float(ux[hi - 1])])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-            s2, c2, _, hi = blocks.pop()
+            s2, c2, _, top = blocks.pop()
             blocks[-1][0] += s2
             blocks[-1][1] += c2
-            blocks[-1][3] = hi
+            blocks[-1][3] = top
     kx: list[float] = []
     ky: list[float] = []
-    for s, c, lo, hi in blocks:
-        for xv in ((lo,) if lo == hi else (lo, hi)):
-            kx.append(float(xv))
-            ky.append(float(s / c))
+    for s, c, lo_x, hi_x in blocks:
+        for xv in ((lo_x,) if lo_x == hi_x else (lo_x, hi_x)):
+            kx.append(xv)
+            ky.append(s / c)
     return kx, ky
 
 
@@ -169,13 +163,13 @@ def fit(method: str, p: np.ndarray, y: np.ndarray) -> Calibrator:
     if method == "identity" or y.size == 0:
         return {"method": "identity"}
     if method == "temperature":
-        a, _ = _fit_logistic(logit(p), y, with_bias=False)
+        a, _ = _fit_scaling(logit(p), y, with_bias=False)
         return {"method": "temperature", "t": 1.0 / a} if a > 1e-3 else {"method": "identity"}
     if method == "platt":
-        a, b = _fit_logistic(logit(p), y, with_bias=True)
+        a, b = _fit_scaling(logit(p), y, with_bias=True)
         return {"method": "platt", "a": a, "b": b}
     if method == "isotonic":
-        kx, ky = _pav(p, y)
+        kx, ky = _isotonic_knots(p, y)
         return {"method": "isotonic", "x": kx, "y": ky}
     raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
 

@@ -31,6 +31,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from optistop.logistic import sigmoid, sigmoid1
+
 CLIP = 8.0  # logit(conf) is clipped to [-8, 8]: confidences of exactly 0 or 1 stay finite
 POLICY_NAMES = ("optimal", "router", "paper", "fixed:<k>", "random")
 
@@ -84,10 +86,6 @@ def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     # np.clip's Python-level dispatch costs more than the arithmetic on the few values a served decision
     # has; minimum(maximum()) is the same operation (NaN passes through both)
     return np.minimum(np.maximum(x, lo), hi)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-_clip(z, -40.0, 40.0)))
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -287,7 +285,7 @@ class ModelRule:
         if self.use_agree and len(S) > 1:
             assert resp is not None
             x += [float(resp[a] == resp[b] and resp[a] >= 0) for j, a in enumerate(S) for b in S[j + 1:]]
-        z = [_sigmoid1(sum(map(mul, x, col))) for col in pl.cols]   # the generator's sum, in C
+        z = [sigmoid1(sum(map(mul, x, col))) for col in pl.cols]   # the generator's sum, in C
         nS, ks = len(S), pl.ks_list
         K = len(ks)
         q = [c + m * zc + self.lam * (1 - zq)
@@ -306,10 +304,6 @@ class ModelRule:
 def _logit1(p: float) -> float:
     p = min(max(p, 1e-6), 1.0 - 1e-6)
     return min(max(math.log(p / (1.0 - p)), -CLIP), CLIP)
-
-
-def _sigmoid1(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
 
 
 def paper_threshold(stage: int, lam: float, costs: Sequence[float]) -> float:

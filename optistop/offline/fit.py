@@ -22,10 +22,10 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.optimize
 import scipy.sparse as sp
 
-from optistop.calibration import apply, fit_platt, sigmoid
+from optistop.calibration import apply, fit_platt
+from optistop.logistic import fit_logistic, sigmoid
 
 HASH_DIM = 1 << 14
 _WORD = re.compile(r"[a-z]+|\d+")
@@ -148,31 +148,6 @@ def design(dense: np.ndarray, hashed: Sequence[Sequence[int]] | None) -> sp.csr_
         cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in hashed]) if n else np.zeros(0, int)
         parts.append(sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, HASH_DIM)))
     return sp.hstack(parts).tocsr()
-
-
-def fit_logistic(x: sp.csr_matrix, y: np.ndarray, l2: float) -> np.ndarray:
-    """L2-regularised logistic regression (bias, column 0, not penalised); trust-region Newton-CG with
-    exact Hessian-vector products (a few iterations; deterministic)."""
-    y = y.astype(float)
-    n = x.shape[0]
-    pen = np.full(x.shape[1], l2 / n)
-    pen[0] = 0.0
-
-    def f(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = x @ w
-        loss = np.logaddexp(0.0, z).sum() - y @ z
-        return loss / n + 0.5 * (pen * w) @ w, x.T @ (sigmoid(z) - y) / n + pen * w
-
-    def hessp(w: np.ndarray, v: np.ndarray) -> np.ndarray:
-        p = sigmoid(x @ w)
-        return x.T @ (p * (1.0 - p) * (x @ v)) / n + pen * v
-
-    w0 = np.zeros(x.shape[1])
-    base = np.clip(y.mean(), 1e-3, 1 - 1e-3)
-    w0[0] = math.log(base / (1 - base))
-    res = scipy.optimize.minimize(f, w0, jac=True, hessp=hessp, method="trust-ncg",
-                                  options={"gtol": 1e-6, "maxiter": 200})
-    return res.x
 
 
 class Standardizer:

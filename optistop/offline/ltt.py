@@ -45,6 +45,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from optistop.logistic import sigmoid
 from optistop.policy_cascade import CascadeRule
 
 if TYPE_CHECKING:   # policy_fit imports this module lazily: the arrays type only for annotations
@@ -146,7 +147,7 @@ def frontier_path(cost: np.ndarray, quality: np.ndarray, floor: float, cap: int 
     return np.asarray(out, dtype=int)
 
 
-PAIR_GRID = 1.0 / (1.0 + np.exp(-np.linspace(8.0, -8.0, 161)))   # fixed thresholds, never read off the data
+PAIR_GRID = sigmoid(np.linspace(8.0, -8.0, 161))   # fixed thresholds, never read off the data
 
 
 def pair_paths(cal: Arrays, ref: int, tol: float, delta: float, test: str = "betting",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optistop import policy as K
+from optistop.logistic import fit_logistic
 from optistop.policy_cascade import CascadeRule
 
 LAMBDAS = tuple(float(x) for x in np.geomspace(2.0, 5000.0, 36))
@@ -86,25 +87,6 @@ def whole_share(N: int) -> float:
     return 0.8 if N <= WHOLE_N else 0.2
 
 
-def logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> np.ndarray:
-    """Ridge logistic regression by Newton (IRLS); y may be fractional in [0, 1]; bias (col 0) unpenalised."""
-    d = X.shape[1]
-    pen = np.full(d, l2)
-    pen[0] = 0.0
-    w = np.zeros(d)
-    m = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-    w[0] = np.log(m / (1 - m))
-    for _ in range(iters):
-        p = K.sigmoid(X @ w)
-        g = X.T @ (p - y) + pen * w
-        H = (X * (p * (1 - p) + 1e-9)[:, None]).T @ X + np.diag(pen + 1e-8)
-        step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-7:
-            break
-    return w
-
-
 def _l2(N: int) -> float:
     return 1.0 + 30.0 / np.sqrt(max(N, 1))   # strong shrinkage for 30 prompts, negligible at thousands
 
@@ -119,7 +101,7 @@ def fit_answer_models(a: Arrays) -> dict[int, np.ndarray]:
     out = {}
     for mask in range(1 << n):
         x = K.features(a.state(), np.arange(N), mask, ue, ua)
-        out[mask] = np.stack([logistic(x, a.correct[:, j].astype(float), _l2(N)) for j in range(n)])
+        out[mask] = np.stack([fit_logistic(x, a.correct[:, j].astype(float), _l2(N)) for j in range(n)])
     return out
 
 
@@ -141,8 +123,8 @@ def fit_optimal(a: Arrays, lam: float, answer: dict[int, np.ndarray]) -> K.Model
             y = a.correct[rows, ans].astype(float)
             extra = (ran & ~start).astype(float) @ a.costs
             cmax = float(a.costs[k + 1:].sum())
-            w_q = logistic(x, y, _l2(N))
-            w_c = logistic(x, extra / cmax, _l2(N)) if cmax > 0 else np.zeros(x.shape[1])
+            w_q = fit_logistic(x, y, _l2(N))
+            w_c = fit_logistic(x, extra / cmax, _l2(N)) if cmax > 0 else np.zeros(x.shape[1])
             rule.cont[mask][k] = (w_q, w_c, cmax)
     return rule
 
@@ -365,7 +347,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
 
 def fit_platt(a: Arrays) -> np.ndarray:
     """(n, 2) per-stage Platt (a, b) of the raw confidences: what the paper's rule reads them through."""
-    return np.stack([logistic(np.column_stack([np.ones(len(a.conf)), K.logit(a.conf[:, k])]),
+    return np.stack([fit_logistic(np.column_stack([np.ones(len(a.conf)), K.logit(a.conf[:, k])]),
                               a.correct[:, k].astype(float), 1e-3)[::-1] for k in range(a.conf.shape[1])])
 
 

@@ -19,7 +19,6 @@ if they disagree.
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from optistop.logistic import sigmoid1
 
 
 class UnsupportedGraph(ValueError):
@@ -45,10 +46,6 @@ class _Net:
             h = h @ w
             np.maximum(h, 0.0, out=h)   # the carried constant unit stays 1
         return (h @ self.layers[-1]).ravel().tolist()
-
-
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0   # exp overflows below -709
 
 
 class MlpGraph:
@@ -93,7 +90,7 @@ class MlpGraph:
             net = [0 if v > t else 1 for v in array("f", [row[j] for row in rows])]
         if min(net) == max(net):        # the cascade's calls: one mode per call
             x1 = np.array([[*row, 1.0] for row in rows], dtype=np.float32)
-            return [_sigmoid(z) for z in self.nets[net[0]].logits(x1)]
+            return [sigmoid1(z) for z in self.nets[net[0]].logits(x1)]
         out = [0.0] * len(rows)
         for k in (0, 1):
             idx = [i for i, m in enumerate(net) if m == k]
