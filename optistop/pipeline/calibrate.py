@@ -82,12 +82,27 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
             raise SpecError("predictor training or export failed (see the messages above); nothing installed")
         scored = [json.loads(line) for line in replay_path.read_text(encoding="utf-8").splitlines() if line]
         report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    res = fit_policy(scored, records, spec, version_dir, crit, seed, target)
+    notes = install_serving_models(spec, out, version_dir) if install else []
+    return {**res, "notes": notes, "acceptance": report["acceptance"],
+            "too_few_examples": report["training"]["too_few_examples"]}
+
+
+def fit_policy(scored: list[dict[str, Any]], records: list[dict[str, Any]], spec: Any, version_dir: Path,
+               crit: F.Criterion, seed: int, target: float) -> dict[str, Any]:
+    """Step 3 alone: policy.json in ``version_dir`` fitted on the scored replay's held-out prompts (those the
+    predictor did not learn from), beside the predictor that scored them."""
+    names = list(spec.stage_names)
     held = [r for r in scored if r.get("predictor_role") in ("calibration", "test")]
+    if not held:
+        raise SpecError("the scored replay has no prompt with predictor_role calibration or test: give the "
+                        "file calibrate wrote with --replay-out")
     a = arrays_from_records(held)
     crit = replay.resolve(a, crit, names)
     art, choice = build_artifact(a, names, crit, seed, data_sha256=data_sha256(records),
                                  predictor={"sidecar": "model.json"}, spec=spec.name, version=1,
-                                 reference_accuracy=float(a.correct[:, -1].mean()),   # q_ref of the audits' bound
+                                 # q_ref of the audits' bound: the reference stage's (best may not be last)
+                                 reference_accuracy=float(a.correct[:, int(crit.reference)].mean()),
                                  tokenizer_sha256=tokenizer_sha256(spec.tokenizer))
     from optistop.pipeline.recalibrate import agreement_baseline_of, drift_baselines_of, with_safer_points
 
@@ -97,11 +112,26 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
     (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
     cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"],
                           replay.hindsight(a, target, ref=int(crit.reference)), crit=crit)
-    notes = install_serving_models(spec, out, version_dir) if install else []
     return {"operating": art["operating"], "n_policy_prompts": len(held), "cross_fitted": cv["conditions"],
             "reference": names[int(crit.reference)], "confidence": crit.confidence,
-            "notes": notes, "version_dir": str(version_dir), "acceptance": report["acceptance"],
-            "too_few_examples": report["training"]["too_few_examples"]}
+            "version_dir": str(version_dir)}
+
+
+def refit_policy(records: list[dict[str, Any]], scored_path: Path, spec_path: Path, out: Path, target: float,
+                 seed: int = 0, confidence: float = 0.9, reference: str = "best",
+                 test_share: float = 0.2) -> dict[str, Any]:
+    """``--scored``: a new policy.json (other target, confidence or reference; a newer fitting procedure)
+    without retraining the predictor: the scored replay of the calibrate run that exported it."""
+    spec = load_spec(spec_path)
+    crit = F.Criterion.at(target, confidence, reference)
+    version_dir = out / spec.predictor_model / "1"
+    if not (version_dir / "model.json").exists():
+        raise SpecError(f"{version_dir}/model.json missing: --scored refits the policy beside an exported "
+                        f"predictor; run calibrate without --scored first")
+    scored = [json.loads(line) for line in scored_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assign_splits(records, test_share, seed)     # as calibrate did: the data hash covers the splits
+    return {**fit_policy(scored, records, spec, version_dir, crit, seed, target), "notes": [],
+            "acceptance": None, "too_few_examples": []}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay-out", type=Path, default=None, help="also keep the scored replay file here")
     ap.add_argument("--no-install", action="store_true",
                     help="write the predictor and policy files only (the committed embedded repository)")
+    ap.add_argument("--scored", type=Path, default=None, metavar="REPLAY_OUT",
+                    help="refit the policy only, beside the predictor already in --out, on the scored replay "
+                         "its calibrate run wrote with --replay-out (seconds, no training)")
     args = ap.parse_args(argv)
     if args.from_audit is not None:
         return _from_audit(ap, args)
@@ -133,9 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.policy or args.prompts:
         ap.error("--policy and --prompts go with --from-audit")
     try:
-        res = calibrate(read_labelled(args.replay), args.spec, args.out.absolute(), args.target, args.seed,
-                        args.test_share, not args.no_install, args.replay_out, args.max_epochs,
-                        args.confidence, args.reference)
+        if args.scored is not None:
+            res = refit_policy(read_labelled(args.replay), args.scored, args.spec, args.out.absolute(),
+                               args.target, args.seed, args.confidence, args.reference, args.test_share)
+        else:
+            res = calibrate(read_labelled(args.replay), args.spec, args.out.absolute(), args.target, args.seed,
+                            args.test_share, not args.no_install, args.replay_out, args.max_epochs,
+                            args.confidence, args.reference)
     except (ReplayInputError, SpecError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -98,7 +98,7 @@ def test_gpu_repository_loads_only_with_a_calibration_for_its_spec(name: str, tm
         shutil.rmtree(repo / "quality_predictor")
 
     rc = calibrate.main([str(labelled(profile, tmp_path)), "--spec", str(profile), "--out", str(repo),
-                         "--max-epochs", "2"])
+                         "--max-epochs", "2", "--replay-out", str(tmp_path / "scored.jsonl")])
     assert rc == 0
     spec_name = pbtxt.parameter(pbtxt.load(repo / "cascade" / "config.pbtxt"), "cascade_spec")
     installed = repo / "cascade" / spec_name
@@ -106,6 +106,19 @@ def test_gpu_repository_loads_only_with_a_calibration_for_its_spec(name: str, tm
     cascade_check(installed, repo)                                         # what initialize() runs: passes
     policy = json.loads((repo / spec.predictor_model / "1" / "policy.json").read_text())
     assert policy["spec"] == spec.name
+    if name == "tiny-trtllm":   # --scored: a new policy (other confidence) beside the same predictor
+        version = repo / spec.predictor_model / "1"
+        onnx = (version / "model.onnx").read_bytes()
+        rc = calibrate.main([str(tmp_path / "labelled.jsonl"), "--spec", str(profile), "--out", str(repo),
+                             "--scored", str(tmp_path / "scored.jsonl"), "--confidence", "0.8"])
+        assert rc == 0
+        refit = json.loads((version / "policy.json").read_text())
+        assert refit["criterion"]["confidence"] == 0.8 and policy["criterion"]["confidence"] == 0.9
+        assert refit["data_sha256"] == policy["data_sha256"] and (version / "model.onnx").read_bytes() == onnx
+        cascade_check(installed, repo)
+        # without an exported predictor there is nothing to refit beside: one line, exit 2
+        assert calibrate.main([str(tmp_path / "labelled.jsonl"), "--spec", str(profile), "--out",
+                               str(tmp_path / "empty"), "--scored", str(tmp_path / "scored.jsonl")]) == 2
 
 
 def test_the_kubernetes_gpu_cascade_serves_a_calibration_from_the_volume_not_the_images() -> None:
