@@ -164,13 +164,11 @@ def _folds(N: int, k: int, seed: int) -> np.ndarray:
     return f
 
 
-def _cross_fitted(a: Arrays, models: list[tuple[str, float]], seed: int,
-                  k: int = 2) -> list[tuple[float, float, np.ndarray | None]]:
-    """Out-of-fold (mean cost, mean correctness, per-prompt correctness) on ``a`` of each (family, lambda)
-    model rule."""
+def _cross_fitted(a: Arrays, models: list[tuple[str, float]], seed: int, k: int = 2) -> list[tuple[float, float]]:
+    """Out-of-fold (mean cost, mean correctness) on ``a`` of each (family, lambda) model rule."""
     N = len(a.conf)
     if N < 2 * k or not models:
-        return [(float(a.costs.max()), 0.0, None)] * len(models)
+        return [(float(a.costs.max()), 0.0)] * len(models)
     fid = _folds(N, k, seed + 7)
     Q, C = np.zeros((len(models), N)), np.zeros((len(models), N))
     for f in range(k):
@@ -180,41 +178,7 @@ def _cross_fitted(a: Arrays, models: list[tuple[str, float]], seed: int,
         for i, (fam, lam) in enumerate(models):
             r = fit_router(a_tr, lam, ans) if fam == "router" else fit_optimal(a_tr, lam, ans)
             Q[i, te], C[i, te] = outcome(r, a_te)
-    return [(float(C[i].mean()), float(Q[i].mean()), Q[i]) for i in range(len(models))]
-
-
-def _family(c: tuple) -> str:
-    return "cascade" if c[0] == "cascade" else c[0].split(":")[0]
-
-
-def _one_family(cands: list[tuple], a: Arrays, ref: int, crit: Criterion, delta: float, n_test: int,
-                per_prompt: dict[int, np.ndarray]) -> list[tuple]:
-    """The candidates of the one family (router, optimal, cascade, fixed) whose cheapest member the fitting
-    part predicts to pass the testing part's test: its mean(d) - z sd(d) / sqrt(n_test) >= 0, d = q - t_lcb
-    q_ref on the fitting part (out-of-fold for the model-based rules).
-
-    Why one family: the fixed sequence stops at its first failure, and the frontier of all families
-    interleaves rules whose test outcomes are nearly independent (a fitted-Q rule between two router
-    points): each adds a chance to stop early, so the sequence ended above rules that a one-family walk
-    certifies. The choice reads the fitting part only, so the test stays valid."""
-    from scipy.stats import norm
-
-    q_ref = a.correct[:, ref].astype(float)
-    z = float(norm.ppf(1.0 - delta)) if 0 < delta < 1 else 0.0
-    best: dict[str, float] = {}
-    for c in cands:
-        q = per_prompt.get(id(c[2]))
-        if q is None:
-            q = a.correct[:, int(c[0].split(":")[1])].astype(float) if c[0].startswith("fixed") \
-                else outcome(c[2], a)[0]
-        d = q - crit.t_lcb * q_ref
-        if d.mean() - z * d.std(ddof=1) / np.sqrt(max(n_test, 1)) >= 0:
-            f = _family(c)
-            best[f] = min(best.get(f, np.inf), c[3])
-    if not best:
-        return cands
-    fam = min(best, key=best.__getitem__)
-    return [c for c in cands if _family(c) == fam]
+    return [(float(C[i].mean()), float(Q[i].mean())) for i in range(len(models))]
 
 
 def operating_json(cand: tuple[str, float | None, K.Policy, float, float]) -> dict:
@@ -275,7 +239,6 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
         for i in ltt.frontier_path(gr.cost, gr.quality, -np.inf, cap=10**9):
             cands.append(("cascade", None, gr.rule(int(i)), float(gr.cost[i]), float(gr.quality[i])))
     answer = fit_answer_models(a)
-    per_prompt: dict[int, np.ndarray] = {}     # id(rule) -> out-of-fold correctness on the fitting part
     # model-based rules score themselves too well on the data they were fitted to, and an optimistic
     # estimate early in the sequence ends it at once: their (cost, quality) are cross-fitted within the
     # fitting part (2 folds), the rules themselves fitted on all of it
@@ -286,9 +249,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     for fam, lam in models:
         r = fit_router(a, lam, answer) if fam == "router" else fit_optimal(a, lam, answer)
         if (fam, lam) in est:
-            c, q, qv = est[(fam, lam)]
-            if qv is not None:
-                per_prompt[id(r)] = qv
+            c, q = est[(fam, lam)]
         else:
             qq, cc = outcome(r, a)
             c, q = float(cc.mean()), float(qq.mean())
@@ -298,11 +259,8 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     delta = (1.0 - crit.confidence) * (1.0 - whole)      # the split path's share; whole x the rest: the pairs
     q_ref_b = b.correct[:, ref].astype(float)
 
-    def select(pool: list[tuple[str, float | None, K.Policy, float, float]], delta: float,
-               family: bool = False) -> tuple[int, list[dict]]:
+    def select(pool: list[tuple[str, float | None, K.Policy, float, float]], delta: float) -> tuple[int, list[dict]]:
         cheaper = [c for c in pool if c[3] < a.costs[ref] - 1e-12]
-        if family:
-            cheaper = _one_family(cheaper, a, ref, crit, delta, len(test_idx), per_prompt)
         path = ltt.frontier_path(np.array([c[3] for c in cheaper]), np.array([c[4] for c in cheaper]),
                                  (crit.t_lcb - PATH_MARGIN) * q_ref_a, PATH_CAP) if cheaper else np.zeros(0, int)
         seq = [pool[ref]] + [cheaper[i] for i in path]
@@ -315,7 +273,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                 for i, c in enumerate(seq)]
         return last, [dict(x, _cand=c) for x, c in zip(info, seq, strict=True)]
 
-    last, path = select(cands, delta, family=True)
+    last, path = select(cands, delta)
     best = path[last]["_cand"]
     if whole > 0:
         # the pair paths' certified rules and the split path's are all valid at once (union bound over

@@ -235,24 +235,6 @@ def test_asymptotic_tests_hold_their_level_at_the_boundary(test: str) -> None:
     assert rate >= 0.03            # and it is a test of level ~0.1, not a refusal to ever certify
 
 
-def test_one_family_is_the_family_predicted_cheapest_to_certify() -> None:
-    # reference: stage 1, right on every prompt; stage 0 right on 90%. "router" candidates: per-prompt
-    # correctness given (out-of-fold); the cheap router (cost 2) is right on 99% -> passes the prediction,
-    # the "optimal" one at cost 1.5 is right on 80% -> fails it; fixed:0 (cost 1, 90%) fails it too
-    n = 1000
-    a = F.Arrays(np.full((n, 2), 0.5), np.column_stack([np.arange(n) % 10 != 0, np.ones(n)]).astype(bool),
-                 np.array([1.0, 10.0]))
-    r1, r2, o1 = object(), object(), object()
-    per = {id(r1): (np.arange(n) % 100 != 0).astype(float), id(r2): np.ones(n),
-           id(o1): (np.arange(n) % 5 != 0).astype(float)}
-    cands = [("fixed:0", None, K.FixedRule(0), 1.0, 0.9), ("router", 5.0, r1, 2.0, 0.99),
-             ("router", 9.0, r2, 3.0, 1.0), ("optimal", 5.0, o1, 1.5, 0.8)]
-    got = F._one_family(cands, a, 1, F.Criterion(), 0.1, n, per)
-    assert [c[0] for c in got] == ["router", "router"]
-    # nothing predicted to pass: every candidate stays (the all-family frontier, as before)
-    assert F._one_family(cands[:1] + cands[3:], a, 1, F.Criterion(), 0.1, n, per) == cands[:1] + cands[3:]
-
-
 def _el_by_dual(d: np.ndarray, tol: float) -> float:
     """The same statistic computed independently: maximise sum w log p over the probability simplex with
     sum p v = 0 by scipy's SLSQP (the primal), -2 x (that - the unconstrained sum w log(w / W))."""
