@@ -1,6 +1,7 @@
 """Side-by-side measurement of the operating-point procedure's variants on one replay file.
 
 $ python -m optistop.offline.ltt_sweep FILE.jsonl --sizes 300,1000 --draws 20 --whole 0,auto --kfold
+$ python -m optistop.offline.ltt_sweep FILE.jsonl --sizes 300,1000 --margin  # the confidence's price on the frontier
 
 For each ``Criterion`` variant (``--whole``: the share of the error budget spent on the whole-data pair
 paths, 0 = the split-only Learn-then-Test) it runs the replay's ``--small`` protocol on the SAME draws
@@ -45,6 +46,32 @@ def kfold(a: F.Arrays, crit: F.Criterion, hind: float) -> dict[str, float]:
             "le_stage": c["le_cheapest_stage"], "le_router": c["le_router"]}
 
 
+def margin_cost(a: F.Arrays, ref: int, m: int, confidence: float = 0.9, tol: float = R.TOLERANCE,
+          target: float = R.TARGET) -> tuple[float, float]:
+    """What the stated confidence costs along the hindsight frontier at m fitting prompts: the cheapest
+    hindsight cascade (tuned on all of ``a``) whose quality clears ``tol`` by z standard errors of its own
+    d = q - tol q_ref at m prompts (z: the one-sided normal quantile of ``confidence``). A guide, not a
+    bound: a procedure may find rules off that frontier that agree more with the reference (smaller sd).
+    Returns (that cascade's quality / the reference's, its cost / the hindsight cost at ``target``)."""
+    from scipy.stats import norm
+
+    from optistop.offline import cascades
+
+    gr = cascades.grid(a, agree=False, grid=256, budget=40000)
+    q_ref = a.correct[:, ref].astype(float)
+    h = gr.cheapest(target * q_ref.mean())
+    h_cost = float(gr.cost[h]) if h is not None else float(a.costs[ref])
+    z = float(norm.ppf(confidence))
+    for level in np.arange(tol, 1.0 + 1e-9, 0.0025):
+        i = gr.cheapest(level * q_ref.mean())
+        if i is None:
+            break
+        d = F.outcome(gr.rule(i), a)[0] - tol * q_ref
+        if d.mean() - z * d.std() / np.sqrt(m) >= 0:
+            return float(gr.quality[i] / q_ref.mean()), float(gr.cost[i]) / h_cost
+    return 1.0, float(a.costs[ref]) / h_cost
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m optistop.offline.ltt_sweep", description=__doc__.split("\n")[0])
     ap.add_argument("file", type=Path)
@@ -53,11 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--whole", default="0,auto",
                     help="Criterion.whole values to compare (auto: policy_fit.whole_share)")
     ap.add_argument("--kfold", action="store_true", help="also one 5-fold pass per variant")
+    ap.add_argument("--margin", action="store_true",
+                    help="only print what the confidence costs on the hindsight frontier per size (margin_cost)")
     args = ap.parse_args(argv)
     a = R.load(args.file)
     base = R.resolve(a, F.Criterion.at(R.TARGET, 0.9, "best"))
     hind = R.hindsight(a, base.target, ref=int(base.reference))
     name = args.file.name.split("-")[0]
+    if args.margin:
+        for m in (int(x) for x in args.sizes.split(",") if x):
+            q, x = margin_cost(a, int(base.reference), m)
+            print(f"{name} at {m} prompts: the hindsight cascade clearing the tolerance by z se has quality "
+                  f"{q:.3f} of the reference at {x:.3f} x the hindsight cost")
+        return 0
     for w in (None if x == "auto" else float(x) for x in args.whole.split(",")):
         crit = dataclasses.replace(base, whole=w)
         for m in (int(x) for x in args.sizes.split(",") if x):

@@ -247,3 +247,23 @@ def _el_by_dual(d: np.ndarray, tol: float) -> float:
                    bounds=[(1e-12, 1)] * len(w), method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
     stat = 2 * (w @ np.log(w / w.sum()) + res.fun)
     return float(np.sign(w @ vals) * np.sqrt(max(stat, 0.0)))
+
+
+def test_margin_cost() -> None:
+    from optistop.offline.ltt_sweep import margin_cost
+
+    # stage 0 (cost 1) right exactly where the reference (cost 10) is: d = 0.055 on every prompt, sd 0, so
+    # stopping everything at stage 0 clears the tolerance at any m; it is also the hindsight cascade
+    n = 1000
+    right = np.arange(n) % 5 != 0
+    conf = np.column_stack([np.where(right, 0.9, 0.2), np.full(n, 0.5)])
+    same = F.Arrays(conf, np.column_stack([right, right]), np.array([1.0, 10.0]))
+    assert margin_cost(same, 1, 30) == (pytest.approx(1.0), pytest.approx(1.0))
+    # the reference always right, stage 0 wrong on 20% with confidences spread below the right ones:
+    # more prompts, a smaller margin: quality falls towards the tolerance and the cost with it
+    conf = np.column_stack([np.where(right, 0.9, 0.1 + 0.7 * (np.arange(n) % 7) / 7), np.full(n, 0.5)])
+    a = F.Arrays(conf, np.column_stack([right, np.ones(n, bool)]), np.array([1.0, 10.0]))
+    got = [margin_cost(a, 1, m) for m in (30, 300, 10**9)]
+    assert got[0][0] >= got[1][0] >= got[2][0] and got[0][1] >= got[1][1] >= got[2][1]
+    assert got[2] == (pytest.approx(0.972), pytest.approx(1.0))   # no margin: the hindsight cascade itself
+    assert got[0] == (1.0, pytest.approx(3.0 / cascades.hindsight_cost(a, 1, 0.95)))  # 30: no wrong stop
