@@ -42,7 +42,7 @@ test: venv sysdeps lint
 
 # One tier alone (markers set by folder in tests/conftest.py): make test-unit | test-contract | test-parity | test-e2e
 test-unit test-contract test-parity test-e2e: test-%: venv sysdeps
-	$(BIN)/python -m pytest -q -ra -m $*
+	$(BIN)/python -m pytest -q -ra -m $* $(XDIST)
 
 serve: venv sysdeps $(MODELS) $(PREDICTOR)
 	$(BIN)/optistop serve

@@ -17,12 +17,18 @@ Servers (every start costs ~20-40 s of the two cores: reuse one before starting 
 ``start_server(repo, log, load_models=...)``  an EmbeddedServer (not started) on free loopback ports, loading
                   only ``load_models``: for a repository of its own shape (chat family, split layout).
 Fault injection goes through ``inject_fault`` alone, so changing how faults are injected is one edit here.
+
+pytest-xdist (``make test``: 3 workers, ``--dist loadgroup``): every test using ``server`` runs in one worker,
+every test using ``fault_server`` in one, the tests of a module with a module-scoped fixture together (see
+``xdist_groups``), so each server is started once; the rest go to whichever worker is free. A test must not
+depend on another test outside its group having run, nor on running alone on the machine.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +57,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 set_xdist_group(item, groups[item])
         # xdist hands work out in collection order (`--no-loadscope-reorder`): the long units first, so none
         # starts last on an otherwise idle machine; the sort is stable (a group's tests keep their order)
-        items.sort(key=lambda item: _xdist_rank(item, groups[item]))
+        sizes = Counter(groups.values())
+        items.sort(key=lambda item: _xdist_rank(item, groups[item], sizes[groups[item]]))
 
 
 # Fixtures that start a server, shared by tests of many files: under pytest-xdist (`make test` runs
@@ -95,11 +102,11 @@ def set_xdist_group(item: pytest.Item, group: str) -> None:
         item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
-def _xdist_rank(item: pytest.Item, group: str | None) -> tuple[int, bool]:
-    """e2e groups (a server per group) before e2e tests alone (each starts its own), before the other
-    tiers' groups (module fixtures) before the rest; the shared servers' groups, the largest, first."""
+def _xdist_rank(item: pytest.Item, group: str | None, size: int) -> tuple[int, int]:
+    """e2e groups (a server per group; the larger, the longer: the shared servers' first) before e2e tests
+    alone (each starts its own) before the other tiers' groups (module fixtures) before the rest."""
     e2e = item.get_closest_marker("e2e") is not None
-    return (0 if e2e else 2) + (group is None), not set((group or "").split("+")) & set(SHARED_FIXTURES)
+    return (0 if e2e else 2) + (group is None), -size if group else 0
 
 
 @pytest.fixture(scope="session", autouse=True)
