@@ -40,10 +40,13 @@ def pip_settings(python: Path) -> dict[str, list[str]] | None:
     """pip's configuration as ``key -> values`` (every file and PIP_* variable pip reads, for the global
     and install commands), or None when pip cannot say."""
     res = subprocess.run([str(python), "-m", "pip", "config", "list"], capture_output=True, text=True)
-    if res.returncode != 0:
-        return None
+    return parse_pip_config(res.stdout) if res.returncode == 0 else None
+
+
+def parse_pip_config(text: str) -> dict[str, list[str]]:
+    """``pip config list`` output (``section.key='value'`` lines) as ``key -> values``, in order, once each."""
     settings: dict[str, list[str]] = {}
-    for line in res.stdout.splitlines():
+    for line in text.splitlines():
         name, sep, value = line.partition("=")
         section, _, key = name.rpartition(".")
         if not sep or section not in ("global", "install", ":env:"):
