@@ -17,11 +17,10 @@ help:
 	@echo "make serve-openai - the same server + an OpenAI-compatible API on http://127.0.0.1:9000/v1"
 	@echo "make models-train | models-eval | collect | predictor | report | bench | soak | chaos | real-speed"
 
+# uv installs the lock in seconds, with pip's package sources (scripts/venv.py); pip where uv is unavailable.
+# Only pip: make venv VENV_ARGS=--pip
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) scripts/venv.py --venv $(VENV) $(VENV_ARGS)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -34,13 +33,16 @@ sysdeps:
 lint: venv
 	$(BIN)/ruff check .
 
-# --durations=15: the slowest tests and fixtures (server starts) at the end of every run
+# --durations=15: the slowest tests and fixtures (server starts) at the end of every run.
+# The suite mostly waits (servers starting, paced stages, recoveries), so it runs in 3 pytest-xdist workers
+# even on 2 cores; tests sharing a server run in one worker (tests/conftest.py). Serial: make test XDIST=
+XDIST ?= -n 3 --dist loadgroup --no-loadscope-reorder
 test: venv sysdeps lint
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 $(XDIST)
 
 # One tier alone (markers set by folder in tests/conftest.py): make test-unit | test-contract | test-parity | test-e2e
 test-unit test-contract test-parity test-e2e: test-%: venv sysdeps
-	$(BIN)/python -m pytest -q -ra -m $*
+	$(BIN)/python -m pytest -q -ra -m $* $(XDIST)
 
 serve: venv sysdeps $(MODELS) $(PREDICTOR)
 	$(BIN)/optistop serve

@@ -17,11 +17,17 @@ Servers (every start costs ~20-40 s of the two cores: reuse one before starting 
 ``start_server(repo, log, load_models=...)``  an EmbeddedServer (not started) on free loopback ports, loading
                   only ``load_models``: for a repository of its own shape (chat family, split layout).
 Fault injection goes through ``inject_fault`` alone, so changing how faults are injected is one edit here.
+
+pytest-xdist (``make test``: 3 workers, ``--dist loadgroup``): every test using ``server`` runs in one worker,
+every test using ``fault_server`` in one, the tests of a module with a module-scoped fixture together (see
+``xdist_groups``), so each server is started once; the rest go to whichever worker is free. A test must not
+depend on another test outside its group having run, nor on running alone on the machine.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +51,65 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in one of the tier folders {TIERS}")
         item.add_marker(getattr(pytest.mark, tier))
+    if getattr(config.option, "loadgroup", False):   # pytest-xdist's --dist loadgroup, in a worker
+        groups = xdist_groups(items)
+        for item in items:
+            if groups[item]:
+                set_xdist_group(item, groups[item])
+        # xdist hands work out in collection order (`--no-loadscope-reorder`): the long units first, so none
+        # starts last on an otherwise idle machine; the sort is stable (a group's tests keep their order)
+        sizes = Counter(groups.values())
+        items.sort(key=lambda item: _xdist_rank(item, groups[item], sizes[groups[item]]))
+
+
+# Fixtures that start a server, shared by tests of many files: under pytest-xdist (`make test` runs
+# `-n 3 --dist loadgroup`) every test using one runs in the same worker, so each server starts once.
+SHARED_FIXTURES = ("server", "fault_server")
+
+
+def xdist_groups(items: list[pytest.Item]) -> dict[pytest.Item, str | None]:
+    """Each test's xdist group: the session server(s) it uses; else, when it uses a module-scoped fixture (a
+    module's own server or an expensive fit), the group of the module's tests that use one too and a session
+    server (so the module fixture is built in that worker only), else its module; else none: the test goes
+    to whichever worker is free."""
+    shared: dict[pytest.Item, str | None] = {}
+    module_scoped: dict[pytest.Item, bool] = {}
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        shared[item] = "+".join(f for f in SHARED_FIXTURES if f in names) or None
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs if info is not None else {}
+        module_scoped[item] = any(d.scope == "module" for name in names for d in defs.get(name, ()))
+    module_group: dict[str, str] = {}
+    for item in items:
+        if module_scoped[item] and shared[item]:
+            module_group.setdefault(str(item.fspath), shared[item])
+    groups: dict[pytest.Item, str | None] = {}
+    for item in items:
+        if shared[item] or not module_scoped[item]:
+            groups[item] = shared[item]
+        else:
+            groups[item] = module_group.get(str(item.fspath), Path(str(item.fspath)).stem)
+    return groups
+
+
+def set_xdist_group(item: pytest.Item, group: str) -> None:
+    """What ``@pytest.mark.xdist_group(group)`` does: xdist's controller groups tests by the node id's
+    ``@group`` suffix. xdist 3.8 writes the suffix into ``item._nodeid``, which pytest 9 no longer reads
+    (node ids are ``item._id``), so its marker is a no-op here; the suffix is set the way pytest 9 keeps it."""
+    from _pytest.nodeid import NodeId
+
+    if not item.nodeid.endswith(f"@{group}"):
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
+    if not item.nodeid.endswith(f"@{group}"):   # a pytest keeping node ids elsewhere: fail, not start servers per test
+        raise pytest.UsageError(f"cannot set the xdist group of {item.nodeid} on this pytest; run with XDIST=")
+
+
+def _xdist_rank(item: pytest.Item, group: str | None, size: int) -> tuple[int, int]:
+    """e2e groups (a server per group; the larger, the longer: the shared servers' first) before e2e tests
+    alone (each starts its own) before the other tiers' groups (module fixtures) before the rest."""
+    e2e = item.get_closest_marker("e2e") is not None
+    return (0 if e2e else 2) + (group is None), -size if group else 0
 
 
 @pytest.fixture(scope="session", autouse=True)

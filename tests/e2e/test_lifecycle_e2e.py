@@ -47,7 +47,7 @@ def server_of(serve: subprocess.Popen) -> int:
     return pid
 
 
-def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_dir) -> None:
+def test_health_cli_and_drain_on_sigterm(tmp_path, tiny_dir) -> None:
     log = tmp_path / "serve.log"
     serve, ports = start_serve(log)
     try:
@@ -90,8 +90,11 @@ def test_health_cli_drain_on_sigterm_and_no_orphan_after_kill_9(tmp_path, tiny_d
             serve.kill()
             serve.wait()
 
-    # kill -9 of the supervisor: tritonserver dies with it (PDEATHSIG), its stubs follow, ports are free
-    serve, ports = start_serve(log)
+
+def test_no_orphan_after_kill_9(tmp_path, tiny_dir) -> None:
+    """kill -9 of the supervisor: tritonserver dies with it (PDEATHSIG), its stubs follow, ports are free.
+    A test of its own (its own `optistop serve`), so pytest-xdist runs it beside the drain test."""
+    serve, ports = start_serve(tmp_path / "serve.log")
     tritonserver = server_of(serve)
     stubs = list(stub_processes(tritonserver))
     serve.kill()
