@@ -200,8 +200,8 @@ def test_pair_paths_miss_rate_simulated() -> None:
         costs.append(c.mean())
     assert misses <= 3
     assert np.mean(costs) < 4.0
-    # the default share depends on the calibration set's size only: 0.8 up to WHOLE_N prompts, 0.2 above
-    assert (F.whole_share(300), F.whole_share(F.WHOLE_N), F.whole_share(F.WHOLE_N + 1)) == (0.8, 0.8, 0.2)
+    # the default share depends on the calibration set's size only: 0.8 up to WHOLE_N prompts, 0.1 above
+    assert (F.whole_share(300), F.whole_share(F.WHOLE_N), F.whole_share(F.WHOLE_N + 1)) == (0.8, 0.8, 0.1)
 
 
 def test_likelihood_test_needs_a_loss_to_reweight() -> None:
