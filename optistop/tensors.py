@@ -154,6 +154,16 @@ STAGE_INDEX = "stage"
 STAGE_MODEL = "stage_model"
 CONFIDENCES = "confidences"
 THRESHOLDS = "thresholds"
+# confidences[i] of a stage not scored (it or the predictor failed) and thresholds[i] when no stopping
+# decision was taken on stage i (router, fixed, the last stage run): both are probabilities otherwise, so
+# -1 is unambiguous, and NaN would make Triton's HTTP/JSON response invalid JSON (it writes a bare NaN),
+# which strict parsers and perf_analyzer's --profile-export-file writer reject (its file came out empty)
+NO_VALUE = -1.0
+
+
+def wire(xs: list[float]) -> list[float]:
+    """NaN -> NO_VALUE, for the confidences and thresholds outputs."""
+    return [NO_VALUE if x != x else x for x in xs]
 COST = "cost"
 STAGE_LATENCY_MS = "stage_latency_ms"
 DEGRADED = "degraded"            # extension: True when a fault forced a fallback (see cascade.py)

@@ -247,8 +247,8 @@ class CascadeService:
             T.OUTPUT_LOG_PROBS: [r.logprobs],
             T.STAGE_INDEX: [[r.stage]],
             T.STAGE_MODEL: [[r.stage_model]],
-            T.CONFIDENCES: [r.confidences],
-            T.THRESHOLDS: [r.thresholds],
+            T.CONFIDENCES: [T.wire(r.confidences)],     # no NaN on the wire (tensors.NO_VALUE)
+            T.THRESHOLDS: [T.wire(r.thresholds)],
             T.COST: [[r.cost]],
             T.STAGE_LATENCY_MS: [r.stage_latency_ms],
             T.STAGES_RUN: [r.stages_run],

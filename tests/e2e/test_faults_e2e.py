@@ -74,3 +74,31 @@ def test_stage_not_ready_degrades_to_the_living_and_fixed_is_unavailable(fault_s
         cascade_ask(fault_server, "cascade_broken", HARD, policy="fixed:2")
     assert info.value.status() == "StatusCode.UNAVAILABLE"
     assert "stage_large_broken" in info.value.message() and "unavailable" in info.value.message()
+
+
+def test_http_json_responses_carry_no_nan(fault_server) -> None:
+    """A stage not scored (NaN predictor) or not decided on (the last stage) has no confidence / threshold;
+    Triton's HTTP frontend writes a float NaN as a bare `NaN`, which is not JSON (strict parsers and
+    perf_analyzer's profile export reject it): the cascade sends tensors.NO_VALUE (-1) instead."""
+    import json
+    import urllib.request
+
+    from optistop import tensors as T
+
+    def strict(name: str) -> float:
+        raise ValueError(f"{name} in the response body: not JSON")
+
+    body = {"inputs": [{"name": T.TEXT_INPUT, "datatype": "BYTES", "shape": [1, 1], "data": [HARD]},
+                       {"name": T.POLICY, "datatype": "BYTES", "shape": [1, 1], "data": ["paper"]}],
+            "outputs": [{"name": T.CONFIDENCES}, {"name": T.THRESHOLDS}, {"name": T.DEGRADED}]}
+    req = urllib.request.Request(f"http://{fault_server.cfg.http_url}/v2/models/cascade_nan/infer",
+                                 data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        doc = json.loads(resp.read(), parse_constant=strict)
+    out = {o["name"]: o["data"] for o in doc["outputs"]}
+    assert out[T.DEGRADED] == [True]
+    assert out[T.CONFIDENCES] and all(c == T.NO_VALUE for c in out[T.CONFIDENCES])   # nothing scored
+    assert out[T.THRESHOLDS][-1] == T.NO_VALUE                                       # the last stage: no decision
+    # the clients read NO_VALUE back as "none" (NaN), as before
+    a = cascade_ask(fault_server, "cascade_nan", HARD, policy="paper")
+    assert all(c != c for c in a.confidences) and a.thresholds[-1] != a.thresholds[-1]
