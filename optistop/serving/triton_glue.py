@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 import traceback
@@ -20,6 +21,11 @@ import numpy as np
 
 from optistop.serving.request import RequestError
 
+# The watchdog beside each backend process: POSIX sh builtins only (read, test) but for one `sleep` per poll.
+# It ends when the process it watches ends, and kills it once that process has a new parent.
+_WATCHDOG = ("while :; do [ -e /proc/{me} ] || exit 0; read -r _ _ _ ppid _ < /proc/{me}/stat || exit 0; "
+             "[ \"$ppid\" = {parent} ] || break; sleep {poll}; done; kill -9 {me} 2>/dev/null")
+
 
 def exit_with_parent(poll_s: float = 0.5) -> threading.Thread:
     """End this backend process as soon as tritonserver is gone (its parent pid changes: reparented).
@@ -27,14 +33,23 @@ def exit_with_parent(poll_s: float = 0.5) -> threading.Thread:
     The stub's own check of its parent ends it through the model's finalize and the interpreter's exit,
     which in the cascade's process did not return: after kill -9 of `optistop serve` (tritonserver dies
     with it) the cascade stub stayed asleep, reparented to pid 1, while every other stub exited
-    (tests/e2e/test_lifecycle_e2e.py). Nothing is left to flush or answer once the server is gone."""
-    parent = os.getppid()
+    (tests/e2e/test_lifecycle_e2e.py). Nothing is left to flush or answer once the server is gone.
+
+    Two watchers: a Python thread (exits at once when the interpreter is free) and a tiny sh process that
+    kills this one from outside. The second is needed because a stub whose server died mid-request waits
+    in C++ (the response's completion) holding the GIL: the thread can then never run, and such stubs
+    were found asleep for hours, every thread parked on the GIL (gdb)."""
+    parent, me = os.getppid(), os.getpid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
         os._exit(1)
 
+    # polls at most once a second: one `sleep` process per poll per stub, nine stubs in the embedded server
+    subprocess.Popen(["sh", "-c", _WATCHDOG.format(me=me, parent=parent, poll=max(poll_s, 1.0))],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     close_fds=True)
     thread = threading.Thread(target=watch, name="optistop-exit-with-parent", daemon=True)
     thread.start()
     return thread

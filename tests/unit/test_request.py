@@ -44,9 +44,14 @@ def test_the_byte_cap_scales_with_the_context_and_is_checked_before_tokenizing()
         parse_request(request("1" * (max_prompt_bytes(tiny) + 1)), tiny, never, BOOK)
 
 
-def test_a_backend_process_ends_when_its_server_dies() -> None:
+@pytest.mark.parametrize("busy", ["time.sleep(60)",
+                                  # holds the GIL in C for minutes (catastrophic backtracking), as a stub
+                                  # waiting in C++ on a dead server's response does: the thread cannot run
+                                  "import re; re.match(r'(a+)+$', 'a' * 40 + 'b')"])
+def test_a_backend_process_ends_when_its_server_dies(busy: str) -> None:
     """exit_with_parent: kill -9 of the parent (tritonserver) ends the child (a backend stub) within a
-    few poll periods, though the child itself is asleep; while the parent lives the child stays."""
+    few poll periods, though the child itself is asleep or holds the GIL; while the parent lives the
+    child stays."""
     import os
     import signal
     import subprocess
@@ -56,7 +61,7 @@ def test_a_backend_process_ends_when_its_server_dies() -> None:
     from optistop.server.embedded import _alive
 
     child = ("from optistop.serving.triton_glue import exit_with_parent; import time; "
-             "exit_with_parent(0.05); time.sleep(60)")
+             f"exit_with_parent(0.05); {busy}")
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                                f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
                                "print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
