@@ -7,7 +7,7 @@ TensorRT-LLM engine from the CPU stand-in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +164,11 @@ NO_VALUE = -1.0
 def wire(xs: list[float]) -> list[float]:
     """NaN -> NO_VALUE, for the confidences and thresholds outputs."""
     return [NO_VALUE if x != x else x for x in xs]
+
+
+def unwire(xs: Iterable[float]) -> list[float]:
+    """The clients' side of ``wire``: NO_VALUE (any negative) -> NaN."""
+    return [float(x) if x >= 0 else float("nan") for x in xs]
 COST = "cost"
 STAGE_LATENCY_MS = "stage_latency_ms"
 DEGRADED = "degraded"            # extension: True when a fault forced a fallback (see cascade.py)

@@ -87,8 +87,8 @@ def ask(client: Any, protocol: str, prompt: str | list[dict[str, str]], model: s
         text=get(T.TEXT_OUTPUT)[0].decode(),
         stage=int(get(T.STAGE_INDEX)[0]),
         stage_model=get(T.STAGE_MODEL)[0].decode(),
-        confidences=[round(float(x), 4) if x >= 0 else float("nan") for x in get(T.CONFIDENCES)],
-        thresholds=[round(float(x), 4) if x >= 0 else float("nan") for x in get(T.THRESHOLDS)],   # NO_VALUE
+        confidences=[round(x, 4) for x in T.unwire(get(T.CONFIDENCES))],
+        thresholds=[round(x, 4) for x in T.unwire(get(T.THRESHOLDS))],
         cost=float(get(T.COST)[0]),
         stage_latency_ms=[round(float(x), 2) for x in get(T.STAGE_LATENCY_MS)],
         stages_run=[int(x) for x in get(T.STAGES_RUN)],

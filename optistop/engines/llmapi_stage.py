@@ -177,6 +177,19 @@ class LlmapiStage:
         return parse(inputs, end_id=self.end_id, pad_id=self.pad_id, max_seq_len=self.max_seq_len,
                      vocab_size=self.vocab_size)
 
+    def _submit(self, inputs: Mapping[str, np.ndarray | None], request_id: str,
+                streaming: bool) -> tuple[StageRequest, Any] | RequestError:
+        """Parse and start one request on the LLM, registered under ``request_id`` for `stop`."""
+        try:
+            req = self._parse(inputs)
+        except RequestError as exc:
+            return exc
+        result = self.llm.generate_async(req.prompt_ids, self.sampling_params(**sampling_kwargs(req)),
+                                         streaming=streaming)
+        if request_id:
+            self.inflight[request_id] = result
+        return req, result
+
     def _cancel(self, request_id: str) -> dict[str, np.ndarray]:
         running = self.inflight.get(request_id)
         if running is not None:
@@ -188,14 +201,10 @@ class LlmapiStage:
         """One request, answered whole (the non-decoupled stage)."""
         if _int(inputs, T.STOP, default=0):
             return self._cancel(request_id)
-        try:
-            req = self._parse(inputs)
-        except RequestError as exc:
-            return exc
-        result = self.llm.generate_async(req.prompt_ids, self.sampling_params(**sampling_kwargs(req)),
-                                         streaming=False)
-        if request_id:
-            self.inflight[request_id] = result
+        started = self._submit(inputs, request_id, streaming=False)
+        if isinstance(started, RequestError):
+            return started
+        req, result = started
         try:
             done = await result.aresult()
             return to_tensors(generated(done.outputs[0], req))
@@ -208,14 +217,10 @@ class LlmapiStage:
         """One streaming request: ``emit`` gets the tokens new since the last response (tensorrt_llm's
         streaming shape; output_log_probs alike); False from it aborts the request. The caller sends the
         final flag. Tokens already sent are not taken back; the end token is never sent."""
-        try:
-            req = self._parse(inputs)
-        except RequestError as exc:
-            return exc
-        result = self.llm.generate_async(req.prompt_ids, self.sampling_params(**sampling_kwargs(req)),
-                                         streaming=True)
-        if request_id:
-            self.inflight[request_id] = result
+        started = self._submit(inputs, request_id, streaming=True)
+        if isinstance(started, RequestError):
+            return started
+        req, result = started
         sent = 0
         try:
             async for step in result:

@@ -250,13 +250,10 @@ def metadata(out: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
     def num(xs: list[float]) -> list[float | None]:
         return [None if x != x else round(float(x), 6) for x in xs]
-
-    def probs(xs: list[float]) -> list[float | None]:     # T.NO_VALUE (or NaN): none
-        return [None if x is None or x < 0 else x for x in num(xs)]
     text = lambda name: bytes(col(name)[0]).decode("utf-8")
     return {"stage": int(col(T.STAGE_INDEX)[0]), "stage_model": text(T.STAGE_MODEL),
             "stages_run": [int(x) for x in col(T.STAGES_RUN)], "cost": float(col(T.COST)[0]),
-            "confidences": probs(col(T.CONFIDENCES)), "thresholds": probs(col(T.THRESHOLDS)),
+            "confidences": num(T.unwire(col(T.CONFIDENCES))), "thresholds": num(T.unwire(col(T.THRESHOLDS))),
             "stage_latency_ms": num(col(T.STAGE_LATENCY_MS)), "degraded": bool(col(T.DEGRADED)[0]),
             "degraded_reason": text(T.DEGRADED_REASON), "controller_ms": round(float(col(T.CONTROLLER_MS)[0]), 3)}
 

@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--margin", action="store_true",
                     help="only print what the confidence costs on the hindsight frontier per size (margin_cost)")
     args = ap.parse_args(argv)
+    if args.margin and args.kfold:
+        ap.error("--margin prints the frontier's price alone; it does not take --kfold")
     a = R.load(args.file)
     base = R.resolve(a, F.Criterion.at(R.TARGET, 0.9, "best"))
     hind = R.hindsight(a, base.target, ref=int(base.reference))

@@ -33,7 +33,7 @@ from optistop.offline.operating import ReplayInputError, arrays_from_records, bu
 from optistop.pipeline.repository import install_serving_models
 from optistop.policy_artifact import FILE_NAME as POLICY_FILE
 from optistop.predictor.model import data_sha256, prompt_bucket
-from optistop.spec import SpecError, load_spec, tokenizer_sha256
+from optistop.spec import CascadeSpec, SpecError, load_spec, tokenizer_sha256
 
 
 def read_labelled(path: Path) -> list[dict[str, Any]]:
@@ -82,14 +82,14 @@ def calibrate(records: list[dict[str, Any]], spec_path: Path, out: Path, target:
             raise SpecError("predictor training or export failed (see the messages above); nothing installed")
         scored = [json.loads(line) for line in replay_path.read_text(encoding="utf-8").splitlines() if line]
         report = json.loads((run / "report.json").read_text(encoding="utf-8"))
-    res = fit_policy(scored, records, spec, version_dir, crit, seed, target)
+    res = fit_policy(scored, records, spec, version_dir, crit, seed)
     notes = install_serving_models(spec, out, version_dir) if install else []
     return {**res, "notes": notes, "acceptance": report["acceptance"],
             "too_few_examples": report["training"]["too_few_examples"]}
 
 
-def fit_policy(scored: list[dict[str, Any]], records: list[dict[str, Any]], spec: Any, version_dir: Path,
-               crit: F.Criterion, seed: int, target: float) -> dict[str, Any]:
+def fit_policy(scored: list[dict[str, Any]], records: list[dict[str, Any]], spec: CascadeSpec, version_dir: Path,
+               crit: F.Criterion, seed: int) -> dict[str, Any]:
     """Step 3 alone: policy.json in ``version_dir`` fitted on the scored replay's held-out prompts (those the
     predictor did not learn from), beside the predictor that scored them."""
     names = list(spec.stage_names)
@@ -111,7 +111,7 @@ def fit_policy(scored: list[dict[str, Any]], records: list[dict[str, Any]], spec
     with_safer_points(art)   # what on_drift = "safer" steps through
     (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
     cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"],
-                          replay.hindsight(a, target, ref=int(crit.reference)), crit=crit)
+                          replay.hindsight(a, crit.target, ref=int(crit.reference)), crit=crit)
     return {"operating": art["operating"], "n_policy_prompts": len(held), "cross_fitted": cv["conditions"],
             "reference": names[int(crit.reference)], "confidence": crit.confidence,
             "version_dir": str(version_dir)}
@@ -130,7 +130,7 @@ def refit_policy(records: list[dict[str, Any]], scored_path: Path, spec_path: Pa
                         f"predictor; run calibrate without --scored first")
     scored = [json.loads(line) for line in scored_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     assign_splits(records, test_share, seed)     # as calibrate did: the data hash covers the splits
-    return {**fit_policy(scored, records, spec, version_dir, crit, seed, target), "notes": [],
+    return {**fit_policy(scored, records, spec, version_dir, crit, seed), "notes": [],
             "acceptance": None, "too_few_examples": []}
 
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="model repository (optistop repo) to install into")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-share", type=float, default=0.2)
-    ap.add_argument("--max-epochs", type=int, default=50)
+    ap.add_argument("--max-epochs", type=int, default=None, help="predictor training epochs (default 50)")
     ap.add_argument("--replay-out", type=Path, default=None, help="also keep the scored replay file here")
     ap.add_argument("--no-install", action="store_true",
                     help="write the predictor and policy files only (the committed embedded repository)")
@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="refit the policy only, beside the predictor already in --out, on the scored replay "
                          "its calibrate run wrote with --replay-out (seconds, no training)")
     args = ap.parse_args(argv)
+    if args.scored is not None:
+        clash = [flag for flag, v in (("--from-audit", args.from_audit), ("--replay-out", args.replay_out),
+                                      ("--max-epochs", args.max_epochs)) if v is not None]
+        if clash:
+            ap.error(f"--scored refits the policy alone (no predictor training); it does not take {', '.join(clash)}")
     if args.from_audit is not None:
         return _from_audit(ap, args)
     if args.replay is None or args.spec is None or args.out is None:
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                args.target, args.seed, args.confidence, args.reference, args.test_share)
         else:
             res = calibrate(read_labelled(args.replay), args.spec, args.out.absolute(), args.target, args.seed,
-                            args.test_share, not args.no_install, args.replay_out, args.max_epochs,
+                            args.test_share, not args.no_install, args.replay_out, args.max_epochs or 50,
                             args.confidence, args.reference)
     except (ReplayInputError, SpecError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

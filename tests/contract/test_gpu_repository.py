@@ -116,6 +116,11 @@ def test_gpu_repository_loads_only_with_a_calibration_for_its_spec(name: str, tm
         assert refit["criterion"]["confidence"] == 0.8 and policy["criterion"]["confidence"] == 0.9
         assert refit["data_sha256"] == policy["data_sha256"] and (version / "model.onnx").read_bytes() == onnx
         cascade_check(installed, repo)
+        # flags that only training reads are refused, not ignored
+        with pytest.raises(SystemExit) as info:
+            calibrate.main([str(tmp_path / "labelled.jsonl"), "--spec", str(profile), "--out", str(repo),
+                            "--scored", str(tmp_path / "scored.jsonl"), "--max-epochs", "3"])
+        assert info.value.code == 2
         # without an exported predictor there is nothing to refit beside: one line, exit 2
         assert calibrate.main([str(tmp_path / "labelled.jsonl"), "--spec", str(profile), "--out",
                                str(tmp_path / "empty"), "--scored", str(tmp_path / "scored.jsonl")]) == 2
