@@ -28,9 +28,9 @@ is rejected with probability <= delta and nothing after it is tested. The last r
 served; the reference stage itself needs no test (it meets tol x itself by definition).
 
 Whole-data paths (``pair_paths``): a sequence fixed before any data are seen (a two-stage cascade k ->
-reference with its threshold walked down a fixed grid) needs no fitting part, so it is tested on every
-calibration prompt: twice the evidence of the split. Every hindsight-optimal cascade on the report sets is
-such a pair. The error budget delta is shared by a union bound (split path: (1 - w) delta; each of the P
+reference with its threshold walked down a fixed grid, on to k alone, and from there to the cascades
+i -> k below it) needs no fitting part, so it is tested on every calibration prompt: twice the evidence of
+the split. Every hindsight-optimal cascade on the report sets is such a pair. The error budget delta is shared by a union bound (split path: (1 - w) delta; each of the P
 pairs: w delta / P): with probability >= 1 - delta none of the certified rules is below the tolerance, so
 any of them (the cheapest) may be served.
 """
@@ -152,23 +152,28 @@ PAIR_GRID = sigmoid(np.linspace(8.0, -8.0, 161))   # fixed thresholds, never rea
 
 def pair_paths(cal: Arrays, ref: int, tol: float, delta: float, test: str = "betting",
                order: np.ndarray | None = None) -> list[tuple[CascadeRule, float]]:
-    """Certified two-stage cascades (k -> ref) for every stage k cheaper than the reference, tested on ALL
-    of ``cal`` (no split): each pair's sequence (stop at k when its confidence >= t, t down the fixed
-    ``PAIR_GRID``) is fixed before the data are seen, so fixed-sequence testing needs no fitting part;
-    the pairs share ``delta`` equally (Bonferroni). Returns (rule, mean cost on ``cal``) of every certified
-    rule: all of them hold at once with probability >= 1 - delta."""
-    costs = cal.costs
-    pairs = [k for k in range(ref) if costs[k] < costs[ref] - 1e-12]   # CascadeRule: stages increasing
+    """Certified two-stage cascades tested on ALL of ``cal`` (no split). Each path k -> j (stop at k when
+    its confidence >= t, t down the fixed ``PAIR_GRID``, then k alone) is fixed before the data are seen,
+    so fixed-sequence testing needs no fitting part. The paths into ``ref`` (every cheaper stage k) share
+    ``delta`` equally; a path certified to its end (k alone meets the tolerance) hands its level on, split
+    equally, to the paths i -> k of every cheaper stage i: cascades that never run ``ref`` at all, which is
+    where the money is when a middle stage is adequate on its own. A graphical weighted-Bonferroni
+    procedure (Bretz et al. 2009; the level moves only along a tree, on rejection), so with probability
+    >= 1 - delta every returned rule meets the tolerance. Returns (rule, mean cost on ``cal``)."""
+    costs, correct = cal.costs, cal.correct.astype(float)
+    q_ref = correct[:, ref]
+    cheaper = lambda j: [k for k in range(j) if costs[k] < costs[j] - 1e-12]   # noqa: E731  (stages increase)
+    queue = [(k, ref, delta / len(cheaper(ref))) for k in cheaper(ref)]
     out: list[tuple[CascadeRule, float]] = []
-    if not pairs:
-        return out
-    q_ref = cal.correct[:, ref].astype(float)
-    for k in pairs:
-        conf, ck = cal.conf[:, k], cal.correct[:, k].astype(float)
-        for t in PAIR_GRID:
+    while queue:
+        k, j, level = queue.pop(0)
+        conf = cal.conf[:, k]
+        for t in (*PAIR_GRID, -np.inf):
             stop = conf >= t
-            q = np.where(stop, ck, q_ref)
-            if not rejects(q, q_ref, tol, delta / len(pairs), test, order):
+            if not rejects(np.where(stop, correct[:, k], correct[:, j]), q_ref, tol, level, test, order):
                 break
-            out.append((CascadeRule((k, ref), np.array([t])), float(costs[k] + (~stop).mean() * costs[ref])))
+            rule = CascadeRule((k, j), np.array([t])) if np.isfinite(t) else CascadeRule((k,), np.zeros(0))
+            out.append((rule, float(costs[k] + (~stop).mean() * costs[j])))
+        else:
+            queue += [(i, k, level / len(cheaper(k))) for i in cheaper(k)]
     return out
