@@ -26,6 +26,7 @@ operating point. ``PolicyBook.make`` turns a request's (policy, lambda) into a k
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,12 @@ class PolicyBook:
         # built once, shared by requests: model rules are stateless after their first decision at each
         # history (optistop.policy.ModelRule.plan), so a request pays a dict lookup, not a construction
         self._rules: dict[tuple[str, int], ModelRule] = {}
+        # requests may name any lambda: a bounded, thread-safe cache of built routers
+        self._router = functools.lru_cache(maxsize=64)(self._build_router)
+
+    def _build_router(self, lam: float) -> ModelRule:
+        return ModelRule(self.n, self.costs, lam, self.use_ex_ante, self.use_agree, self.answer, {},
+                         router_only=True, name="router")
 
     def check_matches(self, stages: Sequence[str], costs: Sequence[float], where: str) -> None:
         """Refuse a policy fitted for other stages or costs than the spec's (one line, both named)."""
@@ -119,14 +126,18 @@ class PolicyBook:
             if not arg.isdigit() or not 0 <= int(arg) < self.n:
                 raise ValueError(f"unknown policy {name!r}; valid: {', '.join(self.valid_names())}")
             return FixedRule(int(arg), name), float(lam or 0.0)
-        if base in ("optimal", "router") and not arg:
+        if base == "router" and not arg:
+            # the router needs no fitted continuation, so it runs at the exact lambda (the operating point
+            # was certified on a finer lambda grid than the fitted-Q one)
+            use = float(self.default_lambda if lam is None else lam)
+            return self._router(use), use
+        if base == "optimal" and not arg:
             i = self._grid_index(self.default_lambda if lam is None else lam)
             rule = self._rules.get((base, i))
             if rule is None:
                 grid_lam, cont = self.grid[i]
                 rule = self._rules[(base, i)] = ModelRule(
-                    self.n, self.costs, grid_lam, self.use_ex_ante, self.use_agree, self.answer,
-                    {} if base == "router" else cont, router_only=base == "router", name=base)
+                    self.n, self.costs, grid_lam, self.use_ex_ante, self.use_agree, self.answer, cont, name=base)
             return rule, rule.lam
         if base == "paper" and not arg:
             use = self.paper_lambda if lam is None else lam

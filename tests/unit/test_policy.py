@@ -115,6 +115,19 @@ def test_book_builds_each_rule_once_per_grid_point() -> None:
     assert a.decide(s).stop.tolist() == first.stop.tolist()
 
 
+def test_router_runs_at_the_exact_lambda() -> None:
+    """The router needs no fitted continuation: a lambda between grid points is served as given (the
+    operating point is certified on a finer router grid than the fitted-Q one), decides as the offline fit
+    at that lambda, and is built once."""
+    book, a = synthetic_book(), synthetic_arrays()
+    lam = float(np.sqrt(book.grid[0][0] * book.grid[1][0]))       # halfway on a log scale
+    rule, used = book.make("router", lam)
+    assert used == lam == rule.lam and book.make("router", lam)[0] is rule
+    off = F.fit_router(a, lam, book.answer)
+    np.testing.assert_array_equal(F.outcome(rule, a)[1], F.outcome(off, a)[1])
+    assert F.router_lambdas(F.LAMBDAS)[::F.ROUTER_REFINE] == F.LAMBDAS      # the fitted-Q grid, kept exact
+
+
 @pytest.mark.parametrize("artifact", ["model_repository/quality_predictor/1/policy.json",
                                       "models/chat/predictor/policy.json"])
 def test_one_prompt_path_decides_as_the_array_path(artifact: str) -> None:
