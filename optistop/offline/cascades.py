@@ -149,9 +149,19 @@ def grid(a: Arrays, agree: bool | None = None, grid: int = GRID, budget: int = B
     return Grid(blocks, np.concatenate(qs), np.concatenate(cs), np.concatenate([[0], np.cumsum(sizes)[:-1]]))
 
 
-def hindsight_cost(a: Arrays, ref: int, level: float, g: int = 256, budget: int = 40000) -> float:
-    """Cost of the cheapest plain threshold cascade over any stage subset reaching ``level`` x the reference
-    stage's quality on ``a`` itself: a reference tuned in hindsight, never a policy."""
+def _hindsight(a: Arrays, ref: int, level: float, g: int, budget: int) -> tuple[Grid, int | None]:
     gr = grid(a, agree=False, grid=g, budget=budget)
-    i = gr.cheapest(level * a.correct[:, ref].mean())
+    return gr, gr.cheapest(level * a.correct[:, ref].mean())
+
+
+def hindsight_rule(a: Arrays, ref: int, level: float, g: int = 256, budget: int = 40000) -> CascadeRule | None:
+    """The cheapest plain threshold cascade over any stage subset reaching ``level`` x the reference stage's
+    quality on ``a`` itself (None: none does): tuned in hindsight, a reference, never a policy."""
+    gr, i = _hindsight(a, ref, level, g, budget)
+    return gr.rule(i) if i is not None else None
+
+
+def hindsight_cost(a: Arrays, ref: int, level: float, g: int = 256, budget: int = 40000) -> float:
+    """Cost of ``hindsight_rule`` on ``a`` (the reference stage's cost when no cascade reaches the level)."""
+    gr, i = _hindsight(a, ref, level, g, budget)
     return float(gr.cost[i]) if i is not None else float(a.costs[ref])

@@ -172,6 +172,9 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
         if s == 0:  # per-prompt outcomes of seed 0 for paired comparisons in the report
             res["per_prompt"] = {n: {"quality": q.tolist(), "cost": c.tolist()} for n, (q, c) in k["per"].items()}
         res["kfold"].append(row)
+    # the whole set's own hindsight cascade, served on each draw's evaluated prompts: what a procedure that
+    # knew the population would get there, so the small-data limits can be read against the metric's own noise
+    oracle = cascades.hindsight_rule(a, ref, crit.target) if small else None
     for m in small:
         rows = []
         for s in range(seeds if draws is None else draws):
@@ -182,7 +185,10 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
             ev = a.take(ei)
             o = fit_and_run(a.take(fi), ev, s, crit, extras=False)
             o.pop("_choice"), o.pop("_ran"), o.pop("_path")
-            rows.append(summarise(ev, o, hindsight(ev, crit.target, ref=ref), crit=crit)["conditions"])
+            row = summarise(ev, o, hindsight(ev, crit.target, ref=ref), crit=crit)["conditions"]
+            q, c = F.outcome(oracle, ev) if oracle is not None else F.outcome(K.FixedRule(ref), ev)
+            rows.append(row | {"oracle_cost": round(float(c.mean()), 6),
+                               "oracle_meets": bool(q.mean() >= crit.t_lcb * ev.correct[:, ref].mean())})
         res["small"][str(m)] = rows
     res["last_stage_accuracy"] = float(a.correct[:, -1].mean())
     res["reference_accuracy"] = float(last)

@@ -178,17 +178,29 @@ def acceptance(res: dict[str, Any]) -> dict[str, Any]:
                                ("router", "le_router"), ("hindsight", "le_1.1_hindsight"))}}
 
 
-def small_curve(res: dict[str, Any], kfold_cost: float) -> dict[str, dict[str, Any]]:
+def small_curve(res: dict[str, Any], kfold_cost: float, a: F.Arrays | None = None) -> dict[str, dict[str, Any]]:
+    """Per fitting-set size: the served procedure over the draws, beside two yardsticks that no procedure is
+    asked to beat: ``oracle_*``, the whole set's own hindsight cascade served on the same evaluated prompts
+    (the metric's noise floor: a limit below its ratio cannot be met even knowing the population), and
+    ``price_x_hindsight`` (with ``a``), the cheapest hindsight cascade clearing the tolerance by z standard
+    errors at m prompts (ltt_sweep.margin_cost: what the stated confidence costs on the frontier)."""
+    from optistop.offline.ltt_sweep import margin_cost
+
     out = {}
     for m, rows in res["small"].items():
         if rows:
             cost = float(np.mean([r["cost"] for r in rows]))
             hind = float(np.mean([r["hindsight_cost"] for r in rows]))
             out[m] = {"seeds": len(rows), "cost": cost, "ratio_to_kfold": cost / kfold_cost,
+                      "oracle_ratio": float(np.mean([r["oracle_cost"] for r in rows])) / max(hind, 1e-12),
+                      "oracle_miss_rate": float(np.mean([not r["oracle_meets"] for r in rows])),
                       "hindsight_cost": hind, "ratio_to_hindsight": cost / max(hind, 1e-12),
                       "router_cost": float(np.mean([r["router_cost"] for r in rows])),
                       "quality_mean": float(np.mean([r["quality_rel"] for r in rows])),
                       "miss_rate": float(np.mean([not r["meets_quality"] for r in rows]))}
+            if a is not None:
+                conf = float(res["criterion"]["confidence"])
+                out[m]["price_x_hindsight"] = margin_cost(a, int(res["reference"]), int(m), conf)[1]
     return out
 
 
@@ -210,7 +222,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
             "acceptance": acc, "by_seed": [r["conditions"] for r in res["kfold"]],
             "choices": dict(sorted(Counter(c[0] + ("" if c[1] == "None" else f" {float(c[1]):.4g}")
                                            for r in res["kfold"] for c in r["choices"]).items())),
-            "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"]),
+            "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"], a),
             "reference": ref, "hindsight_curve": hindsight_curve(a, ref),
             "served_curve": served_curve(a, crit)}
 

@@ -77,6 +77,23 @@ def test_cross_fitted_run_meets_the_four_conditions() -> None:
     assert pol["served"]["cost"] < pol["fixed:2"]["cost"]
 
 
+def test_small_protocol_serves_the_population_cascade_beside_the_procedure() -> None:
+    # the yardstick of the small-data table: the whole set's own 95% hindsight cascade on each draw's
+    # evaluated prompts. By hand on two stages: stage 0 is right exactly on the first 700 prompts, with
+    # confidence 0.9 there and 0.2 elsewhere; stage 1 is always right. The cheapest cascade at 95% stops at
+    # stage 0 on exactly the confident (right) prompts, so on any evaluated subset it is as good as stage 1
+    # at cost 1 + 10 x (its share of the other 300)
+    n = 1000
+    conf = np.column_stack([np.r_[np.full(700, 0.9), np.full(300, 0.2)], np.full(n, 0.5)])
+    correct = np.column_stack([np.arange(n) < 700, np.ones(n, bool)])
+    a = F.Arrays(conf, correct, np.array([1.0, 10.0]))
+    res = run(a, seeds=0, crit=F.Criterion(), small=[200], draws=2)
+    for s, row in enumerate(res["small"]["200"]):
+        ev = np.random.default_rng(2000 + s).permutation(n)[200:]    # the draw's evaluated prompts
+        assert row["oracle_cost"] == pytest.approx(1 + 10 * np.mean(ev >= 700), abs=1e-6)
+        assert row["oracle_meets"]
+
+
 def test_text_verifier_when_no_confidences(tmp_path: Path) -> None:
     a = load(_write(tmp_path, synthetic(300, with_conf=False)))
     assert a.conf.shape == (300, 3) and np.all((a.conf >= 0) & (a.conf <= 1))
