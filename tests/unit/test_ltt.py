@@ -201,8 +201,8 @@ def test_pair_paths_miss_rate_simulated() -> None:
         costs.append(c.mean())
     assert misses <= 3
     assert np.mean(costs) < 4.0
-    # the default share depends on the calibration set's size only: 0.8 up to WHOLE_N prompts, 0.1 above
-    assert (F.whole_share(300), F.whole_share(F.WHOLE_N), F.whole_share(F.WHOLE_N + 1)) == (0.8, 0.8, 0.1)
+    # the default share depends on the calibration set's size only: 0.8 up to WHOLE_N prompts, none above
+    assert (F.whole_share(300), F.whole_share(F.WHOLE_N), F.whole_share(F.WHOLE_N + 1)) == (0.8, 0.8, 0.0)
 
 
 def test_pair_paths_chain_below_an_adequate_middle_stage() -> None:
