@@ -30,9 +30,10 @@ served; the reference stage itself needs no test (it meets tol x itself by defin
 Whole-data paths (``pair_paths``): a sequence fixed before any data are seen (a two-stage cascade k ->
 reference with its threshold walked down a fixed grid, on to k alone, and from there to the cascades
 i -> k below it) needs no fitting part, so it is tested on every calibration prompt: twice the evidence of
-the split. Every hindsight-optimal cascade on the report sets is such a pair. The error budget delta is shared by a union bound (split path: (1 - w) delta; each of the P
-pairs: w delta / P): with probability >= 1 - delta none of the certified rules is below the tolerance, so
-any of them (the cheapest) may be served.
+the split. Every hindsight-optimal cascade on the report sets is such a pair. The error budget delta is
+shared by a union bound (split path: (1 - w) delta; each of the P paths into the reference: w delta / P,
+handed down the chain): with probability >= 1 - delta none of the certified rules is below the
+tolerance, so any of them (the cheapest) may be served.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@
   answer agreement) is fitted on one part of the calibration set, the cost-quality frontier on that part
   is the fixed sequence, and the other part certifies it in order (quality >= t_lcb x the reference
   stage's at level 1 - confidence). The last certified candidate is served as fitted, unless a two-stage
-  cascade into the reference certified on ALL the calibration prompts (ltt.pair_paths, a fixed threshold
-  sequence that needs no fitting part; it gets ``Criterion.whole`` of the error budget) is cheaper.
+  cascade certified on ALL the calibration prompts (ltt.pair_paths: into the reference, and below a stage
+  certified adequate alone; fixed threshold sequences that need no fitting part; they get
+  ``Criterion.whole`` of the error budget) is cheaper.
 """
 
 from __future__ import annotations
