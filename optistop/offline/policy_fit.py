@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optistop import policy as K
-from optistop.logistic import fit_logistic
+from optistop.logistic import fit_logistic, sigmoid
 from optistop.policy_cascade import CascadeRule
 
 LAMBDAS = tuple(float(x) for x in np.geomspace(2.0, 5000.0, 36))
@@ -143,6 +143,23 @@ def fit_router(a: Arrays, lam: float, answer: dict[int, np.ndarray]) -> K.ModelR
     return K.ModelRule(a.conf.shape[1], a.costs, lam, ue, ua, answer, {}, True, "router")
 
 
+def router_outcomes(a: Arrays, answer: dict[int, np.ndarray],
+                    lambdas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(L, N) per-prompt quality and cost of the router at every lambda at once. Its one decision (the
+    empty history; K.ModelRule with router_only) runs argmin_k c_k + lam (1 - P(correct_k | prompt)) and
+    stops there, and P does not depend on lambda: so one matmul serves the whole grid. The rule's own plan
+    and arithmetic, so the choices equal ``outcome(fit_router(a, lam, answer), a)`` (unit test)."""
+    N = len(a.conf)
+    ue, ua = flags(a)
+    pl = fit_router(a, 1.0, answer).plan(0)
+    nk = len(pl.ks)
+    z = sigmoid(K.features(a.state(), np.arange(N), 0, ue, ua) @ pl.w)
+    base = pl.cost + pl.cmax * z[:, nk:]                          # the (zero) cost-to-go term, as decide has it
+    lam = np.asarray(lambdas, float)[:, None, None]
+    pick = pl.ks[np.argmin(base + lam * (1 - z[:, :nk]), axis=2)]           # (L, N) the stage each runs
+    return a.correct[np.arange(N), pick].astype(float), a.costs[pick]
+
+
 def outcome(rule: K.Policy, a: Arrays) -> tuple[np.ndarray, np.ndarray]:
     """Per-prompt (quality, cost) of a rule on complete replay arrays."""
     ran, ans = K.simulate(rule, a.conf, a.ex_ante, a.resp)
@@ -190,13 +207,17 @@ def _cross_fitted(a: Arrays, models: list[tuple[str, float]], seed: int, k: int 
         return [(float(a.costs.max()), 0.0)] * len(models)
     fid = _folds(N, k, seed + 7)
     Q, C = np.zeros((len(models), N)), np.zeros((len(models), N))
+    routers = [i for i, (fam, _) in enumerate(models) if fam == "router"]
     for f in range(k):
         tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
         a_tr, a_te = a.take(tr), a.take(te)
         ans = fit_answer_models(a_tr)
+        if routers:   # every router lambda in one pass (router_outcomes)
+            q, c = router_outcomes(a_te, ans, [models[i][1] for i in routers])
+            Q[np.ix_(routers, te)], C[np.ix_(routers, te)] = q, c
         for i, (fam, lam) in enumerate(models):
-            r = fit_router(a_tr, lam, ans) if fam == "router" else fit_optimal(a_tr, lam, ans)
-            Q[i, te], C[i, te] = outcome(r, a_te)
+            if fam != "router":
+                Q[i, te], C[i, te] = outcome(fit_optimal(a_tr, lam, ans), a_te)
     return [(float(C[i].mean()), float(Q[i].mean())) for i in range(len(models))]
 
 

@@ -115,6 +115,20 @@ def test_book_builds_each_rule_once_per_grid_point() -> None:
     assert a.decide(s).stop.tolist() == first.stop.tolist()
 
 
+def test_router_outcomes_at_every_lambda_equal_the_rule() -> None:
+    """The one-pass router scoring that cross-fitting uses (141 lambdas) decides as the served rule."""
+    a = synthetic_arrays()
+    answer = synthetic_book().answer
+    lams = F.router_lambdas(F.LAMBDAS)
+    Q, C = F.router_outcomes(a, answer, lams)
+    assert Q.shape == C.shape == (len(lams), len(a.conf))
+    for i in range(0, len(lams), 7):
+        q, c = F.outcome(F.fit_router(a, lams[i], answer), a)
+        np.testing.assert_array_equal(Q[i], q)
+        np.testing.assert_array_equal(C[i], c)
+    assert C[0].mean() < C[-1].mean()          # lambda buys the dearer stages
+
+
 def test_router_runs_at_the_exact_lambda() -> None:
     """The router needs no fitted continuation: a lambda between grid points is served as given (the
     operating point is certified on a finer router grid than the fitted-Q one), decides as the offline fit
