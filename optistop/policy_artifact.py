@@ -20,8 +20,9 @@ Format 2 adds the ``cascade`` operating point (optistop.policy_cascade) and the 
 reference stage. Format 1 artifacts (operating ``threshold`` with start + thresholds, criterion with z)
 still load and serve as before; a format this code does not know is refused with one line.
 
-A request that names a lambda gets the grid's nearest lambda (log scale); one that names none gets the
-operating point. ``PolicyBook.make`` turns a request's (policy, lambda) into a kernel rule.
+A request that names a lambda gets, for ``optimal``, the grid's nearest lambda (log scale: its fitted
+continuation models exist there only) and, for ``router``, that exact lambda (it needs none); one that
+names none gets the operating point. ``PolicyBook.make`` turns a request's (policy, lambda) into a kernel rule.
 """
 
 from __future__ import annotations
