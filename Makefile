@@ -117,13 +117,16 @@ chat-calibrate: venv sysdeps
 $(PREDICTOR):
 	$(MAKE) predictor
 
-# Issue 12's acceptance on every data set -> reports/ (REPORT_ARGS="--mmlupro-limit 2000" for a shorter run).
 # Policy fit times on 3/4/5-stage MMLU-Pro ladders, 1,500 prompts (issue 28; converts MMLU-Pro if absent).
 bench-fit: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m optistop.perf.fit_bench $(BENCH_FIT_ARGS)
 
+# Issue 12's acceptance on every data set -> reports/ (REPORT_ARGS="--mmlupro-limit 2000" for a shorter run).
+# The tiny family's scored replay comes from a predictor trained into a scratch repository: the report
+# never overwrites the committed predictor the server loads (`make predictor` does, on purpose).
 report: venv
-	test -f artifacts/tiny_replay.jsonl || $(MAKE) collect predictor
+	test -f artifacts/tiny_replay.jsonl || { $(MAKE) collect && $(BIN)/optistop calibrate artifacts/collected.jsonl \
+		--spec cascade.toml --out artifacts/report_repo --no-install --replay-out artifacts/tiny_replay.jsonl; }
 	$(BIN)/python -m optistop.report.build --out reports --seed 0 --jobs 2 $(REPORT_ARGS)
 
 routellm: venv
