@@ -155,9 +155,11 @@ def router_outcomes(a: Arrays, answer: dict[int, np.ndarray],
     nk = len(pl.ks)
     z = sigmoid(K.features(a.state(), np.arange(N), 0, ue, ua) @ pl.w)
     base = pl.cost + pl.cmax * z[:, nk:]                          # the (zero) cost-to-go term, as decide has it
-    lam = np.asarray(lambdas, float)[:, None, None]
-    pick = pl.ks[np.argmin(base + lam * (1 - z[:, :nk]), axis=2)]           # (L, N) the stage each runs
-    return a.correct[np.arange(N), pick].astype(float), a.costs[pick]
+    lam = np.asarray(lambdas, float)
+    step = max(1, (1 << 22) // max(N * nk, 1))                    # (lambdas, N, stages) blocks of ~32 MB
+    pick = np.concatenate([pl.ks[np.argmin(base + lam[i:i + step, None, None] * (1 - z[:, :nk]), axis=2)]
+                           for i in range(0, len(lam), step)]) if len(lam) else np.zeros((0, N), int)
+    return a.correct[np.arange(N), pick].astype(float), a.costs[pick]         # pick: (L, N) the stage run
 
 
 def outcome(rule: K.Policy, a: Arrays) -> tuple[np.ndarray, np.ndarray]:
