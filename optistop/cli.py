@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -329,6 +330,16 @@ def _check(rec: dict, text: str, grader) -> bool | None:
 
 def client_main(argv: list[str] | None = None) -> int:
     """The ``optistop-client`` command: ask the cascade over gRPC or HTTP (see optistop.client.cascade)."""
+    try:
+        return _client(argv)
+    except BrokenPipeError:
+        # the reader went away (`optistop-client --file big | head`): stop quietly, as cat does. Python
+        # flushes stdout again at exit, so point it at /dev/null first (the docs' recipe, "Note on SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141   # 128 + SIGPIPE, the shell's status for a writer whose reader closed the pipe
+
+
+def _client(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="optistop-client", description=_CLIENT_DOC,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompt", nargs="*", help="prompt(s), e.g. '12+35='")

@@ -87,3 +87,21 @@ def test_bad_and_good_requests_in_one_batch(server) -> None:
                 fut.result()
         else:
             assert fut.result().as_numpy("text_output").reshape(-1)[0]
+
+
+def test_client_piped_into_head_stops_quietly(server, tmp_path) -> None:
+    """`optistop-client --file F | head -1`: the reader closes the pipe after one line; the client stops
+    without a traceback (it printed BrokenPipeError's before), with the shell's SIGPIPE status."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    f = tmp_path / "prompts.txt"
+    f.write_text("".join(f"{i}+{i}=\n" for i in range(300)))   # ~300 lines of output: more than a pipe holds
+    client = Path(sys.executable).with_name("optistop-client")
+    p = subprocess.run(f"'{client}' --url {server.cfg.grpc_url} --file {f} | head -1; "
+                       f"echo \"status ${{PIPESTATUS[0]}}\" >&2", shell=True, executable="/bin/bash",
+                       capture_output=True, text=True, timeout=120)
+    assert p.stdout.startswith("0+0= -> ")
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+    assert p.stderr.strip().endswith("status 141"), p.stderr
