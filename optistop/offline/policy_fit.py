@@ -327,7 +327,8 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
         # on the part it was fitted to is off), label-free for both
         cost_best = float(outcome(best[2], b)[1].mean())
         q_ref_all = max(float(cal.correct[:, ref].mean()), 1e-12)
-        for rule, c in won:
+        for rule, c in sorted(won, key=lambda w: len(w[0].stages)):   # a tie goes to the fewer stages:
+            # stage k alone costs c_k on any data; "k, then j below a threshold" only did on these
             if float(outcome(rule, b)[1].mean()) < cost_best - 1e-12:
                 q = float(outcome(rule, cal)[0].mean())
                 cost_best, best = float(outcome(rule, b)[1].mean()), ("cascade", None, rule, c, q)

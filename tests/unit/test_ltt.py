@@ -229,6 +229,22 @@ def test_pair_paths_chain_below_an_adequate_middle_stage() -> None:
     assert all(r.stages[-1] == 2 for r, _ in ltt.pair_paths(cal, 2, 0.945, 0.1, "likelihood"))
 
 
+def test_stage_alone_wins_a_tie_with_a_cascade_that_never_escalates_here() -> None:
+    """Down the fixed grid, "stage 1, then 2 below t" with t under every stage-1 confidence of the
+    calibration set costs what stage 1 alone costs there; on new prompts it escalates some. The served
+    rule must be stage 1 alone then (it was the cascade: 3.03 vs 3.00 on a real MMLU-Pro ladder)."""
+    skill = (-3.0, 1.45, 1.5)        # stage 0 useless: nothing below stage 1 is cheaper than it
+    served = []
+    for s in range(6):
+        cal = population(1000, np.random.default_rng(100 + s), skill)
+        rule = F.choose(cal, F.Criterion(), s, lambdas=(), optimal=False)["rule"]
+        served.append(getattr(rule, "stages", rule.name))
+        lowest = isinstance(rule, CascadeRule) and rule.stages == (1, 2) and \
+            rule.thresholds[0] <= cal.conf[:, 1].min()
+        assert not lowest, (s, rule)      # draws 0 and 5 served it before
+    assert (1,) in served                 # stage 1 alone, from the chain
+
+
 def test_likelihood_test_needs_a_loss_to_reweight() -> None:
     # 5 prompts, rule and reference always right: d = 0.055 each, sd 0, so the plain z-test certifies on
     # 5 prompts. With half a pseudo-prompt per cell the likelihood ratio has a loss (-0.945) to reweight:
