@@ -37,7 +37,8 @@ ROUTER_REFINE = 4     # router candidates on a 4x finer lambda grid (141 for 36)
 #                       then ended the walk above the router points the router-only walk certified
 PATH_MARGIN = 0.15    # the tested sequence runs down to 15 points below the tolerance on the fitting part:
 #                       the testing part may well certify what looked worse on the fitting part
-CROSS_FIT = ("router", "optimal")   # families whose fitting-part estimates are cross-fitted
+CROSS_FIT = ("router", "optimal")   # families whose fitting-part estimates are cross-fitted (and the
+#                                     subset cascades, by level: crossfit.levels)
 PATH_CAP = 200        # ... through at most this many frontier points (fixed-sequence: no cost in length)
 WHOLE_N = 1500        # up to this many calibration prompts the pair paths get most of the error budget
 
@@ -196,33 +197,6 @@ def router_lambdas(lambdas: Sequence[float]) -> tuple[float, ...]:
     return tuple(sorted(map(float, np.concatenate([given, fine[~near]]))))
 
 
-def _folds(N: int, k: int, seed: int) -> np.ndarray:
-    f = np.arange(N) % k
-    np.random.default_rng(seed).shuffle(f)
-    return f
-
-
-def _cross_fitted(a: Arrays, models: list[tuple[str, float]], seed: int, k: int = 2) -> list[tuple[float, float]]:
-    """Out-of-fold (mean cost, mean correctness) on ``a`` of each (family, lambda) model rule."""
-    N = len(a.conf)
-    if N < 2 * k or not models:
-        return [(float(a.costs.max()), 0.0)] * len(models)
-    fid = _folds(N, k, seed + 7)
-    Q, C = np.zeros((len(models), N)), np.zeros((len(models), N))
-    routers = [i for i, (fam, _) in enumerate(models) if fam == "router"]
-    for f in range(k):
-        tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
-        a_tr, a_te = a.take(tr), a.take(te)
-        ans = fit_answer_models(a_tr)
-        if routers:   # every router lambda in one pass (router_outcomes)
-            q, c = router_outcomes(a_te, ans, [models[i][1] for i in routers])
-            Q[np.ix_(routers, te)], C[np.ix_(routers, te)] = q, c
-        for i, (fam, lam) in enumerate(models):
-            if fam != "router":
-                Q[i, te], C[i, te] = outcome(fit_optimal(a_tr, lam, ans), a_te)
-    return [(float(C[i].mean()), float(Q[i].mean())) for i in range(len(models))]
-
-
 def operating_json(cand: tuple[str, float | None, K.Policy, float, float]) -> dict:
     """A candidate as policy.json's ``operating`` entry (what PolicyBook serves)."""
     fam, param, rule = cand[0], cand[1], cand[2]
@@ -262,7 +236,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     "operating"}]}: the tested sequence, safest first (cost and quality on the fitting part), each with its
     policy.json ``operating`` entry, so a safer certified point can be served without refitting.
     """
-    from optistop.offline import cascades, ltt
+    from optistop.offline import cascades, crossfit, ltt
 
     N, n = cal.conf.shape
     ref = reference_stage(cal, crit.reference, names)
@@ -278,8 +252,13 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                       float(a.correct[:, k].mean())))
     if thresholds:
         gr = cascades.grid(a)
-        for i in ltt.frontier_path(gr.cost, gr.quality, -np.inf, cap=10**9):
-            cands.append(("cascade", None, gr.rule(int(i)), float(gr.cost[i]), float(gr.quality[i])))
+        # the frontier of thousands of configurations scored on the data that picked them is the envelope
+        # of lucky estimates: it pushed honestly scored router points off the tested sequence, then failed
+        # there (4-stage MMLU-Pro ladder, 1,200 prompts). Each frontier point is scored out of fold instead:
+        # "the cheapest configuration reaching its level", picked on one half, scored on the other
+        front = ltt.frontier_path(gr.cost, gr.quality, -np.inf, cap=10**9)
+        for i, (c, q) in zip(front, crossfit.levels(a, gr.quality[front], seed), strict=True):
+            cands.append(("cascade", None, gr.rule(int(i)), c, q))
     answer = fit_answer_models(a)
     # model-based rules score themselves too well on the data they were fitted to, and an optimistic
     # estimate early in the sequence ends it at once: their (cost, quality) are cross-fitted within the
@@ -287,7 +266,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     models = [("router", lam) for lam in router_lambdas(lambdas)]
     models += [("optimal", lam) for lam in lambdas[::OPT_STRIDE]] if optimal else []
     crossed = [m for m in models if m[0] in CROSS_FIT]
-    est = dict(zip(crossed, _cross_fitted(a, crossed, seed), strict=True))
+    est = dict(zip(crossed, crossfit.models(a, crossed, seed), strict=True))
     for fam, lam in models:
         r = fit_router(a, lam, answer) if fam == "router" else fit_optimal(a, lam, answer)
         if (fam, lam) in est:

@@ -308,3 +308,25 @@ def test_margin_cost() -> None:
     assert got[0][0] >= got[1][0] >= got[2][0] and got[0][1] >= got[1][1] >= got[2][1]
     assert got[2] == (pytest.approx(0.972), pytest.approx(1.0))   # no margin: the hindsight cascade itself
     assert got[0] == (1.0, pytest.approx(3.0 / cascades.hindsight_cost(a, 1, 0.95)))  # 30: no wrong stop
+
+
+def test_cascade_levels_are_scored_out_of_fold() -> None:
+    """Confidences that carry no information: the cascade frontier scored on the data that picked it is
+    the envelope of lucky estimates, above the picked rules' true quality (a 100,000-prompt population of
+    the same law). crossfit.levels scores each level out of fold, which takes most of that optimism away."""
+    from optistop.offline import crossfit
+
+    acc, costs = np.array([0.5, 0.6, 0.7, 0.9]), np.array([1.0, 2.0, 4.0, 10.0])
+
+    def draw(n: int, seed: int) -> F.Arrays:
+        rng = np.random.default_rng(seed)
+        return F.Arrays(rng.random((n, 4)), rng.random((n, 4)) < acc, costs)
+
+    a, pop = draw(300, 0), draw(100_000, 1)
+    gr = cascades.grid(a)
+    front = ltt.frontier_path(gr.cost, gr.quality, -np.inf, cap=10**9)
+    true_q = np.array([F.outcome(gr.rule(int(i)), pop)[0].mean() for i in front])
+    out = np.array(crossfit.levels(a, gr.quality[front], seed=0))          # (cost, quality) per level
+    optimism_in, optimism_out = (gr.quality[front] - true_q).mean(), (out[:, 1] - true_q).mean()
+    assert optimism_in > 0.03              # 0.056 here: four stages, thousands of configurations
+    assert optimism_out < optimism_in / 2  # 0.012
