@@ -149,19 +149,20 @@ def grid(a: Arrays, agree: bool | None = None, grid: int = GRID, budget: int = B
     return Grid(blocks, np.concatenate(qs), np.concatenate(cs), np.concatenate([[0], np.cumsum(sizes)[:-1]]))
 
 
-def _hindsight(a: Arrays, ref: int, level: float, g: int, budget: int) -> tuple[Grid, int | None]:
-    gr = grid(a, agree=False, grid=g, budget=budget)
-    return gr, gr.cheapest(level * a.correct[:, ref].mean())
+def hindsight_grid(a: Arrays, g: int = 256, budget: int = 40000) -> Grid:
+    """The grid the hindsight references are read from: plain cascades (no agreement), finer than a fit's."""
+    return grid(a, agree=False, grid=g, budget=budget)
 
 
-def hindsight_rule(a: Arrays, ref: int, level: float, g: int = 256, budget: int = 40000) -> CascadeRule | None:
-    """The cheapest plain threshold cascade over any stage subset reaching ``level`` x the reference stage's
-    quality on ``a`` itself (None: none does): tuned in hindsight, a reference, never a policy."""
-    gr, i = _hindsight(a, ref, level, g, budget)
-    return gr.rule(i) if i is not None else None
+def hindsight_point(a: Arrays, ref: int, level: float, gr: Grid | None = None) -> tuple[CascadeRule | None, float]:
+    """(rule, cost on ``a``) of the cheapest plain threshold cascade over any stage subset reaching ``level``
+    x the reference stage's quality on ``a`` itself: tuned in hindsight, a reference, never a policy. None
+    and the reference stage's cost when none does. ``gr``: ``hindsight_grid(a)`` when the caller has it."""
+    gr = hindsight_grid(a) if gr is None else gr
+    i = gr.cheapest(level * a.correct[:, ref].mean())
+    return (gr.rule(i), float(gr.cost[i])) if i is not None else (None, float(a.costs[ref]))
 
 
 def hindsight_cost(a: Arrays, ref: int, level: float, g: int = 256, budget: int = 40000) -> float:
-    """Cost of ``hindsight_rule`` on ``a`` (the reference stage's cost when no cascade reaches the level)."""
-    gr, i = _hindsight(a, ref, level, g, budget)
-    return float(gr.cost[i]) if i is not None else float(a.costs[ref])
+    """The cost of ``hindsight_point``."""
+    return hindsight_point(a, ref, level, hindsight_grid(a, g, budget))[1]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from optistop.offline import cascades
 from optistop.offline import policy_fit as F
 from optistop.offline import replay as R
 
@@ -47,20 +48,18 @@ def kfold(a: F.Arrays, crit: F.Criterion, hind: float) -> dict[str, float]:
 
 
 def margin_cost(a: F.Arrays, ref: int, m: int, confidence: float = 0.9, tol: float = R.TOLERANCE,
-          target: float = R.TARGET) -> tuple[float, float]:
+                target: float = R.TARGET, gr: cascades.Grid | None = None) -> tuple[float, float]:
     """What the stated confidence costs along the hindsight frontier at m fitting prompts: the cheapest
     hindsight cascade (tuned on all of ``a``) whose quality clears ``tol`` by z standard errors of its own
     d = q - tol q_ref at m prompts (z: the one-sided normal quantile of ``confidence``). A guide, not a
     bound: a procedure may find rules off that frontier that agree more with the reference (smaller sd).
-    Returns (that cascade's quality / the reference's, its cost / the hindsight cost at ``target``)."""
+    Returns (that cascade's quality / the reference's, its cost / the hindsight cost at ``target``).
+    ``gr``: ``cascades.hindsight_grid(a)`` when the caller has it (one per set, not one per size)."""
     from scipy.stats import norm
 
-    from optistop.offline import cascades
-
-    gr = cascades.grid(a, agree=False, grid=256, budget=40000)
+    gr = cascades.hindsight_grid(a) if gr is None else gr
     q_ref = a.correct[:, ref].astype(float)
-    h = gr.cheapest(target * q_ref.mean())
-    h_cost = float(gr.cost[h]) if h is not None else float(a.costs[ref])
+    h_cost = cascades.hindsight_point(a, ref, target, gr)[1]
     z = float(norm.ppf(confidence))
     for level in np.arange(tol, 1.0 + 1e-9, 0.0025):
         i = gr.cheapest(level * q_ref.mean())

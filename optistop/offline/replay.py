@@ -162,7 +162,9 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
     crit = resolve(a, crit)
     ref = int(crit.reference)
     last = a.correct[:, ref].mean()
-    hind = hindsight(a, crit.target, ref=ref)
+    # the whole set's own hindsight cascade: the 5-fold reference cost, and served on each small draw's
+    # evaluated prompts, what a procedure that knew the population would get there (the metric's own noise)
+    oracle, hind = cascades.hindsight_point(a, ref, crit.target)
     res: dict[str, Any] = {"n": len(a.conf), "costs": a.costs.tolist(), "reference": ref,
                            "accuracy": a.correct.mean(axis=0).round(6).tolist(), "hindsight_cost": hind,
                            "criterion": vars(crit), "kfold": [], "small": {}}
@@ -172,9 +174,6 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
         if s == 0:  # per-prompt outcomes of seed 0 for paired comparisons in the report
             res["per_prompt"] = {n: {"quality": q.tolist(), "cost": c.tolist()} for n, (q, c) in k["per"].items()}
         res["kfold"].append(row)
-    # the whole set's own hindsight cascade, served on each draw's evaluated prompts: what a procedure that
-    # knew the population would get there, so the small-data limits can be read against the metric's own noise
-    oracle = cascades.hindsight_rule(a, ref, crit.target) if small else None
     for m in small:
         rows = []
         for s in range(seeds if draws is None else draws):

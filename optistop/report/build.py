@@ -36,8 +36,8 @@ CACHE = ROOT / "artifacts" / "report_cache"
 POLICY = ROOT / "model_repository" / "quality_predictor" / "1" / "policy.json"
 SIDECAR = ROOT / "model_repository" / "quality_predictor" / "1" / "model.json"
 TINY_ROLES = ("calibration", "test")   # the predictor never trained on these: honest confidences
-TINY_MISSING = ("tiny family replay not found: build artifacts/tiny_replay.jsonl with `make collect predictor` "
-                "(or pass --tiny FILE)")
+TINY_MISSING = ("tiny family replay not found: `make report` builds artifacts/tiny_replay.jsonl (collect, then a "
+                "predictor trained into artifacts/report_repo), or pass --tiny FILE")
 ORDER = ("tiny", "routellm_mmlu", "routellm_gsm8k", "mmlupro_qwen", "mmlupro_llama")
 SMALL = (30, 100, 300, 1000)
 SERVED_TARGETS = (0.85, 0.9, 0.95, 0.98)
@@ -116,12 +116,13 @@ def convert(name: str, kind: str, arg: str, key: str, limit: int | None, seed: i
 
 
 def hindsight_curve(a: F.Arrays, ref: int, levels: Sequence[float] = tuple(np.linspace(0.85, 1.0, 16)),
-                    agree: bool = False) -> list[list[float]]:
+                    agree: bool = False, gr: cascades.Grid | None = None) -> list[list[float]]:
     """[level, quality_rel, cost] of the cheapest threshold cascade over stage subsets per level, tuned on
-    ``a`` itself (the hindsight frontier; ``agree``: the served family's, answer agreement included).
+    ``a`` itself (the hindsight frontier; ``agree``: the served family's, answer agreement included; ``gr``:
+    ``cascades.hindsight_grid(a)`` when the caller has it).
     One vectorised pass over the grid serves every level."""
     last = max(a.correct[:, ref].mean(), 1e-12)
-    gr = (cascades.grid(a, agree=None) if agree else cascades.grid(a, agree=False, grid=256, budget=40000))
+    gr = cascades.grid(a, agree=None) if agree else (cascades.hindsight_grid(a) if gr is None else gr)
     out = []
     for lev in levels:
         i = gr.cheapest(lev * last)
@@ -178,15 +179,19 @@ def acceptance(res: dict[str, Any]) -> dict[str, Any]:
                                ("router", "le_router"), ("hindsight", "le_1.1_hindsight"))}}
 
 
-def small_curve(res: dict[str, Any], kfold_cost: float, a: F.Arrays | None = None) -> dict[str, dict[str, Any]]:
+def small_curve(res: dict[str, Any], kfold_cost: float, a: F.Arrays | None = None,
+                gr: cascades.Grid | None = None) -> dict[str, dict[str, Any]]:
     """Per fitting-set size: the served procedure over the draws, beside two yardsticks that no procedure is
     asked to beat: ``oracle_*``, the whole set's own hindsight cascade served on the same evaluated prompts
     (the metric's noise floor: a limit below its ratio cannot be met even knowing the population), and
     ``price_x_hindsight`` (with ``a``), the cheapest hindsight cascade clearing the tolerance by z standard
-    errors at m prompts (ltt_sweep.margin_cost: what the stated confidence costs on the frontier)."""
+    errors at m prompts (ltt_sweep.margin_cost: what the stated confidence costs on the frontier; ``gr``: its
+    hindsight grid of ``a``, built once for every size)."""
     from optistop.offline.ltt_sweep import margin_cost
 
     out = {}
+    if a is not None and gr is None and res["small"]:
+        gr = cascades.hindsight_grid(a)
     for m, rows in res["small"].items():
         if rows:
             cost = float(np.mean([r["cost"] for r in rows]))
@@ -200,7 +205,7 @@ def small_curve(res: dict[str, Any], kfold_cost: float, a: F.Arrays | None = Non
                       "miss_rate": float(np.mean([not r["meets_quality"] for r in rows]))}
             if a is not None:
                 conf = float(res["criterion"]["confidence"])
-                out[m]["price_x_hindsight"] = margin_cost(a, int(res["reference"]), int(m), conf)[1]
+                out[m]["price_x_hindsight"] = margin_cost(a, int(res["reference"]), int(m), conf, gr=gr)[1]
     return out
 
 
@@ -215,6 +220,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     ref = int(crit.reference)
     acc = acceptance(res)
     recs, _ = replay.read_records(path)
+    gr = cascades.hindsight_grid(a)      # the hindsight curve's and the promise's price per size
     return {"label": spec["label"], "cache": path.name, "n": res["n"], "costs": res["costs"],
             "stages": [s.get("model", f"stage{k}") for k, s in enumerate(recs[0]["stages"])],
             "accuracy": res["accuracy"], "auroc": [stats.auroc(a.correct[:, k], a.conf[:, k])
@@ -222,8 +228,8 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
             "acceptance": acc, "by_seed": [r["conditions"] for r in res["kfold"]],
             "choices": dict(sorted(Counter(c[0] + ("" if c[1] == "None" else f" {float(c[1]):.4g}")
                                            for r in res["kfold"] for c in r["choices"]).items())),
-            "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"], a),
-            "reference": ref, "hindsight_curve": hindsight_curve(a, ref),
+            "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"], a, gr),
+            "reference": ref, "hindsight_curve": hindsight_curve(a, ref, gr=gr),
             "served_curve": served_curve(a, crit)}
 
 
