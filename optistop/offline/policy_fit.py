@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from optistop import policy as K
 from optistop.logistic import fit_logistic, sigmoid
 from optistop.policy_cascade import CascadeRule
+
+if TYPE_CHECKING:   # candidates imports this module: the type only for annotations
+    from optistop.offline.candidates import Candidates
 
 LAMBDAS = tuple(float(x) for x in np.geomspace(2.0, 5000.0, 36))
 OPT_STRIDE = 3        # fitted-Q candidates at every 3rd lambda of the grid (12 of 36): each costs a full fit
@@ -213,7 +217,7 @@ def _cand_name(rule: K.Policy) -> str:
 
 def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] = LAMBDAS,
            inner: int = 2, thresholds: bool = True, names: Sequence[str] | None = None,
-           optimal: bool = True) -> dict:
+           optimal: bool = True, fitted: Candidates | None = None) -> dict:
     """The operating point by Learn-then-Test (optistop.offline.ltt) over ALL candidates at once.
 
     ``cal`` is split (seeded) into a fitting part (``crit.fit_share``) and a testing part. On the fitting
@@ -223,6 +227,8 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     that order (quality >= crit.t_lcb x the reference stage's, at level 1 - crit.confidence) and the last
     certified one is served as fitted (refitting on all of ``cal`` would void the guarantee). The reference
     stage opens the sequence: it meets the tolerance by definition. ``inner`` is unused (kept for callers).
+    ``fitted``: the candidates of ``candidates.fit(cal, seed, crit.fit_share, ...)`` when the caller fits once
+    for several criteria (they do not depend on the target, confidence or reference).
 
     That split path spends ``1 - crit.whole`` of the error budget 1 - confidence; the rest goes to
     ltt.pair_paths: every two-stage cascade (k -> reference) down a fixed threshold grid, tested on ALL of
@@ -236,45 +242,18 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     "operating"}]}: the tested sequence, safest first (cost and quality on the fitting part), each with its
     policy.json ``operating`` entry, so a safer certified point can be served without refitting.
     """
-    from optistop.offline import cascades, crossfit, ltt
+    from optistop.offline import candidates, ltt
 
     N, n = cal.conf.shape
     ref = reference_stage(cal, crit.reference, names)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(N)
-    n_fit = min(max(int(round(N * crit.fit_share)), 1), N - 1) if N > 1 else N
-    fit_idx, test_idx = np.sort(perm[:n_fit]), np.sort(perm[n_fit:])
+    if fitted is None:
+        fitted = candidates.fit(cal, seed, crit.fit_share, lambdas, thresholds, optimal)
+    elif fitted.key != candidates.key(cal, seed, crit.fit_share, lambdas, thresholds, optimal):
+        raise ValueError("the fitted candidates are for other data or another seed, fit_share, lambdas or families")
+    fit_idx, test_idx, rng = candidates.split(N, seed, crit.fit_share)
     a, b = cal.take(fit_idx), cal.take(test_idx)
     q_ref_a = max(float(a.correct[:, ref].mean()), 1e-12)
-    cands: list[tuple[str, float | None, K.Policy, float, float]] = []   # (family, param, rule, cost, quality)
-    for k in range(n):
-        cands.append((f"fixed:{k}", None, K.FixedRule(k, f"fixed:{k}"), float(a.costs[k]),
-                      float(a.correct[:, k].mean())))
-    if thresholds:
-        gr = cascades.grid(a)
-        # the frontier of thousands of configurations scored on the data that picked them is the envelope
-        # of lucky estimates: it pushed honestly scored router points off the tested sequence, then failed
-        # there (4-stage MMLU-Pro ladder, 1,200 prompts). Each frontier point is scored out of fold instead:
-        # "the cheapest configuration reaching its level", picked on one half, scored on the other
-        front = ltt.frontier_path(gr.cost, gr.quality, -np.inf, cap=10**9)
-        for i, (c, q) in zip(front, crossfit.levels(a, gr.quality[front], seed), strict=True):
-            cands.append(("cascade", None, gr.rule(int(i)), c, q))
-    answer = fit_answer_models(a)
-    # model-based rules score themselves too well on the data they were fitted to, and an optimistic
-    # estimate early in the sequence ends it at once: their (cost, quality) are cross-fitted within the
-    # fitting part (2 folds), the rules themselves fitted on all of it
-    models = [("router", lam) for lam in router_lambdas(lambdas)]
-    models += [("optimal", lam) for lam in lambdas[::OPT_STRIDE]] if optimal else []
-    crossed = [m for m in models if m[0] in CROSS_FIT]
-    est = dict(zip(crossed, crossfit.models(a, crossed, seed), strict=True))
-    for fam, lam in models:
-        r = fit_router(a, lam, answer) if fam == "router" else fit_optimal(a, lam, answer)
-        if (fam, lam) in est:
-            c, q = est[(fam, lam)]
-        else:
-            qq, cc = outcome(r, a)
-            c, q = float(cc.mean()), float(qq.mean())
-        cands.append((fam, lam, r, c, q))
+    cands, answer = fitted.cands, fitted.answer
     order = rng.permutation(len(test_idx))
     whole = (whole_share(N) if crit.whole is None else crit.whole) if thresholds and N > 1 else 0.0
     delta = (1.0 - crit.confidence) * (1.0 - whole)      # the split path's share; whole x the rest: the pairs

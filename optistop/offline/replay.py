@@ -35,8 +35,9 @@ import numpy as np
 from optistop import drift as D
 from optistop import policy as K
 from optistop.files import json_lines
-from optistop.offline import cascades, ltt
+from optistop.offline import candidates, cascades, ltt
 from optistop.offline import policy_fit as F
+from optistop.offline.candidates import Candidates
 from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
 
 TARGET, TOLERANCE = 0.95, 0.945   # target share of the last stage's quality; a miss is below TOLERANCE
@@ -97,10 +98,13 @@ def _conditions(a: F.Arrays, q: np.ndarray, c: np.ndarray, router_cost: float, h
             "le_router": cost <= router_cost + 1e-9, "le_1.1_hindsight": cost <= 1.10 * hind + 1e-9}
 
 
-def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion,
-                extras: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-prompt (quality, cost) on ``ev`` of every rule fitted on ``cal``."""
-    ch = F.choose(cal, crit, seed)
+def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion, extras: bool,
+                cache: dict[int, Candidates] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-prompt (quality, cost) on ``ev`` of every rule fitted on ``cal``. ``cache``: seed -> the fitted
+    candidates, shared by calls that differ only in the target, confidence or reference (served_curve)."""
+    if cache is not None and seed not in cache:
+        cache[seed] = candidates.fit(cal, seed, crit.fit_share)
+    ch = F.choose(cal, crit, seed, fitted=None if cache is None else cache[seed])
     out_path = ch["path"]
     ran, ans = K.simulate(ch["rule"], ev.conf, ev.ex_ante, ev.resp)
     served = (ev.correct[np.arange(len(ans)), ans].astype(float), ran.astype(float) @ ev.costs)
@@ -116,7 +120,8 @@ def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion,
     return out
 
 
-def kfold(a: F.Arrays, seed: int, crit: F.Criterion, folds: int = 5, extras: bool = True) -> dict[str, Any]:
+def kfold(a: F.Arrays, seed: int, crit: F.Criterion, folds: int = 5, extras: bool = True,
+          cache: dict[int, Candidates] | None = None) -> dict[str, Any]:
     N = len(a.conf)
     fid = np.arange(N) % folds
     np.random.default_rng(1000 + seed).shuffle(fid)
@@ -125,7 +130,7 @@ def kfold(a: F.Arrays, seed: int, crit: F.Criterion, folds: int = 5, extras: boo
     ran = np.zeros(a.conf.shape, bool)
     for f in range(folds):
         tr, te = np.flatnonzero(fid != f), np.flatnonzero(fid == f)
-        o = fit_and_run(a.take(tr), a.take(te), seed * 100 + f, crit, extras)
+        o = fit_and_run(a.take(tr), a.take(te), seed * 100 + f, crit, extras, cache)
         choices.append(list(map(str, o.pop("_choice"))))
         o.pop("_path")
         ran[te] = o.pop("_ran")

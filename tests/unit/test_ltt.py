@@ -330,3 +330,25 @@ def test_cascade_levels_are_scored_out_of_fold() -> None:
     optimism_in, optimism_out = (gr.quality[front] - true_q).mean(), (out[:, 1] - true_q).mean()
     assert optimism_in > 0.03              # 0.056 here: four stages, thousands of configurations
     assert optimism_out < optimism_in / 2  # 0.012
+
+
+def test_candidates_fitted_once_serve_every_target() -> None:
+    """choose with the candidates fitted once (the report's served frontier, 4 targets per fold) equals
+    choose fitting them itself, target by target; candidates fitted on other data are refused."""
+    from optistop.offline import candidates
+
+    cal = population(600, np.random.default_rng(5))
+    fitted = candidates.fit(cal, seed=3, fit_share=0.5)
+    depth = set()
+    for target in (0.85, 0.95):
+        crit = F.Criterion.at(target, reference="2")
+        fresh, shared = F.choose(cal, crit, 3), F.choose(cal, crit, 3, fitted=fitted)
+        assert shared["choice"] == fresh["choice"] and shared["path"] == fresh["path"]
+        assert np.array_equal(shared["fit_idx"], fresh["fit_idx"])
+        depth.add(sum(p["certified"] for p in shared["path"]))
+    assert len(depth) == 2          # the targets certify the same sequence to different depths
+    other = population(600, np.random.default_rng(6))
+    with pytest.raises(ValueError, match="other data"):
+        F.choose(other, F.Criterion.at(0.95), 3, fitted=fitted)
+    with pytest.raises(ValueError, match="another seed"):
+        F.choose(cal, F.Criterion.at(0.95), 4, fitted=fitted)
