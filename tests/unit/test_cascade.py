@@ -191,16 +191,3 @@ def test_dead_predictor_and_dead_largest_stage_degrade_to_the_next_living_stage(
     assert b.calls == [2, 1] and r.stage == 1 and r.degraded
     assert "not healthy" in r.reasons[0] and "stage 2 is down" in r.reasons[1]
 
-
-
-@pytest.mark.parametrize("ante0, calls", [(0.8, [0]), (0.3, [2])])
-def test_gated_cascade_asks_the_predictor_first_and_skips_the_cheap_stage(ante0: float, calls: list[int]) -> None:
-    """The ex-ante path's served rule (stage 0 alone when its prompt-only estimate >= 0.6, else stage 2
-    alone): the loop scores the ex-ante estimates before any stage runs, then runs only the stage they pick."""
-    from optistop.policy_cascade import CascadeRule
-
-    b = ScriptedBackend({0: [0], 2: [2]}, {0: 0.1, 2: 0.9}, [ante0, 0.5, 0.5])
-    rule = CascadeRule((0, 2), np.array([-np.inf]), gate=0.6)
-    r = asyncio.run(run_cascade(CascadeRequest("1+1=", (1, 5, 5), 8, 0.0, rule, True), SPEC, b, decode))
-    assert b.calls == calls and r.stages_run == calls and r.stage == calls[0] and not r.degraded
-    assert r.ex_ante is not None and r.ex_ante[0] == pytest.approx(ante0)
