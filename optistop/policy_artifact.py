@@ -86,13 +86,8 @@ class PolicyBook:
             if self.default_policy == "threshold":
                 self.threshold_rule: Policy = ThresholdRule(int(op["start"]), np.asarray(op["thresholds"], float))
             elif self.default_policy == "cascade":
-                gate = op.get("gate")
                 self.threshold_rule = CascadeRule(tuple(int(k) for k in op["stages"]),
-                                                  np.asarray(op["thresholds"], float), bool(op.get("agree", False)),
-                                                  gate=None if gate is None else float(gate))
-                if gate is not None and not self.use_ex_ante:
-                    raise ValueError("the operating cascade's ex-ante gate needs a predictor with ex-ante "
-                                     "estimates (use_ex_ante)")
+                                                  np.asarray(op["thresholds"], float), bool(op.get("agree", False)))
                 if max(self.threshold_rule.stages) >= len(self.stages):   # type: ignore[attr-defined]
                     raise ValueError(f"operating stages {op['stages']} name a stage beyond {len(self.stages)}")
         except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -25,11 +25,7 @@ class CascadeRule:
     thresholds: np.ndarray          # (len(stages) - 1,)
     agree: bool = False
     name: str = "cascade"
-    gate: float | None = None       # run stages[0] only when its ex-ante estimate >= gate, else go to stages[1]
-
-    @property
-    def uses_ex_ante(self) -> bool:
-        return self.gate is not None
+    uses_ex_ante: bool = False
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(k) for k in self.stages)
@@ -38,27 +34,17 @@ class CascadeRule:
                 any(b <= a for a, b in zip(self.stages, self.stages[1:])):
             raise ValueError(f"cascade: stages {self.stages} must be increasing with one threshold per stage "
                              f"but the last ({len(self.thresholds)} given)")
-        if self.gate is not None and len(self.stages) < 2:
-            raise ValueError(f"cascade: an ex-ante gate needs a stage to go to ({self.stages})")
         self._pos = {k: j for j, k in enumerate(self.stages)}
 
     def to_json(self) -> dict:
-        out = {"policy": "cascade", "lambda": None, "stages": list(self.stages), "agree": self.agree,
-               "thresholds": [float(t) if np.isfinite(t) else (1e9 if t > 0 else -1e9) for t in self.thresholds]}
-        return out if self.gate is None else out | {"gate": float(self.gate)}
+        return {"policy": "cascade", "lambda": None, "stages": list(self.stages), "agree": self.agree,
+                "thresholds": [float(t) if np.isfinite(t) else 1e9 for t in self.thresholds]}
 
     def decide(self, s: State) -> Decision:
         N = s.conf.shape[0]
         d = _empty(N)
         last = last_run(s.conf)
-        first = last < 0
-        if self.gate is not None and first.any():
-            if s.ex_ante is None:
-                raise RuntimeError(f"cascade {self.stages}: its ex-ante gate needs the prompt's ex-ante estimates")
-            skip = s.ex_ante[:, self.stages[0]] < self.gate
-            d.next_stage[first] = np.where(skip[first], self.stages[1], self.stages[0])
-        else:
-            d.next_stage[first] = self.stages[0]
+        d.next_stage[last < 0] = self.stages[0]
         for k, j in self._pos.items():
             rows = np.flatnonzero(last == k)
             if not rows.size:
@@ -82,11 +68,6 @@ class CascadeRule:
                    resp: Sequence[int] | None) -> One:
         ran = [k for k, c in enumerate(conf) if c == c]   # NaN != NaN: not run
         if not ran:
-            if self.gate is not None:
-                if ex_ante is None:
-                    raise RuntimeError(f"cascade {self.stages}: its ex-ante gate needs the prompt's ex-ante estimates")
-                if float(ex_ante[self.stages[0]]) < self.gate:
-                    return One(False, self.stages[1], -1, 1.0)
             return One(False, self.stages[0], -1, 1.0)
         k = ran[-1]
         j = self._pos.get(k)

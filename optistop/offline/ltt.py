@@ -149,22 +149,13 @@ def frontier_path(cost: np.ndarray, quality: np.ndarray, floor: float, cap: int 
 
 
 PAIR_GRID = sigmoid(np.linspace(8.0, -8.0, 161))   # fixed thresholds, never read off the data
-# share of each stage's pair budget for its ex-ante path (where the replay has ex-ante estimates): "k alone
-# when k's prompt-only estimate >= t, else j alone" skips the cheap stage on prompts it would fail, which the
-# confidence path pays for. Measured (3 seeds x 5-fold, 10 draws of 300; 1,500-question MMLU-Pro ladders and
-# the report sets): at 0.25 the 4-stage ladder 9.20 -> 8.80 (router 8.82), three others 1-2% cheaper, tiny /
-# Llama at 300 prompts 1.13 / 1.08 -> 1.01 / 1.03 x hindsight; GSM8K and Qwen, where the confidence path
-# wins, 1-3% dearer. At 0.5 those lost 3-6% (the confidence paths' level halved)
-GATE_SHARE = 0.25
 
 
 def pair_paths(cal: Arrays, ref: int, tol: float, delta: float, test: str = "betting",
                order: np.ndarray | None = None) -> list[tuple[CascadeRule, float]]:
     """Certified two-stage cascades tested on ALL of ``cal`` (no split). Each path k -> j (stop at k when
     its confidence >= t, t down the fixed ``PAIR_GRID``, then k alone) is fixed before the data are seen,
-    so fixed-sequence testing needs no fitting part. Where ``cal`` has ex-ante estimates, each k also has an
-    ex-ante path (run k alone when its prompt-only estimate >= t, else j alone: CascadeRule's ``gate``) with
-    ``GATE_SHARE`` of k's level. The paths into ``ref`` (every cheaper stage k) share
+    so fixed-sequence testing needs no fitting part. The paths into ``ref`` (every cheaper stage k) share
     ``delta`` equally; a path certified to its end (k alone meets the tolerance) hands its level on, split
     equally, to the paths i -> k of every cheaper stage i: cascades that never run ``ref`` at all, which is
     where the money is when a middle stage is adequate on its own. A graphical weighted-Bonferroni
@@ -173,29 +164,17 @@ def pair_paths(cal: Arrays, ref: int, tol: float, delta: float, test: str = "bet
     costs, correct = cal.costs, cal.correct.astype(float)
     q_ref = correct[:, ref]
     cheaper = lambda j: [k for k in range(j) if costs[k] < costs[j] - 1e-12]   # noqa: E731  (stages increase)
-    kinds = {"conf": 1.0 - GATE_SHARE, "gate": GATE_SHARE} if cal.ex_ante is not None else {"conf": 1.0}
-
-    def paths_into(j: int, level: float) -> list[tuple[int, int, float, str]]:
-        ks = cheaper(j)
-        return [(k, j, level * w / len(ks), kind) for k in ks for kind, w in kinds.items()]
-
-    queue = paths_into(ref, delta)
+    queue = [(k, ref, delta / len(cheaper(ref))) for k in cheaper(ref)]
     out: list[tuple[CascadeRule, float]] = []
     while queue:
-        k, j, level, kind = queue.pop(0)
-        score = cal.conf[:, k] if kind == "conf" else cal.ex_ante[:, k]   # type: ignore[index]
+        k, j, level = queue.pop(0)
+        conf = cal.conf[:, k]
         for t in (*PAIR_GRID, -np.inf):
-            on_k = score >= t      # conf: stop at k (k always ran); gate: run k alone (else j alone)
-            if not rejects(np.where(on_k, correct[:, k], correct[:, j]), q_ref, tol, level, test, order):
+            stop = conf >= t
+            if not rejects(np.where(stop, correct[:, k], correct[:, j]), q_ref, tol, level, test, order):
                 break
-            if not np.isfinite(t):
-                rule, cost = CascadeRule((k,), np.zeros(0)), float(costs[k])
-            elif kind == "conf":
-                rule, cost = CascadeRule((k, j), np.array([t])), float(costs[k] + (~on_k).mean() * costs[j])
-            else:
-                rule = CascadeRule((k, j), np.array([-np.inf]), gate=float(t))
-                cost = float(on_k.mean() * costs[k] + (~on_k).mean() * costs[j])
-            out.append((rule, cost))
+            rule = CascadeRule((k, j), np.array([t])) if np.isfinite(t) else CascadeRule((k,), np.zeros(0))
+            out.append((rule, float(costs[k] + (~stop).mean() * costs[j])))
         else:
-            queue += paths_into(k, level)
+            queue += [(i, k, level / len(cheaper(k))) for i in cheaper(k)]
     return out

@@ -211,8 +211,7 @@ def operating_json(cand: tuple[str, float | None, K.Policy, float, float]) -> di
 
 def _cand_name(rule: K.Policy) -> str:
     if isinstance(rule, CascadeRule):
-        return ("cascade:" + ">".join(map(str, rule.stages)) + ("+agree" if rule.agree else "")
-                + ("+gate" if rule.gate is not None else ""))
+        return "cascade:" + ">".join(map(str, rule.stages)) + ("+agree" if rule.agree else "")
     return rule.name
 
 

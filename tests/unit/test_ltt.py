@@ -185,26 +185,6 @@ def test_pair_paths_on_all_prompts_by_hand() -> None:
         F.Criterion(whole=1.0)
 
 
-def test_ex_ante_pair_path_by_hand() -> None:
-    # stage 0 (cost 1) is right exactly when its prompt-only estimate is 0.9, wrong when 0.1, and its
-    # confidence says nothing (0.5 always); stage 1 (cost 10, the reference) is always right. The confidence
-    # path stops all or nothing: only "never stop" (cost 11) is certified. The ex-ante path, with GATE_SHARE
-    # of the level, runs stage 0 alone on the 600 it gets right and the reference alone on the rest: quality
-    # the reference's at cost 0.6 x 1 + 0.4 x 10 = 4.6, for every gate in (0.1, 0.9]
-    ex = np.column_stack([np.r_[np.full(600, 0.9), np.full(400, 0.1)], np.full(1000, 0.5)])
-    conf = np.full((1000, 2), 0.5)
-    correct = np.column_stack([np.r_[np.ones(600), np.zeros(400)], np.ones(1000)]).astype(bool)
-    order = np.random.default_rng(0).permutation(1000)
-    costs = np.array([1.0, 10.0])
-    won = ltt.pair_paths(F.Arrays(conf, correct, costs, ex), 1, 0.945, 0.1, "likelihood", order)
-    rule, cost = min(won, key=lambda w: w[1])
-    assert cost == pytest.approx(4.6) and rule.gate is not None and 0.1 < rule.gate <= 0.9
-    assert F.outcome(rule, F.Arrays(conf, correct, costs, ex))[0].mean() == 1.0
-    # without the estimates only the confidence path runs
-    plain = ltt.pair_paths(F.Arrays(conf, correct, costs), 1, 0.945, 0.1, "likelihood", order)
-    assert min(c for _, c in plain) == 11.0 and all(r.gate is None for r, _ in plain)
-
-
 def test_pair_paths_miss_rate_simulated() -> None:
     """The whole-data pair paths alone at delta 0.1, fitted on 300 prompts, 20 seeded draws: the cheapest
     certified pair cascade is below 94.5% of the reference on a 20,000-prompt population in <= 3 of 20
@@ -223,33 +203,6 @@ def test_pair_paths_miss_rate_simulated() -> None:
     assert np.mean(costs) < 4.0
     # the default share depends on the calibration set's size only: 0.8 up to WHOLE_N prompts, none above
     assert (F.whole_share(300), F.whole_share(F.WHOLE_N), F.whole_share(F.WHOLE_N + 1)) == (0.8, 0.8, 0.0)
-
-
-def test_ex_ante_paths_miss_rate_simulated() -> None:
-    """Two stages whose confidences say little and whose prompt-only estimates say much: fitted on 300
-    prompts, 20 seeded draws, the cheapest certified pair rule is an ex-ante one (at GATE_SHARE of the
-    level) in >= 15 draws, cheaper than the reference on average, and below 94.5% of it on a 20,000-prompt
-    population in <= 3 draws."""
-    def pop2(n: int, rng: np.random.Generator) -> F.Arrays:
-        d = rng.normal(0, 1.5, n)
-        pr = 1 / (1 + np.exp(-(np.array([0.0, 2.5])[None, :] - d[:, None])))
-        y = rng.random(pr.shape) < pr
-        conf = np.clip(0.5 + 0.1 * (y - 0.5) + rng.normal(0, 0.2, pr.shape), 0.01, 0.99)
-        ex = np.clip(pr + rng.normal(0, 0.05, pr.shape), 0.01, 0.99)
-        return F.Arrays(conf, y, np.array([1.0, 10.0]), ex)
-
-    pop = pop2(20000, np.random.default_rng(7))
-    gated = misses = 0
-    costs = []
-    for s in range(20):
-        cal = pop2(300, np.random.default_rng(100 + s))
-        won = ltt.pair_paths(cal, 1, 0.945, 0.1, "likelihood", np.random.default_rng(s).permutation(300))
-        rule = min(won, key=lambda w: w[1])[0] if won else K.FixedRule(1)
-        gated += getattr(rule, "gate", None) is not None
-        q, c = F.outcome(rule, pop)
-        misses += q.mean() < 0.945 * pop.correct[:, 1].mean()
-        costs.append(c.mean())
-    assert gated >= 15 and np.mean(costs) < 9.0 and misses <= 3   # 20, 8.37, 0 here
 
 
 def test_pair_paths_chain_below_an_adequate_middle_stage() -> None:

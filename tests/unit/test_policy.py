@@ -284,28 +284,3 @@ def test_cascade_operating_point_round_trips_through_policy_json() -> None:
         PolicyBook(art)
     with pytest.raises(PolicyArtifactError, match="this code reads 'optistop-policy/1' or 'optistop-policy/2'"):
         PolicyBook(dict(art, format="optistop-policy/9"))
-
-
-def test_gated_cascade_round_trips_and_skips_on_the_ex_ante_estimate() -> None:
-    """An operating cascade with an ex-ante gate (ltt.pair_paths' ex-ante path: stage 0 alone when its
-    prompt-only estimate >= 0.6, else stage 2 alone): the book builds it, the request path asks for the
-    ex-ante estimates, and the one-prompt and array decisions agree; a book without ex-ante refuses it."""
-    art, _ = build_artifact(synthetic_arrays(300), ["small", "medium", "large"], F.Criterion(), 0, (20.0,))
-    assert art["use_ex_ante"]
-    fitted = CascadeRule((0, 2), np.array([-np.inf]), gate=0.6)
-    art["operating"] = fitted.to_json()
-    assert art["operating"]["thresholds"] == [-1e9] and art["operating"]["gate"] == 0.6
-    rule, _ = PolicyBook(json.loads(json.dumps(art))).make(None, None)
-    assert isinstance(rule, CascadeRule) and rule.gate == 0.6 and rule.uses_ex_ante
-    ex = np.array([[0.7, 0.1, 0.1], [0.5, 0.9, 0.9], [0.6, 0.0, 0.0]])
-    ran, ans = K.simulate(rule, np.full((3, 3), 0.5), ex)
-    assert ans.tolist() == [0, 2, 0] and ran.tolist() == [[True, False, False], [False, False, True],
-                                                         [True, False, False]]
-    for e in ex:
-        assert rule.decide_one([NAN] * 3, e.tolist(), None).next_stage == (0 if e[0] >= 0.6 else 2)
-    with pytest.raises(RuntimeError, match="needs the prompt's ex-ante estimates"):
-        rule.decide_one([NAN] * 3, None, None)
-    with pytest.raises(PolicyArtifactError, match="ex-ante gate needs a predictor with ex-ante"):
-        PolicyBook(dict(art, use_ex_ante=False))
-    with pytest.raises(ValueError, match="needs a stage to go to"):
-        CascadeRule((0,), np.zeros(0), gate=0.5)
