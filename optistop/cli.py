@@ -348,7 +348,8 @@ def _client(argv: list[str] | None) -> int:
     ap.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 gRPC, :8000 HTTP)")
     ap.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     ap.add_argument("--lambda", dest="lam", type=float, default=None, help="price of quality (cost units)")
-    ap.add_argument("--policy", default=None, help="optimal | paper | fixed:<k> | random")
+    ap.add_argument("--policy", default=None, help="optimal | router | ante | paper | fixed:<k> | random "
+                    "(default: the operating point of policy.json)")
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--check", action="store_true", help="grade task-suite prompts; exit 1 on a wrong answer")

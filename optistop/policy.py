@@ -14,6 +14,8 @@ Rules (``POLICIES``; a served request names one, the replay evaluates all):
   sets S of stages run, forward only (the first stage may be any stage, later ones may be skipped), so
   the class contains every ``fixed:k`` and every prompt-only router.
 - ``router``: prompt only: before generating pick k = argmin_k c_k + lam (1 - P(correct_k | prompt)).
+- ``ante``: the same with P the predictor's own ex-ante estimate e_k as it is (``ante_rule``; nothing fitted
+  on calibration labels, so its lambda sequence is certified on every calibration prompt).
 - ``paper``: section 5.3 verbatim: stages in order; after stage i < n-1 stop iff conf_i >=
   1/(1+lam) (1 - 0.5 c_i / c_{i+1}); the last stage answers. Inverted in lam (ERRATA 5): reproduction.
 - ``fixed:k``; ``random`` (stop after stage i w.p. 1/(n-i): a uniform stopping stage).
@@ -34,7 +36,7 @@ import numpy as np
 from optistop.logistic import sigmoid, sigmoid1
 
 CLIP = 8.0  # logit(conf) is clipped to [-8, 8]: confidences of exactly 0 or 1 stay finite
-POLICY_NAMES = ("optimal", "router", "paper", "fixed:<k>", "random")
+POLICY_NAMES = ("optimal", "router", "ante", "paper", "fixed:<k>", "random")
 
 
 @dataclass
@@ -299,6 +301,18 @@ class ModelRule:
         if self.lam * (1 - p[best]) <= qmin:
             return One(True, -1, S[best], th)
         return One(False, ks[min(range(K), key=q.__getitem__)], -1, th)
+
+
+def ante_rule(costs: np.ndarray, lam: float) -> ModelRule:
+    """The ex-ante router ("ante"): the one stage argmin_k c_k + lam (1 - e_k), e_k the predictor's own
+    prompt-only estimate that stage k answers right, read as it is (no model fitted on calibration labels,
+    so a fixed lambda sequence can be certified on every calibration prompt: optistop.offline.ltt.ante_path).
+    A router whose answer model for the empty history is the identity on the logit(e_k) features."""
+    n = len(costs)
+    answer = {m: np.zeros((n, 1 + n + 2 * bin(m).count("1"))) for m in range(1 << n)}   # features' width
+    answer[0][np.arange(n), 1 + np.arange(n)] = 1.0
+    return ModelRule(n, np.asarray(costs, float), float(lam), True, False, answer, {}, router_only=True,
+                     name="ante")
 
 
 def _logit1(p: float) -> float:

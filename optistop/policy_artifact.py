@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from optistop.files import read_document
-from optistop.policy import FixedRule, ModelRule, PaperRule, Policy, RandomRule, ThresholdRule
+from optistop.policy import FixedRule, ModelRule, PaperRule, Policy, RandomRule, ThresholdRule, ante_rule
 from optistop.policy_cascade import CascadeRule
 
 FORMAT = "optistop-policy/2"
@@ -83,6 +83,9 @@ class PolicyBook:
             paper = art.get("paper", {})
             self.paper_lambda = float(paper.get("lambda", 1.0))
             self.paper_platt = np.asarray(paper.get("platt", [[1.0, 0.0]] * len(self.stages)), float)
+            if self.default_policy == "ante" and not self.use_ex_ante:
+                raise ValueError("the operating policy 'ante' routes by ex-ante estimates, which this predictor "
+                                 "does not give (use_ex_ante false)")
             if self.default_policy == "threshold":
                 self.threshold_rule: Policy = ThresholdRule(int(op["start"]), np.asarray(op["thresholds"], float))
             elif self.default_policy == "cascade":
@@ -102,6 +105,7 @@ class PolicyBook:
         self._rules: dict[tuple[str, int], ModelRule] = {}
         # requests may name any lambda: a bounded, thread-safe cache of built routers
         self._router = functools.lru_cache(maxsize=64)(self._build_router)
+        self._ante = functools.lru_cache(maxsize=64)(lambda lam: ante_rule(self.costs, lam))
 
     def _build_router(self, lam: float) -> ModelRule:
         return ModelRule(self.n, self.costs, lam, self.use_ex_ante, self.use_agree, self.answer, {},
@@ -132,6 +136,9 @@ class PolicyBook:
             # was certified on a finer lambda grid than the fitted-Q one)
             use = float(self.default_lambda if lam is None else lam)
             return self._router(use), use
+        if base == "ante" and not arg and self.use_ex_ante:
+            use = float(self.default_lambda if lam is None else lam)
+            return self._ante(use), use
         if base == "optimal" and not arg:
             i = self._grid_index(self.default_lambda if lam is None else lam)
             rule = self._rules.get((base, i))
@@ -150,7 +157,8 @@ class PolicyBook:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(self.valid_names())}")
 
     def valid_names(self) -> list[str]:
-        names = ["optimal", "router", "paper", f"fixed:0..{self.n - 1}", "random"]
+        names = ["optimal", "router", *(["ante"] if self.use_ex_ante else []), "paper", f"fixed:0..{self.n - 1}",
+                 "random"]
         return names + ([self.default_policy] if self.default_policy in ("threshold", "cascade") else [])
 
 

@@ -206,7 +206,7 @@ def operating_json(cand: tuple[str, float | None, K.Policy, float, float]) -> di
     fam, param, rule = cand[0], cand[1], cand[2]
     if isinstance(rule, CascadeRule):
         return rule.to_json()
-    return {"policy": fam, "lambda": param if fam in ("optimal", "router") else None}
+    return {"policy": fam, "lambda": param if fam in ("optimal", "router", "ante") else None}
 
 
 def _cand_name(rule: K.Policy) -> str:
@@ -279,21 +279,26 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
         # the pair paths' certified rules and the split path's are all valid at once (union bound over
         # the (1 - whole) delta of the split path and whole x delta of the pairs): any of them may be
         # served, so the cheapest on the whole calibration set is
-        won = ltt.pair_paths(cal, ref, crit.t_lcb, (1.0 - crit.confidence) * whole, crit.test,
-                             rng.permutation(N))
+        budget, perm = (1.0 - crit.confidence) * whole, rng.permutation(N)
+        ante = ltt.ANTE_SHARE if cal.ex_ante is not None else 0.0
+        won: list[tuple[K.Policy, float]] = [
+            *ltt.pair_paths(cal, ref, crit.t_lcb, budget * (1.0 - ante), crit.test, perm),
+            *ltt.ante_path(cal, ref, crit.t_lcb, budget * ante, crit.test, perm)]
         # compared on the testing part: out of sample for the split path's rule (a model-based rule's cost
         # on the part it was fitted to is off), label-free for both
         cost_best = float(outcome(best[2], b)[1].mean())
         q_ref_all = max(float(cal.correct[:, ref].mean()), 1e-12)
-        for rule, c in sorted(won, key=lambda w: len(w[0].stages)):   # a tie goes to the fewer stages:
-            # stage k alone costs c_k on any data; "k, then j below a threshold" only did on these
+        # a tie goes to the fewer stages: stage k alone costs c_k on any data; "k, then j below a
+        # threshold" only did on these (an ex-ante router runs one stage)
+        for rule, c in sorted(won, key=lambda w: len(getattr(w[0], "stages", (0,)))):
             if float(outcome(rule, b)[1].mean()) < cost_best - 1e-12:
                 q = float(outcome(rule, cal)[0].mean())
-                cost_best, best = float(outcome(rule, b)[1].mean()), ("cascade", None, rule, c, q)
+                fam, lam = ("cascade", None) if isinstance(rule, CascadeRule) else ("ante", rule.lam)  # type: ignore[attr-defined]
+                cost_best, best = float(outcome(rule, b)[1].mean()), (fam, lam, rule, c, q)
                 # after the split path's entries; cost and quality on the whole calibration set
-                path.append({"name": _cand_name(rule) + "@whole", "param": None, "cost": round(c, 6),
+                path.append({"name": _cand_name(rule) + "@whole", "param": lam, "cost": round(c, 6),
                              "quality_rel": round(q / q_ref_all, 6), "certified": True,
-                             "operating": rule.to_json(), "_cand": best})
+                             "operating": operating_json(best), "_cand": best})
     # the router comparator is a procedure of its own: the whole error budget on its split path
     r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")],
                             1.0 - crit.confidence)

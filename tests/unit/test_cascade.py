@@ -191,3 +191,15 @@ def test_dead_predictor_and_dead_largest_stage_degrade_to_the_next_living_stage(
     assert b.calls == [2, 1] and r.stage == 1 and r.degraded
     assert "not healthy" in r.reasons[0] and "stage 2 is down" in r.reasons[1]
 
+
+
+@pytest.mark.parametrize("ante0, calls", [(0.9, [0]), (0.3, [2])])
+def test_ante_router_asks_the_predictor_first_and_runs_the_stage_it_picks(ante0: float, calls: list[int]) -> None:
+    """The ex-ante router as served (policy "ante", lambda 20, the spec's costs 1 / 4.5 / 10): the loop scores
+    the ex-ante estimates before any stage runs, then runs only argmin_k c_k + 20 (1 - e_k) (stage 0 at 0.9:
+    3 < 10.2 < 14.5; at 0.3: 15 > 10.2, stage 2)."""
+    b = ScriptedBackend({0: [0], 2: [2]}, {0: 0.1, 2: 0.9}, [ante0, 0.5, 0.99])
+    rule = K.ante_rule(np.asarray(SPEC.costs, float), 20.0)
+    r = asyncio.run(run_cascade(CascadeRequest("1+1=", (1, 5, 5), 8, 20.0, rule, True), SPEC, b, decode))
+    assert b.calls == calls and r.stages_run == calls and r.stage == calls[0] and not r.degraded
+    assert r.ex_ante is not None and r.ex_ante[0] == pytest.approx(ante0)

@@ -205,6 +205,51 @@ def test_pair_paths_miss_rate_simulated() -> None:
     assert (F.whole_share(300), F.whole_share(F.WHOLE_N), F.whole_share(F.WHOLE_N + 1)) == (0.8, 0.8, 0.0)
 
 
+def test_ante_path_on_all_prompts_by_hand() -> None:
+    # stage 0 (cost 1) is right exactly when its ex-ante estimate is 0.9, wrong when 0.1; stage 1 (cost 10,
+    # the reference, estimate 0.99) always right; confidences say nothing (0.5). argmin c_k + lam (1 - e_k):
+    # stage 0 on the 0.9 prompts once lam (0.09 - 0.01) < 9, i.e. lam < 112.5; on the 0.1 prompts once
+    # lam < 10 / 0.89. Down the fixed grid (x 10), lam in [11.3, 112.5) serves the reference's quality at
+    # cost 0.6 + 4 = 4.6 (certified on 1,000 prompts); below, 400 wrong answers end the path. The confidence
+    # pairs certify only "never stop" (cost 11)
+    ex = np.column_stack([np.r_[np.full(600, 0.9), np.full(400, 0.1)], np.full(1000, 0.99)])
+    correct = np.column_stack([np.r_[np.ones(600), np.zeros(400)], np.ones(1000)]).astype(bool)
+    cal = F.Arrays(np.full((1000, 2), 0.5), correct, np.array([1.0, 10.0]), ex)
+    order = np.random.default_rng(0).permutation(1000)
+    won = ltt.ante_path(cal, 1, 0.945, 0.1, "likelihood", order)
+    rule, cost = min(won, key=lambda w: w[1])
+    assert cost == pytest.approx(4.6) and rule.name == "ante" and 10 / 0.89 < rule.lam < 112.5
+    assert max(c for _, c in won) == 10.0 and F.outcome(rule, cal)[0].mean() == 1.0
+    assert min(c for _, c in ltt.pair_paths(cal, 1, 0.945, 0.1, "likelihood", order)) == 11.0
+    assert ltt.ante_path(F.Arrays(cal.conf, correct, cal.costs), 1, 0.945, 0.1) == []   # no estimates
+
+
+def test_ante_path_miss_rate_simulated() -> None:
+    """Two stages whose confidences say little and whose prompt-only estimates say much: fitted on 300
+    prompts, 20 seeded draws, choose serves an ex-ante router (certified at ANTE_SHARE of the whole-data
+    budget) in >= 15 draws, cheaper than the reference on average, below 94.5% of it on a 20,000-prompt
+    population in <= 3 draws."""
+    def pop2(n: int, rng: np.random.Generator) -> F.Arrays:
+        d = rng.normal(0, 1.5, n)
+        pr = 1 / (1 + np.exp(-(np.array([0.0, 2.5])[None, :] - d[:, None])))
+        y = rng.random(pr.shape) < pr
+        conf = np.clip(0.5 + 0.1 * (y - 0.5) + rng.normal(0, 0.2, pr.shape), 0.01, 0.99)
+        ex = np.clip(pr + rng.normal(0, 0.05, pr.shape), 0.01, 0.99)
+        return F.Arrays(conf, y, np.array([1.0, 10.0]), ex)
+
+    pop = pop2(20000, np.random.default_rng(7))
+    ante = misses = 0
+    costs = []
+    for s in range(20):
+        rule = F.choose(pop2(300, np.random.default_rng(100 + s)), F.Criterion(reference="1"), s,
+                        lambdas=(), optimal=False)["rule"]
+        ante += rule.name == "ante"
+        q, c = F.outcome(rule, pop)
+        misses += q.mean() < 0.945 * pop.correct[:, 1].mean()
+        costs.append(c.mean())
+    assert ante >= 15 and np.mean(costs) < 9.0 and misses <= 3
+
+
 def test_pair_paths_chain_below_an_adequate_middle_stage() -> None:
     """The middle stage is within 1% of the last (the reference): its path into the reference is
     certified to its end (the middle stage alone), which hands the level on to the cascade small -> middle,

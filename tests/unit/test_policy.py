@@ -202,11 +202,11 @@ def test_book_names_defaults_and_errors() -> None:
     _, ch = synthetic_built()
     name, param = ch["choice"]
     served, lam = book.make(None, None)
-    assert served.name == name.split(":")[0] and (name not in ("optimal", "router") or lam == param)
+    assert served.name == name.split(":")[0] and (name not in ("optimal", "router", "ante") or lam == param)
     a = synthetic_arrays()
     (q1, c1), (q2, c2) = F.outcome(served, a), F.outcome(ch["rule"], a)
     assert q1.tolist() == q2.tolist() and c1.tolist() == c2.tolist()
-    with pytest.raises(ValueError, match="valid: optimal, router, paper, fixed:0..2, random"):
+    with pytest.raises(ValueError, match="valid: optimal, router, ante, paper, fixed:0..2, random"):
         book.make("greedy", None)
     with pytest.raises(ValueError):
         book.make("fixed:3", None)
@@ -284,3 +284,29 @@ def test_cascade_operating_point_round_trips_through_policy_json() -> None:
         PolicyBook(art)
     with pytest.raises(PolicyArtifactError, match="this code reads 'optistop-policy/1' or 'optistop-policy/2'"):
         PolicyBook(dict(art, format="optistop-policy/9"))
+
+
+def test_ante_router_reads_the_ex_ante_estimates_as_they_are_and_round_trips() -> None:
+    """The ex-ante router (ltt.ante_path's rule) runs the one stage argmin_k c_k + lam (1 - e_k), worked out
+    here by hand; policy.json's operating {"policy": "ante", "lambda"} serves it (by name too, at a request's
+    own lambda); a predictor without ex-ante estimates cannot."""
+    costs = np.array([1.0, 4.0, 10.0])
+    ex = np.array([[0.9, 0.95, 0.99], [0.2, 0.9, 0.99], [0.1, 0.2, 0.9], [0.5, 0.5, 0.5]])
+    for lam, want in ((20.0, [0, 1, 2, 0]), (200.0, [2, 2, 2, 0]), (2.0, [0, 0, 0, 0])):
+        by_hand = np.argmin(costs[None, :] + lam * (1 - ex), axis=1)
+        assert by_hand.tolist() == want
+        ran, ans = K.simulate(K.ante_rule(costs, lam), np.full((4, 3), 0.5), ex)
+        assert ans.tolist() == want and ran.sum(axis=1).tolist() == [1] * 4
+    art, _ = build_artifact(synthetic_arrays(300), ["small", "medium", "large"], F.Criterion(), 0, (20.0,))
+    art["operating"] = {"policy": "ante", "lambda": 20.0}
+    book = PolicyBook(json.loads(json.dumps(art)))
+    rule, lam = book.make(None, None)
+    assert rule.name == "ante" and lam == 20.0 and rule.uses_ex_ante and "ante" in book.valid_names()
+    assert rule.decide_one([NAN] * 3, ex[1].tolist(), None).next_stage == 1
+    assert book.make("ante", 200.0)[0].decide_one([NAN] * 3, ex[0].tolist(), None).next_stage == 2
+    with pytest.raises(PolicyArtifactError, match="routes by ex-ante estimates"):
+        PolicyBook(dict(art, use_ex_ante=False))
+    book_plain = PolicyBook(json.loads(json.dumps(dict(art, use_ex_ante=False, operating={"policy": "router",
+                                                                                         "lambda": 20.0}))))
+    with pytest.raises(ValueError, match="unknown policy 'ante'"):
+        book_plain.make("ante", None)
