@@ -59,6 +59,18 @@ def test_arrays_have_one_entry_per_stage_run_and_cost_adds_up(grpc, policy: str)
         assert all(ms > 0 for ms in a.stage_latency_ms)
 
 
+def test_ante_router_runs_the_one_stage_the_ex_ante_estimates_pick(grpc) -> None:
+    """Policy "ante" (the whole-data ex-ante router): one stage per request, chosen before any stage runs;
+    at lambda 0.01 quality is worth nothing next to a cost step (>= 3.5), so stage 0 always; at 1e6 only
+    the estimates count, which send the hard prompts on (the 12 prompts span every task level)."""
+    cheap = [ask(grpc, "grpc", p, policy="ante", lam=0.01) for p in PROMPTS]
+    assert all(a.stages_run == [0] and a.cost == pytest.approx(SPEC.costs[0]) for a in cheap)
+    dear = [ask(grpc, "grpc", p, policy="ante", lam=1e6) for p in PROMPTS]
+    assert all(len(a.stages_run) == 1 and a.stage == a.stages_run[0] for a in dear)
+    assert any(a.stage > 0 for a in dear)
+    assert all(a.cost == pytest.approx(SPEC.costs[a.stage]) for a in dear)
+
+
 def test_raising_lambda_buys_quality(grpc) -> None:
     """lambda prices quality: over the prompts, a higher lambda never spends less on stages on average.
     (Per prompt the fitted rule at one lambda is not forced to nest inside the next lambda's.)"""
