@@ -48,7 +48,7 @@ def safer_points(book: PolicyBook) -> list[tuple[str, float | None]]:
     if isinstance(book.art.get("safer"), list):
         return [(str(p["policy"]), p.get("lambda")) for p in book.art["safer"]]
     out: list[tuple[str, float | None]] = []
-    if book.default_policy in ("optimal", "router"):
+    if book.default_policy in ("optimal", "router", "ante"):   # their lambda sequences were certified downward
         above = [lam for lam, _ in book.grid if lam > book.default_lambda * (1 + 1e-9)]
         out = [(book.default_policy, lam) for lam in above[3::4][:3]]   # about x2.4 per step (grid x1.25)
     return out + [(f"fixed:{book.n - 1}", None)]

@@ -272,6 +272,12 @@ def test_safer_points_are_stored_and_read_back() -> None:
     assert [(p["policy"], p["lambda"]) for p in stored] == derived
     art["safer"] = [{"policy": "fixed:1", "lambda": None}, {"policy": "fixed:2", "lambda": None}]
     assert safer_points(PolicyBook(art)) == [("fixed:1", None), ("fixed:2", None)]
+    # an ex-ante router operating point steps up its own lambdas, like the router, then the reference
+    ante = dict(art, operating={"policy": "ante", "lambda": 20.0})
+    del ante["safer"]
+    ladder = safer_points(PolicyBook(ante))
+    assert [p for p, _ in ladder[:-1]] == ["ante"] * (len(ladder) - 1) and len(ladder) >= 2
+    assert all(lam > 20.0 for _, lam in ladder[:-1]) and ladder[-1] == ("fixed:2", None)
 
 
 def test_audit_grader_is_none_or_module_function_loaded_by_name() -> None:
