@@ -31,9 +31,12 @@ Whole-data paths (``pair_paths``): a sequence fixed before any data are seen (a 
 reference with its threshold walked down a fixed grid, on to k alone, and from there to the cascades
 i -> k below it) needs no fitting part, so it is tested on every calibration prompt: twice the evidence of
 the split. Every hindsight-optimal cascade on the report sets is such a pair. The error budget delta is
-shared by a union bound (split path: (1 - w) delta; each of the P paths into the reference: w delta / P,
-handed down the chain): with probability >= 1 - delta none of the certified rules is below the
-tolerance, so any of them (the cheapest) may be served.
+shared by a union bound (split path: (1 - w) delta; the ex-ante router's path, where the prompts have
+ex-ante estimates: A w delta, A = ``ANTE_SHARE``; each of the P pair paths into the reference: (1 - A) w
+delta / P, handed down the chain): with probability >= 1 - delta none of the certified rules is below the
+tolerance, so any of them (the cheapest) may be served. The ex-ante router (``ante_path``;
+optistop.policy.ante_rule) reads the predictor's prompt-only estimates as they are, so its lambda grid is
+fixed before the data are seen, like a pair's thresholds.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@
   stage's at level 1 - confidence). The last certified candidate is served as fitted, unless a two-stage
   cascade certified on ALL the calibration prompts (ltt.pair_paths: into the reference, and below a stage
   certified adequate alone; fixed threshold sequences that need no fitting part; they get
-  ``Criterion.whole`` of the error budget) is cheaper.
+  ``Criterion.whole`` of the error budget, a quarter of it to the ex-ante router's fixed lambda sequence,
+  ltt.ante_path, where the prompts have ex-ante estimates) is cheaper.
 """
 
 from __future__ import annotations
@@ -232,7 +233,9 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
 
     That split path spends ``1 - crit.whole`` of the error budget 1 - confidence; the rest goes to
     ltt.pair_paths: every two-stage cascade (k -> reference) down a fixed threshold grid, tested on ALL of
-    ``cal`` (its order needs no fitting part, so it sees twice the prompts). With probability >= confidence
+    ``cal`` (its order needs no fitting part, so it sees twice the prompts), and, with ``ltt.ANTE_SHARE`` of
+    that share where ``cal`` has ex-ante estimates, ltt.ante_path: the ex-ante router (policy ``ante``) down
+    a fixed lambda grid, tested on ALL of ``cal`` too. With probability >= confidence
     no path certified a rule below the tolerance (union bound), so the cheapest certified rule of all
     paths (by its mean cost on ``cal``) is served. ``thresholds=False``
     turns the pair paths off too (the split path then has the whole budget).
