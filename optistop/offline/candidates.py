@@ -22,8 +22,6 @@ Cand = tuple[str, "float | None", K.Policy, float, float]   # (family, param, ru
 @dataclass(frozen=True)
 class Candidates:
     key: tuple[int, int, float, tuple[float, ...], bool, bool]   # key(...): the data and the fit's arguments
-    fit_idx: np.ndarray
-    test_idx: np.ndarray
     cands: list[Cand]
     answer: dict[int, np.ndarray]        # the answer models of the fitting part
 
@@ -48,8 +46,7 @@ def fit(cal: F.Arrays, seed: int, fit_share: float, lambdas: tuple[float, ...] =
     """fixed:k, the subset threshold cascades' frontier (with and without answer agreement), the router and
     the fitted-Q rule across lambda: fitted on the fitting part, (cost, quality) estimated there."""
     N, n = cal.conf.shape
-    fit_idx, test_idx, _ = split(N, seed, fit_share)
-    a = cal.take(fit_idx)
+    a = cal.take(split(N, seed, fit_share)[0])
     cands: list[Cand] = [(f"fixed:{k}", None, K.FixedRule(k, f"fixed:{k}"), float(a.costs[k]),
                           float(a.correct[:, k].mean())) for k in range(n)]
     if thresholds:
@@ -77,4 +74,4 @@ def fit(cal: F.Arrays, seed: int, fit_share: float, lambdas: tuple[float, ...] =
             qq, cc = F.outcome(r, a)
             c, q = float(cc.mean()), float(qq.mean())
         cands.append((fam, lam, r, c, q))
-    return Candidates(key(cal, seed, fit_share, lambdas, thresholds, optimal), fit_idx, test_idx, cands, answer)
+    return Candidates(key(cal, seed, fit_share, lambdas, thresholds, optimal), cands, answer)
