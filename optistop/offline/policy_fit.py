@@ -14,7 +14,7 @@
   is the fixed sequence, and the other part certifies it in order (quality >= t_lcb x the reference
   stage's at level 1 - confidence). The last certified candidate is served as fitted, unless a two-stage
   cascade certified on ALL the calibration prompts (ltt.pair_paths: into the reference, and below a stage
-  certified adequate alone; fixed threshold sequences that need no fitting part; they get
+  certified adequate alone; threshold sequences read off unlabelled confidences, no fitting part; they get
   ``Criterion.whole`` of the error budget, a quarter of it to the ex-ante router's fixed lambda sequence,
   ltt.ante_path, where the prompts have ex-ante estimates) is cheaper.
 """
@@ -232,7 +232,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     for several criteria (they do not depend on the target, confidence or reference).
 
     That split path spends ``1 - crit.whole`` of the error budget 1 - confidence; the rest goes to
-    ltt.pair_paths: every two-stage cascade (k -> reference) down a fixed threshold grid, tested on ALL of
+    ltt.pair_paths: every two-stage cascade (k -> reference) down its confidence quantiles, tested on ALL of
     ``cal`` (its order needs no fitting part, so it sees twice the prompts), and, with ``ltt.ANTE_SHARE`` of
     that share where ``cal`` has ex-ante estimates, ltt.ante_path: the ex-ante router (policy ``ante``) down
     a fixed lambda grid, tested on ALL of ``cal`` too. With probability >= confidence

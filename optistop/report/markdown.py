@@ -82,7 +82,7 @@ def headline(s: dict[str, Any]) -> list[str]:
         for m, v in sorted((r.get("small") or {}).items(), key=lambda kv: int(kv[0])):
             if m in SMALL_GOALS and "ratio_to_hindsight" in v:
                 ok = v["miss_rate"] <= 0.10 and v["ratio_to_hindsight"] <= SMALL_GOALS[m] + 1e-9
-                L.append(f"| {k} | {m} | {v['seeds']} | {_pct(v['miss_rate'])} | {_f(v['ratio_to_hindsight'])} | "
+                L.append(f"| {k} | {m} | {v['seeds']} | {_pct(v['miss_rate'])} | {_f(v['ratio_to_hindsight'], 3)} | "
                          f"{_f(v.get('oracle_ratio'))}, {_pct(v.get('oracle_miss_rate'))} | "
                          f"{_f(v.get('price_x_hindsight'))} | {_ok(ok)} |")
     L += ["", "Two yardsticks, not policies. *Population cascade*: the whole set's own hindsight cascade at 95% "
