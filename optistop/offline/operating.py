@@ -19,7 +19,6 @@ import numpy as np
 
 from optistop.offline import policy_fit as F
 from optistop.policy_artifact import FORMAT, answer_to_json, cont_to_json
-from optistop.policy_cascade import CascadeRule
 
 
 class ReplayInputError(ValueError):
@@ -93,8 +92,7 @@ def build_artifact(cal: F.Arrays, stages: Sequence[str], crit: F.Criterion, seed
         for lam in lambdas]
     name, param = ch["choice"]
     rule = ch["rule"]
-    op: dict[str, Any] = rule.to_json() if isinstance(rule, CascadeRule) else \
-        {"policy": name, "lambda": param if name in ("optimal", "router") else None}
+    op = F.operating_json((name, param, rule, 0.0, 0.0))   # the one mapping from a candidate to policy.json
     paper = F.paper_at_target(cal, crit.target)
     q, c = F.outcome(rule, cal)
     ref = ch["reference"]

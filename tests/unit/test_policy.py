@@ -286,6 +286,31 @@ def test_cascade_operating_point_round_trips_through_policy_json() -> None:
         PolicyBook(dict(art, format="optistop-policy/9"))
 
 
+def test_the_artifact_serves_the_rule_it_certified() -> None:
+    """build_artifact (what `optistop calibrate` writes) through JSON into PolicyBook: the rule a request
+    without a policy gets decides every calibration prompt as the certified rule does, at its lambda. On
+    data where only the prompt-only estimates say who is right, the certified rule is the ex-ante router:
+    its operating entry was written with lambda null (the book then ran the fitted-Q grid's largest lambda,
+    which sends every prompt to the dearest stage)."""
+    rng = np.random.default_rng(100)
+    d = rng.normal(0, 1.5, 400)
+    pr = 1 / (1 + np.exp(-(np.array([0.0, 2.5])[None, :] - d[:, None])))
+    y = rng.random(pr.shape) < pr
+    conf = np.clip(0.5 + rng.normal(0, 0.2, pr.shape), 0.01, 0.99)          # confidences say nothing
+    ex = np.clip(pr + rng.normal(0, 0.05, pr.shape), 0.01, 0.99)
+    choices = []
+    for cal in (F.Arrays(conf, y, np.array([1.0, 10.0]), ex), synthetic_arrays(300)):
+        art, ch = build_artifact(cal, [f"s{k}" for k in range(len(cal.costs))], F.Criterion(), 0, (1.0, 20.0))
+        choices.append(ch["choice"][0])
+        rule, lam = PolicyBook(json.loads(json.dumps(art))).make(None, None)
+        want = K.simulate(ch["rule"], cal.conf, cal.ex_ante)
+        got = K.simulate(rule, cal.conf, cal.ex_ante)
+        assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True)), ch["choice"]
+        if ch["choice"][0] in ("router", "ante", "optimal"):
+            assert lam == pytest.approx(ch["choice"][1])
+    assert choices[0] == "ante", choices
+
+
 def test_ante_router_reads_the_ex_ante_estimates_as_they_are_and_round_trips() -> None:
     """The ex-ante router (ltt.ante_path's rule) runs the one stage argmin_k c_k + lam (1 - e_k), worked out
     here by hand; policy.json's operating {"policy": "ante", "lambda"} serves it (by name too, at a request's
