@@ -42,17 +42,19 @@ def fit_operating(cal: F.Arrays, crit: F.Criterion, seed: int) -> tuple[K.Policy
 
 
 def safer_ladder(cal: F.Arrays, choice: tuple, ch: dict[str, Any], steps: int = 3) -> list[tuple[str, K.Policy]]:
-    """The next safer certified operating points, safest last: the chosen family at higher lambdas (the
-    fixed-sequence test certified every lambda above the chosen one), then always the reference stage."""
-    n = cal.conf.shape[1]
+    """The next safer certified operating points, safest last, as the server's
+    optistop.serving.audit.safer_points: the chosen family at higher lambdas (the fixed-sequence test
+    certified every lambda above the chosen one), then always the reference stage of the criterion."""
     out: list[tuple[str, K.Policy]] = []
     name, param = choice[0], choice[1] if len(choice) > 1 else None
-    if name in ("optimal", "router") and param is not None:
-        above = [lam for lam in F.LAMBDAS if lam > float(param)]
+    if name in ("optimal", "router", "ante") and param is not None:
+        above = [lam for lam in F.LAMBDAS if lam > float(param) * (1 + 1e-9)]
         for lam in above[3::4][:steps]:      # about x2.4 in lambda per step (the grid is x1.25)
-            fit = F.fit_optimal if name == "optimal" else F.fit_router
-            out.append((f"{name}@{lam:g}", fit(cal, lam, ch["answer"])))
-    return out + [(f"fixed:{n - 1}", K.FixedRule(n - 1))]
+            rule = (K.ante_rule(cal.costs, lam) if name == "ante" else
+                    (F.fit_optimal if name == "optimal" else F.fit_router)(cal, lam, ch["answer"]))
+            out.append((f"{name}@{lam:g}", rule))
+    ref = int(ch["reference"])
+    return out + [(f"fixed:{ref}", K.FixedRule(ref))]
 
 
 def concat(a: F.Arrays, b: F.Arrays) -> F.Arrays:

@@ -44,14 +44,17 @@ DEFAULT_TOLERANCE = 0.945
 def safer_points(book: PolicyBook) -> list[tuple[str, float | None]]:
     """The next safer certified operating points, safest last: the artifact's ``safer`` list when it has
     one, else the operating family at higher lambdas of the grid (the fixed-sequence test that chose the
-    operating point certified every lambda above it), then always the reference stage."""
+    operating point certified every lambda above it), then always the reference stage: the one the promise
+    is relative to (the criterion's; on a ladder that is not monotone it need not be the last), the last
+    for a format-1 artifact."""
     if isinstance(book.art.get("safer"), list):
         return [(str(p["policy"]), p.get("lambda")) for p in book.art["safer"]]
     out: list[tuple[str, float | None]] = []
     if book.default_policy in ("optimal", "router", "ante"):   # their lambda sequences were certified downward
         above = [lam for lam, _ in book.grid if lam > book.default_lambda * (1 + 1e-9)]
         out = [(book.default_policy, lam) for lam in above[3::4][:3]]   # about x2.4 per step (grid x1.25)
-    return out + [(f"fixed:{book.n - 1}", None)]
+    ref = book.art.get("criterion", {}).get("reference", book.n - 1)
+    return out + [(f"fixed:{int(ref)}", None)]
 
 
 class Auditor:

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optistop import ROOT
@@ -278,6 +279,28 @@ def test_safer_points_are_stored_and_read_back() -> None:
     ladder = safer_points(PolicyBook(ante))
     assert [p for p, _ in ladder[:-1]] == ["ante"] * (len(ladder) - 1) and len(ladder) >= 2
     assert all(lam > 20.0 for _, lam in ladder[:-1]) and ladder[-1] == ("fixed:2", None)
+
+
+def test_safer_steps_end_at_the_criterion_reference_and_the_twin_agrees() -> None:
+    """On a ladder that is not monotone the promise is relative to the best stage, not the last: on drift
+    the server's safest step is that reference stage (it was the last, whatever the criterion said), and
+    the replay's twin (optistop.offline.stream.safer_ladder) steps through the same points."""
+    from optistop.offline import policy_fit as F
+    from optistop.offline.stream import safer_ladder
+    from optistop.policy_artifact import PolicyBook
+
+    art = json.loads(POLICY.read_text())
+    art.pop("safer", None)
+    art["criterion"] = dict(art["criterion"], reference=1)
+    for op in ({"policy": "ante", "lambda": 20.0}, {"policy": "router", "lambda": 20.0}):
+        ladder = safer_points(PolicyBook(dict(art, operating=op)))
+        assert ladder[-1] == ("fixed:1", None) and len(ladder) >= 2
+        cal = F.Arrays(np.full((4, 3), 0.5), np.ones((4, 3), bool), np.asarray(art["costs"], float),
+                       np.full((4, 3), 0.5))
+        twin = safer_ladder(cal, (op["policy"], 20.0), {"reference": 1, "answer": PolicyBook(art).answer})
+        assert [name for name, _ in twin] == [p if lam is None else f"{p}@{lam:g}" for p, lam in ladder]
+    del art["criterion"]["reference"]                     # format 1 named none: the last stage
+    assert safer_points(PolicyBook(art))[-1] == ("fixed:2", None)
 
 
 def test_audit_grader_is_none_or_module_function_loaded_by_name() -> None:
