@@ -46,6 +46,12 @@ CROSS_FIT = ("router", "optimal")   # families whose fitting-part estimates are 
 #                                     subset cascades, by level: crossfit.levels)
 PATH_CAP = 200        # ... through at most this many frontier points (fixed-sequence: no cost in length)
 WHOLE_N = 1500        # up to this many calibration prompts the pair paths get most of the error budget
+# families fitted and certified on their own walk (a comparator, reported), but not on the served split path.
+# Fitted-Q (the paper's stopping rule with learned continuation values) never made the served rule cheaper
+# (5 report sets x 5-fold, 20 draws of 300 / 1,000, 5 MMLU-Pro ladders with and without ex-ante estimates:
+# equal everywhere, tiny 5-fold 3.067 -> 3.070), while its points, interleaved with the router's on the
+# tested sequence, ended the walk above the router-only walk: MMLU-Pro Llama 5-fold 6.779 -> 6.867 (seed 0)
+COMPARATOR_ONLY = ("optimal",)
 
 
 @dataclass
@@ -224,7 +230,8 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     ``cal`` is split (seeded) into a fitting part (``crit.fit_share``) and a testing part. On the fitting
     part every candidate is fitted and its (cost, quality) estimated: fixed:k, the threshold cascade over
     every stage subset (with and without answer agreement), the router and the fitted-Q rule at each lambda.
-    Their Pareto frontier, most expensive first, is the fixed sequence; the testing part certifies them in
+    Their Pareto frontier (fitted-Q's excepted: ``COMPARATOR_ONLY``), most expensive first, is the fixed
+    sequence; the testing part certifies them in
     that order (quality >= crit.t_lcb x the reference stage's, at level 1 - crit.confidence) and the last
     certified one is served as fitted (refitting on all of ``cal`` would void the guarantee). The reference
     stage opens the sequence: it meets the tolerance by definition. ``inner`` is unused (kept for callers).
@@ -240,7 +247,9 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     paths (by its mean cost on ``cal``) is served. ``thresholds=False``
     turns the pair paths off too (the split path then has the whole budget).
 
-    Returns {"choice": (name, param), "rule", "router_choice", "router", "answer" (answer models of the
+    Returns {"choice": (name, param), "rule", "router_choice", "router", "optimal_choice", "optimal" (the
+    comparators: the router's and fitted-Q's families alone, each with the whole budget on the split path;
+    fitted-Q's None when ``optimal`` is False), "answer" (answer models of the
     fitting part), "reference", "fit_idx", "path": [{"name", "param", "cost", "quality_rel", "certified",
     "operating"}]}: the tested sequence, safest first (cost and quality on the fitting part), each with its
     policy.json ``operating`` entry, so a safer certified point can be served without refitting.
@@ -276,7 +285,7 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                 for i, c in enumerate(seq)]
         return last, [dict(x, _cand=c) for x, c in zip(info, seq, strict=True)]
 
-    last, path = select(cands, delta)
+    last, path = select([c for c in cands if c[0] not in COMPARATOR_ONLY], delta)
     best = path[last]["_cand"]
     if whole > 0:
         # the pair paths' certified rules and the split path's are all valid at once (union bound over
@@ -302,13 +311,17 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                 path.append({"name": _cand_name(rule) + "@whole", "param": lam, "cost": round(c, 6),
                              "quality_rel": round(q / q_ref_all, 6), "certified": True,
                              "operating": operating_json(best), "_cand": best})
-    # the router comparator is a procedure of its own: the whole error budget on its split path
-    r_last, r_path = select([c for c in cands if c[0] == "router" or c[0].startswith("fixed")],
-                            1.0 - crit.confidence)
-    router = r_path[r_last]["_cand"]
+    # the comparators are procedures of their own: one family (and the fixed stages) with the whole error
+    # budget on its split path; the fitted-Q one is None when its candidates were not fitted
+    def alone(fam: str) -> tuple[str, float | None, K.Policy, float, float]:
+        last, p = select([c for c in cands if c[0] == fam or c[0].startswith("fixed")], 1.0 - crit.confidence)
+        return p[last]["_cand"]
+
+    router, opt = alone("router"), alone("optimal") if any(c[0] == "optimal" for c in cands) else None
     label = lambda c: (_cand_name(c[2]) if c[0] == "cascade" else c[0], c[1])   # noqa: E731
     strip = lambda p: [{k: v for k, v in x.items() if k != "_cand"} for x in p]   # noqa: E731
     return {"choice": label(best), "rule": best[2], "router_choice": label(router), "router": router[2],
+            "optimal_choice": None if opt is None else label(opt), "optimal": None if opt is None else opt[2],
             "answer": answer, "reference": ref, "fit_idx": fit_idx, "path": strip(path)}
 
 

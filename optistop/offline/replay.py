@@ -113,6 +113,8 @@ def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion, extra
     out["_path"] = out_path  # type: ignore[assignment]
     out["_ran"] = ran  # type: ignore[assignment]  # which stages the served rule ran: the stage mix
     if extras:
+        if ch["optimal"] is not None:   # fitted-Q's own certified walk: the paper's rule, corrected
+            out["optimal"] = F.outcome(ch["optimal"], ev)
         out["paper"] = F.outcome(F.paper_at_target(cal, crit.target), ev)
         out["random"] = F.outcome(K.RandomRule(seed), ev)
         for k in range(cal.conf.shape[1]):

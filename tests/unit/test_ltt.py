@@ -410,3 +410,19 @@ def test_candidates_fitted_once_serve_every_target() -> None:
         F.choose(other, F.Criterion.at(0.95), 3, fitted=fitted)
     with pytest.raises(ValueError, match="another seed"):
         F.choose(cal, F.Criterion.at(0.95), 4, fitted=fitted)
+
+
+def test_fitted_q_walks_alone_as_a_comparator() -> None:
+    """Fitted-Q candidates are fitted, certified on their own walk with the whole budget (the report's
+    comparator, as the router's), and never on the served sequence (policy_fit.COMPARATOR_ONLY)."""
+    cal = population(600, np.random.default_rng(5))
+    ch = F.choose(cal, F.Criterion.at(0.95, reference="2"), 3)
+    assert not any(p["name"].startswith("optimal") for p in ch["path"])
+    assert ch["optimal_choice"][0] in ("optimal", "fixed:0", "fixed:1", "fixed:2")
+    q, c = F.outcome(ch["optimal"], cal)
+    assert ch["optimal_choice"][0] != "optimal" or isinstance(ch["optimal"], K.ModelRule)
+    assert 0 < c.mean() <= cal.costs[2] and q.mean() > 0
+    # the comparator's own walk: the same rule choose finds with fitted-Q as the only model family
+    alone = F.choose(cal, F.Criterion.at(0.95, reference="2", whole=0.0), 3, thresholds=False)
+    assert alone["optimal_choice"] == ch["optimal_choice"]
+    assert F.choose(cal, F.Criterion.at(0.95, reference="2"), 3, optimal=False)["optimal"] is None
