@@ -21,6 +21,7 @@ estimate and bounds, the alarm and the policy. ``--out`` writes {"windows": [...
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -63,23 +64,24 @@ def concat(a: F.Arrays, b: F.Arrays) -> F.Arrays:
                     cat(a.ex_ante, b.ex_ante), cat(a.resp, b.resp))
 
 
-def baselines(fit: F.Arrays, rule: K.Policy) -> dict[str, float]:
+def baselines(fit: F.Arrays, rule: K.Policy, ref: int = -1) -> dict[str, float]:
     """What the detectors compare traffic with, read on ``fit`` for ``rule`` (optistop.drift): the share of
-    rows reaching the reference, the share accepted before it, and the disagreement among those."""
+    rows answered by the reference stage ``ref``, the share answered by another ("early": the only answers
+    that can disagree with it; before it on a monotone ladder), and the disagreement among those."""
     _, ans = K.simulate(rule, fit.conf, fit.ex_ante, fit.resp)
-    early = ans < fit.conf.shape[1] - 1
-    dis = disagrees(fit, np.arange(len(ans)), ans)
+    early = ans != ref % fit.conf.shape[1]
+    dis = disagrees(fit, np.arange(len(ans)), ans, ref)
     return {"reach": float(1 - early.mean()), "early": float(early.mean()),
             "disagree_early": float(dis[early].mean()) if early.any() else 0.0}
 
 
-def disagrees(a: F.Arrays, idx: np.ndarray, ans: np.ndarray) -> np.ndarray:
-    """Served answer differs from the reference's: answer ids where the records have texts (-1, no answer,
-    agrees with nothing), else the labels differ (no texts to compare)."""
+def disagrees(a: F.Arrays, idx: np.ndarray, ans: np.ndarray, ref: int = -1) -> np.ndarray:
+    """Served answer differs from the reference stage's: answer ids where the records have texts (-1, no
+    answer, agrees with nothing), else the labels differ (no texts to compare)."""
     if a.resp is not None:
-        got, ref = a.resp[idx, ans], a.resp[idx, -1]
-        return (got != ref) | (got < 0)
-    return a.correct[idx, ans] != a.correct[idx, -1]
+        got, want = a.resp[idx, ans], a.resp[idx, ref]
+        return (got != want) | (got < 0)
+    return a.correct[idx, ans] != a.correct[idx, ref]
 
 
 def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed: int = 0, window: int = 100,
@@ -93,10 +95,13 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
         raise ValueError("--label-free needs the stages' response texts in TRAFFIC (agreement)")
     N, n = tr.conf.shape
     u = np.random.default_rng(seed).random(N)
+    # one reference stage for the whole stream, fixed on CAL: a recalibration must not move the bar
+    ref = F.reference_stage(cal, crit.reference)
+    crit = dataclasses.replace(crit, reference=str(ref))
     rule, choice, ch = fit_operating(cal, crit, seed)
     ladder, step, fit_on = safer_ladder(cal, choice, ch), -1, cal
     name = first_choice = "/".join(map(str, choice))
-    base = baselines(cal, rule)
+    base = baselines(cal, rule, ref)
     c_mix, c_q = D.Cusum(base["reach"], delta_mix, h_mix), D.Cusum(base["disagree_early"], delta_quality, h_quality)
     budget = D.Budget(rate, base["early"], calm, bank)
     served, audited = np.zeros(N, bool), np.zeros(N, bool)
@@ -115,7 +120,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
             cost[i] = float(ran[i] @ tr.costs)
             policy_at[i] = name
             budget.earn()
-            early = ans[i] < n - 1
+            early = ans[i] != ref
             raised = []
             if mixing and c_mix.add(not early):
                 raised.append("mix")
@@ -125,7 +130,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
                     audit_cost[i] = float((~ran[i]) @ tr.costs)
                     if pending:
                         since.append(i)
-                    if early and c_q.add(bool(disagrees(tr, np.array([i]), ans[i:i + 1])[0])):
+                    if early and c_q.add(bool(disagrees(tr, np.array([i]), ans[i:i + 1], ref)[0])):
                         raised.append("quality")
             elif pending and budget.credit >= 1.0 and u[i] < budget.chance():
                 since.append(i)   # every stage ran: a complete row for free, drawn at the audits' chance
@@ -142,10 +147,10 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
                     events.append({"request": i, "event": "safer", "policy": name})
                     changed = True
             if pending and len(since) >= recal_audits:
-                fit_on = _recal_set(cal, _audited_rows(tr, since, label_free), recal_with, seed)
+                fit_on = _recal_set(cal, _audited_rows(tr, since, label_free, ref), recal_with, seed)
                 rule, choice, ch = fit_operating(fit_on, crit, seed)
                 ladder, step, stepped = safer_ladder(fit_on, choice, ch), -1, False
-                b = baselines(fit_on, rule)
+                b = baselines(fit_on, rule, ref)
                 c_mix.rebase(b["reach"])
                 c_q.rebase(b["disagree_early"])
                 budget.p_early, budget.boost, mixing = b["early"], False, mix
@@ -163,14 +168,15 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
             t = N
         if not changed:
             break
-    return {"windows": _windows(tr, served, cost, audit_cost, audited, alarms, policy_at, window),
+    return {"windows": _windows(tr, served, cost, audit_cost, audited, alarms, policy_at, window, ref),
             "events": events, "summary": _summary(tr, crit, rate, served, cost, audit_cost, audited, alarms,
                                                    events, first_choice)}
 
 
 def _windows(tr: F.Arrays, served: np.ndarray, cost: np.ndarray, audit_cost: np.ndarray, audited: np.ndarray,
-             alarms: list[tuple[int, str]], policy_at: list[str], window: int) -> list[dict[str, Any]]:
-    ref, total, N = tr.correct[:, -1].astype(float), cost + audit_cost, len(served)
+             alarms: list[tuple[int, str]], policy_at: list[str], window: int, stage: int = -1
+             ) -> list[dict[str, Any]]:
+    ref, total, N = tr.correct[:, stage].astype(float), cost + audit_cost, len(served)
     out = []
     for s in range(0, N, window):
         e = min(s + window, N)
@@ -186,13 +192,15 @@ def _summary(tr: F.Arrays, crit: F.Criterion, rate: float, served: np.ndarray, c
              audit_cost: np.ndarray, audited: np.ndarray, alarms: list[tuple[int, str]],
              events: list[dict[str, Any]], first_choice: str) -> dict[str, Any]:
     N, n = tr.conf.shape
-    ref = tr.correct[:, -1].astype(float)
+    stage = int(crit.reference) if str(crit.reference).isdigit() else n - 1   # run_stream resolved it
+    ref = tr.correct[:, stage].astype(float)
     recal = [ev["request"] for ev in events if ev["event"] == "recalibrated"]
     after = recal[0] + 1 if recal else N
     acc = tr.correct.mean(axis=0)
-    adequate = [k for k in range(n) if acc[k] >= crit.target * acc[-1]]
+    adequate = [k for k in range(n) if acc[k] >= crit.target * acc[stage]]
     first = lambda kind: next((i for i, k in alarms if k == kind), None)
     return {"n": N, "audit_rate": rate, "audits": int(audited.sum()), "initial_choice": first_choice,
+            "reference_stage": stage,
             "alarms": [i for i, _ in alarms], "alarm_kinds": [k for _, k in alarms],
             "first_mix_warning": first("mix"), "first_quality_alarm": first("quality"), "recalibrated_at": recal,
             "quality_rel": round(float(served.mean() / ref.mean()), 6),
@@ -217,13 +225,13 @@ def _recal_set(cal: F.Arrays, audits: F.Arrays, how: str, seed: int) -> F.Arrays
     return concat(cal.take(pick), audits)
 
 
-def _audited_rows(tr: F.Arrays, idx: Sequence[int], label_free: bool) -> F.Arrays:
-    """Audited rows as calibration rows. Label-free: "correct" = agrees with the reference's answer."""
+def _audited_rows(tr: F.Arrays, idx: Sequence[int], label_free: bool, ref: int = -1) -> F.Arrays:
+    """Audited rows as calibration rows. Label-free: "correct" = agrees with the reference stage's answer."""
     sub = tr.take(np.asarray(idx))
     if label_free and sub.resp is not None:
-        ref = sub.resp[:, -1:]
-        sub.correct = (sub.resp == ref) & (sub.resp >= 0)
-        sub.correct[:, -1] = True
+        want = sub.resp[:, ref][:, None]
+        sub.correct = (sub.resp == want) & (sub.resp >= 0)
+        sub.correct[:, ref] = True
     return sub
 
 
@@ -348,7 +356,8 @@ def hedge_baseline(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, 
     rules = [K.ThresholdRule(0, np.asarray(th, float)) for th in itertools.product(grid, repeat=n - 1)]
     qc, cc = map(np.stack, zip(*(F.outcome(r, cal) for r in rules), strict=True))
     qt, ct = map(np.stack, zip(*(F.outcome(r, tr) for r in rules), strict=True))
-    last = cal.correct[:, -1].mean()
+    stage = F.reference_stage(cal, crit.reference)     # quality relative to the criterion's reference
+    last = cal.correct[:, stage].mean()
     lam = next((lm for lm in F.LAMBDAS if qc[int(np.argmin((cc + lm * (1 - qc)).mean(1)))].mean()
                 >= crit.target * last), F.LAMBDAS[-1])
     scale = float(tr.costs.sum()) + lam
@@ -365,7 +374,7 @@ def hedge_baseline(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, 
         if audited[t]:
             c[t] += float(tr.costs.sum()) - c[t]     # the audit runs what the request did not
             est += (ct[:, t] + lam * (1 - qt[:, t])) / scale / rate
-    ref = tr.correct[:, -1].astype(float)
+    ref = tr.correct[:, stage].astype(float)
     wins = [{"start": s, "quality_rel": round(float(q[s:s + window].mean() / max(ref[s:s + window].mean(), 1e-9)), 6),
              "cost": round(float(c[s:s + window].mean()), 6)} for s in range(0, N, window)]
     return {"lambda": lam, "rules": len(rules), "windows": wins,

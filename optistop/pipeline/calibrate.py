@@ -106,8 +106,9 @@ def fit_policy(scored: list[dict[str, Any]], records: list[dict[str, Any]], spec
                                  tokenizer_sha256=tokenizer_sha256(spec.tokenizer))
     from optistop.pipeline.recalibrate import agreement_baseline_of, drift_baselines_of, with_safer_points
 
-    art["agreement_baseline"] = agreement_baseline_of(a, choice["rule"])   # the label-free alarm's reference
-    art["drift_baselines"] = drift_baselines_of(a, choice["rule"])         # the drift detectors' (optistop.drift)
+    ref = int(crit.reference)
+    art["agreement_baseline"] = agreement_baseline_of(a, choice["rule"], ref)   # the label-free alarm's reference
+    art["drift_baselines"] = drift_baselines_of(a, choice["rule"], ref)         # the drift detectors' (optistop.drift)
     with_safer_points(art)   # what on_drift = "safer" steps through
     (version_dir / POLICY_FILE).write_text(json.dumps(art) + "\n", encoding="utf-8")
     cv = replay.summarise(a, replay.kfold(a, seed, crit, extras=False)["per"],

@@ -31,9 +31,10 @@ from optistop.offline import policy_fit as F
 from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
 
 
-def agreement_baseline_of(a: Any, rule: Any) -> float | None:
-    """The label-free quality estimate of ``rule`` on calibration arrays ``a`` (optistop.audit.agreement_baseline),
-    stored in policy.json so the server's label-free alarm compares like with like. None without answers."""
+def agreement_baseline_of(a: Any, rule: Any, ref: int = -1) -> float | None:
+    """The label-free quality estimate of ``rule`` on calibration arrays ``a`` (optistop.audit.agreement_baseline)
+    against the reference stage ``ref``, stored in policy.json so the server's label-free alarm compares like
+    with like. None without answers."""
     import numpy as np
 
     from optistop import policy as K
@@ -43,15 +44,15 @@ def agreement_baseline_of(a: Any, rule: Any) -> float | None:
         return None
     _, ans = K.simulate(rule, a.conf, a.ex_ante, a.resp)
     served = a.resp[np.arange(len(ans)), ans].tolist()
-    return round(agreement_baseline(served, a.resp[:, -1].tolist(), float(a.correct[:, -1].mean())), 6)
+    return round(agreement_baseline(served, a.resp[:, ref].tolist(), float(a.correct[:, ref].mean())), 6)
 
 
-def drift_baselines_of(a: Any, rule: Any) -> dict[str, float]:
+def drift_baselines_of(a: Any, rule: Any, ref: int = -1) -> dict[str, float]:
     """What the server's drift detectors compare traffic with (optistop.drift), read on calibration arrays
     ``a`` for ``rule`` by the twin's own code (optistop.offline.stream.baselines)."""
     from optistop.offline.stream import baselines
 
-    return {k: round(v, 6) for k, v in baselines(a, rule).items()}
+    return {k: round(v, 6) for k, v in baselines(a, rule, ref).items()}
 
 
 def with_safer_points(art: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +78,8 @@ def records_from_audit(path: Path, warn: Callable[[str], None] | None = None) ->
                 or any(not isinstance(a, str) for a in answers) or rec.get("sampled")):
             skipped += 1
             continue
-        ref = normalise(answers[-1])
+        stage = rec.get("reference_stage", len(answers) - 1)   # the server's reference (the last, before v2)
+        ref = normalise(answers[stage if isinstance(stage, int) and 0 <= stage < len(answers) else -1])
         graded = rec.get("served_correct") is not None
         stages = []
         for k, (c, a) in enumerate(zip(conf, answers, strict=True)):
@@ -112,15 +114,18 @@ def recalibrate(log: Path, policy: Path, target: float, prompts: Path | None = N
             r["stages"] = [dict(st, model=names[k]) for k, st in enumerate(r["stages"])]
         records = records + extra
     a = arrays_from_records(records)
-    crit = F.Criterion(target, target - 0.005)
+    # the audits' labels are agreement with the reference stage the artifact was certified against: the
+    # same stage stays the reference (on a ladder that is not monotone "best" need not be the last)
+    ref = int(old.get("criterion", {}).get("reference", len(names) - 1))
+    crit = F.Criterion(target, target - 0.005, reference=str(ref))
     version = int(old.get("version", 1)) + 1
     keep = {k: old[k] for k in ("spec", "tokenizer_sha256", "predictor", "data_sha256") if k in old}
-    art, ch = build_artifact(a, names, crit, seed, version=version, reference_accuracy=float(a.correct[:, -1].mean()),
+    art, ch = build_artifact(a, names, crit, seed, version=version, reference_accuracy=float(a.correct[:, ref].mean()),
                             recalibrated_from={"audit_log": str(log), "audits": n_audit, "skipped": skipped,
                                                "prompts": str(prompts) if prompts else None,
                                                "previous_version": version - 1}, **keep)
-    art["agreement_baseline"] = agreement_baseline_of(a, ch["rule"])
-    art["drift_baselines"] = drift_baselines_of(a, ch["rule"])
+    art["agreement_baseline"] = agreement_baseline_of(a, ch["rule"], ref)
+    art["drift_baselines"] = drift_baselines_of(a, ch["rule"], ref)
     with_safer_points(art)
     backup = policy.with_name(f"policy.v{version - 1}.json")
     shutil.copyfile(policy, backup)

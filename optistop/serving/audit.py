@@ -76,6 +76,8 @@ class Auditor:
         self.book = book
         self.version = int(book.art.get("version", 1))
         crit = book.art.get("criterion", {})
+        # the stage the promise is relative to: answers are audited against it (the last before format 2)
+        self.ref = int(crit.get("reference", book.n - 1))
         self.monitor.tolerance = (self.spec.audit_tolerance if self.spec.audit_tolerance is not None
                                   else float(crit.get("t_lcb", DEFAULT_TOLERANCE)))
         self.monitor.q_ref = (self.spec.audit_reference_quality if self.spec.audit_reference_quality is not None
@@ -112,7 +114,7 @@ class Auditor:
         if result.degraded:
             return
         n = len(self.spec.stages)
-        early = result.stage < n - 1
+        early = result.stage != self.ref   # answered by another stage than the reference: it can disagree
         self.budget.earn()
         # label-free, requests on the operating point only: more reaching the reference than calibrated
         if self.mix is not None and req.policy.name == self.book.default_policy and self.mix.add(not early):
@@ -157,7 +159,8 @@ class Auditor:
             self._count("audit_cost_total", cost)
             self.monitor.audit_cost += cost
             return
-        served, reference = texts[result.stage], texts[n - 1]
+        ref = self.ref
+        served, reference = texts[result.stage], texts[ref]
         agree = A.normalise(served) == A.normalise(reference)
         graded = self._grade(req.prompt, served, reference)
         record: dict[str, Any] = {
@@ -167,7 +170,7 @@ class Auditor:
             "stages": list(spec.stage_names), "costs": list(spec.costs),
             "stages_run": result.stages_run, "served_stage": result.stage, "audit_stages": missing,
             "answers": [texts.get(k) for k in range(n)], "confidences": conf, "ex_ante": result.ex_ante,
-            "reference_stage": n - 1, "reference_answer": reference, "agree": agree,
+            "reference_stage": ref, "reference_answer": reference, "agree": agree,
             "cost_served": result.cost, "cost_audit": cost, "audit_ms": round((time.perf_counter() - t0) * 1e3, 3)}
         if graded is not None:
             record["served_correct"], record["reference_correct"] = graded
@@ -190,7 +193,7 @@ class Auditor:
         was = self.monitor.alarm
         self.monitor.add(A.audit_of(record))
         raised = self.quality is None and self.monitor.alarm and not was   # fallback: the window's bound
-        if self.quality is not None and result.stage < n - 1 and self.quality.add(not agree):
+        if self.quality is not None and result.stage != ref and self.quality.add(not agree):
             raised = True
         self._count("audits_total")
         self._count("audit_cost_total", cost)

@@ -140,6 +140,38 @@ def test_auditor_runs_the_stages_not_run_after_the_answer_and_logs_them(tmp_path
     assert _gauge("drift_alarm") == 1.0 and auditor.monitor.alarm
 
 
+def test_audits_compare_with_the_criterions_reference_stage_not_the_last(tmp_path: Path) -> None:
+    """A policy certified against stage 1 (the best of a ladder that is not monotone): the served stage-0
+    answer "ab" agrees with stage 1's "ab" though the last stage says "ac"; the log names stage 1 as the
+    reference, and the recalibration rows label agreement with it (stage 2's "ac" is wrong there)."""
+    from optistop.pipeline.recalibrate import records_from_audit
+
+    doc = json.loads(POLICY.read_text(encoding="utf-8"))
+    doc.pop("drift_baselines", None)
+    doc["criterion"] = dict(doc["criterion"], reference=1)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(doc), encoding="utf-8")
+    fake_pb_utils.MetricFamily.families.clear()
+    auditor = Auditor(replace(SPEC, audit_rate=1.0, audit_min=1), load_policy(policy), tmp_path / "audit.jsonl",
+                      TritonMetrics(fake_pb_utils), random.Random(0))
+    backend = ScriptedBackend({0: [0, 1], 1: [0, 1], 2: [0, 2]}, {0: 0.99, 1: 0.5, 2: 0.5}, [0.5] * 3)
+
+    async def go(policy_name: str):
+        req = CascadeRequest("1+1=", (1, 5, 5), 8, 0.0, make_policy(policy_name, 3))
+        res = await run_cascade(req, SPEC, backend, decode)
+        auditor.after(req, res, backend, decode)
+        await auditor.drain()
+
+    asyncio.run(go("fixed:0"))
+    asyncio.run(go("fixed:1"))   # answered by the reference itself, every stage after it skipped: complete it
+    asyncio.run(go("fixed:2"))   # the last stage is not the reference: its answer can disagree, and does
+    recs = list(A.read_log(tmp_path / "audit.jsonl"))
+    assert [(r["served_stage"], r["reference_stage"], r["agree"]) for r in recs] == [
+        (0, 1, True), (1, 1, True), (2, 1, False)]
+    rows, skipped = records_from_audit(tmp_path / "audit.jsonl")
+    assert skipped == 0 and [st["correct"] for st in rows[0]["stages"]] == [True, True, False]
+
+
 def test_no_audit_at_rate_zero_or_for_degraded_answers(tmp_path: Path) -> None:
     auditor, _ = _auditor(tmp_path, audit_rate=0.0)
     backend = ScriptedBackend({0: [0], 1: [0], 2: [0]}, {0: 0.99, 1: 0.5, 2: 0.5}, [0.5] * 3)

@@ -94,3 +94,27 @@ def test_audit_records_become_calibration_rows(tmp_path: Path) -> None:
     assert skipped == 1 and len(recs) == 3
     assert [[st["correct"] for st in r["stages"]] for r in recs] == [[True, True], [False, True], [True, True]]
     assert recs[0]["stages"][0]["confidence"] == 0.9 and recs[0]["stages"][1]["cost"] == 10.0
+
+
+def test_the_twin_measures_against_the_criterions_reference_stage() -> None:
+    """A third stage dearer and worse than the second (a ladder that is not monotone): the reference is
+    stage 1 (the best), so the twin's delivered quality, its baselines and the cheapest adequate stage are
+    read against stage 1, as the server's audits are (not against the last stage, right 60% of the time)."""
+    from optistop.offline.stream import baselines
+    from optistop.policy import FixedRule
+
+    rng = np.random.default_rng(4)
+
+    def three(n: int) -> F.Arrays:
+        a = arrays(n, rng, False)
+        last = rng.random(n) < 0.6
+        return F.Arrays(np.column_stack([a.conf, np.full(n, 0.9)]), np.column_stack([a.correct, last]),
+                        np.array([1.0, 10.0, 20.0]))
+
+    cal, tr = three(400), three(1000)
+    s = run_stream(cal, tr, 0.05, F.Criterion(), seed=1)["summary"]
+    assert s["reference_stage"] == 1 and s["cheapest_adequate_stage_cost"] == 10.0
+    assert 0.945 <= s["quality_rel"] <= 1.0      # of stage 1's accuracy (1.0); against the last it is ~1.6
+    assert baselines(tr, FixedRule(1), 1) == {"reach": 1.0, "early": 0.0, "disagree_early": 0.0}
+    b = baselines(tr, FixedRule(2), 1)
+    assert b["early"] == 1.0 and b["disagree_early"] == pytest.approx(1 - tr.correct[:, 2].mean())
