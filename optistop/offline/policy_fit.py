@@ -8,15 +8,15 @@
   S + k on every calibration prompt; the realised final correctness and extra cost are regressed on x_S.
 - threshold cascades: optistop.offline.cascades (every ordered stage subset, one vectorised grid that
   serves every quality level at once; the old per-level ``fit_thresholds`` re-simulation is gone).
-- ``choose``: the operating point with a stated confidence, by Learn-then-Test (optistop.offline.ltt):
-  every candidate (fixed:k; router and optimal across lambda; subset threshold cascades with and without
-  answer agreement) is fitted on one part of the calibration set, the cost-quality frontier on that part
-  is the fixed sequence, and the other part certifies it in order (quality >= t_lcb x the reference
-  stage's at level 1 - confidence). The last certified candidate is served as fitted, unless a two-stage
-  cascade certified on ALL the calibration prompts (ltt.pair_paths: into the reference, and below a stage
-  certified adequate alone; threshold sequences read off unlabelled confidences, no fitting part; they get
-  ``Criterion.whole`` of the error budget, a quarter of it to the ex-ante router's fixed lambda sequence,
-  ltt.ante_path, where the prompts have ex-ante estimates) is cheaper.
+- ``choose``: the operating point with a stated confidence, by Learn-then-Test (optistop.offline.ltt): every
+  candidate (fixed:k; router and optimal across lambda; subset threshold cascades with and without answer
+  agreement) is fitted on one part of the calibration set, the cost-quality frontier on that part (fitted-Q's
+  points excepted: it walks alone, as a comparator) is the fixed sequence, and the other part certifies it in
+  order (quality >= t_lcb x the reference stage's at level 1 - confidence). The last certified candidate is
+  served as fitted, unless a two-stage cascade certified on ALL the calibration prompts (ltt.pair_paths: into
+  the reference, and below a stage certified adequate alone; threshold sequences read off unlabelled
+  confidences, no fitting part; they get ``Criterion.whole`` of the error budget, a quarter of it to the
+  ex-ante router's fixed lambda sequence, ltt.ante_path, where the prompts have ex-ante estimates) is cheaper.
 """
 
 from __future__ import annotations
