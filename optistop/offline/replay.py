@@ -102,9 +102,11 @@ def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion, extra
                 cache: dict[int, Candidates] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-prompt (quality, cost) on ``ev`` of every rule fitted on ``cal``. ``cache``: seed -> the fitted
     candidates, shared by calls that differ only in the target, confidence or reference (served_curve)."""
+    # fitted-Q is only a comparator (policy_fit.COMPARATOR_ONLY), printed with the extras: without them its
+    # fits, a third of the candidates' time, are skipped
     if cache is not None and seed not in cache:
-        cache[seed] = candidates.fit(cal, seed, crit.fit_share)
-    ch = F.choose(cal, crit, seed, fitted=None if cache is None else cache[seed])
+        cache[seed] = candidates.fit(cal, seed, crit.fit_share, optimal=extras)
+    ch = F.choose(cal, crit, seed, optimal=extras, fitted=None if cache is None else cache[seed])
     out_path = ch["path"]
     ran, ans = K.simulate(ch["rule"], ev.conf, ev.ex_ante, ev.resp)
     served = (ev.correct[np.arange(len(ans)), ans].astype(float), ran.astype(float) @ ev.costs)
