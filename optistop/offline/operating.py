@@ -82,7 +82,8 @@ def arrays_from_records(records: Sequence[dict[str, Any]], lines: Sequence[int] 
 def build_artifact(cal: F.Arrays, stages: Sequence[str], crit: F.Criterion, seed: int = 0,
                    lambdas: tuple[float, ...] = F.LAMBDAS, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(artifact, choice info). The grid covers every lambda, so a request's own lambda is served too."""
-    ch = F.choose(cal, crit, seed, lambdas, names=stages)
+    # fitted-Q is a comparator only (policy_fit.COMPARATOR_ONLY): its grid below serves it by name
+    ch = F.choose(cal, crit, seed, lambdas, names=stages, optimal=False)
     # the served operating point is the rule certified as fitted on the fitting part, so the model rules
     # served at a request's own lambda come from the same part (one set of answer models for all)
     fit = cal.take(ch["fit_idx"])
