@@ -10,7 +10,8 @@ $ optistop replay --fit CAL.jsonl --stream TRAFFIC.jsonl --audit 0.05   # traffi
 Input: JSONL, one line per prompt: {"id", "prompt"?, "stages": [{"model", "cost", "correct",
 "confidence"?, "ex_ante"?, "response"?}, ...]} (other fields are ignored). ``confidence`` is the probability
 that the stage's answer is right, in [0, 1]; without it (and with ``response`` texts) a text verifier is
-cross-fitted (optistop.offline.fit). Bad input fails with one line naming the line number and field.
+cross-fitted (optistop.offline.fit), on the calibration file alone where there are two (``load_pair``).
+Bad input fails with one line naming the line number and field.
 
 Every number is held out: in each fold the operating point is chosen on the other folds only
 (optistop.offline.policy_fit.choose: the cheapest candidate whose quality clears the target with a stated
@@ -63,20 +64,50 @@ def stage_names(path: str | Path) -> list[str]:
     return [str(s.get("model", f"stage{k}")) for k, s in enumerate(first.get("stages", []))]
 
 
+def _has_confidence(records: Sequence[dict[str, Any]]) -> bool:
+    return all(s.get("confidence") is not None for r in records for s in r.get("stages", []))
+
+
+def _arrays(path: str | Path, records: list[dict[str, Any]], lines: list[int], need_confidence: bool) -> F.Arrays:
+    try:
+        return arrays_from_records(records, lines, need_confidence=need_confidence)
+    except ReplayInputError as exc:
+        raise ReplayInputError(f"{path}:{str(exc).removeprefix('line ')}") from None
+
+
 def load(path: str | Path, seed: int = 0) -> F.Arrays:
     """Checked arrays from a replay file; missing confidences come from a cross-fitted text verifier."""
     records, lines = read_records(path)
-    try:
-        has_conf = all(s.get("confidence") is not None for r in records for s in r.get("stages", []))
-        a = arrays_from_records(records, lines, need_confidence=has_conf)
-    except ReplayInputError as exc:
-        raise ReplayInputError(f"{path}:{str(exc).removeprefix('line ')}") from None
+    has_conf = _has_confidence(records)
+    a = _arrays(path, records, lines, has_conf)
     if not has_conf:
         from optistop.offline.fit import verifier_scores
 
         a.conf, ex = verifier_scores(records, seed)
         a.ex_ante = a.ex_ante if a.ex_ante is not None else ex
     return a
+
+
+def load_pair(cal_path: str | Path, traffic_path: str | Path, seed: int = 0) -> tuple[F.Arrays, F.Arrays]:
+    """(calibration, traffic) arrays of ``--fit`` and ``--eval`` / ``--stream``. Where neither file carries
+    confidences, ONE text verifier fitted on the calibration file scores both (out of fold on it), as a
+    deployment's predictor is trained before the traffic it scores: a verifier per file put the two on
+    different scales (thresholds fitted on one read the other) and learnt the traffic's confidences from
+    the very labels the replay judges them by. Confidences in one file only: refused, one line."""
+    (rc, lc), (rt, lt) = read_records(cal_path), read_records(traffic_path)
+    hc, ht = _has_confidence(rc), _has_confidence(rt)
+    if hc != ht:
+        without, other = (cal_path, traffic_path) if ht else (traffic_path, cal_path)
+        raise ReplayInputError(f"{without} lacks a stage confidence that {other} has: give both files "
+                               "confidences, or neither (a text verifier fitted on the calibration file then "
+                               "scores both)")
+    if not hc:
+        from optistop.offline.stream import score_from_cal
+
+        for path, recs in ((cal_path, rc), (traffic_path, rt)):   # checked before the verifier reads them
+            _arrays(path, recs, lc if recs is rc else lt, need_confidence=False)
+        score_from_cal(rc, rt, seed, keep_ex_ante=True)
+    return _arrays(cal_path, rc, lc, True), _arrays(traffic_path, rt, lt, True)
 
 
 def hindsight(a: F.Arrays, target: float = TARGET, grid: int = 256, ref: int | None = None) -> float:
@@ -237,7 +268,7 @@ def _stream(args: argparse.Namespace, crit: F.Criterion) -> int:
     for flag in ("h_mix", "h_quality"):
         if not getattr(args, flag) > 0:
             raise ReplayInputError(f"--{flag.replace('_', '-')} is {getattr(args, flag)}; it must be > 0")
-    cal, tr = load(args.fit), load(args.stream)
+    cal, tr = load_pair(args.fit, args.stream, args.seed)
     if cal.conf.shape[1] != tr.conf.shape[1] or not np.allclose(cal.costs, tr.costs):
         raise ReplayInputError("--fit and --stream files must have the same stages and costs")
     try:
@@ -299,8 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (args.file is None) == (args.fit is None or args.eval is None):
             raise ReplayInputError("give FILE (cross-fitting) or both --fit and --eval")
         if args.file is None:
-            crit = resolve(cal := load(args.fit), crit, stage_names(args.fit))
-            res = fit_eval(cal, load(args.eval), crit)
+            cal, ev = load_pair(args.fit, args.eval)
+            crit = resolve(cal, crit, stage_names(args.fit))
+            res = fit_eval(cal, ev, crit)
             _print(f"fit {args.fit.name} -> eval {args.eval.name} [{res['choice'][0]}]", res["conditions"])
         else:
             a = load(args.file)

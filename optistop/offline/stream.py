@@ -270,10 +270,13 @@ def build_shift(records: list[dict[str, Any]], easy_share: float = 0.5, pre: int
     return cal, stream, how
 
 
-def score_from_cal(cal: list[dict[str, Any]], stream: list[dict[str, Any]], seed: int = 0) -> None:
+def score_from_cal(cal: list[dict[str, Any]], stream: list[dict[str, Any]], seed: int = 0,
+                   keep_ex_ante: bool = False) -> None:
     """Confidences as a deployment has them: a text verifier (optistop.offline.fit, prompt-only where the
-    records carry no answers) fitted on the calibration records only, out-of-fold on them, applied to the
-    stream, which it never saw. Written into the records' stages as ``confidence`` and ``ex_ante``."""
+    records carry no answers; with their log-probs where recorded) fitted on the calibration records only,
+    out-of-fold on them, applied to the stream, which it never saw. Written into the records' stages as
+    ``confidence`` and ``ex_ante`` (``keep_ex_ante``: a stage's given ``ex_ante`` stays where every record
+    has one)."""
     from optistop.offline.fit import fit_predict_cv, hashed_tokens, prompt_stats, response_stats
 
     recs = cal + stream
@@ -288,12 +291,15 @@ def score_from_cal(cal: list[dict[str, Any]], stream: list[dict[str, Any]], seed
         conf = ex.copy()
         resp = [r["stages"][k].get("response") for r in recs]
         if all(isinstance(x, str) for x in resp):
-            rd = np.array([response_stats(p, x, None) for p, x in zip(prompts, resp, strict=True)])
+            lps = [r["stages"][k].get("logprobs") for r in recs]
+            rd = np.array([response_stats(p, x, lp) for p, x, lp in zip(prompts, resp, lps, strict=True)])
             rh = [sorted(set(h) | set(hashed_tokens("r " + x))) for h, x in zip(ph, resp, strict=True)]
             conf[tr], conf[te], _ = fit_predict_cv(np.hstack([pd, rd]), rh, y, tr, te, seed + 100 + k)
+        given = keep_ex_ante and all(r["stages"][k].get("ex_ante") is not None for r in recs)
         for i, r in enumerate(recs):
             r["stages"][k]["confidence"] = float(np.clip(conf[i], 0, 1))
-            r["stages"][k]["ex_ante"] = float(np.clip(ex[i], 0, 1))
+            if not given:
+                r["stages"][k]["ex_ante"] = float(np.clip(ex[i], 0, 1))
 
 
 def print_run(res: dict[str, Any], shift: int | None = None) -> None:

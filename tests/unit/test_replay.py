@@ -101,6 +101,29 @@ def test_text_verifier_when_no_confidences(tmp_path: Path) -> None:
     assert auroc(a.correct[:, 0], a.conf[:, 0]) > 0.8   # the answer text carries the label here
 
 
+def test_fit_eval_without_confidences_scores_the_traffic_with_the_calibration_verifier(tmp_path: Path) -> None:
+    """--fit/--eval (and --stream) files without confidences: one verifier, fitted on the calibration file,
+    scores both, as a deployment's predictor would. The traffic's confidences therefore do not move when
+    its labels do (a verifier fitted per file learnt them from the labels the replay judges them by, and
+    put the two files on different scales). One file with confidences, one without: refused, one line."""
+    from optistop.offline.replay import load_pair
+
+    cal = _write(tmp_path, synthetic(300, seed=2, with_conf=False), "cal.jsonl")
+    traffic = synthetic(300, seed=3, with_conf=False)
+    flipped = json.loads(json.dumps(traffic))
+    for r in flipped:
+        for st in r["stages"]:
+            st["correct"] = not st["correct"]
+    c1, t1 = load_pair(cal, _write(tmp_path, traffic, "t.jsonl"))
+    c2, t2 = load_pair(cal, _write(tmp_path, flipped, "flipped.jsonl"))
+    assert np.array_equal(c1.conf, c2.conf) and np.array_equal(t1.conf, t2.conf)
+    assert not np.array_equal(t1.correct, t2.correct)
+    from optistop.offline.stats import auroc
+    assert auroc(t1.correct[:, 0], t1.conf[:, 0]) > 0.8     # the calibration verifier still reads the text
+    with pytest.raises(ReplayInputError, match="t.jsonl lacks a stage confidence that .*with.jsonl has"):
+        load_pair(_write(tmp_path, synthetic(100, seed=4), "with.jsonl"), tmp_path / "t.jsonl")
+
+
 def test_cli_fit_eval_and_artifact(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # the command's plumbing, not the fit's quality (test above): small files keep it quick
     fit = _write(tmp_path, synthetic(240, seed=2), "fit.jsonl")
