@@ -347,8 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{np.mean([x < TOLERANCE for x in q]):.2f}")
             for m, rows in res["small"].items():
                 if rows:
-                    print(f"fit on {m} prompts: cost {np.mean([r['cost'] for r in rows]):.3f}, miss rate "
-                          f"{np.mean([not r['meets_quality'] for r in rows]):.2f} over {len(rows)} seeds")
+                    cost, hind = np.mean([r["cost"] for r in rows]), np.mean([r["hindsight_cost"] for r in rows])
+                    print(f"fit on {m} prompts: cost {cost:.3f} ({cost / hind:.3f} x the hindsight cascade on the "
+                          f"evaluated prompts), miss rate {np.mean([not r['meets_quality'] for r in rows]):.2f} "
+                          f"over {len(rows)} draws")
             if args.artifact:
                 names = [f"stage{k}" for k in range(a.conf.shape[1])]
                 art, _ = build_artifact(a, names, crit)

@@ -135,3 +135,10 @@ def test_cli_fit_eval_and_artifact(tmp_path: Path, capsys: pytest.CaptureFixture
     book = load_policy(art)
     assert book.n == 3 and json.loads((tmp_path / "res.json").read_text())["kfold"][0]["conditions"]
     assert main([str(tmp_path / "missing.jsonl")]) == 2
+    # the small-data line prints what issue 28 bounds: cost over the hindsight cascade of the evaluated prompts
+    capsys.readouterr()
+    assert main([str(fit), "--small", "150", "--draws", "2", "--out", str(tmp_path / "small.json")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("fit on 150 prompts"))
+    rows = json.loads((tmp_path / "small.json").read_text())["small"]["150"]
+    ratio = np.mean([r["cost"] for r in rows]) / np.mean([r["hindsight_cost"] for r in rows])
+    assert f"({ratio:.3f} x the hindsight cascade" in line and line.endswith("over 2 draws")
