@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from optistop.offline import policy_fit as F
-from optistop.offline.replay import load
+from optistop.offline.replay_files import load
 from optistop.offline.stream import run_stream
 
 

@@ -329,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rescore", action="store_true",
                     help="replace the records' confidences by a verifier fitted on the calibration part only")
     args = ap.parse_args(argv)
-    from optistop.offline.replay import read_records
+    from optistop.offline.replay_files import read_records
 
     records = read_records(args.file)[0]
     cal, stream, how = build_shift(records, args.easy_share, args.pre, args.seed)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from optistop.offline import policy_fit as F
-from optistop.offline import replay
+from optistop.offline import replay, replay_files
 from optistop.offline.operating import build_artifact
 
 MODELS = ("Qwen1.5-7B-Chat", "Meta-Llama-3_1-8B-Instruct", "Qwen1.5-72B-Chat", "Qwen1.5-110B",
@@ -59,7 +59,7 @@ def joined_records() -> dict[str, dict[str, dict]]:
         if "missing" in v:
             raise SystemExit(f"fit_bench: {v['missing']}")
         path = build.convert(name, *v["convert"], v["key"], None, 0)
-        for rec in replay.read_records(path)[0]:
+        for rec in replay_files.read_records(path)[0]:
             for st in rec["stages"]:
                 out.setdefault(rec["id"], {})[st["model"]] = st
     return out

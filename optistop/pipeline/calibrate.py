@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from optistop.offline import policy_fit as F
-from optistop.offline import replay
+from optistop.offline import replay, replay_files
 from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
 from optistop.pipeline.repository import install_serving_models
 from optistop.policy_artifact import FILE_NAME as POLICY_FILE
@@ -37,7 +37,7 @@ from optistop.spec import CascadeSpec, SpecError, load_spec, tokenizer_sha256
 
 
 def read_labelled(path: Path) -> list[dict[str, Any]]:
-    records, lines = replay.read_records(path)
+    records, lines = replay_files.read_records(path)
     for rec, ln in zip(records, lines, strict=True):
         for k, st in enumerate(rec.get("stages", [])):
             if "error" in st:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from optistop.offline.operating import ReplayInputError
-from optistop.offline.replay import read_records
+from optistop.offline.replay_files import read_records
 from optistop.serving.bls import STAGE_OUTPUTS, parse_stage_outputs, stage_request
 from optistop.serving.tokenizers import PromptEncoder, parse_messages
 from optistop.spec import DEFAULT_SPEC, CascadeSpec, SpecError, load_spec

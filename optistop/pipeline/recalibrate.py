@@ -95,7 +95,7 @@ def records_from_audit(path: Path, warn: Callable[[str], None] | None = None) ->
 
 def recalibrate(log: Path, policy: Path, target: float, prompts: Path | None = None, seed: int = 0,
                 warn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    from optistop.offline.replay import read_records
+    from optistop.offline.replay_files import read_records
 
     old = json.loads(policy.read_text(encoding="utf-8"))
     records, skipped = records_from_audit(log, warn)

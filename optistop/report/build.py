@@ -6,7 +6,7 @@ $ python -m optistop.report.build --routellm DIR --mmlupro DIR --mmlupro-limit 2
 Data sets: the tiny family (artifacts/tiny_replay.jsonl, only its records out-of-sample for the predictor),
 RouteLLM's MMLU and GSM8K (optistop.offline.routellm), the two MMLU-Pro ladders (optistop.offline.mmlupro).
 Each is converted once to replay JSONL under artifacts/report_cache/ (keyed by a hash of its source files
-and converter, because the MMLU-Pro verifier takes minutes) and read with ``replay.load``, exactly as
+and converter, because the MMLU-Pro verifier takes minutes) and read with ``replay_files.load``, exactly as
 ``optistop replay FILE`` reads it. ``replay.run`` then gives every held-out number. A data set that is
 absent is reported with where to get it, never filled in. Seeded throughout: reruns give identical files.
 """
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from optistop import ROOT
-from optistop.offline import cascades, mmlupro, replay, routellm, stats
+from optistop.offline import cascades, mmlupro, replay, replay_files, routellm, stats
 from optistop.offline import policy_fit as F
 from optistop.report import markdown, plots
 
@@ -103,7 +103,7 @@ def convert(name: str, kind: str, arg: str, key: str, limit: int | None, seed: i
         return path
     cache.mkdir(parents=True, exist_ok=True)
     if kind == "tiny":
-        recs, _ = replay.read_records(arg)
+        recs, _ = replay_files.read_records(arg)
         recs = [r for r in recs if r.get("predictor_role") in TINY_ROLES]
     elif kind == "routellm_mmlu":
         recs = routellm.mmlu_records(Path(arg))
@@ -215,12 +215,12 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     name = spec["name"]
     kind, arg = spec["convert"]
     path = convert(name, kind, arg, spec["key"], spec["limit"], spec["seed"], Path(spec["cache"]))
-    a = replay.load(path, spec["seed"])
+    a = replay_files.load(path, spec["seed"])
     crit = replay.resolve(a, F.Criterion(**spec["criterion"]))
     res = replay.run(a, spec["seeds"], crit, 5, spec["small"], spec.get("draws"))
     ref = int(crit.reference)
     acc = acceptance(res)
-    recs, _ = replay.read_records(path)
+    recs, _ = replay_files.read_records(path)
     gr = cascades.hindsight_grid(a)      # the hindsight curve's and the promise's price per size
     return {"label": spec["label"], "cache": path.name, "n": res["n"], "costs": res["costs"],
             "stages": [s.get("model", f"stage{k}") for k, s in enumerate(recs[0]["stages"])],

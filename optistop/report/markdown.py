@@ -233,7 +233,7 @@ def render(summary: dict[str, Any], figs: dict[str, str]) -> str:
           "- Tiny family: only records with `predictor_role` calibration or test are used (out-of-sample for the "
           "predictor that produced their confidences).",
           "- RouteLLM MMLU carries no answers: its confidences are a cross-fitted prompt-only verifier (so the "
-          "cascade cannot read the weak answer); GSM8K's verifier reads the answers (`replay.load`).",
+          "cascade cannot read the weak answer); GSM8K's verifier reads the answers (`replay_files.load`).",
           "- MMLU-Pro: no log-probs; confidences come from a cross-fitted text verifier "
           "(`optistop.offline.mmlupro`)" + (f"; this run used the first {lim} questions per ladder "
                                             "(`--mmlupro-limit`) to fit the time budget." if lim else "."),

@@ -10,7 +10,8 @@ import pytest
 
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import ReplayInputError, arrays_from_records
-from optistop.offline.replay import load, main, run
+from optistop.offline.replay import main, run
+from optistop.offline.replay_files import load
 from optistop.policy_artifact import load_policy
 from tests.synthetic import latent
 
@@ -106,7 +107,7 @@ def test_fit_eval_without_confidences_scores_the_traffic_with_the_calibration_ve
     scores both, as a deployment's predictor would. The traffic's confidences therefore do not move when
     its labels do (a verifier fitted per file learnt them from the labels the replay judges them by, and
     put the two files on different scales). One file with confidences, one without: refused, one line."""
-    from optistop.offline.replay import load_pair
+    from optistop.offline.replay_files import load_pair
 
     cal = _write(tmp_path, synthetic(300, seed=2, with_conf=False), "cal.jsonl")
     traffic = synthetic(300, seed=3, with_conf=False)
