@@ -226,3 +226,33 @@ def verifier_scores(records: Sequence[dict], seed: int = 0, folds: int = 5) -> t
             else:
                 conf[te, k] = ex[te, k]
     return np.clip(conf, 0.0, 1.0), np.clip(ex, 0.0, 1.0)
+
+
+def score_from_cal(cal: list[dict], stream: list[dict], seed: int = 0,
+                   keep_ex_ante: bool = False) -> None:
+    """Confidences as a deployment has them: a text verifier (as ``verifier_scores``, prompt-only where the
+    records carry no answers; with their log-probs where recorded) fitted on the calibration records only,
+    out-of-fold on them, applied to the stream, which it never saw. Written into the records' stages as
+    ``confidence`` and ``ex_ante`` (``keep_ex_ante``: a stage's given ``ex_ante`` stays where every record
+    has one)."""
+    recs = cal + stream
+    tr, te = np.arange(len(cal)), np.arange(len(cal), len(recs))
+    prompts = [str(r.get("prompt", "")) for r in recs]
+    pd = np.array([prompt_stats(p) for p in prompts])
+    ph = [hashed_tokens(p, [str(t) for t in r.get("meta", [])]) for p, r in zip(prompts, recs, strict=True)]
+    for k in range(len(recs[0]["stages"])):
+        y = np.array([bool(r["stages"][k]["correct"]) for r in recs])
+        ex = np.zeros(len(recs))
+        ex[tr], ex[te], _ = fit_predict_cv(pd, ph, y, tr, te, seed + k)
+        conf = ex.copy()
+        resp = [r["stages"][k].get("response") for r in recs]
+        if all(isinstance(x, str) for x in resp):
+            lps = [r["stages"][k].get("logprobs") for r in recs]
+            rd = np.array([response_stats(p, x, lp) for p, x, lp in zip(prompts, resp, lps, strict=True)])
+            rh = [sorted(set(h) | set(hashed_tokens("r " + x))) for h, x in zip(ph, resp, strict=True)]
+            conf[tr], conf[te], _ = fit_predict_cv(np.hstack([pd, rd]), rh, y, tr, te, seed + 100 + k)
+        given = keep_ex_ante and all(r["stages"][k].get("ex_ante") is not None for r in recs)
+        for i, r in enumerate(recs):
+            r["stages"][k]["confidence"] = float(np.clip(conf[i], 0, 1))
+            if not given:
+                r["stages"][k]["ex_ante"] = float(np.clip(ex[i], 0, 1))

@@ -71,7 +71,7 @@ def load_pair(cal_path: str | Path, traffic_path: str | Path, seed: int = 0) -> 
                                "confidences, or neither (a text verifier fitted on the calibration file then "
                                "scores both)")
     if not hc:
-        from optistop.offline.stream import score_from_cal
+        from optistop.offline.fit import score_from_cal
 
         for path, recs in ((cal_path, rc), (traffic_path, rt)):   # checked before the verifier reads them
             _arrays(path, recs, lc if recs is rc else lt, need_confidence=False)

@@ -270,38 +270,6 @@ def build_shift(records: list[dict[str, Any]], easy_share: float = 0.5, pre: int
     return cal, stream, how
 
 
-def score_from_cal(cal: list[dict[str, Any]], stream: list[dict[str, Any]], seed: int = 0,
-                   keep_ex_ante: bool = False) -> None:
-    """Confidences as a deployment has them: a text verifier (optistop.offline.fit, prompt-only where the
-    records carry no answers; with their log-probs where recorded) fitted on the calibration records only,
-    out-of-fold on them, applied to the stream, which it never saw. Written into the records' stages as
-    ``confidence`` and ``ex_ante`` (``keep_ex_ante``: a stage's given ``ex_ante`` stays where every record
-    has one)."""
-    from optistop.offline.fit import fit_predict_cv, hashed_tokens, prompt_stats, response_stats
-
-    recs = cal + stream
-    tr, te = np.arange(len(cal)), np.arange(len(cal), len(recs))
-    prompts = [str(r.get("prompt", "")) for r in recs]
-    pd = np.array([prompt_stats(p) for p in prompts])
-    ph = [hashed_tokens(p, [str(t) for t in r.get("meta", [])]) for p, r in zip(prompts, recs, strict=True)]
-    for k in range(len(recs[0]["stages"])):
-        y = np.array([bool(r["stages"][k]["correct"]) for r in recs])
-        ex = np.zeros(len(recs))
-        ex[tr], ex[te], _ = fit_predict_cv(pd, ph, y, tr, te, seed + k)
-        conf = ex.copy()
-        resp = [r["stages"][k].get("response") for r in recs]
-        if all(isinstance(x, str) for x in resp):
-            lps = [r["stages"][k].get("logprobs") for r in recs]
-            rd = np.array([response_stats(p, x, lp) for p, x, lp in zip(prompts, resp, lps, strict=True)])
-            rh = [sorted(set(h) | set(hashed_tokens("r " + x))) for h, x in zip(ph, resp, strict=True)]
-            conf[tr], conf[te], _ = fit_predict_cv(np.hstack([pd, rd]), rh, y, tr, te, seed + 100 + k)
-        given = keep_ex_ante and all(r["stages"][k].get("ex_ante") is not None for r in recs)
-        for i, r in enumerate(recs):
-            r["stages"][k]["confidence"] = float(np.clip(conf[i], 0, 1))
-            if not given:
-                r["stages"][k]["ex_ante"] = float(np.clip(ex[i], 0, 1))
-
-
 def print_run(res: dict[str, Any], shift: int | None = None) -> None:
     for w in res["windows"]:
         print(f"{w['start']:6d}-{w['end']:<6d} quality {w['quality_rel']:.3f}  cost {w['cost']:6.3f} "
@@ -334,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = read_records(args.file)[0]
     cal, stream, how = build_shift(records, args.easy_share, args.pre, args.seed)
     if args.rescore or any(st.get("confidence") is None for r in records for st in r["stages"]):
+        from optistop.offline.fit import score_from_cal
+
         score_from_cal(cal, stream, args.seed)
         how["verifier"] = "fitted on the calibration records only (out-of-fold there), applied to the stream"
     args.out.mkdir(parents=True, exist_ok=True)
