@@ -71,6 +71,10 @@ class PolicyBook:
             self.stages: list[str] = list(art["stages"])
             self.costs = np.asarray(art["costs"], float)
             self.n = len(self.stages)
+            # the stage the promise is relative to (audits, on_drift = safer); format 1 named none: the last
+            self.reference = int(art.get("criterion", {}).get("reference", self.n - 1))
+            if not 0 <= self.reference < self.n:
+                raise ValueError(f"criterion reference {self.reference} is not a stage (0..{self.n - 1})")
             self.use_ex_ante, self.use_agree = bool(art["use_ex_ante"]), bool(art["use_agree"])
             self.answer = {int(m): np.asarray(w, float) for m, w in art["answer"].items()}
             self.grid = sorted((float(g["lam"]), {int(m): {int(k): (np.asarray(x[0], float), np.asarray(x[1], float),

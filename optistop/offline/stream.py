@@ -170,7 +170,7 @@ def run_stream(cal: F.Arrays, tr: F.Arrays, rate: float, crit: F.Criterion, seed
             break
     return {"windows": _windows(tr, served, cost, audit_cost, audited, alarms, policy_at, window, ref),
             "events": events, "summary": _summary(tr, crit, rate, served, cost, audit_cost, audited, alarms,
-                                                   events, first_choice)}
+                                                   events, first_choice, ref)}
 
 
 def _windows(tr: F.Arrays, served: np.ndarray, cost: np.ndarray, audit_cost: np.ndarray, audited: np.ndarray,
@@ -190,9 +190,8 @@ def _windows(tr: F.Arrays, served: np.ndarray, cost: np.ndarray, audit_cost: np.
 
 def _summary(tr: F.Arrays, crit: F.Criterion, rate: float, served: np.ndarray, cost: np.ndarray,
              audit_cost: np.ndarray, audited: np.ndarray, alarms: list[tuple[int, str]],
-             events: list[dict[str, Any]], first_choice: str) -> dict[str, Any]:
+             events: list[dict[str, Any]], first_choice: str, stage: int) -> dict[str, Any]:
     N, n = tr.conf.shape
-    stage = int(crit.reference) if str(crit.reference).isdigit() else n - 1   # run_stream resolved it
     ref = tr.correct[:, stage].astype(float)
     recal = [ev["request"] for ev in events if ev["event"] == "recalibrated"]
     after = recal[0] + 1 if recal else N

@@ -29,6 +29,7 @@ from typing import Any
 from optistop.audit import normalise, read_log
 from optistop.offline import policy_fit as F
 from optistop.offline.operating import ReplayInputError, arrays_from_records, build_artifact
+from optistop.policy_artifact import PolicyBook
 
 
 def agreement_baseline_of(a: Any, rule: Any, ref: int = -1) -> float | None:
@@ -58,7 +59,6 @@ def drift_baselines_of(a: Any, rule: Any, ref: int = -1) -> dict[str, float]:
 def with_safer_points(art: dict[str, Any]) -> dict[str, Any]:
     """Store the next safer certified operating points in the artifact (``safer``: what ``on_drift =
     "safer"`` steps through; optistop.serving.audit.safer_points derives the same when it is absent)."""
-    from optistop.policy_artifact import PolicyBook
     from optistop.serving.audit import safer_points
 
     art["safer"] = [{"policy": p, "lambda": lam} for p, lam in safer_points(PolicyBook(art))]
@@ -116,7 +116,7 @@ def recalibrate(log: Path, policy: Path, target: float, prompts: Path | None = N
     a = arrays_from_records(records)
     # the audits' labels are agreement with the reference stage the artifact was certified against: the
     # same stage stays the reference (on a ladder that is not monotone "best" need not be the last)
-    ref = int(old.get("criterion", {}).get("reference", len(names) - 1))
+    ref = PolicyBook(old, str(policy)).reference
     crit = F.Criterion(target, target - 0.005, reference=str(ref))
     version = int(old.get("version", 1)) + 1
     keep = {k: old[k] for k in ("spec", "tokenizer_sha256", "predictor", "data_sha256") if k in old}

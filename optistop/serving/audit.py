@@ -53,8 +53,7 @@ def safer_points(book: PolicyBook) -> list[tuple[str, float | None]]:
     if book.default_policy in ("optimal", "router", "ante"):   # their lambda sequences were certified downward
         above = [lam for lam, _ in book.grid if lam > book.default_lambda * (1 + 1e-9)]
         out = [(book.default_policy, lam) for lam in above[3::4][:3]]   # about x2.4 per step (grid x1.25)
-    ref = book.art.get("criterion", {}).get("reference", book.n - 1)
-    return out + [(f"fixed:{int(ref)}", None)]
+    return out + [(f"fixed:{book.reference}", None)]
 
 
 class Auditor:
@@ -76,8 +75,7 @@ class Auditor:
         self.book = book
         self.version = int(book.art.get("version", 1))
         crit = book.art.get("criterion", {})
-        # the stage the promise is relative to: answers are audited against it (the last before format 2)
-        self.ref = int(crit.get("reference", book.n - 1))
+        self.ref = book.reference   # answers are audited against the stage the promise is relative to
         self.monitor.tolerance = (self.spec.audit_tolerance if self.spec.audit_tolerance is not None
                                   else float(crit.get("t_lcb", DEFAULT_TOLERANCE)))
         self.monitor.q_ref = (self.spec.audit_reference_quality if self.spec.audit_reference_quality is not None
