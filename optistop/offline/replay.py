@@ -63,6 +63,19 @@ def _conditions(a: F.Arrays, q: np.ndarray, c: np.ndarray, router_cost: float, h
             "le_router": cost <= router_cost + 1e-9, "le_1.1_hindsight": cost <= 1.10 * hind + 1e-9}
 
 
+def fold_ids(N: int, seed: int, folds: int = 5) -> np.ndarray:
+    """The fold of each prompt in seed ``seed``'s K-fold pass (every protocol and yardstick shares it)."""
+    fid = np.arange(N) % folds
+    np.random.default_rng(1000 + seed).shuffle(fid)
+    return fid
+
+
+def draw(N: int, s: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``s`` of the small-data protocol: (m fitting prompts, the rest, evaluated)."""
+    perm = np.random.default_rng(2000 + s).permutation(N)
+    return perm[:m], perm[m:]
+
+
 def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion, extras: bool,
                 cache: dict[int, Candidates] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-prompt (quality, cost) on ``ev`` of every rule fitted on ``cal``. ``cache``: seed -> the fitted
@@ -92,8 +105,7 @@ def fit_and_run(cal: F.Arrays, ev: F.Arrays, seed: int, crit: F.Criterion, extra
 def kfold(a: F.Arrays, seed: int, crit: F.Criterion, folds: int = 5, extras: bool = True,
           cache: dict[int, Candidates] | None = None) -> dict[str, Any]:
     N = len(a.conf)
-    fid = np.arange(N) % folds
-    np.random.default_rng(1000 + seed).shuffle(fid)
+    fid = fold_ids(N, seed, folds)
     per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     choices = []
     ran = np.zeros(a.conf.shape, bool)
@@ -151,10 +163,9 @@ def run(a: F.Arrays, seeds: int, crit: F.Criterion, folds: int = 5, small: Seque
     for m in small:
         rows = []
         for s in range(seeds if draws is None else draws):
-            perm = np.random.default_rng(2000 + s).permutation(len(a.conf))
             if m >= len(a.conf) - 50:
                 break
-            fi, ei = perm[:m], perm[m:]
+            fi, ei = draw(len(a.conf), s, m)
             ev = a.take(ei)
             o = fit_and_run(a.take(fi), ev, s, crit, extras=False)
             o.pop("_choice"), o.pop("_ran"), o.pop("_path")

@@ -29,6 +29,7 @@ import numpy as np
 from optistop import ROOT
 from optistop.offline import cascades, mmlupro, replay, replay_files, routellm, stats
 from optistop.offline import policy_fit as F
+from optistop.offline.ltt_sweep import KnownFrontier
 from optistop.report import markdown, plots
 
 TINY = ROOT / "artifacts" / "tiny_replay.jsonl"
@@ -181,13 +182,14 @@ def acceptance(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def small_curve(res: dict[str, Any], kfold_cost: float, a: F.Arrays | None = None,
-                gr: cascades.Grid | None = None) -> dict[str, dict[str, Any]]:
+                gr: cascades.Grid | None = None, kf: KnownFrontier | None = None) -> dict[str, dict[str, Any]]:
     """Per fitting-set size: the served procedure over the draws, beside two yardsticks that no procedure is
     asked to beat: ``oracle_*``, the whole set's own hindsight cascade served on the same evaluated prompts
     (the metric's noise floor: a limit below its ratio cannot be met even knowing the population), and
     ``price_x_hindsight`` (with ``a``), the cheapest hindsight cascade clearing the tolerance by z standard
     errors at m prompts (ltt_sweep.margin_cost: what the stated confidence costs on the frontier; ``gr``: its
-    hindsight grid of ``a``, built once for every size)."""
+    hindsight grid of ``a``, built once for every size), and ``one_test_*`` (with ``kf``), a single z-test on
+    the known frontier fitted on each draw's own prompts (ltt_sweep.KnownFrontier)."""
     from optistop.offline.ltt_sweep import margin_cost
 
     out = {}
@@ -207,6 +209,10 @@ def small_curve(res: dict[str, Any], kfold_cost: float, a: F.Arrays | None = Non
             if a is not None:
                 conf = float(res["criterion"]["confidence"])
                 out[m]["price_x_hindsight"] = margin_cost(a, int(res["reference"]), int(m), conf, gr=gr)[1]
+            if kf is not None:   # the same draws: the replay's draw(N, s, m) for s < len(rows)
+                c, met = kf.small(int(m), len(rows))
+                out[m]["one_test_ratio"] = float(c.mean()) / max(hind, 1e-12)
+                out[m]["one_test_miss_rate"] = float(1 - met.mean())
     return out
 
 
@@ -222,6 +228,8 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     acc = acceptance(res)
     recs, _ = replay_files.read_records(path)
     gr = cascades.hindsight_grid(a)      # the hindsight curve's and the promise's price per size
+    kf = KnownFrontier(a, ref, crit.confidence, crit.t_lcb, gr)
+    acc["one_test_x_hindsight"] = kf.kfold(spec["seeds"]) / acc["hindsight_cost"]
     return {"label": spec["label"], "cache": path.name, "n": res["n"], "costs": res["costs"],
             "stages": [s.get("model", f"stage{k}") for k, s in enumerate(recs[0]["stages"])],
             "accuracy": res["accuracy"], "auroc": [stats.auroc(a.correct[:, k], a.conf[:, k])
@@ -229,7 +237,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
             "acceptance": acc, "by_seed": [r["conditions"] for r in res["kfold"]],
             "choices": dict(sorted(Counter(c[0] + ("" if c[1] == "None" else f" {float(c[1]):.4g}")
                                            for r in res["kfold"] for c in r["choices"]).items())),
-            "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"], a, gr),
+            "candidates": candidates(res), "small": small_curve(res, acc["cost_mean"], a, gr, kf),
             "reference": ref, "hindsight_curve": hindsight_curve(a, ref, gr=gr),
             "served_curve": served_curve(a, crit)}
 

@@ -79,23 +79,30 @@ def headline(s: dict[str, Any]) -> list[str]:
           "reference, never a policy.", ""]
     L += ["Fitted on few prompts (issue 28: over the draws, miss rate <= 10%; mean cost <= 1.25 x hindsight at "
           "300 prompts, <= 1.15 x at 1,000):", "", "| data set | prompts | draws | miss rate | cost / hindsight | "
-          "population cascade: cost / hindsight, miss rate | price of the promise | result |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "population cascade: cost / hindsight, miss rate | price of the promise | one test on the known "
+          "frontier: cost / hindsight, miss rate | result |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for k, r in s["datasets"].items():
         for m, v in sorted((r.get("small") or {}).items(), key=lambda kv: int(kv[0])):
             if m in SMALL_GOALS and "ratio_to_hindsight" in v:
                 ok = v["miss_rate"] <= 0.10 and v["ratio_to_hindsight"] <= SMALL_GOALS[m] + 1e-9
                 L.append(f"| {k} | {m} | {v['seeds']} | {_pct(v['miss_rate'])} | {_f(v['ratio_to_hindsight'], 3)} | "
                          f"{_f(v.get('oracle_ratio'))}, {_pct(v.get('oracle_miss_rate'))} | "
-                         f"{_f(v.get('price_x_hindsight'))} | {_ok(ok)} |")
-    L += ["", "Two yardsticks, not policies. *Population cascade*: the whole set's own hindsight cascade at 95% "
+                         f"{_f(v.get('price_x_hindsight'))} | {_f(v.get('one_test_ratio'))}, "
+                         f"{_pct(v.get('one_test_miss_rate'))} | {_ok(ok)} |")
+    L += ["", "Three yardsticks, not policies. *Population cascade*: the whole set's own hindsight cascade at 95% "
           "(tuned on every prompt, the evaluated ones included) served on each draw's evaluated prompts: what "
           "a procedure that knew the population would get; the hindsight cascade on those prompts is tuned to "
           "their noise, so where this ratio is above the limit no procedure can meet it. *Price of the "
           "promise*: the cheapest hindsight cascade of the whole set whose quality clears 94.5% by z (the "
           "confidence's normal quantile) standard errors of its own paired difference at that many prompts, "
           "over the whole set's hindsight cost (`python -m optistop.offline.ltt_sweep FILE --margin`): roughly "
-          "what a valid promise costs on the frontier before any fitting or selection.", ""]
+          "what a valid promise costs on the frontier before any fitting or selection. *One test on the known "
+          "frontier*: handed the whole set's hindsight frontier (threshold cascades tuned on every label), each "
+          "draw's fitting prompts pick the cheapest frontier rule that one z-test at level 1 - confidence "
+          "certifies (`ltt_sweep.KnownFrontier`): it learns nothing and pays for no multiplicity, so where it "
+          "misses a limit a valid procedure that learns its rule from those prompts can only do so with a "
+          "family off that frontier (a router), never with a threshold cascade. Its 5-fold figure is beside "
+          "each set's shortfall below.", ""]
     return L
 
 
@@ -175,8 +182,10 @@ def shortfalls(s: dict[str, Any]) -> list[str]:
                                 ("router", a["router_cost_mean"], "the router"),
                                 ("hindsight", a["hindsight_x1.1"], "1.10 x the hindsight cascade")):
             if not a["pass"][name]:
+                one = a.get("one_test_x_hindsight") if name == "hindsight" else None
                 L.append(f"- {k}: cost {_f(a['cost_mean'], 3)} exceeds {what} ({_f(ref, 3)}) by "
-                         f"{100 * (a['cost_mean'] / ref - 1):.1f}%.")
+                         f"{100 * (a['cost_mean'] / ref - 1):.1f}%" + ("" if one is None else
+                         f" (one test on the known frontier: {_f(one, 3)} x the hindsight cascade)") + ".")
             elif a["seeds_passing"][name] < a["seeds"]:
                 L.append(f"- {k}: cost <= {what} holds on the mean but on only {a['seeds_passing'][name]}/"
                          f"{a['seeds']} seeds.")
@@ -184,8 +193,10 @@ def shortfalls(s: dict[str, Any]) -> list[str]:
             goal = SMALL_GOALS.get(m)
             ratio = v.get("ratio_to_hindsight")
             if v["miss_rate"] > 0.10 or (goal and ratio is not None and ratio > goal):
-                L.append(f"- {k}, fit on {m} prompts: miss rate {_pct(v['miss_rate'])}, cost {_f(ratio)} x the "
-                         f"hindsight cascade" + (f" (issue 28 asks <= 10% and <= {goal})" if goal else "") + ".")
+                one = ("" if v.get("one_test_ratio") is None else f"; one test on the known frontier: "
+                       f"{_f(v['one_test_ratio'], 3)} x, miss rate {_pct(v['one_test_miss_rate'])}")
+                L.append(f"- {k}, fit on {m} prompts: miss rate {_pct(v['miss_rate'])}, cost {_f(ratio, 3)} x the "
+                         f"hindsight cascade" + (f" (issue 28 asks <= 10% and <= {goal}{one})" if goal else "") + ".")
     if len(L) == 2:
         L.append("- Nothing: every condition holds on every data set and seed.")
     return L + [""]

@@ -368,6 +368,31 @@ def test_margin_cost() -> None:
     assert got[0] == (1.0, pytest.approx(3.0 / cascades.hindsight_cost(a, 1, 0.95)))  # 30: no wrong stop
 
 
+def test_known_frontier_yardstick() -> None:
+    """ltt_sweep.KnownFrontier: one z-test on the population's frontier, on the replay's folds and draws."""
+    from optistop.offline.ltt_sweep import KnownFrontier
+
+    n = 1000
+    right = np.arange(n) % 5 != 0
+    # stage 0 right exactly where the reference is: d = 0.055 on every prompt, so any fitting set certifies
+    # stopping everything at stage 0 (cost 1), and it meets the tolerance on every evaluated set
+    conf = np.column_stack([np.where(right, 0.9, 0.2), np.full(n, 0.5)])
+    kf = KnownFrontier(F.Arrays(conf, np.column_stack([right, right]), np.array([1.0, 10.0])), 1)
+    cost, met = kf.small(30, 5)
+    assert kf.kfold(2) == pytest.approx(1.0) and np.allclose(cost, 1.0) and met.all()
+    # stage 0 a coin flip whose confidence says nothing, the reference always right: stopping a share f at
+    # stage 0 loses f / 2 of the reference's quality, so no rule stopping more than 11% clears 94.5%:
+    # every fit serves at cost >= 1 + 0.89 x 10
+    rng = np.random.default_rng(0)
+    coin = F.Arrays(np.column_stack([rng.random(n), np.full(n, 0.5)]),
+                    np.column_stack([rng.random(n) < 0.5, np.ones(n, bool)]), np.array([1.0, 10.0]))
+    assert KnownFrontier(coin, 1).kfold(2) >= 9.9 - 1e-9
+    # informative but imperfect confidences: more fitting prompts, a smaller margin, a cheaper rule
+    conf = np.column_stack([np.where(right, 0.9, 0.1 + 0.7 * (np.arange(n) % 7) / 7), np.full(n, 0.5)])
+    kf = KnownFrontier(F.Arrays(conf, np.column_stack([right, np.ones(n, bool)]), np.array([1.0, 10.0])), 1)
+    assert kf.small(30, 10)[0].mean() > kf.small(900, 10)[0].mean()
+
+
 def test_cascade_levels_are_scored_out_of_fold() -> None:
     """Confidences that carry no information: the cascade frontier scored on the data that picked it is
     the envelope of lucky estimates, above the picked rules' true quality (a 100,000-prompt population of
