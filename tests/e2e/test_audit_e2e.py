@@ -1,6 +1,6 @@
 """Audit sampling on the real server (session fixture): audits land in the log after the answers, the
 quality gauges move when the served answers are made worse on purpose, and a recalibrated policy.json
-is picked up under load with no failed request.
+is picked up under load with no failed request (each test makes its own audits: any order, any worker).
 
 Degrading on purpose, without touching a stage: the requests ask for ``fixed:0`` (the small stage, which
 fails most 4-digit additions) with ``audit`` = 1, so every audit compares a weak answer with the
@@ -104,9 +104,14 @@ def test_recalibrated_policy_is_picked_up_under_load_without_failures(server, tm
     from optistop.pipeline.recalibrate import recalibrate
 
     served_log, policy = served_files(server)
-    recent = list(read_log(served_log))[-40:] if served_log.exists() else []
-    if len(recent) < 12:
-        pytest.fail("needs the audits of test_audits_land_in_the_log_and_the_gauges_move (run the module)")
+    # its own audits (weak answers and the reference's), so it runs alone, in any order, on any worker
+    client = make_client(server.cfg.grpc_url, "grpc")
+    start = count_records(served_log)
+    for p in HARD[:6]:
+        for pol in ("fixed:0", "fixed:2"):
+            ask(client, "grpc", p, policy=pol, audit=1.0)
+    recent = new_records(served_log, start, 12)
+    assert len(recent) == 12
     log = tmp_path / "audit.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in recent), encoding="utf-8")
     tracked = (ROOT / "model_repository" / SPEC.predictor_model / "1" / "policy.json").read_bytes()
@@ -149,7 +154,6 @@ def test_recalibrated_policy_is_picked_up_under_load_without_failures(server, tm
     assert (ROOT / "model_repository" / SPEC.predictor_model / "1" / "policy.json").read_bytes() == tracked
     # the restored file is a change too: the next request after policy_watch_s swaps it back (the file is
     # checked on the request path, so requests must come), for the tests after this one
-    client = make_client(server.cfg.grpc_url, "grpc")
     deadline = time.monotonic() + SPEC.policy_watch_s + 30
     while gauge(scrape(server), "policy_version") != version:
         assert time.monotonic() < deadline, "the server did not go back to the restored policy.json"
