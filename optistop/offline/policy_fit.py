@@ -16,7 +16,8 @@
   served as fitted, unless a two-stage cascade certified on ALL the calibration prompts (ltt.pair_paths: into
   the reference, and below a stage certified adequate alone; threshold sequences read off unlabelled
   confidences, no fitting part; they get ``Criterion.whole`` of the error budget, a quarter of it to the
-  ex-ante router's fixed lambda sequence, ltt.ante_path, where the prompts have ex-ante estimates) is cheaper.
+  ex-ante router's fixed lambda sequence, ltt.ante_path, where the prompts have ex-ante estimates) is cheaper;
+  a rule that mixes stages must be cheaper than the cheapest certified single stage with the stated confidence.
 """
 
 from __future__ import annotations
@@ -244,7 +245,9 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
     that share where ``cal`` has ex-ante estimates, ltt.ante_path: the ex-ante router (policy ``ante``) down
     a fixed lambda grid, tested on ALL of ``cal`` too. With probability >= confidence
     no path certified a rule below the tolerance (union bound), so the cheapest certified rule of all
-    paths (by its mean cost on ``cal``) is served. ``thresholds=False``
+    paths (by its mean cost on the testing part) is served, unless it mixes stages and its cost there is not
+    below the cheapest certified single stage's by z(confidence) standard errors (``ltt.single_stage_guard``):
+    then that stage is. ``thresholds=False``
     turns the pair paths off too (the split path then has the whole budget).
 
     Returns {"choice": (name, param), "rule", "router_choice", "router", "optimal_choice", "optimal" (the
@@ -287,6 +290,15 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
 
     last, path = select([c for c in cands if c[0] not in COMPARATOR_ONLY], delta)
     best = path[last]["_cand"]
+    singles = [x["_cand"] for x in path if x["certified"] and ltt.stage_of(x["_cand"][2]) is not None]
+    q_ref_all = max(float(cal.correct[:, ref].mean()), 1e-12)
+
+    def whole_entry(cand: tuple[str, float | None, K.Policy, float, float]) -> dict:
+        # after the split path's entries; cost and quality on the whole calibration set
+        return {"name": _cand_name(cand[2]) + "@whole", "param": cand[1], "cost": round(cand[3], 6),
+                "quality_rel": round(cand[4] / q_ref_all, 6), "certified": True,
+                "operating": operating_json(cand), "_cand": cand}
+
     if whole > 0:
         # the pair paths' certified rules and the split path's are all valid at once (union bound over
         # the (1 - whole) delta of the split path and whole x delta of the pairs): any of them may be
@@ -299,18 +311,22 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
         # compared on the testing part: out of sample for the split path's rule (a model-based rule's cost
         # on the part it was fitted to is off), label-free for both
         cost_best = float(outcome(best[2], b)[1].mean())
-        q_ref_all = max(float(cal.correct[:, ref].mean()), 1e-12)
         # a tie goes to the fewer stages: stage k alone costs c_k on any data; "k, then j below a
         # threshold" only did on these (an ex-ante router runs one stage)
         for rule, c in sorted(won, key=lambda w: len(getattr(w[0], "stages", (0,)))):
-            if float(outcome(rule, b)[1].mean()) < cost_best - 1e-12:
+            cost_b = float(outcome(rule, b)[1].mean())
+            if cost_b < cost_best - 1e-12 or ltt.stage_of(rule) is not None:
                 q = float(outcome(rule, cal)[0].mean())
                 fam, lam = ("cascade", None) if isinstance(rule, CascadeRule) else ("ante", rule.lam)  # type: ignore[attr-defined]
-                cost_best, best = float(outcome(rule, b)[1].mean()), (fam, lam, rule, c, q)
-                # after the split path's entries; cost and quality on the whole calibration set
-                path.append({"name": _cand_name(rule) + "@whole", "param": lam, "cost": round(c, 6),
-                             "quality_rel": round(q / q_ref_all, 6), "certified": True,
-                             "operating": operating_json(best), "_cand": best})
+                cand = (fam, lam, rule, c, q)
+                singles += [cand] if ltt.stage_of(rule) is not None else []
+                if cost_b < cost_best - 1e-12:
+                    cost_best, best = cost_b, cand
+                    path.append(whole_entry(cand))
+    guarded = ltt.single_stage_guard(best, singles, outcome(best[2], b)[1], cal.costs, crit.confidence)
+    if guarded is not best and all(x["_cand"] is not guarded for x in path):
+        path.append(whole_entry(guarded))
+    best = guarded
     # the comparators are procedures of their own: one family (and the fixed stages) with the whole error
     # budget on its split path; the fitted-Q one is None when its candidates were not fitted
     def alone(fam: str) -> tuple[str, float | None, K.Policy, float, float]:

@@ -303,6 +303,26 @@ def test_stage_alone_wins_a_tie_with_a_cascade_that_never_escalates_here() -> No
     assert (1,) in served                 # stage 1 alone, from the chain
 
 
+def test_a_mixed_rule_must_be_surely_cheaper_than_a_certified_single_stage() -> None:
+    """ltt.single_stage_guard on 150 testing prompts, stages costing 1 and 10. "Stage 0, then 1
+    below t" stopping at stage 0 on 12% of them costs 1 + 0.88 x 10 = 9.8 there, with standard error
+    10 sqrt(0.12 x 0.88 / 150) = 0.265: 9.8 + 1.2816 x 0.265 = 10.14 is not below the reference's 10, so
+    the reference serves; stopping on half (6.0 + 1.2816 x 0.41 = 6.52) keeps the cascade; a certified
+    stage 0 alone (cost 1) beats any mixed rule."""
+    n = 150
+    for stop_share, keeps in ((0.12, False), (0.5, True)):
+        conf = np.column_stack([(np.arange(n) < stop_share * n).astype(float), np.zeros(n)])
+        b = F.Arrays(conf, np.ones((n, 2), bool), np.array([1.0, 10.0]))
+        cascade = ("cascade", None, CascadeRule((0, 1), np.array([0.5])), 0.0, 0.0)
+        ref = ("fixed:1", None, K.FixedRule(1, "fixed:1"), 10.0, 1.0)
+        assert F.outcome(cascade[2], b)[1].mean() == pytest.approx(1 + (1 - stop_share) * 10)
+        cost = F.outcome(cascade[2], b)[1]
+        assert ltt.single_stage_guard(cascade, [ref], cost, b.costs, 0.9) is (cascade if keeps else ref)
+        alone = ("cascade", None, CascadeRule((0,), np.zeros(0)), 1.0, 1.0)
+        assert ltt.single_stage_guard(cascade, [ref, alone], cost, b.costs, 0.9) is alone
+        assert ltt.single_stage_guard(ref, [ref, alone], cost, b.costs, 0.9) is ref   # a single stage is never swapped
+
+
 def test_likelihood_test_needs_a_loss_to_reweight() -> None:
     # 5 prompts, rule and reference always right: d = 0.055 each, sd 0, so the plain z-test certifies on
     # 5 prompts. With half a pseudo-prompt per cell the likelihood ratio has a loss (-0.945) to reweight:
