@@ -79,8 +79,9 @@ class KnownFrontier:
     certifies (mean of d = q - tol q_ref above z standard errors). Favoured twice over any real procedure:
     it learns nothing (the frontier is given) and pays for no multiplicity (picking the cheapest passing
     rule among many is itself a selection the z-test does not charge for, and z is above its level on
-    skewed d). Where it misses a limit, no valid procedure that must learn its rule from those prompts
-    meets it. The reference stage serves where nothing passes."""
+    skewed d). Where it misses a limit, no valid procedure that learns a threshold cascade from those
+    prompts meets it (a family off that frontier, a router, may). The reference stage serves where nothing
+    passes."""
 
     def __init__(self, a: F.Arrays, ref: int, confidence: float = 0.9, tol: float = R.TOLERANCE,
                  gr: cascades.Grid | None = None, cap: int = 400) -> None:

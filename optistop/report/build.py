@@ -29,7 +29,7 @@ import numpy as np
 from optistop import ROOT
 from optistop.offline import cascades, mmlupro, replay, replay_files, routellm, stats
 from optistop.offline import policy_fit as F
-from optistop.offline.ltt_sweep import KnownFrontier
+from optistop.offline.ltt_sweep import KnownFrontier, margin_cost
 from optistop.report import markdown, plots
 
 TINY = ROOT / "artifacts" / "tiny_replay.jsonl"
@@ -183,15 +183,13 @@ def acceptance(res: dict[str, Any]) -> dict[str, Any]:
 
 def small_curve(res: dict[str, Any], kfold_cost: float, a: F.Arrays | None = None,
                 gr: cascades.Grid | None = None, kf: KnownFrontier | None = None) -> dict[str, dict[str, Any]]:
-    """Per fitting-set size: the served procedure over the draws, beside two yardsticks that no procedure is
+    """Per fitting-set size: the served procedure over the draws, beside three yardsticks that no procedure is
     asked to beat: ``oracle_*``, the whole set's own hindsight cascade served on the same evaluated prompts
-    (the metric's noise floor: a limit below its ratio cannot be met even knowing the population), and
+    (the metric's noise floor: a limit below its ratio cannot be met even knowing the population),
     ``price_x_hindsight`` (with ``a``), the cheapest hindsight cascade clearing the tolerance by z standard
     errors at m prompts (ltt_sweep.margin_cost: what the stated confidence costs on the frontier; ``gr``: its
     hindsight grid of ``a``, built once for every size), and ``one_test_*`` (with ``kf``), a single z-test on
     the known frontier fitted on each draw's own prompts (ltt_sweep.KnownFrontier)."""
-    from optistop.offline.ltt_sweep import margin_cost
-
     out = {}
     if a is not None and gr is None and res["small"]:
         gr = cascades.hindsight_grid(a)
