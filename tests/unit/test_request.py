@@ -60,12 +60,15 @@ def test_a_backend_process_ends_when_its_server_dies(busy: str) -> None:
 
     from optistop.server.embedded import _alive
 
+    # "armed" once the watchers run: killed before that (a slow import under load), the child would read
+    # its new parent as the one to watch and the test would fail for a reason of its own
     child = ("from optistop.serving.triton_glue import exit_with_parent; import time; "
-             f"exit_with_parent(0.05); {busy}")
+             f"exit_with_parent(0.05); print('armed', flush=True); {busy}")
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                                f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
                                "print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())
+    assert parent.stdout.readline().strip() == "armed"
     running = lambda: _alive(pid)  # noqa: E731 - a zombie (exited, unreaped) does not count
     try:
         time.sleep(0.5)
