@@ -34,7 +34,7 @@ class MetricsSink(Protocol):
 
     def error(self, code: str) -> None: ...
 
-    def flush(self) -> None: ...
+    def close(self) -> None: ...
 
 INPUTS = [t.name for t in T.CASCADE.inputs]
 PREDICTOR_MODES = ("auto", "true", "false")
@@ -196,9 +196,9 @@ class CascadeService:
         return True
 
     def close(self) -> None:
-        """From the model's finalize(): send the metric increments not yet flushed."""
+        """From the model's finalize(): send the metric increments not yet flushed and release the metrics."""
         if self.metrics is not None:
-            self.metrics.flush()
+            self.metrics.close()
 
     def decode(self, ids) -> str:
         return self.encoder.decode(ids)

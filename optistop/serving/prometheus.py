@@ -65,8 +65,11 @@ class TritonMetrics:
         self._metrics: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._scheduled = False
+        self._closed = False
 
     def _inc(self, family: str, value: float = 1.0, **labels: str) -> None:
+        if self._closed:
+            return
         key = (family, tuple(sorted(labels.items())))
         self._pending[key] = self._pending.get(key, 0.0) + value
         if self._scheduled:
@@ -80,14 +83,29 @@ class TritonMetrics:
         loop.call_later(self.flush_s, self.flush)
 
     def flush(self) -> None:
-        """Send the summed increments to the server (also from the model's finalize())."""
+        """Send the summed increments to the server."""
         self._scheduled = False
+        if self._closed:   # a timer that fires after close(): its increments went out with close()
+            return
         pending, self._pending = self._pending, {}
         for (family, labels), value in pending.items():
             metric = self._metrics.get((family, labels))
             if metric is None:
                 metric = self._metrics[(family, labels)] = self.families[family].Metric(labels=dict(labels))
             metric.increment(value)
+
+    def close(self) -> None:
+        """From the model's finalize(): send what is pending, then release every Metric and MetricFamily
+        while the backend process can still tell the server. pb_utils leaves their lifetime to the model
+        (python_backend README, "Custom Metrics"); left to the interpreter's exit, their destructors ran
+        after the stub had torn down its shared memory, and the cascade stubs segfaulted on every unload
+        in Metric::SaveToSharedMemory (kernel log: 200+ such crashes in a day of test servers)."""
+        self.flush()
+        self._closed = True
+        self._metrics.clear()          # each Metric before its MetricFamily (deleting the family first
+        self._gauge_metrics.clear()    # leaves the Metric an error to use, python_backend PR 254)
+        self.families.clear()
+        self.gauges.clear()
 
     def record(self, r: CascadeResult, policy: str) -> None:
         self._inc("requests_total", stage=r.stage_model, policy=policy)
@@ -115,6 +133,8 @@ class TritonMetrics:
     def gauge(self, key: str, value: float, model: str = "cascade") -> None:
         """Set a gauge now (a round trip; called once per audit, a few per cent of requests). ``model``
         labels it: the plain and the streaming cascade each keep their own estimate."""
+        if self._closed:
+            return
         m = self._gauge_metrics.get((key, model))
         if m is None:
             m = self._gauge_metrics[(key, model)] = self.gauges[key].Metric(labels={"model": model})

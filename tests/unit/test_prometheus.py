@@ -61,3 +61,30 @@ def test_outside_an_event_loop_increments_are_sent_at_once(calls) -> None:
     m = TritonMetrics(pb, flush_s=60.0)
     m.error("INVALID_ARG")
     assert calls == [1.0] and sent(m) == {("errors_total", frozenset({("code", "INVALID_ARG")})): 1.0}
+
+
+def test_close_sends_what_is_pending_and_lets_go_of_every_metric(calls) -> None:
+    """finalize() -> close(): the pending increments go out, then no Metric or MetricFamily is left for the
+    interpreter's exit to destroy after the stub's shared memory is gone, and a timer firing later, or a
+    late increment, sends nothing."""
+    import weakref
+
+    m = TritonMetrics(pb, flush_s=0.05)
+
+    async def serve() -> None:
+        m.record(result([0], [0.9], 1.0), "optimal")
+        m.gauge("drift_alarm", 1.0)
+        m.close()
+        m.error("INVALID_ARG")
+        await asyncio.sleep(0.15)              # the flush timer scheduled by record() fires after close()
+
+    families = list(m.families.values()) + list(m.gauges.values())
+    asyncio.run(serve())
+    # the record's six counters (requests, cost 1.0, stage runs, confidence bucket, 0.5 ms, 1 ms), once;
+    # not the error after close(), nor anything from the timer
+    assert len(calls) == 6 and sum(calls) == pytest.approx(4.0015)
+    assert (m._metrics, m._gauge_metrics, m.families, m.gauges) == ({}, {}, {}, {})
+    refs = [weakref.ref(f) for f in families if f.name.endswith("_requests_total")]
+    pb.MetricFamily.families.clear()           # the fake's own registry, which the real module does not keep
+    del families
+    assert [r() for r in refs] == [None]       # nothing of ours holds the family any more
