@@ -126,14 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("file", type=Path)
     ap.add_argument("--sizes", default="300,1000", help="fitting-set sizes of the --small protocol")
     ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--whole", default="0,auto",
-                    help="Criterion.whole values to compare (auto: policy_fit.whole_share)")
+    ap.add_argument("--whole", default=None,
+                    help="Criterion.whole values to compare (auto: policy_fit.whole_share; default 0,auto)")
     ap.add_argument("--kfold", action="store_true", help="also one 5-fold pass per variant")
     ap.add_argument("--margin", action="store_true",
                     help="only print what the confidence costs on the hindsight frontier per size (margin_cost)")
     args = ap.parse_args(argv)
-    if args.margin and args.kfold:
-        ap.error("--margin prints the frontier's price alone; it does not take --kfold")
+    if args.margin and (args.kfold or args.whole is not None):
+        ap.error("--margin prints the frontier's yardsticks alone; it does not take --kfold or --whole")
     a = R.load(args.file)
     base = R.resolve(a, F.Criterion.at(R.TARGET, 0.9, "best"))
     hind = R.hindsight(a, base.target, ref=int(base.reference))
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name} at {m} prompts, {args.draws} draws: one z-test on the known frontier costs "
                   f"{cost.mean() / np.mean(hs):.3f} x hindsight, miss rate {1 - met.mean():.2f}")
         return 0
-    for w in (None if x == "auto" else float(x) for x in args.whole.split(",")):
+    for w in (None if x == "auto" else float(x) for x in (args.whole or "0,auto").split(",")):
         crit = dataclasses.replace(base, whole=w)
         for m in (int(x) for x in args.sizes.split(",") if x):
             t0 = time.perf_counter()

@@ -299,6 +299,9 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
                 "quality_rel": round(cand[4] / q_ref_all, 6), "certified": True,
                 "operating": operating_json(cand), "_cand": cand}
 
+    # per-prompt cost of the rule to serve on the testing part: out of sample for the split path's rule (a
+    # model-based rule's cost on the part it was fitted to is off), label-free for every rule
+    best_cost = outcome(best[2], b)[1]
     if whole > 0:
         # the pair paths' certified rules and the split path's are all valid at once (union bound over
         # the (1 - whole) delta of the split path and whole x delta of the pairs): any of them may be
@@ -308,22 +311,20 @@ def choose(cal: Arrays, crit: Criterion, seed: int, lambdas: tuple[float, ...] =
         won: list[tuple[K.Policy, float]] = [
             *ltt.pair_paths(cal, ref, crit.t_lcb, budget * (1.0 - ante), crit.test, perm),
             *ltt.ante_path(cal, ref, crit.t_lcb, budget * ante, crit.test, perm)]
-        # compared on the testing part: out of sample for the split path's rule (a model-based rule's cost
-        # on the part it was fitted to is off), label-free for both
-        cost_best = float(outcome(best[2], b)[1].mean())
         # a tie goes to the fewer stages: stage k alone costs c_k on any data; "k, then j below a
         # threshold" only did on these (an ex-ante router runs one stage)
         for rule, c in sorted(won, key=lambda w: len(getattr(w[0], "stages", (0,)))):
-            cost_b = float(outcome(rule, b)[1].mean())
-            if cost_b < cost_best - 1e-12 or ltt.stage_of(rule) is not None:
+            cost_b = outcome(rule, b)[1]
+            cheaper = float(cost_b.mean()) < float(best_cost.mean()) - 1e-12
+            if cheaper or ltt.stage_of(rule) is not None:
                 q = float(outcome(rule, cal)[0].mean())
                 fam, lam = ("cascade", None) if isinstance(rule, CascadeRule) else ("ante", rule.lam)  # type: ignore[attr-defined]
                 cand = (fam, lam, rule, c, q)
                 singles += [cand] if ltt.stage_of(rule) is not None else []
-                if cost_b < cost_best - 1e-12:
-                    cost_best, best = cost_b, cand
+                if cheaper:
+                    best_cost, best = cost_b, cand
                     path.append(whole_entry(cand))
-    guarded = ltt.single_stage_guard(best, singles, outcome(best[2], b)[1], cal.costs, crit.confidence)
+    guarded = ltt.single_stage_guard(best, singles, best_cost, cal.costs, crit.confidence)
     if guarded is not best and all(x["_cand"] is not guarded for x in path):
         path.append(whole_entry(guarded))
     best = guarded
