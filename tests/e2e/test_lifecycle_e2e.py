@@ -79,8 +79,12 @@ def test_health_cli_and_drain_on_sigterm(tmp_path, tiny_dir) -> None:
         assert done and all(r.ok or r.error for r in done)
         assert all(r.t1 - r.t0 < 20.0 for r in done), "a request hung through the drain"
         inflight = [r for r in done if r.t0 < t_term < r.t1]
-        assert inflight, "no request was in flight at SIGTERM: the drain was not exercised"
-        assert all(r.ok for r in inflight), [r.error for r in inflight if not r.ok]  # drained, not dropped
+        # by the client's clock: one sent just before SIGTERM can reach Triton after the unload began and is
+        # refused cleanly as never accepted (NOT_FOUND, no available versions; seen once in a loaded suite).
+        # Any other error is a request dropped mid-flight
+        late = lambda r: not r.ok and "NOT_FOUND" in r.error and "has no available versions" in r.error  # noqa: E731
+        assert all(r.ok or late(r) for r in inflight), [r.error for r in inflight if not r.ok]  # drained, not dropped
+        assert any(r.ok for r in inflight), "no request in flight at SIGTERM was answered: the drain was not exercised"
         refused = [r for r in done if r.t0 > t_term + 0.5]
         assert refused, "no request was sent after SIGTERM: the refusal was not exercised"
         assert all(not r.ok for r in refused), "after SIGTERM new requests are refused"
